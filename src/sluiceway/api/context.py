@@ -1,0 +1,58 @@
+"""Per-request context: a request id on every log line and response, and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sluiceway.logs import request_id
+from sluiceway.runtime.metrics import Metrics
+
+logger = logging.getLogger("sluiceway.access")
+
+
+class RequestContext:
+    """Pure ASGI middleware: cheaper than ``BaseHTTPMiddleware`` on the hot path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+                break
+        rid = rid or os.urandom(8).hex()
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(path).observe(elapsed)
+            if self.access_log:
+                logger.info(
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000
+                )
+            request_id.reset(token)

@@ -1,0 +1,1 @@
+"""Getting samples into arrays: request bodies, images, downloads."""

@@ -1,0 +1,64 @@
+"""The two small interfaces a model kind implements."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How the runtime schedules one model: compute slots, batch size, fill delay, queue bound."""
+
+    slots: int
+    max_batch: int
+    max_delay_s: float = 0.0
+    max_queue: int = 1024
+
+
+class Model(ABC):
+    """A loaded model. ``infer`` runs one batch; results come back in input order.
+
+    An item's result may be an ``Exception`` instance: that item fails, the others succeed.
+    """
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Approximate memory held, for the cache budget."""
+
+    @abstractmethod
+    async def infer(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run the model on a batch of model-ready inputs."""
+
+
+class ThreadedModel(Model):
+    """A model whose compute is a blocking call that releases the GIL (ONNX Runtime, LiteRT).
+
+    ``predict_batch`` runs in a worker thread so the event loop stays free.
+    """
+
+    @abstractmethod
+    def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
+        """Blocking batch inference."""
+
+    async def infer(self, inputs: Sequence[Any]) -> list[Any]:
+        return await asyncio.to_thread(self.predict_batch, inputs)
+
+
+class ModelKind(ABC):
+    """A family of models: its name, its batch policy and how to load one from a spec.
+
+    ``spec`` is ``None`` for a model that is the same for every request; tenant models
+    (the kiosk KNN) are built from data carried in the job.
+    """
+
+    name: str
+    policy: BatchPolicy
+
+    @abstractmethod
+    async def load(self, spec: Any) -> Model:
+        """Load or fit one model. May be slow; the cache makes sure it runs once per key."""

@@ -1,0 +1,1 @@
+"""Where throughput is won: jobs, batchers, the model cache and the dispatcher seam."""

@@ -1,0 +1,23 @@
+"""Typed runtime errors; the HTTP edge maps each to one status code in one place."""
+
+from __future__ import annotations
+
+
+class SluicewayError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+
+class BadInput(SluicewayError):
+    """The caller sent something the model cannot take; the message says what."""
+
+
+class Overloaded(SluicewayError):
+    """A bounded queue is full; the caller should retry later."""
+
+
+class DeadlineExceeded(SluicewayError):
+    """The job's deadline passed before its result was ready."""
+
+
+class ModelUnavailable(SluicewayError):
+    """The model is unknown, failed to load, or its backend is unreachable."""

@@ -1,0 +1,30 @@
+"""The unit of work that crosses the dispatcher seam."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Job:
+    """One input for one model, with the key that decides what it may be batched with.
+
+    ``key`` groups jobs that can share a model call (a restaurant's training-set hash for the
+    kiosk KNN, ``""`` for a shared model); ``spec`` is what the model is loaded or fitted from
+    when it is not cached yet (the training rows), so any worker can build it.
+    ``deadline`` is wall-clock epoch seconds, so it means the same on every machine.
+    """
+
+    model: str
+    payload: Any
+    deadline: float
+    key: str = ""
+    spec: Any = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds left before the deadline (negative once it has passed)."""
+        return self.deadline - (time.time() if now is None else now)

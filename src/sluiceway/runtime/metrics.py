@@ -1,0 +1,64 @@
+"""Prometheus metrics of one Sluiceway process, on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """Every metric Sluiceway exports; one instance per app, never module-level."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sluiceway_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "sluiceway_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "sluiceway_model_loads", "Model loads or fits, by model", ["model"], registry=r
+        )
+        self.model_evictions = Counter(
+            "sluiceway_model_evictions", "Models evicted from the cache", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "sluiceway_batch_size",
+            "Inputs per model call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "sluiceway_batch_duration_seconds",
+            "Time of one model call",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sluiceway_queue_depth", "Jobs waiting for a compute slot", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "sluiceway_rejected",
+            "Jobs refused because the queue was full",
+            ["model"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "sluiceway_expired",
+            "Jobs dropped unrun because their deadline passed",
+            ["model"],
+            registry=r,
+        )

@@ -1,0 +1,26 @@
+"""What the edge is handed at start-up: settings, the dispatcher and the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from sluiceway.config import Settings
+from sluiceway.runtime.dispatch import Dispatcher
+from sluiceway.runtime.metrics import Metrics
+
+
+@dataclass(slots=True)
+class Services:
+    """The app's runtime objects, built once in ``create_app`` and never module-level."""
+
+    settings: Settings
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+def services_of(request: Request) -> Services:
+    """The services of the app serving ``request``."""
+    services: Services = request.app.state.services
+    return services
