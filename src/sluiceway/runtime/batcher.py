@@ -157,9 +157,12 @@ class Batcher:
         while self._queue and len(batch) < lane.policy.max_batch:
             pending = self._queue.popleft()
             popped += 1
+            expired = pending.job.deadline <= now
             if pending.future.done():  # the caller gave up (deadline or disconnect)
+                if expired:
+                    lane.expired.inc()
                 continue
-            if pending.job.deadline <= now:
+            if expired:
                 lane.expired.inc()
                 pending.future.set_exception(
                     DeadlineExceeded(f"deadline passed before {lane.model} could run it")

@@ -1,0 +1,53 @@
+"""Fixtures shared across the suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from sluiceway.app import create_app
+from sluiceway.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MODELS = REPO.parent / "shared" / "models"
+
+
+def fast_settings(**overrides: object) -> Settings:
+    """Settings with the kiosk's simulated costs shrunk so tests take milliseconds."""
+    values: dict[str, object] = {
+        "knn_fit_cost_s": 0.05,
+        "knn_infer_base_cost_s": 0.01,
+        "knn_infer_per_query_cost_s": 0.001,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on an app with fast settings, lifespan running."""
+    async with app_client(create_app(fast_settings())) as http:
+        yield http
+
+
+class app_client:  # lower-case: used like a function, ``async with app_client(app)``
+    """Run ``app``'s lifespan and give an httpx client talking to it in-process."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._lifespan = app.router.lifespan_context(app)
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://sluiceway.test", timeout=30
+        )
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self._lifespan.__aenter__()
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
