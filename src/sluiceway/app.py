@@ -60,6 +60,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.services = services
     errors.install(app, settings.retry_after_s)
     app.include_router(ops.router)
-    app.include_router(kiosk.router)
+    app.router.routes.extend(kiosk.routes)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +22,18 @@ class RequestContext:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self._paths: dict[Any, str] | None = None
+
+    def _route_of(self, scope: Scope) -> str:
+        """The matched route's path template: a bounded metric label, unlike the raw path."""
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        if self._paths is None:
+            # The router records the matched endpoint in the scope; map it back to its template.
+            routes = getattr(scope.get("app"), "routes", [])
+            self._paths = {r.endpoint: r.path for r in routes if hasattr(r, "endpoint")}
+        return self._paths.get(endpoint, "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,8 +60,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = self._route_of(scope)
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(path).observe(elapsed)
             if self.access_log:

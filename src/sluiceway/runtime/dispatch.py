@@ -80,8 +80,11 @@ class LocalDispatcher:
         if self._closing:
             raise ModelUnavailable("shutting down")
         future = lane.submit(job)
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(future, job.remaining())
+            # On timeout the future is cancelled, so the batcher skips the job unrun.
+            async with asyncio.timeout_at(loop.time() + job.remaining()):
+                return await future
         except TimeoutError:
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
 

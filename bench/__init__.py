@@ -1,0 +1,1 @@
+"""Benchmarks: each beside a baseline of the same work, measured in the same run."""
