@@ -163,6 +163,6 @@ async def test_ops_endpoints_and_request_ids(client: httpx.AsyncClient) -> None:
     assert len((await client.get("/ping")).headers["x-request-id"]) == 16
     text = (await client.get("/metrics")).text
     assert 'sluiceway_requests_total{method="POST",route="/classify",status="200"} 1.0' in text
-    assert 'sluiceway_request_duration_seconds_count{route="/classify"} 1.0' in text
+    assert 'sluiceway_request_duration_seconds_count{route="/classify",status="200"} 1.0' in text
     assert 'sluiceway_queue_depth{model="knn"} 0.0' in text
     assert "sluiceway_batch_size_bucket" in text

@@ -61,8 +61,9 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             path = self._route_of(scope)
-            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.request_seconds.labels(path).observe(elapsed)
+            code = str(status)
+            self.metrics.requests.labels(path, scope["method"], code).inc()
+            self.metrics.request_seconds.labels(path, code).observe(elapsed)
             if self.access_log:
                 logger.info(
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000

@@ -22,8 +22,8 @@ class Metrics:
         )
         self.request_seconds = Histogram(
             "sluiceway_request_duration_seconds",
-            "HTTP request latency by route",
-            ["route"],
+            "HTTP request latency by route and status",
+            ["route", "status"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
