@@ -53,8 +53,8 @@ async def ceiling(scope: Scope, receive: Any, send: Any) -> None:
 
 def _fit_and_predict(body: dict[str, Any]) -> list[int]:
     rows = np.array(body["training_data"]["training_data"])
-    query = np.array(body["query_input"]["query_input"], dtype=np.float64).reshape(-1, 2)
-    model = KNeighborsClassifier(n_neighbors=3).fit(rows[:, :-1].astype(np.float64), rows[:, -1])
+    query = np.array(body["query_input"]["query_input"]).reshape(-1, 2)
+    model = KNeighborsClassifier(n_neighbors=3).fit(rows[:, :-1], rows[:, -1])
     return [int(label) for label in model.predict(query)]
 
 

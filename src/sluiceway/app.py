@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sluiceway import __version__
 from sluiceway.api import errors, kiosk, ops
 from sluiceway.api.context import RequestContext
+from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.knn import TenantKNN
@@ -58,8 +59,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     app = FastAPI(title="Sluiceway", version=__version__, lifespan=lifespan)
     app.state.services = services
-    errors.install(app, settings.retry_after_s)
+    error_responses = errors.ErrorResponses(settings.retry_after_s)
+    error_responses.install(app)
     app.include_router(ops.router)
     app.router.routes.extend(kiosk.routes)
+    app.add_middleware(FastRoutes, routes=kiosk.routes, errors=error_responses)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     return app

@@ -166,3 +166,10 @@ async def test_ops_endpoints_and_request_ids(client: httpx.AsyncClient) -> None:
     assert 'sluiceway_request_duration_seconds_count{route="/classify",status="200"} 1.0' in text
     assert 'sluiceway_queue_depth{model="knn"} 0.0' in text
     assert "sluiceway_batch_size_bucket" in text
+
+
+async def test_other_methods_get_405_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/classify", json=body(restaurant(1), [0, 0]))
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+    assert (await client.post("/ping")).status_code == 405

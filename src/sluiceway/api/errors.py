@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from sluiceway.runtime.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
+from sluiceway.runtime.errors import (
+    BadInput,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,32 +27,39 @@ class RequestError(Exception):
         self.message = message
 
 
-def install(app: FastAPI, retry_after_s: int) -> None:
-    """Register one handler per error type on ``app``."""
-    retry = {"Retry-After": str(retry_after_s)}
+class ErrorResponses:
+    """The one table from error types to responses."""
 
-    def reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
+    def __init__(self, retry_after_s: int) -> None:
+        self._retry = {"Retry-After": str(retry_after_s)}
 
-    async def request_error(_: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, RequestError)
-        return reply(error.status, error)
+    def response_for(self, error: Exception) -> Response | None:
+        """The response for a known error type, or ``None`` for a bug (which becomes 500)."""
+        if isinstance(error, RequestError):
+            return _reply(error.status, error)
+        if isinstance(error, BadInput):
+            return _reply(400, error)
+        if isinstance(error, Overloaded):
+            return _reply(503, error, self._retry)
+        if isinstance(error, ModelUnavailable):
+            logger.warning("model unavailable: %s", error)
+            return _reply(503, error, self._retry)
+        if isinstance(error, DeadlineExceeded):
+            return _reply(504, error)
+        return None
 
-    async def bad_input(_: Request, error: Exception) -> JSONResponse:
-        return reply(400, error)
+    def install(self, app: FastAPI) -> None:
+        """Register the table as ``app``'s exception handlers."""
 
-    async def overloaded(_: Request, error: Exception) -> JSONResponse:
-        return reply(503, error, retry)
+        async def handle(_: Request, error: Exception) -> Response:
+            response = self.response_for(error)
+            if response is None:  # registered types always map; this is a bug guard
+                raise error
+            return response
 
-    async def unavailable(_: Request, error: Exception) -> JSONResponse:
-        logger.warning("model unavailable: %s", error)
-        return reply(503, error, retry)
+        app.add_exception_handler(RequestError, handle)
+        app.add_exception_handler(SluicewayError, handle)
 
-    async def deadline(_: Request, error: Exception) -> JSONResponse:
-        return reply(504, error)
 
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(BadInput, bad_input)
-    app.add_exception_handler(Overloaded, overloaded)
-    app.add_exception_handler(ModelUnavailable, unavailable)
-    app.add_exception_handler(DeadlineExceeded, deadline)
+def _reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)

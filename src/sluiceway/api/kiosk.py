@@ -87,7 +87,7 @@ def parse_classify(
         raise RequestError(422, f"query vectors must have {width - 1} features like the rows")
     try:
         training = np.array(rows, dtype=np.int64)
-        queries = np.array(vectors, dtype=np.float64)
+        queries = np.array(vectors, dtype=np.int64)
     except OverflowError:
         raise RequestError(422, "values must fit in 64-bit integers") from None
     return training, queries

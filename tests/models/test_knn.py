@@ -1,0 +1,69 @@
+"""The tenant KNN gives scikit-learn's labels and charges the seed's simulated cost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.neighbors import KNeighborsClassifier
+
+from sluiceway.models.base import BatchPolicy
+from sluiceway.models.knn import TenantKNN
+
+POLICY = BatchPolicy(slots=1, max_batch=64)
+
+
+def kind(**costs: float) -> TenantKNN:
+    values = {"fit_cost_s": 0.0, "base_cost_s": 0.0, "per_query_cost_s": 0.0, **costs}
+    return TenantKNN(POLICY, neighbors=3, **values)
+
+
+@st.composite
+def training_and_queries(draw: st.DrawFn) -> tuple[np.ndarray, list[np.ndarray]]:
+    rows = draw(st.integers(3, 40))
+    features = draw(st.integers(1, 3))
+    # A narrow value range makes equal distances (ties) common, where implementations differ.
+    span = draw(st.integers(1, 6))
+    values = arrays(np.int64, (rows, features), elements=st.integers(-span, span))
+    labels = arrays(np.int64, (rows, 1), elements=st.integers(-2, 4))
+    training = np.hstack([draw(values), draw(labels)])
+    batches = draw(st.lists(st.integers(1, 5), min_size=1, max_size=4))
+    queries = [
+        draw(arrays(np.int64, (n, features), elements=st.integers(-span - 1, span + 1)))
+        for n in batches
+    ]
+    return training, queries
+
+
+@settings(max_examples=300, deadline=None)
+@given(training_and_queries())
+def test_labels_equal_scikit_learn_predict(case: tuple[np.ndarray, list[np.ndarray]]) -> None:
+    training, queries = case
+    reference = KNeighborsClassifier(n_neighbors=3).fit(training[:, :-1], training[:, -1])
+
+    async def run() -> list[list[int]]:
+        model = await kind().load(training)
+        return await model.infer(queries)
+
+    results = asyncio.run(run())
+    for query, labels in zip(queries, results, strict=True):
+        assert labels == reference.predict(query).tolist()
+
+
+async def test_one_call_costs_base_plus_per_extra_query() -> None:
+    model = await kind(base_cost_s=0.05, per_query_cost_s=0.02).load(
+        np.array([[0, 0, 0], [1, 1, 1], [2, 2, 1], [5, 5, 2]])
+    )
+    started = time.perf_counter()
+    await model.infer([np.zeros((3, 2), dtype=np.int64), np.ones((2, 2), dtype=np.int64)])  # five vectors in one call
+    assert time.perf_counter() - started >= 0.05 + 0.02 * 4
+
+
+async def test_fitting_costs_the_fit_cost() -> None:
+    started = time.perf_counter()
+    await kind(fit_cost_s=0.1).load(np.array([[0, 0, 0], [1, 1, 1], [2, 2, 1]]))
+    assert time.perf_counter() - started >= 0.1
