@@ -58,8 +58,9 @@ async def test_one_call_costs_base_plus_per_extra_query() -> None:
     model = await kind(base_cost_s=0.05, per_query_cost_s=0.02).load(
         np.array([[0, 0, 0], [1, 1, 1], [2, 2, 1], [5, 5, 2]])
     )
+    five_vectors = [np.zeros((3, 2), dtype=np.int64), np.ones((2, 2), dtype=np.int64)]
     started = time.perf_counter()
-    await model.infer([np.zeros((3, 2), dtype=np.int64), np.ones((2, 2), dtype=np.int64)])  # five vectors in one call
+    await model.infer(five_vectors)  # in one call
     assert time.perf_counter() - started >= 0.05 + 0.02 * 4
 
 
