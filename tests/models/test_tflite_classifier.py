@@ -1,0 +1,108 @@
+"""The LiteRT classifier with the real AIY birds model, downloaded from a local server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sluiceway.inputs.pixels import prepare_image
+from sluiceway.models.base import BatchPolicy
+from sluiceway.models.classifier import Pixels, Prediction, ranked
+from sluiceway.models.tflite_classifier import (
+    BIRDS_INPUT,
+    TfliteClassifier,
+    TfliteClassifierKind,
+    embedded_labels,
+)
+from sluiceway.runtime.errors import BadInput, ModelUnavailable
+from sluiceway.runtime.wire import pack, unpack
+from sluiceway.stores.artifacts import ArtifactStore
+from tests.fixtures.fileserver import FileServer
+from tests.fixtures.images import BIRDS_DIR, BIRDS_MODEL_FILE, BIRDS_SHA256
+
+
+def birds_kind(
+    server: FileServer, cache: Path, path: str = f"files/{BIRDS_MODEL_FILE}"
+) -> TfliteClassifierKind:
+    return TfliteClassifierKind(
+        "birds",
+        BatchPolicy(slots=2, max_batch=8),
+        url=server.url(path),
+        sha256=BIRDS_SHA256,
+        store=ArtifactStore(cache),
+    )
+
+
+@pytest.fixture
+async def birds(birds_server: FileServer, model_cache: Path) -> TfliteClassifier:
+    return await birds_kind(birds_server, model_cache).load(None)
+
+
+def photo(name: str, k: int = 3, draft: bool = False) -> Pixels:
+    data = (BIRDS_DIR / name).read_bytes()
+    return Pixels(prepare_image(data, BIRDS_INPUT, 40_000_000, draft=draft), k)
+
+
+def test_embedded_labels_name_the_background_class() -> None:
+    labels = embedded_labels(
+        (BIRDS_DIR / BIRDS_MODEL_FILE).read_bytes(), "probability-labels-en.txt"
+    )
+    assert len(labels) == 965
+    assert labels[964] == "background"
+    assert labels[918] == "Phalacrocorax varius varius"
+
+
+def test_known_birds_match_the_reference_scores(birds: TfliteClassifier) -> None:
+    duck, gallinule = birds.predict_batch([photo("bird.jpg"), photo("PurpleGallinule.jpg")])
+    # Reference (SOURCES.md): plain bilinear resize, no draft decode: q=192 and q=226 of 256.
+    assert duck[0] == Prediction("Aix galericulata", 192 / 256)
+    assert gallinule[0] == Prediction("Porphyrio martinicus", 226 / 256)
+    assert [p.label for p in duck[1:]] == [
+        "Coccothraustes coccothraustes",
+        "Gallus gallus domesticus",
+    ]
+
+
+def test_draft_decoding_keeps_the_top_class(birds: TfliteClassifier) -> None:
+    duck, gallinule = birds.predict_batch(
+        [photo("bird.jpg", draft=True), photo("PurpleGallinule.jpg", draft=True)]
+    )
+    assert duck[0].label == "Aix galericulata"
+    assert gallinule[0].label == "Porphyrio martinicus"
+
+
+def test_a_batch_equals_the_same_images_one_by_one(birds: TfliteClassifier) -> None:
+    images = [photo("bird.jpg", k=10), photo("PurpleGallinule.jpg", k=10)]
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    images.append(Pixels(noise, 10))
+    batch = birds.predict_batch(images * 2)
+    singles = [birds.predict_batch([image])[0] for image in images * 2]
+    assert batch == singles
+
+
+def test_k_is_per_item_and_a_bad_payload_fails_alone(birds: TfliteClassifier) -> None:
+    small = Image.new("RGB", (10, 10))
+    results = birds.predict_batch(
+        [photo("bird.jpg", k=1), Pixels(np.asarray(small), 3), photo("bird.jpg", k=0)]
+    )
+    assert len(results[0]) == 1
+    assert isinstance(results[1], BadInput)
+    assert results[2] == []
+
+
+async def test_a_failed_download_is_model_unavailable(
+    birds_server: FileServer, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelUnavailable, match="HTTP 404"):
+        await birds_kind(birds_server, tmp_path, "files/missing.tflite").load(None)
+
+
+def test_payloads_and_results_cross_the_split_mode_wire(birds: TfliteClassifier) -> None:
+    payload = photo("PurpleGallinule.jpg", k=2)
+    (result,) = birds.predict_batch([unpack(pack(payload))])
+    assert ranked(unpack(pack(result))) == birds.predict_batch([payload])[0]
+    assert ranked(unpack(pack(result)))[0].label == "Porphyrio martinicus"
