@@ -1,0 +1,185 @@
+"""The feedback CSV: whole rows, none lost, torn or interleaved under concurrency or crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sluiceway.stores.feedback import (
+    HEADER,
+    MAX_TEXT,
+    FeedbackError,
+    FeedbackLog,
+    FeedbackReport,
+)
+
+IMAGE = "a" * 64 + ".png"
+
+
+def report(index: int, label: str = "") -> FeedbackReport:
+    return FeedbackReport(image=IMAGE, prediction=f"class {index}", score=0.5, correct_label=label)
+
+
+def parsed(path: Path) -> list[list[str]]:
+    """Every record of the file, header included; fails on a malformed one."""
+    with path.open(newline="", encoding="utf-8") as file:
+        records = list(csv.reader(file, strict=True))
+    assert records[0] == list(HEADER)
+    assert all(len(record) == len(HEADER) for record in records), "a row is torn or merged"
+    return records
+
+
+async def test_rows_round_trip_with_commas_and_quotes(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path / "feedback")
+    when = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+    await log.append(
+        FeedbackReport(
+            image=IMAGE,
+            prediction="tabby, tabby cat",
+            score=0.71659,
+            correct_label='a "lynx", surely',
+            time=when,
+        )
+    )
+    await log.append(report(2, "line one\nline two\r\n\tend"))
+    rows = log.rows()
+    assert rows[0] == {
+        "time": "2026-11-24T12:00:00.000+00:00",
+        "image": IMAGE,
+        "prediction": "tabby, tabby cat",
+        "score": "0.7166",
+        "correct label": 'a "lynx", surely',
+    }
+    # A one-line field: newlines and tabs become single spaces, so only rows end in newlines.
+    assert rows[1]["correct label"] == "line one line two end"
+    assert len(parsed(log.path)) == 3
+    assert log.path.read_bytes().count(b"\n") == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"prediction": ""}, "prediction is required"),
+        ({"image": "  "}, "image is required"),
+        ({"correct_label": "x" * (MAX_TEXT + 1)}, "at most"),
+        ({"score": float("nan")}, "score"),
+        ({"score": 1.5}, "score"),
+        ({"score": -0.1}, "score"),
+    ],
+)
+async def test_invalid_reports_are_refused_and_nothing_is_written(
+    tmp_path: Path, fields: dict[str, object], message: str
+) -> None:
+    log = FeedbackLog(tmp_path)
+    values: dict[str, object] = {"image": IMAGE, "prediction": "cat", "score": 0.5}
+    values.update(fields)
+    with pytest.raises(FeedbackError, match=message):
+        await log.append(FeedbackReport(**values))
+    assert not log.path.exists()
+
+
+async def test_many_concurrent_reports_all_land_whole(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    await asyncio.gather(*(log.append(report(i, "x," * 40)) for i in range(300)))
+    records = parsed(log.path)
+    assert sorted(record[2] for record in records[1:]) == sorted(f"class {i}" for i in range(300))
+
+
+async def test_a_cancelled_report_is_still_written(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    tasks = [asyncio.create_task(log.append(report(i))) for i in range(50)]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(log.append(report(50)))
+    assert len(parsed(log.path)) == 52
+
+
+def test_threads_never_interleave(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+
+    def writer(thread: int) -> None:
+        for i in range(40):
+            log.write_rows([report(thread * 1000 + i, "y" * 150).row()])
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = parsed(log.path)
+    assert len(records) == 1 + 8 * 40
+    assert len({record[2] for record in records[1:]}) == 8 * 40
+
+
+def _process_writer(directory: str, worker: int, count: int) -> None:
+    log = FeedbackLog(Path(directory))
+    for i in range(count):
+        log.write_rows([report(worker * 1000 + i, "z" * 180).row()])
+
+
+def test_processes_never_interleave(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_process_writer, args=(str(tmp_path), w, 50)) for w in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+    records = parsed(FeedbackLog(tmp_path).path)
+    assert len(records) == 1 + 4 * 50  # one header, whoever came first wrote it
+    assert len({record[2] for record in records[1:]}) == 4 * 50
+
+
+def _write_forever(directory: str) -> None:
+    log = FeedbackLog(Path(directory))
+    i = 0
+    while True:
+        log.write_rows([report(i, "w" * 199).row() for _ in range(20)])
+        i += 1
+
+
+def test_a_killed_writer_leaves_only_whole_rows(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    writer = context.Process(target=_write_forever, args=(str(tmp_path),))
+    writer.start()
+    log = FeedbackLog(tmp_path)
+    deadline = time.monotonic() + 10
+    while (not log.path.exists() or log.path.stat().st_size < 50_000) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join(10)
+    assert log.path.read_bytes().endswith(b"\n")
+    records = parsed(log.path)
+    assert len(records) > 100
+
+
+async def test_a_torn_tail_from_a_crash_is_cut_before_the_next_row(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    await log.append(report(1))
+    with log.path.open("ab") as file:  # what a power cut mid-write could leave behind
+        file.write(b"2026-11-24T00:00:00.000+00:00," + IMAGE.encode() + b',"half a ro')
+    await log.append(report(2))
+    records = parsed(log.path)
+    assert [record[2] for record in records[1:]] == ["class 1", "class 2"]
+
+
+async def test_a_file_holding_only_a_torn_header_is_restarted(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    log.path.write_bytes(b"time,ima")
+    await log.append(report(1))
+    assert [record[2] for record in parsed(log.path)[1:]] == ["class 1"]
