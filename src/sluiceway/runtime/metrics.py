@@ -62,3 +62,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.reclaimed = Counter(
+            "sluiceway_reclaimed_jobs",
+            "Jobs a worker took over from a dead or stuck worker (split mode)",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "sluiceway_dead_letters",
+            "Jobs moved to the dead-letter stream, by model (split mode)",
+            ["model"],
+            registry=r,
+        )

@@ -1,0 +1,75 @@
+"""The Redis side both ends of split mode share: the connection and the server-side scripts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+"""A stream entry as redis-py returns it: id and fields (``None`` once deleted)."""
+StreamRead = list[tuple[bytes, list[Entry]]]
+"""What XREAD and XREADGROUP return: entries per stream."""
+
+BROKER_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a lost or stalled Redis raises; anything else from Redis is a bug, not an outage."""
+
+# Admit a job only while fewer than ARGV[1] jobs of its model are queued or running, so a full
+# queue answers 503 instead of stream trimming silently dropping accepted work.
+# KEYS: partition stream, the model's queued counter. ARGV: bound, job bytes. Nil when full.
+ADMIT = """
+local queued = redis.call('INCR', KEYS[2])
+if queued > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[2])
+  return false
+end
+return redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])
+"""
+
+# Finish jobs: acknowledge, delete and uncount them. Only entries still pending are uncounted,
+# so a job answered twice (a claimed job whose first worker was only slow) is counted once.
+# KEYS: partition stream, the model's queued counter. ARGV: group, entry ids...
+FINISH = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+if acked > 0 and redis.call('DECRBY', KEYS[2], acked) < 0 then
+  redis.call('SET', KEYS[2], 0)
+end
+return acked
+"""
+
+
+def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> Redis:
+    """A client for ``url`` that fails fast: no retries, short connect timeout.
+
+    Retrying is the callers' business (their reconnect loops); a request must never sit in a
+    client-side retry while its deadline runs out.
+    """
+    client: Redis = Redis.from_url(
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=1.0,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    return client
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
+    """Let loops that watch a closing flag end by themselves, then cancel what is left.
+
+    A blocking Redis read cut by cancellation can swallow it, so loops are not ended by
+    cancelling alone; the grace covers one blocking read.
+    """
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=grace_s)

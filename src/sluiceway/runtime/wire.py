@@ -1,0 +1,196 @@
+"""What crosses Redis in split mode: jobs, results and errors as compact msgpack records.
+
+Numpy arrays travel as raw bytes with their dtype and shape (a msgpack extension), never as
+lists of floats. Errors travel as typed records and come back as the runtime error classes,
+so the HTTP edge answers the same status in split mode as in embedded mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from sluiceway.runtime.errors import (
+    BadInput,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
+from sluiceway.runtime.jobs import Job
+
+VERSION = 1
+_NDARRAY = 1  # msgpack extension code of a numpy array
+
+_ERRORS: dict[str, type[SluicewayError]] = {
+    "bad_input": BadInput,
+    "overloaded": Overloaded,
+    "deadline": DeadlineExceeded,
+    "unavailable": ModelUnavailable,
+}
+_ERROR_KINDS = {cls: kind for kind, cls in _ERRORS.items()}
+
+
+class WireError(SluicewayError):
+    """Bytes that are not a record of this wire version, or a value that cannot be sent."""
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise WireError(f"cannot send an array of Python objects ({value.dtype})")
+        header = msgpack.packb([value.dtype.str, list(value.shape)])
+        return msgpack.ExtType(_NDARRAY, header + np.ascontiguousarray(value).tobytes())
+    if isinstance(value, np.generic):
+        return value.item()
+    raise WireError(f"cannot send a {type(value).__name__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _NDARRAY:
+        return msgpack.ExtType(code, data)
+    unpacker = msgpack.Unpacker(use_list=True, raw=False)
+    unpacker.feed(data)
+    dtype, shape = unpacker.unpack()
+    # A copy, so models may write into their inputs as they can in embedded mode.
+    array = np.frombuffer(data, dtype=np.dtype(dtype), offset=unpacker.tell()).copy()
+    return array.reshape(shape)
+
+
+def pack(value: Any) -> bytes:
+    """Serialise plain data and numpy arrays."""
+    try:
+        packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise WireError(str(error)) from error
+    return packed
+
+
+def unpack(data: bytes) -> Any:
+    """Inverse of :func:`pack`."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise WireError(f"undecodable record: {error}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job on a partition stream, with the reply stream of the API node that asked."""
+
+    job: Job
+    reply: str
+
+    def encode(self) -> bytes:
+        """Bytes for the stream entry."""
+        job = self.job
+        return pack(
+            [VERSION, job.id, job.model, job.key, job.deadline, self.reply, job.payload, job.spec]
+        )
+
+    @staticmethod
+    def decode(data: bytes) -> JobRecord:
+        """Parse a stream entry; raise ``WireError`` if it is not a job of this version."""
+        fields = unpack(data)
+        if not isinstance(fields, list) or len(fields) != 8 or fields[0] != VERSION:
+            raise WireError(f"not a job record of wire version {VERSION}")
+        _, job_id, model, key, deadline, reply, payload, spec = fields
+        job = Job(model=model, payload=payload, deadline=deadline, key=key, spec=spec, id=job_id)
+        return JobRecord(job, reply)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """An exception on the wire: its kind (a runtime error class, or ``internal``) and message."""
+
+    kind: str
+    message: str
+
+    @staticmethod
+    def of(error: BaseException) -> ErrorRecord:
+        """The record of an exception raised on a worker."""
+        for cls in type(error).__mro__:
+            kind = _ERROR_KINDS.get(cls)
+            if kind is not None:
+                return ErrorRecord(kind, str(error))
+        return ErrorRecord("internal", f"{type(error).__name__}: {error}")
+
+    def exception(self) -> Exception:
+        """The exception to raise on the API node.
+
+        A model's own failure (``internal``) is not a runtime error in embedded mode either,
+        so it stays a plain ``RuntimeError`` and the edge answers it the same way.
+        """
+        cls = _ERRORS.get(self.kind)
+        return cls(self.message) if cls is not None else RuntimeError(self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """The answer to one job: its value, or the error it failed with."""
+
+    job_id: str
+    value: Any = None
+    error: ErrorRecord | None = None
+
+    def encode(self) -> bytes:
+        """Bytes for the reply stream entry."""
+        if self.error is None:
+            return pack([VERSION, self.job_id, True, self.value])
+        return pack([VERSION, self.job_id, False, [self.error.kind, self.error.message]])
+
+    @staticmethod
+    def decode(data: bytes) -> ResultRecord:
+        """Parse a reply entry; raise ``WireError`` if it is not a result of this version."""
+        fields = unpack(data)
+        if not isinstance(fields, list) or len(fields) != 4 or fields[0] != VERSION:
+            raise WireError(f"not a result record of wire version {VERSION}")
+        _, job_id, ok, value = fields
+        if ok:
+            return ResultRecord(job_id, value)
+        kind, message = value
+        return ResultRecord(job_id, error=ErrorRecord(kind, message))
+
+    def outcome(self) -> Any:
+        """The value, or raise the error as its runtime class."""
+        if self.error is not None:
+            raise self.error.exception()
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A worker's heartbeat in the registry: the models it serves and when it last spoke."""
+
+    models: tuple[str, ...]
+    seen: float
+
+    def encode(self) -> bytes:
+        """Bytes for the registry hash."""
+        return pack([VERSION, list(self.models), self.seen])
+
+    @staticmethod
+    def decode(data: bytes) -> WorkerRecord | None:
+        """Parse a registry value; ``None`` for one written by another wire version."""
+        try:
+            fields = unpack(data)
+        except WireError:
+            return None
+        if not isinstance(fields, list) or len(fields) != 3 or fields[0] != VERSION:
+            return None
+        return WorkerRecord(tuple(fields[1]), float(fields[2]))
+
+
+def live_workers(
+    registry: dict[bytes, bytes], now: float, dead_after_s: float
+) -> dict[str, WorkerRecord]:
+    """The workers of a registry hash that spoke within ``dead_after_s``."""
+    live = {}
+    for worker, data in registry.items():
+        record = WorkerRecord.decode(data)
+        if record is not None and now - record.seen < dead_after_s:
+            live[worker.decode()] = record
+    return live

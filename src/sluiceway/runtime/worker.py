@@ -1,0 +1,521 @@
+"""The model worker of split mode: Redis Streams in, the embedded runtime, replies out.
+
+A worker owns some partitions of each model's jobs (rendezvous hashing over the live workers'
+heartbeats), reads them in batches with XREADGROUP and feeds a ``LocalDispatcher``: the same
+batchers and model cache as embedded mode. Because a restaurant's jobs always land in one
+partition, they meet in one batcher on one worker, and its model is fitted there once.
+
+Delivery is at least once. A worker acknowledges a job only after writing its answer; the jobs
+of a worker that stopped heartbeating are claimed at once by the partition's new owner, those
+of a live worker after the visibility timeout. A job delivered ``broker_max_deliveries`` times
+without an answer goes to the dead-letter stream, and so does a job the model itself failed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from sluiceway.config import Settings
+from sluiceway.models.base import ModelKind
+from sluiceway.runtime.broker import BROKER_ERRORS, FINISH, Entry, StreamRead, connect, stop_tasks
+from sluiceway.runtime.dispatch import LocalDispatcher
+from sluiceway.runtime.errors import ModelUnavailable, SluicewayError
+from sluiceway.runtime.keys import GROUP, Keys, owner
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.wire import (
+    ErrorRecord,
+    JobRecord,
+    ResultRecord,
+    WireError,
+    WorkerRecord,
+    live_workers,
+)
+
+logger = logging.getLogger(__name__)
+
+_READ_BLOCK_MS = 500
+_RECONNECT_S = 0.25
+
+
+@dataclass(slots=True)
+class _Finished:
+    """A job done with: its entry to acknowledge, and what to send where."""
+
+    stream: str
+    model: str
+    entry_id: bytes
+    reply: str | None = None
+    result: bytes | None = None
+    dead_letter: dict[str, str | bytes | int | float] | None = None
+
+
+class Worker:
+    """Serves ``kinds`` from the job streams of the broker in ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kinds: Sequence[ModelKind],
+        metrics: Metrics,
+        worker_id: str | None = None,
+    ) -> None:
+        if not settings.broker_url:
+            raise ValueError("a worker needs settings.broker_url")
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._settings = settings
+        self._metrics = metrics
+        self._keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        budget = int(settings.model_cache_budget_mb * 1024 * 1024)
+        self._local = LocalDispatcher(kinds, budget, metrics)
+        self._models = tuple(kind.name for kind in kinds)
+        self._model_of = {
+            stream: model for model in self._models for stream in self._keys.all_jobs(model)
+        }
+        self._redis: Redis | None = None
+        self._connected = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._owned: list[str] = []
+        self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
+        self._reader_redis: Redis | None = None
+        self._reader_id: int | None = None  # the blocking reader's connection, to unblock it
+        self._running: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._finished: list[_Finished] = []
+        self._finished_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._health: asyncio.Server | None = None
+        self._reply_ttl_s = max(60, int(10 * settings.worker_dead_after_s))
+        self._reply_max = 10 * settings.broker_max_queue
+
+    @property
+    def dispatcher(self) -> LocalDispatcher:
+        """The embedded runtime this worker feeds (for inspection and tests)."""
+        return self._local
+
+    @property
+    def owned(self) -> list[str]:
+        """The partition streams this worker reads now."""
+        return list(self._owned)
+
+    def ready(self) -> bool:
+        """Connected to the broker and taking jobs."""
+        return self._connected and not self._stopping
+
+    async def start(self) -> None:
+        """Connect, join the consumer groups, and start reading, replying and heartbeating."""
+        await self._local.start()
+        self._redis = connect(self._settings.broker_url or "")
+        # The blocking reader has a connection of its own, so it can be told to stop waiting.
+        self._reader_redis = connect(self._settings.broker_url or "", max_connections=1)
+        await self._beat()
+        self._reader = asyncio.create_task(self._read(), name="worker read")
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(), name="worker heartbeat"),
+            asyncio.create_task(self._send_finished(), name="worker replies"),
+        ]
+        port = self._settings.worker_port
+        if port is not None:
+            self._health = await asyncio.start_server(self._answer_probe, self._settings.host, port)
+        logger.info("worker %s serving %s", self.id, ", ".join(self._models))
+
+    async def close(self) -> None:
+        """Stop reading, answer what was read, leave the registry so others take over."""
+        self._stopping = True
+        if self._health is not None:
+            self._health.close()
+        self._stopped.set()
+        self._room.set()
+        if self._reader is not None:
+            # Jobs delivered to a read cut short stay pending; others claim them once we leave.
+            await stop_tasks([self._reader], _READ_BLOCK_MS / 1000 + 1)
+            self._reader = None
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=self._settings.request_timeout_s)
+        await self._local.close()
+        self._finished_ready.set()
+        await stop_tasks(self._tasks, _READ_BLOCK_MS / 1000 + 1)
+        self._tasks = []
+        if self._redis is not None:
+            await self._flush()
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._redis.hdel(self._keys.workers, self.id)
+            await self._redis.aclose()
+            self._redis = None
+        if self._reader_redis is not None:
+            await self._reader_redis.aclose()
+            self._reader_redis = None
+        logger.info("worker %s stopped", self.id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    # Membership, ownership and claiming.
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
+            pause = self._settings.worker_heartbeat_s if self._connected else _RECONNECT_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), pause)
+            if not self._stopping:
+                await self._beat()
+
+    async def _beat(self) -> None:
+        """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
+        assert self._redis is not None
+        now = time.time()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self._keys.workers, self.id, WorkerRecord(self._models, now).encode())
+                pipe.hgetall(self._keys.workers)
+                _, registry = await pipe.execute()
+            if not self._connected:
+                await self._join_groups()
+                logger.info("worker %s connected to the job broker", self.id)
+                self._connected = True
+            live = live_workers(registry, now, self._settings.worker_dead_after_s)
+            await self._forget_departed(registry, live, now)
+            await self._take_ownership(live, now)
+            await self._claim(live)
+        except BROKER_ERRORS as error:
+            self._lost(error)
+        except ResponseError as error:  # NOGROUP: Redis restarted and lost the groups
+            logger.warning("job broker error: %s; rejoining", error)
+            self._connected = False
+
+    async def _join_groups(self) -> None:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self._model_of:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                    raise reply
+
+    async def _forget_departed(
+        self, registry: dict[bytes, bytes], live: dict[str, WorkerRecord], now: float
+    ) -> None:
+        """Drop registry entries of workers silent for ten times the dead-after delay."""
+        assert self._redis is not None
+        horizon = 10 * self._settings.worker_dead_after_s
+        departed = []
+        for worker, data in registry.items():
+            record = WorkerRecord.decode(data)
+            if worker.decode() not in live and (record is None or now - record.seen > horizon):
+                departed.append(worker)
+        if departed:
+            await self._redis.hdel(self._keys.workers, *departed)
+
+    async def _take_ownership(self, live: dict[str, WorkerRecord], now: float) -> None:
+        """Read the partitions this worker wins now, after a hand-over delay for new ones.
+
+        A partition won from another worker is read only after two heartbeats, by when its
+        previous owner has seen the change and stopped reading it: one partition, one reader,
+        so a restaurant is never fitted on two workers at once. A partition lost is dropped at
+        once: any change cuts short the blocking read, which restarts on the new set.
+        """
+        alone = True
+        won: list[str] = []
+        for model in self._models:
+            serving = sorted(w for w, record in live.items() if model in record.models)
+            if self.id not in serving:
+                serving.append(self.id)
+            alone = alone and len(serving) == 1
+            for partition in range(self._keys.partitions):
+                if owner(model, partition, serving) == self.id:
+                    won.append(self._keys.jobs(model, partition))
+        handover = 2 * self._settings.worker_heartbeat_s
+        self._winning = {
+            stream: self._winning.get(stream, now + (0 if alone else handover))
+            for stream in won
+            if stream not in self._owned
+        }
+        owned = [s for s in won if s in self._owned or self._winning[s] <= now]
+        if set(owned) == set(self._owned):
+            return
+        self._owned = owned
+        if self._reader_id is not None:
+            assert self._redis is not None
+            await self._redis.client_unblock(self._reader_id)
+
+    async def _claim(self, live: dict[str, WorkerRecord]) -> None:
+        """Take over the unanswered jobs of dead workers (at once) and stuck ones (after the
+        visibility timeout) in the partitions this worker owns."""
+        assert self._redis is not None
+        visibility_ms = int(self._settings.broker_visibility_timeout_s * 1000)
+        owned = self._owned
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in owned:
+                pipe.xpending(stream, GROUP)
+            summaries = await pipe.execute()
+        for stream, summary in zip(owned, summaries, strict=True):
+            room = self._settings.worker_prefetch - len(self._running)
+            if room <= 0:
+                return
+            if not summary["pending"]:
+                continue
+            for consumer in summary["consumers"]:
+                name = _text(consumer["name"])
+                if name == self.id:
+                    continue
+                dead = name not in live
+                rows = cast(
+                    list[dict[str, Any]],
+                    await self._redis.xpending_range(
+                        stream, GROUP, "-", "+", room, name, None if dead else visibility_ms
+                    ),
+                )
+                if not rows:
+                    continue
+                # Claim only entries still as idle as we saw them: if another worker claimed
+                # one meanwhile its idle time restarted, and this claim skips it.
+                min_idle = min(row["time_since_delivered"] for row in rows)
+                ids = [row["message_id"] for row in rows]
+                deliveries = {row["message_id"]: row["times_delivered"] for row in rows}
+                claimed = cast(
+                    list[Entry], await self._redis.xclaim(stream, GROUP, self.id, min_idle, ids)
+                )
+                logger.warning(
+                    "worker %s claimed %d jobs of %s worker %s on %s",
+                    self.id, len(claimed), "dead" if dead else "stuck", name, stream,
+                )  # fmt: skip
+                for entry_id, fields in claimed:
+                    if deliveries.get(entry_id, 0) >= self._settings.broker_max_deliveries:
+                        self._bury(stream, entry_id, fields, deliveries[entry_id])
+                    else:
+                        self._accept(stream, entry_id, fields)
+                self._metrics.reclaimed.inc(len(claimed))
+                room -= len(claimed)
+                if dead and len(rows) == consumer["pending"]:
+                    await self._redis.xgroup_delconsumer(stream, GROUP, name)
+
+    def _bury(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int
+    ) -> None:
+        """Dead-letter a job that was delivered too often without an answer."""
+        model = self._model_of[stream]
+        data = (fields or {}).get(b"j", b"")
+        reason = f"delivered {deliveries} times without an answer (workers crashed or stalled)"
+        logger.error("dead-lettering job %s of %s: %s", entry_id.decode(), model, reason)
+        finished = _Finished(stream, model, entry_id, dead_letter=self._letter(data, reason))
+        with contextlib.suppress(WireError):
+            record = JobRecord.decode(data)
+            finished.reply = record.reply
+            error = ErrorRecord.of(ModelUnavailable(f"{model} could not run this job: {reason}"))
+            finished.result = ResultRecord(record.job.id, error=error).encode()
+        self._finish(finished)
+
+    def _letter(self, data: bytes, error: str) -> dict[str, str | bytes | int | float]:
+        return {"job": data, "error": error, "worker": self.id, "at": time.time()}
+
+    # Reading and running jobs.
+
+    async def _read(self) -> None:
+        redis = self._reader_redis
+        assert redis is not None
+        while not self._stopping:
+            room = self._settings.worker_prefetch - len(self._running)
+            owned = self._owned
+            if not self._connected or not owned:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), _RECONNECT_S)
+                continue
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            count = min(self._settings.worker_read_count, max(1, room // len(owned)))
+            try:
+                if self._reader_id is None:
+                    self._reader_id = int(await redis.client_id())
+                response = cast(
+                    StreamRead,
+                    await redis.xreadgroup(
+                        GROUP, self.id, dict.fromkeys(owned, ">"), count=count, block=_READ_BLOCK_MS
+                    ),
+                )
+            except BROKER_ERRORS as error:
+                self._reader_id = None  # a new connection will have a new id
+                self._lost(error)
+                await asyncio.sleep(_RECONNECT_S)
+                continue
+            except ResponseError as error:  # NOGROUP: the heartbeat rejoins the groups
+                logger.warning("job broker error: %s; rejoining", error)
+                self._connected = False
+                continue
+            for stream, entries in response or []:
+                name = _text(stream)
+                for entry_id, fields in entries:
+                    self._accept(name, entry_id, fields)
+
+    def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        model = self._model_of[stream]
+        data = (fields or {}).get(b"j")
+        if data is None:  # deleted meanwhile: nothing to run, nothing to answer
+            self._finish(_Finished(stream, model, entry_id))
+            return
+        try:
+            record = JobRecord.decode(data)
+        except WireError as error:
+            logger.error("dead-lettering an undecodable job on %s: %s", stream, error)
+            self._finish(
+                _Finished(stream, model, entry_id, dead_letter=self._letter(data, str(error)))
+            )
+            return
+        if record.job.remaining() <= 0:  # its caller has had its 504: no dead work
+            self._metrics.expired.labels(model).inc()
+            self._finish(_Finished(stream, model, entry_id))
+            return
+        task = asyncio.create_task(self._run(stream, entry_id, data, record))
+        self._running.add(task)
+        task.add_done_callback(self._done_running)
+
+    def _done_running(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._room.set()
+
+    async def _run(self, stream: str, entry_id: bytes, data: bytes, record: JobRecord) -> None:
+        job = record.job
+        finished = _Finished(stream, job.model, entry_id, reply=record.reply)
+        try:
+            result = ResultRecord(job.id, await self._local.submit(job))
+        except SluicewayError as error:
+            result = ResultRecord(job.id, error=ErrorRecord.of(error))
+        except Exception as error:  # the model failed on it: answer, and keep it for a look
+            failure = ErrorRecord.of(error)
+            result = ResultRecord(job.id, error=failure)
+            finished.dead_letter = self._letter(data, failure.message)
+        try:
+            finished.result = result.encode()
+        except WireError as error:
+            finished.result = ResultRecord(job.id, error=ErrorRecord.of(error)).encode()
+        self._finish(finished)
+
+    # Replying and acknowledging.
+
+    def _finish(self, finished: _Finished) -> None:
+        self._finished.append(finished)
+        self._finished_ready.set()
+
+    async def _send_finished(self) -> None:
+        while not self._stopping:
+            await self._finished_ready.wait()
+            self._finished_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send answers, dead letters and acknowledgements of everything finished, in one
+        pipeline; answers go first so a crash in between re-runs a job rather than loses it."""
+        batch, self._finished = self._finished, []
+        if not batch or self._redis is None:
+            return
+        settings = self._settings
+        acks: defaultdict[tuple[str, str], list[bytes]] = defaultdict(list)
+        replies: set[str] = set()
+        pipe = self._redis.pipeline(transaction=False)
+        for item in batch:
+            if item.reply is not None and item.result is not None:
+                pipe.xadd(item.reply, {"r": item.result}, maxlen=self._reply_max)
+                replies.add(item.reply)
+            if item.dead_letter is not None:
+                self._metrics.dead_letters.labels(item.model).inc()
+                dead = self._keys.dead_letters(item.model)
+                pipe.xadd(dead, item.dead_letter, maxlen=settings.broker_dead_letter_max)  # type: ignore[arg-type]
+            acks[item.stream, item.model].append(item.entry_id)
+        for reply in replies:
+            pipe.expire(reply, self._reply_ttl_s)
+        for (stream, model), ids in acks.items():
+            pipe.eval(FINISH, 2, stream, self._keys.queued(model), GROUP, *ids)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BROKER_ERRORS as error:
+            self._lost(error)
+            logger.warning("dropped %d answers: the broker is unreachable", len(batch))
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("job broker refused a write: %s", result)
+
+    def _lost(self, error: Exception) -> None:
+        if self._connected:
+            logger.warning("worker %s lost the job broker: %s", self.id, error)
+        self._connected = False
+
+    # Probes for orchestrators.
+
+    async def _answer_probe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A minimal HTTP/1.0 responder: ``/healthz``, ``/readyz`` and ``/metrics``."""
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass  # headers: nothing in them matters here
+            parts = request.split()
+            path = parts[1].decode(errors="replace") if len(parts) > 1 else ""
+            status, body, kind = 404, b"not found\n", "text/plain"
+            if path == "/healthz":
+                status, body = 200, b"ok\n"
+            elif path == "/readyz":
+                status, body = (200, b"ready\n") if self.ready() else (503, b"not ready\n")
+            elif path == "/metrics":
+                status, body, kind = (
+                    200,
+                    generate_latest(self._metrics.registry),
+                    CONTENT_TYPE_LATEST,
+                )
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            head = f"HTTP/1.0 {status} {reason}\r\nContent-Type: {kind}\r\n"
+            head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def select_kinds(kinds: Sequence[ModelKind], names: str) -> list[ModelKind]:
+    """The kinds named in a comma-separated list (all of them when it is empty)."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    if not wanted:
+        return list(kinds)
+    known = {kind.name: kind for kind in kinds}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; known: {sorted(known)}")
+    return [known[name] for name in wanted]
+
+
+async def serve_until_signalled(settings: Settings, kinds: Sequence[ModelKind]) -> None:
+    """Run one worker until SIGTERM or SIGINT, then stop gracefully (the ``worker`` command)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Worker(settings, kinds, Metrics()).run(stop)

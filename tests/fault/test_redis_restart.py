@@ -1,0 +1,94 @@
+"""Stop and restart Redis under light load: no request hangs, failures are fast 503s, and the
+service recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sluiceway.app import create_app
+from sluiceway.kinds import build_kinds
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.worker import Worker, select_kinds
+from tests.conftest import app_client, fast_settings
+from tests.redis_server import RedisServer
+from tests.runtime.test_dispatcher_contract import restaurant
+
+TIMEOUT_S = 2.0
+BODY = {
+    "training_data": {"training_data": restaurant(0).tolist()},
+    "query_input": {"query_input": [1, 2]},
+}
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, since the test stops it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
+    settings = fast_settings(
+        broker_url=redis.url,
+        broker_prefix=f"outage-{uuid.uuid4().hex[:8]}",
+        worker_port=None,
+        worker_heartbeat_s=0.2,
+        worker_dead_after_s=1.0,
+        knn_infer_base_cost_s=0.05,
+    )
+    worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), Metrics())
+    await worker.start()
+    outcomes: list[tuple[float, int, float, str | None]] = []  # (sent at, status, took, retry)
+    began = time.monotonic()
+    stop_at, restart_at, end_at = 1.5, 3.0, 7.0
+    readiness: dict[str, int] = {}
+
+    async def kiosk(http: httpx.AsyncClient) -> None:
+        while time.monotonic() - began < end_at:
+            sent = time.monotonic()
+            response = await http.post(
+                "/classify", json=BODY, headers={"X-Request-Timeout": str(TIMEOUT_S)}
+            )
+            took = time.monotonic() - sent
+            outcomes.append(
+                (sent - began, response.status_code, took, response.headers.get("retry-after"))
+            )
+            await asyncio.sleep(0.02)
+
+    async def operator(http: httpx.AsyncClient) -> None:
+        await asyncio.sleep(stop_at)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(0.5)
+        readiness["down"] = (await http.get("/readyz")).status_code
+        await asyncio.sleep(restart_at - stop_at - 0.5)
+        await asyncio.to_thread(redis.start)
+
+    try:
+        async with app_client(create_app(settings)) as http:
+            await asyncio.wait_for(
+                asyncio.gather(operator(http), *(kiosk(http) for _ in range(4))), 20
+            )
+            readiness["after"] = (await http.get("/readyz")).status_code
+    finally:
+        await worker.close()
+
+    assert {status for _, status, _, _ in outcomes} <= {200, 503}, outcomes
+    assert max(took for _, _, took, _ in outcomes) < TIMEOUT_S + 0.5, "a request hung"
+    refused = [o for o in outcomes if o[1] == 503]
+    assert refused and all(retry == "1" for *_, retry in refused)
+    assert all(stop_at - 0.2 <= sent <= restart_at + 3 for sent, *_ in refused)
+    assert all(status == 200 for sent, status, *_ in outcomes if sent < stop_at - 0.2)
+    healed = [status for sent, status, *_ in outcomes if sent > end_at - 1.5]
+    assert healed and all(status == 200 for status in healed), "did not recover"
+    assert readiness == {"down": 503, "after": 200}

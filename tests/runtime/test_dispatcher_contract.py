@@ -1,0 +1,197 @@
+"""One contract, two dispatchers: embedded ``LocalDispatcher`` and ``RedisDispatcher`` with a
+worker over a real redis-server. Everything above the seam relies on exactly this."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from sluiceway.api.kiosk import training_key
+from sluiceway.kinds import build_kinds
+from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
+from sluiceway.runtime.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
+from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.redis_dispatch import RedisDispatcher
+from sluiceway.runtime.worker import Worker, select_kinds
+from tests.conftest import fast_settings
+from tests.redis_server import RedisServer
+
+
+@dataclass
+class Harness:
+    """A started dispatcher and the metrics of the process where its models run."""
+
+    dispatcher: Dispatcher
+    compute_metrics: Metrics
+
+    def loads(self) -> float:
+        return self.compute_metrics.model_loads.labels("knn")._value.get()
+
+    def batches(self) -> tuple[float, float]:
+        """(model calls, inputs) of the KNN so far."""
+        histogram = self.compute_metrics.batch_size.labels("knn")
+        return histogram._sum.get(), sum(b.get() for b in histogram._buckets)
+
+
+Start = Callable[..., AbstractAsyncContextManager[Harness]]
+
+
+@asynccontextmanager
+async def _local(**overrides: object) -> AsyncIterator[Harness]:
+    settings = fast_settings(**overrides)
+    metrics = Metrics()
+    dispatcher = LocalDispatcher(select_kinds(build_kinds(settings), "knn"), 1 << 30, metrics)
+    await dispatcher.start()
+    try:
+        yield Harness(dispatcher, metrics)
+    finally:
+        await dispatcher.close()
+
+
+def _redis(server: RedisServer) -> Start:
+    @asynccontextmanager
+    async def start(**overrides: object) -> AsyncIterator[Harness]:
+        settings = fast_settings(
+            broker_url=server.url,
+            broker_prefix=f"test-{uuid.uuid4().hex[:8]}",
+            worker_port=None,
+            worker_heartbeat_s=0.2,
+            **overrides,
+        )
+        worker_metrics = Metrics()
+        worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), worker_metrics)
+        await worker.start()
+        dispatcher = RedisDispatcher(settings, Metrics())
+        await dispatcher.start()
+        try:
+            yield Harness(dispatcher, worker_metrics)
+        finally:
+            await dispatcher.close()
+            await worker.close()
+
+    return start
+
+
+@pytest.fixture(params=["local", "redis"])
+def start(request: pytest.FixtureRequest) -> Start:
+    """Starts a dispatcher of each implementation with settings overrides."""
+    if request.param == "local":
+        return _local
+    return _redis(request.getfixturevalue("redis_server"))
+
+
+def restaurant(seed: int, rows: int = 10) -> np.ndarray:
+    """Training rows like the kiosk's: two features in [-10, 10), a label in [0, 3)."""
+    rng = np.random.default_rng(seed)
+    features = rng.integers(-10, 10, size=(rows, 2))
+    labels = rng.integers(0, 3, size=(rows, 1))
+    return np.hstack([features, labels]).astype(np.int64)
+
+
+def knn_job(training: np.ndarray, queries: np.ndarray, timeout_s: float = 5.0) -> Job:
+    return Job(
+        model="knn",
+        key=training_key(training),
+        spec=training,
+        payload=queries,
+        deadline=time.time() + timeout_s,
+    )
+
+
+def expected(training: np.ndarray, queries: np.ndarray) -> list[int]:
+    classifier = KNeighborsClassifier(n_neighbors=3).fit(training[:, :-1], training[:, -1])
+    return [int(label) for label in classifier.predict(queries)]
+
+
+async def test_ready_and_serves_knn(start: Start) -> None:
+    async with start() as harness:
+        assert harness.dispatcher.ready()
+        assert "knn" in harness.dispatcher.models()
+
+
+async def test_answers_are_the_models_labels(start: Start) -> None:
+    rng = np.random.default_rng(7)
+    async with start() as harness:
+        trainings = [restaurant(seed) for seed in range(5)]
+        queries = [rng.uniform(-10, 10, size=(int(rng.integers(1, 4)), 2)) for _ in range(60)]
+        jobs = [knn_job(trainings[i % 5], q) for i, q in enumerate(queries)]
+        results = await asyncio.gather(*(harness.dispatcher.submit(job) for job in jobs))
+        for i, (query, labels) in enumerate(zip(queries, results, strict=True)):
+            assert labels == expected(trainings[i % 5], query)
+
+
+async def test_one_fit_per_training_set_and_batches_share_calls(start: Start) -> None:
+    training = restaurant(1)
+    async with start(knn_fit_cost_s=0.2, knn_infer_base_cost_s=0.05) as harness:
+        queries = np.zeros((1, 2))
+        await asyncio.gather(
+            *(harness.dispatcher.submit(knn_job(training, queries)) for _ in range(40))
+        )
+        inputs, calls = harness.batches()
+        assert harness.loads() == 1
+        assert inputs == 40
+        assert calls <= 4, f"40 concurrent jobs of one restaurant took {calls} model calls"
+
+
+async def test_unknown_model_is_unavailable(start: Start) -> None:
+    async with start() as harness:
+        job = Job(model="nope", payload=np.zeros((1, 2)), deadline=time.time() + 5)
+        with pytest.raises(ModelUnavailable):
+            await harness.dispatcher.submit(job)
+
+
+async def test_a_passed_deadline_is_exceeded_and_never_computed(start: Start) -> None:
+    async with start() as harness:
+        job = knn_job(restaurant(2), np.zeros((1, 2)), timeout_s=-1)
+        with pytest.raises(DeadlineExceeded):
+            await harness.dispatcher.submit(job)
+        await asyncio.sleep(0.3)
+        assert harness.batches() == (0, 0)
+
+
+async def test_a_slow_answer_fails_at_the_deadline(start: Start) -> None:
+    async with start(knn_fit_cost_s=2.0) as harness:
+        job = knn_job(restaurant(3), np.zeros((1, 2)), timeout_s=0.3)
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await harness.dispatcher.submit(job)
+        assert time.monotonic() - began < 0.6
+
+
+async def test_a_full_queue_is_overloaded_and_the_rest_answered(start: Start) -> None:
+    overrides = {"knn_slots": 1, "knn_max_queue": 8, "broker_max_queue": 8, "knn_fit_cost_s": 0.3}
+    async with start(**overrides) as harness:
+        training = restaurant(4)
+        jobs = [knn_job(training, np.zeros((1, 2))) for _ in range(30)]
+        outcomes = await asyncio.gather(
+            *(harness.dispatcher.submit(job) for job in jobs), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, Overloaded)]
+        answered = [o for o in outcomes if isinstance(o, list)]
+        assert len(refused) + len(answered) == 30, outcomes
+        assert 15 <= len(refused) <= 23
+        assert all(labels == expected(training, np.zeros((1, 2))) for labels in answered)
+
+
+async def test_a_model_failure_reaches_the_caller_as_a_plain_error(start: Start) -> None:
+    # Two training rows for k=3: the fit works, every prediction raises inside the model.
+    async with start() as harness:
+        job = knn_job(restaurant(5, rows=2), np.zeros((1, 2)))
+        with pytest.raises(Exception) as caught:
+            await harness.dispatcher.submit(job)
+        assert not isinstance(caught.value, SluicewayError)
+        assert "n_neighbors" in str(caught.value) or "n_samples" in str(caught.value)

@@ -1,0 +1,109 @@
+"""The split-mode wire codec: jobs, results and errors survive the trip, compactly."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from sluiceway.runtime.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
+from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.wire import (
+    ErrorRecord,
+    JobRecord,
+    ResultRecord,
+    WireError,
+    WorkerRecord,
+    live_workers,
+    pack,
+    unpack,
+)
+
+
+def test_a_kiosk_job_round_trips_with_its_arrays() -> None:
+    queries = np.random.default_rng(0).uniform(-10, 10, size=(7, 2))
+    training = np.arange(30, dtype=np.int64).reshape(10, 3)
+    job = Job(model="knn", key="abc", spec=training, payload=queries, deadline=time.time() + 3)
+    record = JobRecord.decode(JobRecord(job, "sluiceway:reply:n1").encode())
+    assert record.reply == "sluiceway:reply:n1"
+    got = record.job
+    assert (got.id, got.model, got.key, got.deadline) == (job.id, "knn", "abc", job.deadline)
+    assert got.payload.dtype == np.float64 and got.payload.shape == (7, 2)
+    assert np.array_equal(got.payload, queries)
+    assert got.spec.dtype == np.int64 and np.array_equal(got.spec, training)
+    got.payload[0, 0] = 1.0  # models may write into their inputs, as in embedded mode
+
+
+def test_images_travel_as_raw_bytes_not_lists() -> None:
+    image = np.random.default_rng(1).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    job = Job(model="birds", payload=image, deadline=time.time() + 3)
+    data = JobRecord(job, "r").encode()
+    assert len(data) < image.nbytes + 200
+    assert np.array_equal(JobRecord.decode(data).job.payload, image)
+
+
+def test_a_job_is_far_smaller_than_json() -> None:
+    queries = np.random.default_rng(2).uniform(-10, 10, size=(100, 2))
+    job = Job(model="knn", key="k", payload=queries, deadline=1.0)
+    assert len(JobRecord(job, "r").encode()) < len(json.dumps(queries.tolist())) / 1.5
+
+
+def test_non_contiguous_and_zero_size_arrays_round_trip() -> None:
+    matrix = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    empty = np.zeros((0, 3), dtype=np.int16)
+    got = unpack(pack({"a": matrix, "b": empty}))
+    assert np.array_equal(got["a"], matrix) and got["a"].dtype == np.float32
+    assert got["b"].shape == (0, 3) and got["b"].dtype == np.int16
+
+
+def test_results_carry_values_and_numpy_scalars_become_python() -> None:
+    value = [{"bird_name": "Robin", "score": np.float32(0.5)}, np.int64(3)]
+    record = ResultRecord.decode(ResultRecord("j1", value).encode())
+    assert record.job_id == "j1"
+    assert record.outcome() == [{"bird_name": "Robin", "score": 0.5}, 3]
+
+
+@pytest.mark.parametrize("error", [BadInput, Overloaded, DeadlineExceeded, ModelUnavailable])
+def test_runtime_errors_come_back_as_their_class(error: type[Exception]) -> None:
+    sent = ResultRecord("j", error=ErrorRecord.of(error("what went wrong")))
+    with pytest.raises(error, match="what went wrong"):
+        ResultRecord.decode(sent.encode()).outcome()
+
+
+def test_a_models_own_failure_comes_back_as_a_plain_error() -> None:
+    sent = ResultRecord("j", error=ErrorRecord.of(ValueError("n_neighbors > n_samples")))
+    with pytest.raises(RuntimeError, match="ValueError: n_neighbors > n_samples"):
+        ResultRecord.decode(sent.encode()).outcome()
+
+
+def test_what_cannot_be_sent_is_a_wire_error() -> None:
+    with pytest.raises(WireError, match="objects"):
+        pack(np.array([object()], dtype=object))
+    with pytest.raises(WireError, match="set"):
+        pack({1, 2})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xc1garbage", msgpack.packb([99, "id", True, 1]), msgpack.packb({"not": "a record"})],
+)
+def test_foreign_bytes_are_refused(data: bytes) -> None:
+    with pytest.raises(WireError):
+        ResultRecord.decode(data)
+    with pytest.raises(WireError):
+        JobRecord.decode(data)
+
+
+def test_the_registry_keeps_only_workers_heard_from_lately() -> None:
+    now = 1000.0
+    registry = {
+        b"w1": WorkerRecord(("knn",), now - 1).encode(),
+        b"w2": WorkerRecord(("knn", "birds"), now - 10).encode(),
+        b"w3": b"junk",
+    }
+    live = live_workers(registry, now, dead_after_s=5)
+    assert list(live) == ["w1"]
+    assert live["w1"].models == ("knn",)

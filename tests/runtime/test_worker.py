@@ -1,0 +1,216 @@
+"""Model workers over a real redis-server: affinity, takeover, dead letters, expiry, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from sluiceway.config import Settings
+from sluiceway.kinds import build_kinds
+from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable
+from sluiceway.runtime.keys import GROUP, Keys
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.redis_dispatch import RedisDispatcher
+from sluiceway.runtime.wire import JobRecord, ResultRecord, WorkerRecord
+from sluiceway.runtime.worker import Worker, select_kinds
+from tests.conftest import fast_settings
+from tests.redis_server import RedisServer
+from tests.runtime.test_dispatcher_contract import expected, knn_job, restaurant
+
+
+def cluster_settings(server: RedisServer, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "broker_url": server.url,
+        "broker_prefix": f"test-{uuid.uuid4().hex[:8]}",
+        "worker_port": None,
+        "worker_heartbeat_s": 0.1,
+        "worker_dead_after_s": 0.5,
+    }
+    values.update(overrides)
+    return fast_settings(**values)
+
+
+def new_worker(
+    settings: Settings, metrics: Metrics | None = None, name: str | None = None
+) -> Worker:
+    kinds = select_kinds(build_kinds(settings), "knn")
+    return Worker(settings, kinds, metrics or Metrics(), worker_id=name)
+
+
+@asynccontextmanager
+async def api_node(settings: Settings) -> AsyncIterator[RedisDispatcher]:
+    dispatcher = RedisDispatcher(settings, Metrics())
+    await dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.close()
+
+
+@asynccontextmanager
+async def redis_client(server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def queued(redis: Redis, keys: Keys) -> int:
+    """The KNN's admitted and unfinished jobs, by the queue-bound counter."""
+    return int(await redis.get(keys.queued("knn")) or 0)
+
+
+async def eventually(check: object, timeout_s: float = 5.0) -> None:
+    """Wait until ``check()`` is true, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true after {timeout_s} s: {check}")
+        await asyncio.sleep(0.02)
+
+
+async def test_each_restaurant_is_fitted_once_on_one_worker(redis_server: RedisServer) -> None:
+    settings = cluster_settings(redis_server)
+    # Fixed names: which worker wins which restaurant is then fixed too (and both win some).
+    first, second = new_worker(settings, name="worker-a"), new_worker(settings, name="worker-b")
+    await first.start()
+    await second.start()
+    try:
+        await eventually(
+            lambda: first.owned and second.owned and len(first.owned) + len(second.owned) == 16
+        )
+        assert not set(first.owned) & set(second.owned)
+        trainings = [restaurant(seed) for seed in range(8)]
+        async with api_node(settings) as api:
+            jobs = [knn_job(trainings[i % 8], np.zeros((1, 2))) for i in range(160)]
+            results = await asyncio.gather(*(api.submit(job) for job in jobs))
+        for i, labels in enumerate(results):
+            assert labels == expected(trainings[i % 8], np.zeros((1, 2)))
+        caches = [first.dispatcher.cache, second.dispatcher.cache]
+        assert len(caches[0]) + len(caches[1]) == 8, "a training set was fitted twice"
+        assert len(caches[0]) > 0 and len(caches[1]) > 0, "one worker did all the work"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_departing_workers_partitions_move_to_the_others(
+    redis_server: RedisServer,
+) -> None:
+    settings = cluster_settings(redis_server)
+    first, second = new_worker(settings), new_worker(settings)
+    await first.start()
+    await second.start()
+    try:
+        await eventually(lambda: first.owned and second.owned)
+        await first.close()
+        await eventually(lambda: len(second.owned) == 16)
+        async with api_node(settings) as api:
+            training = restaurant(1)
+            assert await api.submit(knn_job(training, np.zeros((1, 2)))) == expected(
+                training, np.zeros((1, 2))
+            )
+    finally:
+        await second.close()
+
+
+async def _ghost_takes(
+    settings: Settings, redis: Redis, api: RedisDispatcher, training: np.ndarray
+) -> tuple[asyncio.Task[object], JobRecord]:
+    """Submit a job and let a fake worker "ghost" take delivery of it (then "die")."""
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    job = knn_job(training, np.zeros((1, 2)), 3.0)
+    stream = keys.jobs("knn", keys.partition(job.key))
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    submitted = asyncio.create_task(api.submit(job))
+    for _ in range(100):
+        read = await redis.xreadgroup(GROUP, "ghost", {stream: ">"}, count=10)
+        if read:
+            [(_, [(_, fields)])] = read
+            return submitted, JobRecord.decode(fields[b"j"])
+        await asyncio.sleep(0.02)
+    pytest.fail("the job never reached its stream")
+
+
+async def _register_ghost(settings: Settings, redis: Redis) -> None:
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    await redis.hset(keys.workers, "ghost", WorkerRecord(("knn",), time.time() + 60).encode())
+
+
+@pytest.mark.parametrize("max_deliveries", [1, 2])
+async def test_a_job_that_crashed_workers_too_often_is_dead_lettered(
+    redis_server: RedisServer, max_deliveries: int
+) -> None:
+    settings = cluster_settings(redis_server, broker_max_deliveries=max_deliveries)
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    training = restaurant(3)
+    async with redis_client(redis_server) as redis:
+        await _register_ghost(settings, redis)
+        async with api_node(settings) as api:
+            submitted, _ = await _ghost_takes(settings, redis, api, training)
+            await redis.hdel(keys.workers, "ghost")  # the ghost died holding the job
+            metrics = Metrics()
+            worker = new_worker(settings, metrics)
+            await worker.start()
+            try:
+                if max_deliveries == 1:
+                    with pytest.raises(ModelUnavailable, match="delivered 1 times"):
+                        await submitted
+                    letters = await redis.xrange(keys.dead_letters("knn"))
+                    assert len(letters) == 1
+                    assert b"without an answer" in letters[0][1][b"error"]
+                else:  # one more delivery allowed: the new worker answers it
+                    assert await submitted == expected(training, np.zeros((1, 2)))
+                    assert await redis.xlen(keys.dead_letters("knn")) == 0
+                assert await queued(redis, keys) == 0
+                assert metrics.reclaimed._value.get() == 1
+                buried = metrics.dead_letters.labels("knn")._value.get()
+                assert buried == (1 if max_deliveries == 1 else 0)
+            finally:
+                await worker.close()
+
+
+async def test_a_late_duplicate_result_is_ignored(redis_server: RedisServer) -> None:
+    settings = cluster_settings(redis_server)
+    async with redis_client(redis_server) as redis:
+        await _register_ghost(settings, redis)
+        async with api_node(settings) as api:
+            submitted, record = await _ghost_takes(settings, redis, api, restaurant(4))
+            for labels in ([1], [2]):
+                await redis.xadd(record.reply, {"r": ResultRecord(record.job.id, labels).encode()})
+            await redis.xadd(record.reply, {"r": ResultRecord("nobody", [9]).encode()})
+            assert await submitted == [1]
+
+
+async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServer) -> None:
+    settings = cluster_settings(redis_server)
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    async with redis_client(redis_server) as redis:
+        await _register_ghost(settings, redis)  # accepted by the API, then nobody reads it
+        async with api_node(settings) as api:
+            with pytest.raises(DeadlineExceeded):
+                await api.submit(knn_job(restaurant(5), np.zeros((1, 2)), timeout_s=0.2))
+            await redis.hdel(keys.workers, "ghost")
+            metrics = Metrics()
+            worker = new_worker(settings, metrics)
+            await worker.start()
+            try:
+                expired = metrics.expired.labels("knn")
+                await eventually(lambda: expired._value.get() == 1)
+                assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
+                for _ in range(100):  # its entry is acknowledged right after
+                    if await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await queued(redis, keys) == 0
+                assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
+            finally:
+                await worker.close()
