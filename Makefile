@@ -2,10 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Extras the tests need; `make run` installs the core only.
-TEST_EXTRAS ?= dev
+# Extras the tests need; `make run` installs the core only. The captions extra pins
+# torch==2.13.0, whose CPU build lies in /opt/wheels on these machines (any other torch, or the
+# registry's build of this one, pulls gigabytes of CUDA packages).
+TEST_EXTRAS ?= dev,captions
+WHEELS ?= /opt/wheels
+PIP_FIND := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: run test install-run install-test system-deps lint typecheck pytest bench-kiosk clean
+.PHONY: run test install-run install-test system-deps lint typecheck pytest clean \
+	bench-kiosk bench-images bench-web bench-captions bench-scaleout
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +20,7 @@ install-run: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e ".[$(TEST_EXTRAS)]"
+	$(BIN)/pip install -q $(PIP_FIND) -e ".[$(TEST_EXTRAS)]"
 
 ## Install and start the server on its embedded defaults (http://127.0.0.1:8000).
 run: install-run
@@ -38,9 +43,21 @@ typecheck:
 pytest:
 	bash scripts/pytest.sh
 
-## The kiosk benchmark: ceiling, naive and Sluiceway under the seed's Locust load.
+## Benchmarks: each runs Sluiceway beside its baselines in one go and rewrites bench/<name>/.
 bench-kiosk: install-test
 	$(BIN)/python -m bench.kiosk.run
+
+bench-images: install-test
+	$(BIN)/python -m bench.images.run
+
+bench-web: install-test
+	$(BIN)/python -m bench.web.run
+
+bench-captions: install-test
+	$(BIN)/python -m bench.captions.run
+
+bench-scaleout: install-test system-deps
+	$(BIN)/python -m bench.scaleout.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

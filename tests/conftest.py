@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,6 +11,10 @@ from fastapi import FastAPI
 
 from sluiceway.app import create_app
 from sluiceway.config import Settings
+from tests.fixtures.fileserver import FileServer
+from tests.fixtures.images import bird_server
+from tests.fixtures.tiny_git import build_tiny_git
+from tests.redis_server import redis_server  # noqa: F401  (a fixture: the suite's redis-server)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -25,6 +29,25 @@ def fast_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def birds_server() -> Iterator[FileServer]:
+    """The shared birds folder (model, photos) and some bad files, on 127.0.0.1."""
+    with bird_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache folder shared by the session, so the birds model downloads once."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny GIT captioning model (seeded random weights, ~200 KB)."""
+    return build_tiny_git(tmp_path_factory.mktemp("tiny-git"))
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import uvicorn
@@ -18,6 +20,8 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             os.environ[f"SLUICEWAY_{name.upper()}"] = str(value)
+    if args.broker is not None:
+        os.environ["SLUICEWAY_BROKER_URL"] = args.broker
     settings = Settings()
     logs.configure(settings.log_level)
     uvicorn.run(
@@ -36,6 +40,40 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from sluiceway.kinds import build_kinds
+    from sluiceway.runtime.worker import select_kinds, serve_until_signalled
+
+    for name, value in (("BROKER_URL", args.broker), ("WORKER_MODELS", args.models)):
+        if value is not None:
+            os.environ[f"SLUICEWAY_{name}"] = value
+    settings = Settings()
+    logs.configure(settings.log_level)
+    if not settings.broker_url:
+        print("sluiceway worker: give --broker redis://HOST:PORT/DB", file=sys.stderr)
+        return 2
+    try:
+        kinds = select_kinds(build_kinds(settings), settings.worker_models)
+    except ValueError as error:
+        print(f"sluiceway worker: {error}", file=sys.stderr)
+        return 2
+    uvloop.run(serve_until_signalled(settings, kinds))
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from sluiceway import classify  # loads the model runtimes; only this command needs them
+
+    settings = Settings()
+    logs.configure("DEBUG" if args.verbose else settings.log_level)
+    # httpx logs every request at INFO and httpcore every socket step at DEBUG: not essentials.
+    logging.getLogger("httpx").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.INFO)
+    return classify.run(args.urls, args.k, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sluiceway`` argument parser."""
     parser = argparse.ArgumentParser(prog="sluiceway", description=__doc__)
@@ -45,7 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.add_argument("--broker", help="redis://HOST:PORT/DB: run as an API node of split mode")
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser("worker", help="run a model worker of split mode (over Redis)")
+    worker.add_argument("--broker", help="redis://HOST:PORT/DB (or SLUICEWAY_BROKER_URL)")
+    worker.add_argument("--models", help="comma-separated models to serve (default: all)")
+    worker.set_defaults(run=_worker)
+    classify = commands.add_parser(
+        "classify", help="print the top birds of each image URL (standalone, no server)"
+    )
+    classify.add_argument("urls", nargs="+", metavar="URL", help="image URLs")
+    classify.add_argument(
+        "--k",
+        type=int,
+        default=3,
+        choices=range(0, 11),
+        metavar="K",
+        help="matches per image, 0-10 (default 3)",
+    )
+    classify.add_argument("-v", "--verbose", action="store_true", help="DEBUG logging")
+    classify.set_defaults(run=_classify)
     return parser
 
 

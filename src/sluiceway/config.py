@@ -36,3 +36,91 @@ class Settings(BaseSettings):
     knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
     knn_max_training_rows: int = Field(100_000, ge=1)
     knn_max_queries: int = Field(10_000, ge=1)
+
+    # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
+    # busy while image decoding (also threaded) interleaves; see models/classifier.py.
+    model_cache_dir: str = Field(
+        "~/.cache/sluiceway/models", description="downloaded model files, verified by sha256"
+    )
+    birds_model_url: str = (
+        "https://storage.googleapis.com/download.tensorflow.org/models/tflite/task_library/"
+        "image_classifier/android/lite-model_aiy_vision_classifier_birds_V1_3.tflite"
+    )
+    birds_model_sha256: str = "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093"
+    birds_download_timeout_s: float = Field(120.0, gt=0, description="whole model download")
+    birds_threads: int = Field(1, ge=1, description="LiteRT threads per compute slot")
+    birds_slots: int = Field(2, ge=1)
+    # XNNPACK's cost per image does not fall with batch size, while each batch size held by an
+    # interpreter keeps its own arena (batch 16 ≈ +28 MB per slot): 8 batches enough.
+    birds_max_batch: int = Field(8, ge=1)
+    birds_max_delay_ms: float = Field(0.0, ge=0)
+    birds_max_queue: int = Field(1024, ge=1)
+    birds_max_images: int = Field(10, ge=1, description="images per bird API call")
+    birds_max_k: int = Field(10, ge=0, description="largest k the bird API accepts")
+    imagenet_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
+    imagenet_slots: int = Field(2, ge=1)
+    imagenet_max_batch: int = Field(8, ge=1)
+    imagenet_max_delay_ms: float = Field(0.0, ge=0)
+    imagenet_max_queue: int = Field(1024, ge=1)
+    classify_max_k: int = Field(20, ge=1, description="largest k of the native classify API")
+    classify_max_images: int = Field(64, ge=1, description="images per native classify call")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
+    jpeg_draft: bool = Field(
+        True, description="decode large JPEGs at 1/2-1/8 scale (about 2x faster; scores move ~3%)"
+    )
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one uploaded image")
+
+    # The upload page (api/web.py): where photos and people's reports are kept.
+    upload_dir: str = Field(
+        "~/.local/share/sluiceway/uploads", description="uploaded photos, by content hash"
+    )
+    feedback_dir: str = Field(
+        "~/.local/share/sluiceway/feedback", description="feedback.csv: wrong-prediction reports"
+    )
+
+    # Image captions (models/captioner.py, api/captions.py; needs the ``captions`` extra).
+    # One slot with one torch thread: a caption call is seconds of compute, and on 2 shared
+    # cores a second intra-op thread fights the other models and HTTP for the CPU (measured
+    # 3x slower per caption under contention); the other core stays free for them.
+    caption_model: str = Field(
+        "microsoft/git-base-textcaps",
+        description="a folder written by save_pretrained, or a hub id (needs the internet)",
+    )
+    caption_max_new_tokens: int = Field(20, ge=1, le=256, description="greedy tokens per title")
+    caption_threads: int = Field(1, ge=1, description="torch intra-op threads")
+    caption_slots: int = Field(1, ge=1, description="caption calls running at once")
+    caption_max_batch: int = Field(8, ge=1, description="pictures per generate call")
+    caption_max_delay_ms: float = Field(10.0, ge=0, description="wait this long to fill a batch")
+    caption_max_queue: int = Field(32, ge=1, description="queued pictures before 503")
+    caption_max_image_bytes: int = Field(5 * 1024 * 1024, ge=1, description="decoded image cap")
+    caption_max_side: int = Field(448, ge=16, description="shorter side kept at the edge")
+    caption_hub_timeout_s: float = Field(5.0, gt=0, description="hub reachability check")
+    caption_rate_per_s: float = Field(0.0, ge=0, description="per-client requests/s; 0 = off")
+    caption_rate_burst: int = Field(10, ge=1, description="requests a client may send at once")
+
+    # Image downloads for the bird API.
+    fetch_allow_hosts: str = Field(
+        "", description="comma-separated hosts, IPs or CIDRs exempt from the private-address ban"
+    )
+    fetch_timeout_s: float = Field(10.0, gt=0, description="one image download, end to end")
+    fetch_connect_timeout_s: float = Field(3.0, gt=0)
+    fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one downloaded image")
+    fetch_concurrency: int = Field(32, ge=1, description="downloads in flight per process")
+    fetch_max_redirects: int = Field(5, ge=0)
+
+    # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).
+    broker_url: str | None = Field(None, description="redis://host:port/db; unset = embedded")
+    broker_prefix: str = Field("sluiceway", description="namespace of every Redis key")
+    broker_partitions: int = Field(16, ge=1, description="job streams per model (affinity)")
+    broker_max_queue: int = Field(4096, ge=1, description="jobs queued or running per model")
+    broker_visibility_timeout_s: float = Field(
+        30.0, gt=0, description="a live worker's unanswered job is claimed by another after this"
+    )
+    broker_max_deliveries: int = Field(3, ge=1, description="crashes before dead-lettering")
+    broker_dead_letter_max: int = Field(10_000, ge=1, description="dead letters kept per model")
+    worker_models: str = Field("", description="comma-separated models to serve; empty = all")
+    worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
+    worker_prefetch: int = Field(1024, ge=1, description="jobs read and not yet answered")
+    worker_heartbeat_s: float = Field(1.0, gt=0)
+    worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
+    worker_port: int | None = Field(8001, ge=0, le=65535, description="health/metrics; unset=off")
