@@ -14,11 +14,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SLUICEWAY_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="bind address of `sluiceway serve`")
+    port: int = Field(8000, ge=0, le=65535, description="port of `sluiceway serve`")
     workers: int = Field(1, ge=1, description="HTTP worker processes (each has its own models)")
-    log_level: str = "INFO"
-    access_log: bool = False
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    access_log: bool = Field(False, description="one log line per request")
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     request_timeout_s: float = Field(30.0, gt=0, description="a request's deadline")
@@ -26,42 +26,48 @@ class Settings(BaseSettings):
     model_cache_budget_mb: float = Field(1024.0, gt=0, description="LRU budget for loaded models")
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
-    knn_neighbors: int = Field(3, ge=1)
-    knn_fit_cost_s: float = Field(2.0, ge=0)
-    knn_infer_base_cost_s: float = Field(0.2, ge=0)
-    knn_infer_per_query_cost_s: float = Field(0.05, ge=0)
+    knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")
+    knn_fit_cost_s: float = Field(2.0, ge=0, description="simulated cost of one fit")
+    knn_infer_base_cost_s: float = Field(0.2, ge=0, description="simulated cost of a call")
+    knn_infer_per_query_cost_s: float = Field(
+        0.05, ge=0, description="simulated cost of each further query vector in a call"
+    )
     knn_slots: int = Field(256, ge=1, description="compute slots (simulated GPUs) for the KNN")
     knn_max_batch: int = Field(256, ge=1, description="query vectors per inference call")
     knn_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
     knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
-    knn_max_training_rows: int = Field(100_000, ge=1)
-    knn_max_queries: int = Field(10_000, ge=1)
+    knn_max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
+    knn_max_queries: int = Field(10_000, ge=1, description="query vectors per request")
 
     # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
     # busy while image decoding (also threaded) interleaves; see models/classifier.py.
     model_cache_dir: str = Field(
         "~/.cache/sluiceway/models", description="downloaded model files, verified by sha256"
     )
-    birds_model_url: str = (
+    birds_model_url: str = Field(
         "https://storage.googleapis.com/download.tensorflow.org/models/tflite/task_library/"
-        "image_classifier/android/lite-model_aiy_vision_classifier_birds_V1_3.tflite"
+        "image_classifier/android/lite-model_aiy_vision_classifier_birds_V1_3.tflite",
+        description="where the birds model is downloaded from on first use",
     )
-    birds_model_sha256: str = "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093"
+    birds_model_sha256: str = Field(
+        "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093",
+        description="the downloaded file must have this sha256",
+    )
     birds_download_timeout_s: float = Field(120.0, gt=0, description="whole model download")
     birds_threads: int = Field(1, ge=1, description="LiteRT threads per compute slot")
-    birds_slots: int = Field(2, ge=1)
+    birds_slots: int = Field(2, ge=1, description="bird model calls running at once")
     # XNNPACK's cost per image does not fall with batch size, while each batch size held by an
     # interpreter keeps its own arena (batch 16 ≈ +28 MB per slot): 8 batches enough.
-    birds_max_batch: int = Field(8, ge=1)
-    birds_max_delay_ms: float = Field(0.0, ge=0)
-    birds_max_queue: int = Field(1024, ge=1)
+    birds_max_batch: int = Field(8, ge=1, description="images per bird model call")
+    birds_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    birds_max_queue: int = Field(1024, ge=1, description="queued images before 503")
     birds_max_images: int = Field(10, ge=1, description="images per bird API call")
     birds_max_k: int = Field(10, ge=0, description="largest k the bird API accepts")
     imagenet_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
-    imagenet_slots: int = Field(2, ge=1)
-    imagenet_max_batch: int = Field(8, ge=1)
-    imagenet_max_delay_ms: float = Field(0.0, ge=0)
-    imagenet_max_queue: int = Field(1024, ge=1)
+    imagenet_slots: int = Field(2, ge=1, description="ImageNet model calls running at once")
+    imagenet_max_batch: int = Field(8, ge=1, description="images per ImageNet model call")
+    imagenet_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    imagenet_max_queue: int = Field(1024, ge=1, description="queued images before 503")
     classify_max_k: int = Field(20, ge=1, description="largest k of the native classify API")
     classify_max_images: int = Field(64, ge=1, description="images per native classify call")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
@@ -103,10 +109,10 @@ class Settings(BaseSettings):
         "", description="comma-separated hosts, IPs or CIDRs exempt from the private-address ban"
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="one image download, end to end")
-    fetch_connect_timeout_s: float = Field(3.0, gt=0)
+    fetch_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout")
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one downloaded image")
     fetch_concurrency: int = Field(32, ge=1, description="downloads in flight per process")
-    fetch_max_redirects: int = Field(5, ge=0)
+    fetch_max_redirects: int = Field(5, ge=0, description="each target re-checked")
 
     # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).
     broker_url: str | None = Field(None, description="redis://host:port/db; unset = embedded")
@@ -121,6 +127,6 @@ class Settings(BaseSettings):
     worker_models: str = Field("", description="comma-separated models to serve; empty = all")
     worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
     worker_prefetch: int = Field(1024, ge=1, description="jobs read and not yet answered")
-    worker_heartbeat_s: float = Field(1.0, gt=0)
+    worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
     worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
     worker_port: int | None = Field(8001, ge=0, le=65535, description="health/metrics; unset=off")

@@ -29,9 +29,9 @@ from pydantic import (
 )
 
 from sluiceway.api.bodies import read_body
-from sluiceway.api.classifiers import classify_bytes, describe_validation
+from sluiceway.api.classifiers import classify_bytes
 from sluiceway.api.deadlines import deadline_of
-from sluiceway.api.errors import RequestError
+from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import Services, services_of

@@ -15,8 +15,6 @@ Native API:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -28,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
-from sluiceway.api.errors import RequestError
+from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.inputs.encoded import decode_base64_image
 from sluiceway.inputs.pixels import ImageInput, prepare_image
 from sluiceway.models.classifier import Pixels, Prediction, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
@@ -70,18 +69,6 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     images: Annotated[list[StrictStr], Field(min_length=1)]
     k: StrictInt = 5
-
-
-def decode_base64(text: str) -> bytes:
-    """The bytes of a base64 string or a ``data:...;base64,`` URL; ``BadInput`` if invalid."""
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
-            raise BadInput("data URL must be base64-encoded")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput("image is not valid base64") from None
 
 
 def classifiers_of(services: Services) -> list[str]:
@@ -131,7 +118,7 @@ async def classify(model: str, request: Request) -> Response:
 
     async def one(text: str) -> dict[str, Any]:
         try:
-            data = decode_base64(text)
+            data = decode_base64_image(text, settings.max_upload_bytes)
             predictions = await classify_bytes(services, model, data, parsed.k, deadline)
         except BadInput as error:
             return {"error": str(error)}
@@ -141,12 +128,3 @@ async def classify(model: str, request: Request) -> Response:
     return Response(
         orjson.dumps({"model": model, "results": results}), media_type="application/json"
     )
-
-
-def describe_validation(error: ValidationError) -> str:
-    """A pydantic error as one line naming each bad field (the first five)."""
-    parts = []
-    for item in error.errors(include_url=False)[:5]:
-        where = ".".join(str(part) for part in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from sluiceway.runtime.errors import (
@@ -63,3 +64,12 @@ class ErrorResponses:
 
 def _reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
+
+
+def describe_validation(error: ValidationError) -> str:
+    """A pydantic error as one line naming each bad field (the first five)."""
+    parts = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
-from sluiceway.api.errors import RequestError
+from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 
@@ -50,14 +50,6 @@ class ClassifyRequest(BaseModel):
     query_input: _QueryInput
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False)[:5]:
-        where = ".".join(str(part) for part in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
-
-
 def parse_classify(
     body: bytes, neighbors: int, max_rows: int, max_queries: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +61,7 @@ def parse_classify(
     except ValidationError as error:
         if any(item["type"] == "json_invalid" for item in error.errors()):
             raise RequestError(400, "body is not valid JSON") from None
-        raise RequestError(422, _describe(error)) from None
+        raise RequestError(422, describe_validation(error)) from None
     rows = request.training_data.training_data
     width = len(rows[0])
     if width < 2:
