@@ -60,6 +60,16 @@ def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> R
     return client
 
 
+async def fresh_connections(redis: Redis) -> None:
+    """Close every pooled connection before using Redis again after an outage.
+
+    Connections opened before Redis went away are dead. With client retries off, each one
+    fails once when next used; one by one they kept a recovering node flapping for seconds and
+    made workers drop answers. After this, every command opens a new connection.
+    """
+    await redis.connection_pool.disconnect(inuse_connections=True)
+
+
 async def stop_tasks(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
     """Let loops that watch a closing flag end by themselves, then cancel what is left.
 

@@ -21,7 +21,14 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from sluiceway.config import Settings
-from sluiceway.runtime.broker import ADMIT, BROKER_ERRORS, StreamRead, connect, stop_tasks
+from sluiceway.runtime.broker import (
+    ADMIT,
+    BROKER_ERRORS,
+    StreamRead,
+    connect,
+    fresh_connections,
+    stop_tasks,
+)
 from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.keys import Keys
@@ -222,12 +229,19 @@ class RedisDispatcher:
             pause = self._settings.worker_heartbeat_s if self._connected else _RECONNECT_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), pause)
-            if not self._closing:
+            if self._closing:
+                break
+            try:
                 await self._refresh()
+            except Exception as error:  # this loop is what heals the node: it must not die
+                logger.exception("broker watch failed")
+                self._lost(error)
 
     async def _refresh(self) -> None:
         assert self._redis is not None
         try:
+            if not self._connected:
+                await fresh_connections(self._redis)
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self._keys.workers)
                 pipe.expire(self._reply, self._reply_ttl_s)

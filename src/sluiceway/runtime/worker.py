@@ -32,7 +32,15 @@ from redis.exceptions import ResponseError
 
 from sluiceway.config import Settings
 from sluiceway.models.base import ModelKind
-from sluiceway.runtime.broker import BROKER_ERRORS, FINISH, Entry, StreamRead, connect, stop_tasks
+from sluiceway.runtime.broker import (
+    BROKER_ERRORS,
+    FINISH,
+    Entry,
+    StreamRead,
+    connect,
+    fresh_connections,
+    stop_tasks,
+)
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.errors import ModelUnavailable, SluicewayError
 from sluiceway.runtime.keys import GROUP, Keys, owner
@@ -186,6 +194,8 @@ class Worker:
         assert self._redis is not None
         now = time.time()
         try:
+            if not self._connected:
+                await fresh_connections(self._redis)
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(self._keys.workers, self.id, WorkerRecord(self._models, now).encode())
                 pipe.hgetall(self._keys.workers)
