@@ -176,3 +176,18 @@ async def test_close_drains_accepted_work() -> None:
     await dispatcher.close()
     assert not dispatcher.ready()
     assert [p.result() for p in pending] == [0, 2, 4, 6, 8, 10]
+
+
+async def test_a_busy_slot_goes_next_to_the_key_with_most_waiting() -> None:
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64), cost_s=0.05)
+    for key in ["lone", "crowd"]:  # models loaded: only batches compete below
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
+    await asyncio.sleep(0.01)  # the only slot is taken
+    lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
+    await asyncio.sleep(0.005)  # "lone" asks for the slot first...
+    crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
+    await asyncio.gather(first, lone, *crowd)
+    assert kind.batches[1] == [200, 201, 202, 203, 204], "...but the crowd's batch is larger"
+    assert kind.batches[2] == [100]

@@ -4,7 +4,8 @@ A ``Lane`` is everything the runtime runs for one model: its compute slots, its 
 and one ``Batcher`` per batching key. A batcher is work-conserving: as soon as a slot is free it
 takes every job waiting for its key (up to the batch limit) into one model call, so batches grow
 exactly when the slots are busy and a lone request never waits for company, unless a fill delay
-is configured.
+is configured. When keys compete for slots, the one with the most jobs waiting goes first
+(``slots.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sluiceway.models.base import BatchPolicy, Model
 from sluiceway.runtime.errors import DeadlineExceeded, Overloaded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.slots import ComputeSlots
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Lane:
     def __init__(self, model: str, policy: BatchPolicy, resolve: Resolver, metrics: Metrics):
         self.model = model
         self.policy = policy
-        self.slots = asyncio.Semaphore(policy.slots)
+        self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,6 +107,10 @@ class Batcher:
         self._driver: asyncio.Task[None] | None = None
         self._filled = asyncio.Event()
 
+    def _waiting_jobs(self) -> float:
+        """This key's claim on a free slot: the batch it would run now."""
+        return min(len(self._queue), self.lane.policy.max_batch)
+
     def put(self, pending: _Pending) -> None:
         self._queue.append(pending)
         if len(self._queue) >= self.lane.policy.max_batch:
@@ -121,7 +127,7 @@ class Batcher:
                 except Exception as error:  # the load failed: every waiting job learns why
                     self._fail_all(error)
                     break
-                await lane.slots.acquire()
+                await lane.slots.acquire(self._waiting_jobs)
                 if lane.policy.max_delay_s > 0:
                     await self._fill()
                 batch = self._take()

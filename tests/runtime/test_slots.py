@@ -1,0 +1,79 @@
+"""Compute slots go to the largest waiting batch, loads first, earliest among equals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sluiceway.runtime.slots import ComputeSlots
+
+
+async def test_free_slots_are_taken_at_once_then_callers_wait() -> None:
+    slots = ComputeSlots(2)
+    await slots.acquire()
+    await slots.acquire()
+    assert slots.free == 0
+    waiter = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    slots.release()
+    await asyncio.wait_for(waiter, 1)
+    assert slots.free == 0
+
+
+async def test_a_freed_slot_goes_to_the_largest_waiting_batch() -> None:
+    slots = ComputeSlots(1)
+    await slots.acquire()
+    order: list[str] = []
+    sizes = {"small": 1.0, "large": 40.0, "medium": 7.0}
+
+    async def ask(name: str) -> None:
+        await slots.acquire(lambda: sizes[name])
+        order.append(name)
+        slots.release()
+
+    asking = [asyncio.ensure_future(ask(name)) for name in ["small", "large", "medium"]]
+    await asyncio.sleep(0.01)
+    slots.release()
+    await asyncio.gather(*asking)
+    assert order == ["large", "medium", "small"]
+    assert slots.free == 1
+
+
+async def test_earliest_asker_wins_a_tie_and_loads_come_first() -> None:
+    slots = ComputeSlots(1)
+    await slots.acquire()
+    order: list[str] = []
+
+    async def ask(name: str, size: float | None) -> None:
+        if size is None:
+            await slots.acquire()  # a load
+        else:
+            await slots.acquire(lambda: size)
+        order.append(name)
+        slots.release()
+
+    asking = [
+        asyncio.ensure_future(ask(name, size))
+        for name, size in [("first", 3.0), ("second", 3.0), ("load", None)]
+    ]
+    await asyncio.sleep(0.01)
+    slots.release()
+    await asyncio.gather(*asking)
+    assert order == ["load", "first", "second"]
+
+
+async def test_a_cancelled_waiter_never_loses_a_slot() -> None:
+    slots = ComputeSlots(1)
+    await slots.acquire()
+    gone = asyncio.ensure_future(slots.acquire(lambda: 100.0))
+    stays = asyncio.ensure_future(slots.acquire(lambda: 1.0))
+    await asyncio.sleep(0.01)
+    slots.release()  # handed to "gone", which is cancelled before it runs
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await asyncio.wait_for(stays, 1)
+    slots.release()
+    assert slots.free == 1
