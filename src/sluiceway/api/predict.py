@@ -9,18 +9,18 @@ reason goes in the ``X-Sluiceway-Error`` header and the log. ``GET /predict`` is
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
 from pathlib import PurePath
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.classifiers import classify_bytes
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
+from sluiceway.api.forms import FORM_OVERHEAD, parse_multipart
 from sluiceway.inputs.images import sniff
 from sluiceway.models.classifier import Prediction
 from sluiceway.runtime.errors import BadInput
@@ -33,8 +33,6 @@ router = APIRouter(tags=["upload"])
 UPLOAD_MODEL = "imagenet"
 ACCEPTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif"})
 ACCEPTED_FORMATS = frozenset({"png", "jpeg", "gif"})
-# Room for the multipart framing and the other form fields around the file itself.
-_FORM_OVERHEAD = 64 * 1024
 
 ERROR_HEADER = "X-Sluiceway-Error"
 
@@ -64,19 +62,14 @@ def _failure(status: int, reason: str) -> Response:
     )
 
 
-async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
-
-
 async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes]:
     """The uploaded ``file`` field's name and bytes; ``RequestError`` saying what is wrong."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise RequestError(400, "send the image as multipart/form-data field 'file'")
-    body = await read_body(request, max_bytes + _FORM_OVERHEAD)
-    parser = MultiPartParser(request.headers, _replay(body), max_files=4, max_fields=16)
+    body = await read_body(request, max_bytes + FORM_OVERHEAD)
     try:
-        form = await parser.parse()
+        form = await parse_multipart(request.headers, body, max_files=4)
     except MultiPartException as error:
         raise RequestError(400, f"malformed multipart body: {error.message}") from None
     try:

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import importlib.resources
 import logging
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -24,11 +23,12 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException
 from starlette.staticfiles import StaticFiles
 
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
+from sluiceway.api.forms import FORM_OVERHEAD, parse_multipart, parse_urlencoded
 from sluiceway.api.predict import ACCEPTED_FORMATS, classify_image
 from sluiceway.config import Settings
 from sluiceway.models.classifier import Prediction
@@ -44,8 +44,6 @@ router = APIRouter(tags=["web"])
 TOP_K = 5
 FEEDBACK_MAX_BYTES = 16 * 1024
 """A report is four short fields; anything near this size is not one."""
-# Room for the multipart framing around the file itself.
-_FORM_OVERHEAD = 64 * 1024
 # An oversized upload is read (and dropped) up to this many times the cap before answering,
 # so the browser receives the page saying so instead of a reset connection.
 _DRAIN_FACTOR = 4
@@ -257,7 +255,7 @@ def _report_from(form: FormData, uploads: UploadStore) -> FeedbackReport:
 async def _read_upload(request: Request, max_bytes: int) -> tuple[str, bytes] | None:
     """The form's ``file`` (name and bytes), or ``None`` when the form carries no file."""
     try:
-        form = await _read_form(request, max_bytes + _FORM_OVERHEAD, max_files=1)
+        form = await _read_form(request, max_bytes + FORM_OVERHEAD, max_files=1)
     except RequestError as error:
         if error.status == 413:
             raise RequestError(413, f"the photo is too large: at most {_mb(max_bytes)}") from None
@@ -284,16 +282,11 @@ async def _read_form(request: Request, limit: int, max_files: int) -> FormData:
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("multipart/form-data"):
-            parser = MultiPartParser(
-                request.headers,
-                _replay(body),
-                max_files=max_files,
-                max_fields=16,
-                max_part_size=limit,
+            return await parse_multipart(
+                request.headers, body, max_files=max_files, max_part_size=limit
             )
-            return await parser.parse()
         if content_type.startswith("application/x-www-form-urlencoded"):
-            return await FormParser(request.headers, _replay(body)).parse()
+            return await parse_urlencoded(request.headers, body)
     except MultiPartException as error:
         raise RequestError(400, f"malformed form: {error.message}") from None
     raise RequestError(415, "send a form (multipart/form-data or x-www-form-urlencoded)")
@@ -326,10 +319,6 @@ def _mb(size: int) -> str:
     if size < 1024 * 1024:
         return f"{size / 1024:.1f}".removesuffix(".0") + " KB"
     return f"{size / (1024 * 1024):.1f}".removesuffix(".0") + " MB"
-
-
-async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
 
 
 def _back_to_page(notice: str, status: int) -> RedirectResponse:
