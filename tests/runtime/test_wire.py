@@ -107,3 +107,20 @@ def test_the_registry_keeps_only_workers_heard_from_lately() -> None:
     live = live_workers(registry, now, dead_after_s=5)
     assert list(live) == ["w1"]
     assert live["w1"].models == ("knn",)
+
+
+def test_several_results_travel_in_one_message() -> None:
+    labels = ResultRecord("a", np.array([2, 0]))
+    failed = ResultRecord("b", error=ErrorRecord.of(Overloaded("full")))
+    got = ResultRecord.decode_all(labels.encode() + failed.encode())
+    assert [result.job_id for result in got] == ["a", "b"]
+    assert np.array_equal(got[0].outcome(), [2, 0])
+    with pytest.raises(Overloaded, match="full"):
+        got[1].outcome()
+
+
+def test_a_reply_message_with_a_foreign_record_is_refused() -> None:
+    with pytest.raises(WireError):
+        ResultRecord.decode_all(ResultRecord("a", 1).encode() + msgpack.packb([99, "x"]))
+    with pytest.raises(WireError):
+        ResultRecord.decode_all(b"\xc1")  # never valid msgpack

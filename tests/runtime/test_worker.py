@@ -184,10 +184,15 @@ async def test_a_late_duplicate_result_is_ignored(redis_server: RedisServer) -> 
         await _register_ghost(settings, redis)
         async with api_node(settings) as api:
             submitted, record = await _ghost_takes(settings, redis, api, restaurant(4))
-            for labels in ([1], [2]):
-                await redis.xadd(record.reply, {"r": ResultRecord(record.job.id, labels).encode()})
-            await redis.xadd(record.reply, {"r": ResultRecord("nobody", [9]).encode()})
+            first, late = (ResultRecord(record.job.id, [n]).encode() for n in (1, 2))
+            stranger = ResultRecord("nobody", [9]).encode()
+            await redis.publish(record.reply, first)
+            await redis.publish(record.reply, late + stranger)  # several results, one message
             assert await submitted == [1]
+            # The reply reader outlived the duplicate and the stranger: it answers the next.
+            following, record = await _ghost_takes(settings, redis, api, restaurant(6))
+            await redis.publish(record.reply, ResultRecord(record.job.id, [0]).encode())
+            assert await asyncio.wait_for(following, 2) == [0]
 
 
 async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServer) -> None:
@@ -214,3 +219,33 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                 assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
             finally:
                 await worker.close()
+
+
+async def test_jobs_still_run_after_redis_forgets_the_scripts(redis_server: RedisServer) -> None:
+    """Admission and acknowledgement scripts are called by SHA; after SCRIPT FLUSH (or a Redis
+    restart) both ends load them again instead of failing every job."""
+    settings = cluster_settings(redis_server)
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    worker = new_worker(settings)
+    await worker.start()
+    try:
+        async with redis_client(redis_server) as redis, api_node(settings) as api:
+            training = restaurant(7)
+            queries = np.array([[1, 2]])
+            assert await api.submit(knn_job(training, queries)) == expected(training, queries)
+            await redis.script_flush()
+            assert await api.submit(knn_job(training, queries)) == expected(training, queries)
+            # The worker's acknowledgement ran too: nothing is left counted or pending.
+            await eventually_async(lambda: queued(redis, keys), 0)
+            assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
+    finally:
+        await worker.close()
+
+
+async def eventually_async(read: object, expected_value: object, timeout_s: float = 5.0) -> None:
+    """Wait until ``await read()`` gives ``expected_value``, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (value := await read()) != expected_value:  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"{value!r} after {timeout_s} s, wanted {expected_value!r}")
+        await asyncio.sleep(0.02)

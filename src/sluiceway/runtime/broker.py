@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -18,29 +24,58 @@ StreamRead = list[tuple[bytes, list[Entry]]]
 BROKER_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a lost or stalled Redis raises; anything else from Redis is a bug, not an outage."""
 
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script called by its SHA1, so Redis neither receives nor hashes the source per call.
+
+    Redis forgets loaded scripts when it restarts (or on SCRIPT FLUSH); callers load them when
+    they (re)connect, and re-run a call that failed with :func:`missing` after :meth:`load`.
+    """
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Add a call to a pipeline."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def load(self, redis: Redis) -> None:
+        """Make sure Redis knows the script."""
+        await redis.script_load(self.source)
+
+
+def missing(reply: object) -> bool:
+    """Whether a pipeline reply says Redis did not know the script (so it did not run)."""
+    return isinstance(reply, NoScriptError)
+
+
 # Admit a job only while fewer than ARGV[1] jobs of its model are queued or running, so a full
 # queue answers 503 instead of stream trimming silently dropping accepted work.
 # KEYS: partition stream, the model's queued counter. ARGV: bound, job bytes. Nil when full.
-ADMIT = """
+ADMIT = Script("""
 local queued = redis.call('INCR', KEYS[2])
 if queued > tonumber(ARGV[1]) then
   redis.call('DECR', KEYS[2])
   return false
 end
 return redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])
-"""
+""")
 
 # Finish jobs: acknowledge, delete and uncount them. Only entries still pending are uncounted,
 # so a job answered twice (a claimed job whose first worker was only slow) is counted once.
 # KEYS: partition stream, the model's queued counter. ARGV: group, entry ids...
-FINISH = """
+FINISH = Script("""
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 if acked > 0 and redis.call('DECRBY', KEYS[2], acked) < 0 then
   redis.call('SET', KEYS[2], 0)
 end
 return acked
-"""
+""")
 
 
 def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> Redis:

@@ -74,12 +74,7 @@ class LocalDispatcher:
         return sorted(self._kinds)
 
     async def submit(self, job: Job) -> Any:
-        lane = self._lanes.get(job.model)
-        if lane is None:
-            raise ModelUnavailable(f"no model named {job.model!r}; known: {self.models()}")
-        if self._closing:
-            raise ModelUnavailable("shutting down")
-        future = lane.submit(job)
+        future = self.enqueue(job)
         loop = asyncio.get_running_loop()
         try:
             # On timeout the future is cancelled, so the batcher skips the job unrun.
@@ -87,6 +82,20 @@ class LocalDispatcher:
                 return await future
         except TimeoutError:
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+
+    def enqueue(self, job: Job) -> asyncio.Future[Any]:
+        """Queue a job and return the future of its result, without waiting or a deadline.
+
+        For callers that keep their own deadline (a split-mode worker runs thousands of jobs
+        a second and spares each its own task). A job whose deadline has passed when a slot
+        takes it is failed unrun; cancelling the future makes the batcher skip it.
+        """
+        lane = self._lanes.get(job.model)
+        if lane is None:
+            raise ModelUnavailable(f"no model named {job.model!r}; known: {self.models()}")
+        if self._closing:
+            raise ModelUnavailable("shutting down")
+        return lane.submit(job)
 
     async def _resolve(self, job: Job) -> Model:
         kind = self._kinds[job.model]

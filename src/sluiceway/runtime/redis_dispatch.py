@@ -2,10 +2,15 @@
 
 A job is added to the partition stream of its batching key (so one restaurant's jobs meet on
 one worker) through an admission script that enforces the cluster-wide queue bound.
-Admissions that arrive in the same event-loop turn share one pipeline round trip. Each API
-node has one reply stream, read by one background task that resolves the waiting futures:
-one blocking read returns many results, and no request holds a Redis connection while it
-waits. Workers deliver at least once; the futures make it exactly one answer per request.
+Admissions that arrive in the same event-loop turn share one pipeline round trip.
+
+Results come back on the node's own Pub/Sub channel, several per message, read by one
+background task that resolves the waiting futures: Redis pushes them, so no read command is
+sent per result, nothing is stored to trim or expire, and no request holds a Redis connection
+while it waits. Pub/Sub keeps nothing for a node that is not listening, which costs nothing
+here: when the node loses its subscription it fails every waiting request at once (503), as it
+does for any broker failure, and a request re-sent later is a new job. Workers deliver at least
+once; the futures make it exactly one answer per request.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from sluiceway.config import Settings
 from sluiceway.runtime.broker import (
     ADMIT,
     BROKER_ERRORS,
-    StreamRead,
     connect,
     fresh_connections,
+    missing,
     stop_tasks,
 )
 from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable, Overloaded
@@ -37,10 +43,8 @@ from sluiceway.runtime.wire import JobRecord, ResultRecord, WireError, live_work
 
 logger = logging.getLogger(__name__)
 
-_READ_COUNT = 1024
-_READ_BLOCK_MS = 500
+_READ_BLOCK_S = 0.5
 _RECONNECT_S = 0.25
-_TRIM_EVERY = 512
 
 
 @dataclass(slots=True)
@@ -63,9 +67,9 @@ class RedisDispatcher:
         self._keys = Keys(settings.broker_prefix, settings.broker_partitions)
         self.node = node or uuid.uuid4().hex[:12]
         self._reply = self._keys.reply(self.node)
-        # A node that vanished leaves its reply stream behind; it expires unless refreshed.
-        self._reply_ttl_s = max(60, int(10 * settings.worker_dead_after_s))
         self._redis: Redis | None = None
+        self._listening = False  # subscribed to the reply channel, confirmed by Redis
+        self._subscribed = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._outbox: list[_Admission] = []
         self._outbox_ready = asyncio.Event()
@@ -87,6 +91,9 @@ class RedisDispatcher:
             asyncio.create_task(self._read_replies(), name="broker replies"),
             asyncio.create_task(self._send_admissions(), name="broker admissions"),
         ]
+        if self._connected:  # a node beside a running cluster takes requests once started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), _READ_BLOCK_S)
 
     async def close(self) -> None:
         self._closing = True
@@ -95,7 +102,7 @@ class RedisDispatcher:
         if waiting:  # requests already accepted get their answer, bounded by the timeout
             await asyncio.wait(waiting, timeout=self._settings.request_timeout_s)
         self._outbox_ready.set()
-        await stop_tasks(self._tasks, _READ_BLOCK_MS / 1000 + 1)
+        await stop_tasks(self._tasks, _READ_BLOCK_S + 1)
         self._tasks = []
         stopped = ModelUnavailable("the API node is shutting down")
         for admission in self._outbox:
@@ -108,7 +115,7 @@ class RedisDispatcher:
             self._redis = None
 
     def ready(self) -> bool:
-        return self._connected and not self._closing
+        return self._connected and self._listening and not self._closing
 
     def models(self) -> list[str]:
         return sorted(self._live_models)
@@ -116,7 +123,7 @@ class RedisDispatcher:
     async def submit(self, job: Job) -> Any:
         if self._closing:
             raise ModelUnavailable("the API node is shutting down")
-        if not self._connected:
+        if not (self._connected and self._listening):
             raise ModelUnavailable("the job broker (Redis) is unreachable")
         if job.model not in self._live_models:
             raise ModelUnavailable(f"no live worker serves {job.model!r}; live: {self.models()}")
@@ -146,82 +153,91 @@ class RedisDispatcher:
 
     async def _send_admissions(self) -> None:
         """Send every admission waiting in one pipeline; repeat while more arrive."""
-        bound = self._settings.broker_max_queue
         while not self._closing or self._outbox:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             batch, self._outbox = self._outbox, []
-            if not batch:
-                continue
-            assert self._redis is not None
-            pipe = self._redis.pipeline(transaction=False)
-            for admission in batch:
-                pipe.eval(ADMIT, 2, admission.stream, self._keys.queued(admission.model), bound,
-                          admission.data)  # fmt: skip
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Admission], *, reloaded: bool = False) -> None:
+        assert self._redis is not None
+        bound = self._settings.broker_max_queue
+        pipe = self._redis.pipeline(transaction=False)
+        for admission in batch:
+            ADMIT.queue(pipe, [admission.stream, self._keys.queued(admission.model)],
+                        [bound, admission.data])  # fmt: skip
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BROKER_ERRORS as error:
+            self._lost(error)
+            replies = [error] * len(batch)
+        if not reloaded and any(missing(reply) for reply in replies):
+            # Redis restarted or flushed its scripts: none of these ran, so all may be re-sent.
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                await ADMIT.load(self._redis)
             except BROKER_ERRORS as error:
                 self._lost(error)
-                replies = [error] * len(batch)
-            for admission, reply in zip(batch, replies, strict=True):
-                if admission.done.done():  # the caller's deadline passed meanwhile
-                    continue
-                if isinstance(reply, Exception):
-                    admission.done.set_exception(ModelUnavailable(f"job broker failed: {reply}"))
-                elif reply is None:
-                    self._metrics.rejected.labels(admission.model).inc()
-                    admission.done.set_exception(
-                        Overloaded(f"{admission.model} queue is full ({bound} jobs in the cluster)")
-                    )
-                else:
-                    admission.done.set_result(None)
+            else:
+                await self._send(batch, reloaded=True)
+                return
+        for admission, reply in zip(batch, replies, strict=True):
+            if admission.done.done():  # the caller's deadline passed meanwhile
+                continue
+            if isinstance(reply, Exception):
+                admission.done.set_exception(ModelUnavailable(f"job broker failed: {reply}"))
+            elif reply is None:
+                self._metrics.rejected.labels(admission.model).inc()
+                admission.done.set_exception(
+                    Overloaded(f"{admission.model} queue is full ({bound} jobs in the cluster)")
+                )
+            else:
+                admission.done.set_result(None)
 
     async def _read_replies(self) -> None:
-        """Resolve waiting requests from this node's reply stream, for the node's lifetime."""
+        """Resolve waiting requests from this node's reply channel, for the node's lifetime."""
         assert self._redis is not None
-        last = b"0-0"  # a fresh node id: everything on its stream is for this node
-        untrimmed, trimmed = 0, time.monotonic()
+        pubsub: PubSub | None = None
         while not self._closing:
             try:
-                response = cast(
-                    StreamRead,
-                    await self._redis.xread(
-                        {self._reply: last}, count=_READ_COUNT, block=_READ_BLOCK_MS
-                    ),
-                )
+                if pubsub is None:
+                    pubsub = self._redis.pubsub()
+                    await pubsub.subscribe(self._reply)
+                message = await pubsub.get_message(timeout=_READ_BLOCK_S)
             except BROKER_ERRORS as error:
+                self._listening = False
+                self._subscribed.clear()
                 self._lost(error)
+                if pubsub is not None:
+                    await _close(pubsub)
+                    pubsub = None
                 await asyncio.sleep(_RECONNECT_S)
                 continue
-            for _, entries in response or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    self._resolve((fields or {}).get(b"r"))
-                untrimmed += len(entries)
-            # Read entries are done with. Trimming them now and then, not after every read,
-            # keeps that round trip off the path of the next results.
-            if untrimmed >= _TRIM_EVERY or (untrimmed and time.monotonic() - trimmed > 1):
-                try:
-                    await self._redis.xtrim(self._reply, minid=last, approximate=True)
-                except BROKER_ERRORS as error:
-                    self._lost(error)
-                untrimmed, trimmed = 0, time.monotonic()
+            if message is None:
+                continue
+            if message["type"] == "message":
+                self._resolve(message["data"])
+            elif message["type"] == "subscribe":
+                # From here on no result for this node is lost: jobs may be admitted.
+                self._listening = True
+                self._subscribed.set()
+        if pubsub is not None:
+            await _close(pubsub)
 
-    def _resolve(self, data: bytes | None) -> None:
-        if data is None:
-            return
+    def _resolve(self, data: bytes) -> None:
         try:
-            result = ResultRecord.decode(data)
+            results = ResultRecord.decode_all(data)
         except WireError:
-            logger.exception("dropped an undecodable result")
+            logger.exception("dropped an undecodable reply")
             return
-        answer = self._waiting.get(result.job_id)
-        if answer is None or answer.done():  # a duplicate, or its request already gave up
-            return
-        try:
-            answer.set_result(result.outcome())
-        except Exception as error:
-            answer.set_exception(error)
+        for result in results:
+            answer = self._waiting.get(result.job_id)
+            if answer is None or answer.done():  # a duplicate, or its request already gave up
+                continue
+            try:
+                answer.set_result(result.outcome())
+            except Exception as error:
+                answer.set_exception(error)
 
     async def _watch(self) -> None:
         """Track the live workers' models and the broker's health; reconnect when it fails."""
@@ -242,10 +258,8 @@ class RedisDispatcher:
         try:
             if not self._connected:
                 await fresh_connections(self._redis)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._keys.workers)
-                pipe.expire(self._reply, self._reply_ttl_s)
-                registry, _ = await pipe.execute()
+                await ADMIT.load(self._redis)
+            registry = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.workers))
         except BROKER_ERRORS as error:
             self._lost(error)
             return
@@ -267,3 +281,7 @@ class RedisDispatcher:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(error)
+
+
+async def _close(pubsub: PubSub) -> None:
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

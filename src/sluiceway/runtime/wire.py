@@ -77,9 +77,19 @@ def unpack(data: bytes) -> Any:
         raise WireError(f"undecodable record: {error}") from error
 
 
+def unpack_all(data: bytes) -> list[Any]:
+    """Every value of a concatenation of :func:`pack` outputs, in order."""
+    unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    unpacker.feed(data)
+    try:
+        return list(unpacker)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise WireError(f"undecodable record: {error}") from error
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """A job on a partition stream, with the reply stream of the API node that asked."""
+    """A job on a partition stream, with the reply channel of the API node that asked."""
 
     job: Job
     reply: str
@@ -137,15 +147,23 @@ class ResultRecord:
     error: ErrorRecord | None = None
 
     def encode(self) -> bytes:
-        """Bytes for the reply stream entry."""
+        """Bytes of one result; results for one API node are sent concatenated."""
         if self.error is None:
             return pack([VERSION, self.job_id, True, self.value])
         return pack([VERSION, self.job_id, False, [self.error.kind, self.error.message]])
 
     @staticmethod
     def decode(data: bytes) -> ResultRecord:
-        """Parse a reply entry; raise ``WireError`` if it is not a result of this version."""
-        fields = unpack(data)
+        """Parse one result; raise ``WireError`` if it is not a result of this version."""
+        return ResultRecord._of(unpack(data))
+
+    @staticmethod
+    def decode_all(data: bytes) -> list[ResultRecord]:
+        """Parse concatenated results (one reply message); ``WireError`` if any is not one."""
+        return [ResultRecord._of(fields) for fields in unpack_all(data)]
+
+    @staticmethod
+    def _of(fields: Any) -> ResultRecord:
         if not isinstance(fields, list) or len(fields) != 4 or fields[0] != VERSION:
             raise WireError(f"not a result record of wire version {VERSION}")
         _, job_id, ok, value = fields

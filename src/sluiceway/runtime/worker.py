@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -39,10 +40,11 @@ from sluiceway.runtime.broker import (
     StreamRead,
     connect,
     fresh_connections,
+    missing,
     stop_tasks,
 )
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.errors import ModelUnavailable, SluicewayError
+from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable, SluicewayError
 from sluiceway.runtime.keys import GROUP, Keys, owner
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.wire import (
@@ -58,6 +60,13 @@ logger = logging.getLogger(__name__)
 
 _READ_BLOCK_MS = 500
 _RECONNECT_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A model's result, told apart from an exception it might be."""
+
+    value: Any
 
 
 @dataclass(slots=True)
@@ -102,15 +111,13 @@ class Worker:
         self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
         self._reader_redis: Redis | None = None
         self._reader_id: int | None = None  # the blocking reader's connection, to unblock it
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._finished: list[_Finished] = []
         self._finished_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reader: asyncio.Task[None] | None = None
         self._health: asyncio.Server | None = None
-        self._reply_ttl_s = max(60, int(10 * settings.worker_dead_after_s))
-        self._reply_max = 10 * settings.broker_max_queue
 
     @property
     def dispatcher(self) -> LocalDispatcher:
@@ -171,14 +178,6 @@ class Worker:
             self._reader_redis = None
         logger.info("worker %s stopped", self.id)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then shut down gracefully."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
-
     # Membership, ownership and claiming.
 
     async def _heartbeat(self) -> None:
@@ -196,6 +195,7 @@ class Worker:
         try:
             if not self._connected:
                 await fresh_connections(self._redis)
+                await FINISH.load(self._redis)
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(self._keys.workers, self.id, WorkerRecord(self._models, now).encode())
                 pipe.hgetall(self._keys.workers)
@@ -393,33 +393,56 @@ class Worker:
                 _Finished(stream, model, entry_id, dead_letter=self._letter(data, str(error)))
             )
             return
-        if record.job.remaining() <= 0:  # its caller has had its 504: no dead work
+        job = record.job
+        remaining = job.remaining()
+        if remaining <= 0:  # its caller has had its 504: no dead work
             self._metrics.expired.labels(model).inc()
             self._finish(_Finished(stream, model, entry_id))
             return
-        task = asyncio.create_task(self._run(stream, entry_id, data, record))
-        self._running.add(task)
-        task.add_done_callback(self._done_running)
-
-    def _done_running(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._room.set()
-
-    async def _run(self, stream: str, entry_id: bytes, data: bytes, record: JobRecord) -> None:
-        job = record.job
-        finished = _Finished(stream, job.model, entry_id, reply=record.reply)
+        finished = _Finished(stream, model, entry_id, reply=record.reply)
         try:
-            result = ResultRecord(job.id, await self._local.submit(job))
+            future = self._local.enqueue(job)
         except SluicewayError as error:
-            result = ResultRecord(job.id, error=ErrorRecord.of(error))
-        except Exception as error:  # the model failed on it: answer, and keep it for a look
-            failure = ErrorRecord.of(error)
-            result = ResultRecord(job.id, error=failure)
+            self._answer(finished, data, job.id, error)
+            return
+        # A callback, not a task per job: at thousands of jobs a second the tasks cost more
+        # than the model. The timer gives up on a job still queued at its deadline.
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + remaining, future.cancel)
+        self._running.add(future)
+        future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job.id))
+
+    def _ran(
+        self,
+        future: asyncio.Future[Any],
+        timer: asyncio.TimerHandle,
+        finished: _Finished,
+        data: bytes,
+        job_id: str,
+    ) -> None:
+        timer.cancel()
+        self._running.discard(future)
+        self._room.set()
+        if future.cancelled():
+            outcome: Any = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+        else:
+            outcome = future.exception() or _Value(future.result())
+        self._answer(finished, data, job_id, outcome)
+
+    def _answer(self, finished: _Finished, data: bytes, job_id: str, outcome: Any) -> None:
+        """Queue the answer to a job: its value, or the error it failed with."""
+        if isinstance(outcome, _Value):
+            result = ResultRecord(job_id, outcome.value)
+        elif isinstance(outcome, SluicewayError):
+            result = ResultRecord(job_id, error=ErrorRecord.of(outcome))
+        else:  # the model failed on it: answer, and keep it for a look
+            failure = ErrorRecord.of(outcome)
+            result = ResultRecord(job_id, error=failure)
             finished.dead_letter = self._letter(data, failure.message)
         try:
             finished.result = result.encode()
         except WireError as error:
-            finished.result = ResultRecord(job.id, error=ErrorRecord.of(error)).encode()
+            finished.result = ResultRecord(job_id, error=ErrorRecord.of(error)).encode()
         self._finish(finished)
 
     # Replying and acknowledging.
@@ -436,29 +459,37 @@ class Worker:
 
     async def _flush(self) -> None:
         """Send answers, dead letters and acknowledgements of everything finished, in one
-        pipeline; answers go first so a crash in between re-runs a job rather than loses it."""
+        pipeline; answers go first so a crash in between re-runs a job rather than loses it.
+        The answers for one API node travel as one message."""
         batch, self._finished = self._finished, []
         if not batch or self._redis is None:
             return
-        settings = self._settings
+        dead_max = self._settings.broker_dead_letter_max
+        answers: defaultdict[str, list[bytes]] = defaultdict(list)
         acks: defaultdict[tuple[str, str], list[bytes]] = defaultdict(list)
-        replies: set[str] = set()
         pipe = self._redis.pipeline(transaction=False)
         for item in batch:
             if item.reply is not None and item.result is not None:
-                pipe.xadd(item.reply, {"r": item.result}, maxlen=self._reply_max)
-                replies.add(item.reply)
+                answers[item.reply].append(item.result)
             if item.dead_letter is not None:
                 self._metrics.dead_letters.labels(item.model).inc()
                 dead = self._keys.dead_letters(item.model)
-                pipe.xadd(dead, item.dead_letter, maxlen=settings.broker_dead_letter_max)  # type: ignore[arg-type]
+                pipe.xadd(dead, item.dead_letter, maxlen=dead_max)  # type: ignore[arg-type]
             acks[item.stream, item.model].append(item.entry_id)
-        for reply in replies:
-            pipe.expire(reply, self._reply_ttl_s)
+        for reply, results in answers.items():
+            pipe.publish(reply, b"".join(results))
         for (stream, model), ids in acks.items():
-            pipe.eval(FINISH, 2, stream, self._keys.queued(model), GROUP, *ids)
+            FINISH.queue(pipe, [stream, self._keys.queued(model)], [GROUP, *ids])
         try:
             results = await pipe.execute(raise_on_error=False)
+            if any(missing(result) for result in results):
+                # Redis restarted or flushed its scripts. Answers went out; the
+                # acknowledgements did not run: load the script and send them again.
+                await FINISH.load(self._redis)
+                async with self._redis.pipeline(transaction=False) as again:
+                    for (stream, model), ids in acks.items():
+                        FINISH.queue(again, [stream, self._keys.queued(model)], [GROUP, *ids])
+                    results = await again.execute(raise_on_error=False)
         except BROKER_ERRORS as error:
             self._lost(error)
             logger.warning("dropped %d answers: the broker is unreachable", len(batch))
@@ -528,4 +559,13 @@ async def serve_until_signalled(settings: Settings, kinds: Sequence[ModelKind]) 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Worker(settings, kinds, Metrics()).run(stop)
+    worker = Worker(settings, kinds, Metrics())
+    await worker.start()
+    # What start-up made (modules, models) lives as long as the process: keep it out of the
+    # collector's passes, as the API node does.
+    gc.collect()
+    gc.freeze()
+    try:
+        await stop.wait()
+    finally:
+        await worker.close()
