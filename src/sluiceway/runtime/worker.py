@@ -378,6 +378,8 @@ class Worker:
                 name = _text(stream)
                 for entry_id, fields in entries:
                     self._accept(name, entry_id, fields)
+            if response:
+                await _let_started_jobs_run()
 
     def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         model = self._model_of[stream]
@@ -535,6 +537,17 @@ class Worker:
             pass
         finally:
             writer.close()
+
+
+async def _let_started_jobs_run() -> None:
+    """Yield until the jobs just accepted have reached their model, before the next read.
+
+    A batcher takes two loop turns to start a model call (its driver step, then the batch's
+    task); without this the next XREADGROUP is packed and sent first, which put ~0.1 ms on
+    every job's latency at light load.
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
 
 
 def _text(value: str | bytes) -> str:
