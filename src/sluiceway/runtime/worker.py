@@ -37,8 +37,10 @@ from sluiceway.runtime.broker import (
     BROKER_ERRORS,
     FINISH,
     Entry,
-    StreamRead,
+    GroupReader,
+    as_text,
     connect,
+    entry_field,
     fresh_connections,
     missing,
     stop_tasks,
@@ -110,13 +112,13 @@ class Worker:
         self._owned: list[str] = []
         self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
         self._reader_redis: Redis | None = None
-        self._reader_id: int | None = None  # the blocking reader's connection, to unblock it
+        self._reader: GroupReader | None = None  # the blocking read, on a connection of its own
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._finished: list[_Finished] = []
         self._finished_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reader: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._health: asyncio.Server | None = None
 
     @property
@@ -139,8 +141,9 @@ class Worker:
         self._redis = connect(self._settings.broker_url or "")
         # The blocking reader has a connection of its own, so it can be told to stop waiting.
         self._reader_redis = connect(self._settings.broker_url or "", max_connections=1)
+        self._reader = GroupReader(self._reader_redis, GROUP, self.id, _READ_BLOCK_MS)
         await self._beat()
-        self._reader = asyncio.create_task(self._read(), name="worker read")
+        self._reading = asyncio.create_task(self._read(), name="worker read")
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="worker heartbeat"),
             asyncio.create_task(self._send_finished(), name="worker replies"),
@@ -157,10 +160,10 @@ class Worker:
             self._health.close()
         self._stopped.set()
         self._room.set()
-        if self._reader is not None:
+        if self._reading is not None:
             # Jobs delivered to a read cut short stay pending; others claim them once we leave.
-            await stop_tasks([self._reader], _READ_BLOCK_MS / 1000 + 1)
-            self._reader = None
+            await stop_tasks([self._reading], _READ_BLOCK_MS / 1000 + 1)
+            self._reading = None
         if self._running:
             await asyncio.wait(set(self._running), timeout=self._settings.request_timeout_s)
         await self._local.close()
@@ -173,6 +176,8 @@ class Worker:
                 await self._redis.hdel(self._keys.workers, self.id)
             await self._redis.aclose()
             self._redis = None
+        if self._reader is not None:
+            await self._reader.reset()
         if self._reader_redis is not None:
             await self._reader_redis.aclose()
             self._reader_redis = None
@@ -265,9 +270,10 @@ class Worker:
         if set(owned) == set(self._owned):
             return
         self._owned = owned
-        if self._reader_id is not None:
+        reader_id = self._reader.id if self._reader is not None else None
+        if reader_id is not None:
             assert self._redis is not None
-            await self._redis.client_unblock(self._reader_id)
+            await self._redis.client_unblock(reader_id)
 
     async def _claim(self, live: dict[str, WorkerRecord]) -> None:
         """Take over the unanswered jobs of dead workers (at once) and stuck ones (after the
@@ -286,7 +292,7 @@ class Worker:
             if not summary["pending"]:
                 continue
             for consumer in summary["consumers"]:
-                name = _text(consumer["name"])
+                name = as_text(consumer["name"])
                 if name == self.id:
                     continue
                 dead = name not in live
@@ -325,7 +331,7 @@ class Worker:
     ) -> None:
         """Dead-letter a job that was delivered too often without an answer."""
         model = self._model_of[stream]
-        data = (fields or {}).get(b"j", b"")
+        data = entry_field(fields, b"j") or b""
         reason = f"delivered {deliveries} times without an answer (workers crashed or stalled)"
         logger.error("dead-lettering job %s of %s: %s", entry_id.decode(), model, reason)
         finished = _Finished(stream, model, entry_id, dead_letter=self._letter(data, reason))
@@ -342,8 +348,8 @@ class Worker:
     # Reading and running jobs.
 
     async def _read(self) -> None:
-        redis = self._reader_redis
-        assert redis is not None
+        reader = self._reader
+        assert reader is not None
         while not self._stopping:
             room = self._settings.worker_prefetch - len(self._running)
             owned = self._owned
@@ -357,16 +363,8 @@ class Worker:
                 continue
             count = min(self._settings.worker_read_count, max(1, room // len(owned)))
             try:
-                if self._reader_id is None:
-                    self._reader_id = int(await redis.client_id())
-                response = cast(
-                    StreamRead,
-                    await redis.xreadgroup(
-                        GROUP, self.id, dict.fromkeys(owned, ">"), count=count, block=_READ_BLOCK_MS
-                    ),
-                )
+                entries = await reader.read(owned, count)
             except BROKER_ERRORS as error:
-                self._reader_id = None  # a new connection will have a new id
                 self._lost(error)
                 await asyncio.sleep(_RECONNECT_S)
                 continue
@@ -374,16 +372,14 @@ class Worker:
                 logger.warning("job broker error: %s; rejoining", error)
                 self._connected = False
                 continue
-            for stream, entries in response or []:
-                name = _text(stream)
-                for entry_id, fields in entries:
-                    self._accept(name, entry_id, fields)
-            if response:
+            for stream, entry_id, fields in entries:
+                self._accept(stream, entry_id, fields)
+            if entries:
                 await _let_started_jobs_run()
 
-    def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+    def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
         model = self._model_of[stream]
-        data = (fields or {}).get(b"j")
+        data = entry_field(fields, b"j")
         if data is None:  # deleted meanwhile: nothing to run, nothing to answer
             self._finish(_Finished(stream, model, entry_id))
             return
@@ -548,10 +544,6 @@ async def _let_started_jobs_run() -> None:
     """
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def select_kinds(kinds: Sequence[ModelKind], names: str) -> list[ModelKind]:
