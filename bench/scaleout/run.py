@@ -1,11 +1,12 @@
 """Split mode beside embedded mode, in one run: what the Redis hop costs and what it keeps.
 
-    python -m bench.scaleout.run [--duration 60] [--hop-seconds 10]
+    python -m bench.scaleout.run [--duration 60] [--hop-seconds 10] [--rounds 3]
 
 1. Hop latency: closed-loop clients (8, 16 and 32 of them: light to moderate load) send the
-   kiosk's requests to the embedded server, then to 1 API node + 2 workers over Redis; the
-   difference of the medians is the latency the broker hop adds (the model cost, 0.2 s a call,
-   is the same on both sides).
+   kiosk's requests to the embedded server, then to 1 API node + 2 workers over Redis, in
+   rounds that alternate the modes on fresh servers; the difference of a round's medians is
+   the latency the broker hop adds (the model cost, 0.2 s a call, is the same on both sides),
+   and the median over rounds is reported.
 2. Throughput: the kiosk benchmark's Locust load (bench/kiosk/locustfile.py: 250 kiosks,
    10 started a second, 5 restaurants) against each, one after the other, with the CPU time
    each server process spent per request.
@@ -47,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
 WORKERS = 2
 HOP_CONCURRENCIES = (8, 16, 32)
+SETTLE_S = 4.0  # > two worker heartbeats (SLUICEWAY_WORKER_HEARTBEAT_S = 1) and a margin
 MODEL_MS = 200.0  # the kiosk KNN's simulated cost of one call (SLUICEWAY_KNN_INFER_BASE_COST_S)
 
 
@@ -110,6 +112,11 @@ def sluiceway(broker: str | None) -> Iterator[Cluster]:
         processes.append(subprocess.Popen(command, env=env))
         wait_for_port(port, 60)
         _wait_ready(port)
+        if broker is not None:
+            # Workers that start together may each take every partition before they see each
+            # other, then hand some over (two heartbeats): measure once ownership has settled,
+            # or a moved restaurant's refit (2 s) lands in the measurement.
+            time.sleep(SETTLE_S)
         roles = {"api": [processes[-1].pid]}
         if broker is not None:
             roles["workers"] = [process.pid for process in processes[:-1]]
@@ -166,16 +173,22 @@ async def closed_loop(port: int, clients: int, seconds: float) -> list[float]:
     return latencies
 
 
-def measure(
+def closed_loops(broker: str | None, seconds: float) -> dict[int, list[float]]:
+    """One round of the hop measurement: a fresh server, each concurrency in turn."""
+    with sluiceway(broker) as cluster:
+        return {
+            clients: asyncio.run(closed_loop(cluster.port, clients, seconds))
+            for clients in HOP_CONCURRENCIES
+        }
+
+
+def locust_load(
     name: str, broker: str | None, redis_pid: int | None, args: argparse.Namespace
-) -> dict[str, object]:
+) -> tuple[LocustResult, dict[str, float]]:
+    """The Locust run, and the CPU time each server role spent per request during it."""
     with sluiceway(broker) as cluster:
         if redis_pid is not None:
             cluster.processes["redis"] = [redis_pid]
-        hops = {
-            clients: asyncio.run(closed_loop(cluster.port, clients, args.hop_seconds))
-            for clients in HOP_CONCURRENCIES
-        }
         before = cluster.cpu_seconds()
         result = run_locust(
             REPO / "bench" / "kiosk" / "locustfile.py",
@@ -186,15 +199,14 @@ def measure(
             Path(args.workdir) / name,
         )
         after = cluster.cpu_seconds()
-    # CPU per request over the whole Locust run (ramp included), per server role.
+    # Over the whole run (ramp included), per server role.
     cpu_ms = {role: 1000 * (after[role] - before[role]) / max(result.requests, 1) for role in after}
-    medians = ", ".join(f"{c} clients {statistics.median(v):.2f} ms" for c, v in hops.items())
     print(
-        f"{name}: closed-loop medians {medians}; locust steady {result.rps_steady:.0f} RPS, "
-        f"p50 {result.p50_ms:.0f} ms, {result.failures} failures; CPU ms/request {cpu_ms}",
+        f"{name}: locust steady {result.rps_steady:.0f} RPS, p50 {result.p50_ms:.0f} ms, "
+        f"{result.failures} failures; CPU ms/request {cpu_ms}",
         flush=True,
     )
-    return {"latencies_ms": hops, "cpu_ms_per_request": cpu_ms, "result": result}
+    return result, cpu_ms
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -202,44 +214,75 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[int(fraction * (len(ordered) - 1))]
 
 
-def _hops(runs: dict[str, dict[str, object]]) -> dict[int, dict[str, float]]:
-    """Per concurrency: each mode's median and p90, and the hop (difference of medians)."""
-    table: dict[int, dict[str, float]] = {}
+@dataclass
+class HopRow:
+    """The hop at one concurrency: each mode's latencies over all rounds, and each round's hop
+    (the difference of the two modes' medians in that round)."""
+
+    clients: int
+    medians: dict[str, float]
+    p90s: dict[str, float]
+    requests: dict[str, int]
+    hops: list[float]
+
+    @property
+    def hop(self) -> float:
+        """The median of the rounds' hops: robust to one round's luck with the machine."""
+        return statistics.median(self.hops)
+
+
+def _hops(rounds: dict[str, list[dict[int, list[float]]]]) -> list[HopRow]:
+    rows = []
     for clients in HOP_CONCURRENCIES:
-        row: dict[str, float] = {}
-        for name, run in runs.items():
-            latencies = run["latencies_ms"][clients]  # type: ignore[index]
-            row[f"{name}_median"] = statistics.median(latencies)
-            row[f"{name}_p90"] = _percentile(latencies, 0.9)
-            row[f"{name}_requests"] = len(latencies)
-        row["hop"] = row["split_median"] - row["embedded_median"]
-        table[clients] = row
-    return table
+        pooled = {
+            name: [latency for one in runs for latency in one[clients]]
+            for name, runs in rounds.items()
+        }
+        round_medians = {
+            name: [statistics.median(one[clients]) for one in runs] for name, runs in rounds.items()
+        }
+        pairs = zip(round_medians["split"], round_medians["embedded"], strict=True)
+        rows.append(
+            HopRow(
+                clients=clients,
+                medians={name: statistics.median(values) for name, values in pooled.items()},
+                p90s={name: _percentile(values, 0.9) for name, values in pooled.items()},
+                requests={name: len(values) for name, values in pooled.items()},
+                hops=[split - embedded for split, embedded in pairs],
+            )
+        )
+    return rows
 
 
-def plot(runs: dict[str, dict[str, object]], path: Path) -> None:
+@dataclass
+class Mode:
+    """Everything measured for one mode."""
+
+    rounds: list[dict[int, list[float]]]
+    result: LocustResult
+    cpu_ms: dict[str, float]
+
+
+def plot(modes: dict[str, Mode], path: Path) -> None:
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.5))
-    hops = _hops(runs)
-    clients = list(HOP_CONCURRENCIES)
-    for offset, (name, run) in zip((-0.2, 0.2), runs.items(), strict=True):
-        result = run["result"]
-        assert isinstance(result, LocustResult)
-        left.plot([r["t"] for r in result.history], [r["rps"] for r in result.history], label=name)
-        above = [hops[c][f"{name}_median"] - MODEL_MS for c in clients]
-        middle.bar([i + offset for i in range(len(clients))], above, width=0.4, label=name)
-    middle.set_xticks(range(len(clients)), [f"{c} clients" for c in clients])
-    for i, c in enumerate(clients):
-        middle.annotate(f"hop {hops[c]['hop']:+.2f}", (i, 0.2), ha="center", color="white")
+    rows = _hops({name: mode.rounds for name, mode in modes.items()})
+    for offset, (name, mode) in zip((-0.2, 0.2), modes.items(), strict=True):
+        history = mode.result.history
+        left.plot([r["t"] for r in history], [r["rps"] for r in history], label=name)
+        above = [row.medians[name] - MODEL_MS for row in rows]
+        middle.bar([i + offset for i in range(len(rows))], above, width=0.4, label=name)
+    middle.set_xticks(range(len(rows)), [f"{row.clients} clients" for row in rows])
+    for i, row in enumerate(rows):
+        middle.annotate(f"hop {row.hop:+.2f}", (i, 0.2), ha="center", color="white")
     left.set(xlabel="seconds", ylabel="requests / s", title=f"Locust kiosk load ({USERS} users)")
     middle.set(
         ylabel="median latency above the model's 200 ms (ms)",
         title="closed loop: what the server adds, by concurrency",
     )
-    roles = ("api", "workers", "redis")
-    bottoms = [0.0, 0.0]
-    for role in roles:
-        heights = [run["cpu_ms_per_request"].get(role, 0.0) for run in runs.values()]  # type: ignore[attr-defined]
-        right.bar(list(runs), heights, bottom=bottoms, label=role)
+    bottoms = [0.0] * len(modes)
+    for role in ("api", "workers", "redis"):
+        heights = [mode.cpu_ms.get(role, 0.0) for mode in modes.values()]
+        right.bar(list(modes), heights, bottom=bottoms, label=role)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     right.set(ylabel="CPU ms per request", title="server CPU per request under Locust")
     for axis in (left, middle, right):
@@ -248,11 +291,9 @@ def plot(runs: dict[str, dict[str, object]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def report(runs: dict[str, dict[str, object]], args: argparse.Namespace, shared: bool) -> str:
-    embedded, split = runs["embedded"], runs["split"]
-    hops = _hops(runs)
-    e, s = embedded["result"], split["result"]
-    assert isinstance(e, LocustResult) and isinstance(s, LocustResult)
+def report(modes: dict[str, Mode], args: argparse.Namespace, shared: bool) -> str:
+    rows = _hops({name: mode.rounds for name, mode in modes.items()})
+    e, s = modes["embedded"].result, modes["split"].result
     ratio = s.rps_steady / e.rps_steady if e.rps_steady else float("nan")
     lines = [
         "# Scale-out benchmark: split mode (1 API node + 2 workers over Redis) beside embedded",
@@ -264,20 +305,24 @@ def report(runs: dict[str, dict[str, object]], args: argparse.Namespace, shared:
         "## Broker hop latency (closed loop)",
         "",
         "N clients loop over the kiosk's request (5 restaurants, models fitted first) for",
-        f"{args.hop_seconds} s per mode and concurrency. The model cost (200 ms a call) is the",
-        "same in both modes, so the difference of the medians is what the Redis hop adds.",
-        "Target: ≤ 1 ms at moderate load.",
+        f"{args.hop_seconds:g} s per mode and concurrency, in {args.rounds} rounds that alternate",
+        "the modes, each round on freshly started servers (so new worker ids, so a new",
+        "assignment of restaurants to workers). The model cost (200 ms a call) is the same in",
+        "both modes, so the difference of a round's medians is what the Redis hop adds; the",
+        "hop reported is the median over rounds. Target: ≤ 1 ms at moderate load.",
         "",
-        "| clients | ≈ RPS | embedded median | split median | **hop** | embedded p90 | split p90 "
-        "| requests (e / s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | ≈ RPS | embedded median | split median | **hop** (median of rounds) "
+        "| each round's hop | embedded p90 | split p90 | requests (e / s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for clients, row in hops.items():
-        rps = clients * 1000 / row["split_median"]
+    for row in rows:
+        rps = row.clients * 1000 / row.medians["split"]
+        each = ", ".join(f"{hop:+.2f}" for hop in row.hops)
         lines.append(
-            f"| {clients} | {rps:.0f} | {row['embedded_median']:.2f} | {row['split_median']:.2f} "
-            f"| **{row['hop']:+.2f} ms** | {row['embedded_p90']:.2f} | {row['split_p90']:.2f} "
-            f"| {row['embedded_requests']:.0f} / {row['split_requests']:.0f} |"
+            f"| {row.clients} | {rps:.0f} | {row.medians['embedded']:.2f} "
+            f"| {row.medians['split']:.2f} | **{row.hop:+.2f} ms** | {each} "
+            f"| {row.p90s['embedded']:.2f} | {row.p90s['split']:.2f} "
+            f"| {row.requests['embedded']} / {row.requests['split']} |"
         )
     lines += [
         "",
@@ -286,9 +331,8 @@ def report(runs: dict[str, dict[str, object]], args: argparse.Namespace, shared:
         "| mode | steady RPS | mean RPS | p50 ms | p95 ms | p99 ms | requests | failures |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, run in runs.items():
-        r = run["result"]
-        assert isinstance(r, LocustResult)
+    for name, mode in modes.items():
+        r = mode.result
         lines.append(
             f"| {name} | {r.rps_steady:.0f} | {r.rps_mean:.0f} | {r.p50_ms:.0f} | {r.p95_ms:.0f} "
             f"| {r.p99_ms:.0f} | {r.requests} | {r.failures} |"
@@ -302,19 +346,16 @@ def report(runs: dict[str, dict[str, object]], args: argparse.Namespace, shared:
         "| mode | API node | workers | redis-server | total |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, run in runs.items():
-        cpu = run["cpu_ms_per_request"]
-        assert isinstance(cpu, dict)
+    for name, mode in modes.items():
+        cpu = mode.cpu_ms
         lines.append(
             f"| {name} | {cpu.get('api', 0):.3f} | {cpu.get('workers', 0):.3f} "
             f"| {cpu.get('redis', 0):.3f} | {sum(cpu.values()):.3f} |"
         )
     lines += ["", "![scale-out](scaleout.png)", ""]
-    for name, run in runs.items():
-        r = run["result"]
-        assert isinstance(r, LocustResult)
-        if r.failure_reasons:
-            lines += [f"Failures ({name}): " + "; ".join(r.failure_reasons), ""]
+    for name, mode in modes.items():
+        if mode.result.failure_reasons:
+            lines += [f"Failures ({name}): " + "; ".join(mode.result.failure_reasons), ""]
     return "\n".join(lines)
 
 
@@ -322,17 +363,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=60, help="seconds of Locust per mode")
     parser.add_argument("--hop-seconds", type=float, default=10, help="per mode and concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="hop rounds, alternating modes")
     parser.add_argument("--shared", action="store_true", help="say other work shared the CPU")
     parser.add_argument("--workdir", default=str(HERE / "runs"))
     args = parser.parse_args()
-    runs: dict[str, dict[str, object]] = {"embedded": measure("embedded", None, None, args)}
     with redis_server() as (url, redis_pid):
-        runs["split"] = measure("split", url, redis_pid, args)
-    (HERE / "REPORT.md").write_text(report(runs, args, args.shared))
-    plot(runs, HERE / "scaleout.png")
+        brokers = {"embedded": None, "split": url}
+        rounds: dict[str, list[dict[int, list[float]]]] = {name: [] for name in brokers}
+        for number in range(args.rounds):
+            for name, broker in brokers.items():
+                rounds[name].append(closed_loops(broker, args.hop_seconds))
+            medians = {
+                name: statistics.median(runs[-1][HOP_CONCURRENCIES[1]])
+                for name, runs in rounds.items()
+            }
+            print(f"hop round {number + 1}: medians at {HOP_CONCURRENCIES[1]} clients {medians}")
+        modes = {}
+        for name, broker in brokers.items():
+            result, cpu_ms = locust_load(name, broker, redis_pid if broker else None, args)
+            modes[name] = Mode(rounds[name], result, cpu_ms)
+    (HERE / "REPORT.md").write_text(report(modes, args, args.shared))
+    plot(modes, HERE / "scaleout.png")
     serialisable = {
-        name: {**run, "result": asdict(run["result"])}  # type: ignore[call-overload]
-        for name, run in runs.items()
+        name: {
+            "rounds": mode.rounds,
+            "cpu_ms_per_request": mode.cpu_ms,
+            "result": asdict(mode.result),
+        }
+        for name, mode in modes.items()
     }
     (HERE / "results.json").write_text(json.dumps(serialisable, indent=1))
     print((HERE / "REPORT.md").read_text())
