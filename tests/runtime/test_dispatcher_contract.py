@@ -9,13 +9,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage
 from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.api.kiosk import training_key
+from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import build_kinds
+from sluiceway.models.classifier import Pixels, ranked
+from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.errors import (
     DeadlineExceeded,
@@ -51,10 +56,10 @@ Start = Callable[..., AbstractAsyncContextManager[Harness]]
 
 
 @asynccontextmanager
-async def _local(**overrides: object) -> AsyncIterator[Harness]:
+async def _local(models: str = "knn", **overrides: object) -> AsyncIterator[Harness]:
     settings = fast_settings(**overrides)
     metrics = Metrics()
-    dispatcher = LocalDispatcher(select_kinds(build_kinds(settings), "knn"), 1 << 30, metrics)
+    dispatcher = LocalDispatcher(select_kinds(build_kinds(settings), models), 1 << 30, metrics)
     await dispatcher.start()
     try:
         yield Harness(dispatcher, metrics)
@@ -64,7 +69,7 @@ async def _local(**overrides: object) -> AsyncIterator[Harness]:
 
 def _redis(server: RedisServer) -> Start:
     @asynccontextmanager
-    async def start(**overrides: object) -> AsyncIterator[Harness]:
+    async def start(models: str = "knn", **overrides: object) -> AsyncIterator[Harness]:
         settings = fast_settings(
             broker_url=server.url,
             broker_prefix=f"test-{uuid.uuid4().hex[:8]}",
@@ -73,7 +78,7 @@ def _redis(server: RedisServer) -> Start:
             **overrides,
         )
         worker_metrics = Metrics()
-        worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), worker_metrics)
+        worker = Worker(settings, select_kinds(build_kinds(settings), models), worker_metrics)
         await worker.start()
         dispatcher = RedisDispatcher(settings, Metrics())
         await dispatcher.start()
@@ -195,3 +200,19 @@ async def test_a_model_failure_reaches_the_caller_as_a_plain_error(start: Start)
             await harness.dispatcher.submit(job)
         assert not isinstance(caught.value, SluicewayError)
         assert "n_neighbors" in str(caught.value) or "n_samples" in str(caught.value)
+
+
+async def test_an_image_classifier_answers_alike_in_both_modes(start: Start) -> None:
+    """An image job (a float32 tensor and k, a named tuple) crosses the seam and comes back
+    as ranked predictions: the packaged ImageNet model knows this cat."""
+    cat = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
+    job = Job(
+        model="imagenet",
+        payload=Pixels(prepare_image(cat, IMAGENET_INPUT, 40_000_000), 3),
+        deadline=time.time() + 30,
+    )
+    async with start(models="imagenet") as harness:
+        top = ranked(await harness.dispatcher.submit(job))
+    assert [p.label for p in top][:1] == ["Egyptian cat"]
+    assert len(top) == 3
+    assert top[0].score == pytest.approx(0.714, abs=0.01)
