@@ -103,6 +103,18 @@ class ProcessWatch:
         return max((rss for _, rss in self.samples), default=0.0)
 
 
+def stop(*processes: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Ask every process to stop (SIGTERM), then wait for each; kill one that will not end."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Server:
     """A server under test: how to start it and where it listens."""

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import Server, free_port, machine
+from bench.loadtest import Server, free_port, machine, stop
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.captioner import Captioner, CaptionInput, GitCaptioning
 from tests.fixtures.tiny_git import build_base_sized_git
@@ -241,11 +240,7 @@ def serve_and_load(
         cpu = sum(server.cpu_times()[:2]) - cpu
         text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     latencies = sorted(outcome.latencies)
     count = metric_value(text, 'sluiceway_batch_size_count{model="caption"}')
     total = metric_value(text, 'sluiceway_batch_size_sum{model="caption"}')

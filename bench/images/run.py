@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 from ai_edge_litert.interpreter import Interpreter
 
 from bench.images.corpus import BIRDS_DIR, MODEL_FILE, MODEL_SHA256, make_variants
-from bench.loadtest import ProcessWatch, Server, free_port, machine, wait_for_port
+from bench.loadtest import ProcessWatch, Server, free_port, machine, stop, wait_for_port
 from sluiceway.config import Settings
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.tflite_classifier import BIRDS_INPUT
@@ -208,8 +208,7 @@ def measure(
                 load(server.name, server.port, urls, args.calls, args.concurrency, args.images, 1)
             )
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     result.rss_peak_mb = watch.peak_rss_mb
     result.rss_loaded_mb = loaded.peak_rss_mb
     result.cpu_s = watch.cpu_s
@@ -391,8 +390,7 @@ def main() -> None:
                     continue
                 results.append(measure(server, urls[0], args, urls, upload))
         finally:
-            images.terminate()
-            images.wait(timeout=30)
+            stop(images)
         # Measured again after the servers: the machine is shared, so load may have changed.
         ceilings += [ceiling(corpus, model, t, args.ceiling_images, "after") for t in (1, 2)]
 

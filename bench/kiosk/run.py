@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import LocustResult, ProcessWatch, Server, free_port, machine, run_locust
+from bench.loadtest import LocustResult, ProcessWatch, Server, free_port, machine, run_locust, stop
 
 HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
@@ -86,8 +86,7 @@ def measure(
                 env={"KIOSK_CHECK_LABELS": "1" if check_labels else "0"},
             )
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     cpu_ms = 1000 * watch.cpu_s / max(result.requests, 1)
     print(
         f"{server.name}: steady {result.rps_steady:.0f} RPS, p99 {result.p99_ms:.0f} ms, "

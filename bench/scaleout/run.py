@@ -42,7 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.kiosk.scenario import HIGH, LOW, training_sets
-from bench.loadtest import REPO, LocustResult, free_port, machine, run_locust, wait_for_port
+from bench.loadtest import REPO, LocustResult, free_port, machine, run_locust, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
@@ -89,8 +89,7 @@ def redis_server() -> Iterator[tuple[str, int]]:
             wait_for_port(port, 10)
             yield f"redis://127.0.0.1:{port}/0", process.pid
         finally:
-            process.terminate()
-            process.wait(10)
+            stop(process, timeout_s=10)
 
 
 @contextmanager
@@ -122,13 +121,7 @@ def sluiceway(broker: str | None) -> Iterator[Cluster]:
             roles["workers"] = [process.pid for process in processes[:-1]]
         yield Cluster(port, roles)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(*processes, timeout_s=40)
 
 
 def _wait_ready(port: int, timeout_s: float = 60.0) -> None:

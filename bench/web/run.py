@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import ProcessWatch, Server, free_port, machine, run_locust
+from bench.loadtest import ProcessWatch, Server, free_port, machine, run_locust, stop
 
 HERE = Path(__file__).resolve().parent
 ENDPOINTS = ("/", "/predict", "/feedback")
@@ -171,7 +171,7 @@ def measure(users: list[int], duration_s: int, runs: Path) -> list[Series]:
         watches: list[ProcessWatch] = []
         for name, label, env in configs():
             running, process = start(Series(name, label), env, Path(scratch) / name)
-            stack.callback(_stop, process)
+            stack.callback(stop, process)
             watches.append(stack.enter_context(ProcessWatch(process.pid)))
             servers.append(running)
         for count in users:
@@ -185,11 +185,6 @@ def measure(users: list[int], duration_s: int, runs: Path) -> list[Series]:
             running.series.reports_missing = len(set(running.acknowledged) - set(stored))
             running.series.peak_rss_mb = watch.peak_rss_mb
         return [running.series for running in servers]
-
-
-def _stop(process: Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(30)
 
 
 def plot(all_series: list[Series], path: Path) -> None:

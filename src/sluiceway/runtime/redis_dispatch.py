@@ -68,8 +68,7 @@ class RedisDispatcher:
         self.node = node or uuid.uuid4().hex[:12]
         self._reply = self._keys.reply(self.node)
         self._redis: Redis | None = None
-        self._listening = False  # subscribed to the reply channel, confirmed by Redis
-        self._subscribed = asyncio.Event()
+        self._subscribed = asyncio.Event()  # to the reply channel, as confirmed by Redis
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._outbox: list[_Admission] = []
         self._outbox_ready = asyncio.Event()
@@ -115,7 +114,7 @@ class RedisDispatcher:
             self._redis = None
 
     def ready(self) -> bool:
-        return self._connected and self._listening and not self._closing
+        return self._connected and self._subscribed.is_set() and not self._closing
 
     def models(self) -> list[str]:
         return sorted(self._live_models)
@@ -123,7 +122,7 @@ class RedisDispatcher:
     async def submit(self, job: Job) -> Any:
         if self._closing:
             raise ModelUnavailable("the API node is shutting down")
-        if not (self._connected and self._listening):
+        if not (self._connected and self._subscribed.is_set()):
             raise ModelUnavailable("the job broker (Redis) is unreachable")
         if job.model not in self._live_models:
             raise ModelUnavailable(f"no live worker serves {job.model!r}; live: {self.models()}")
@@ -205,7 +204,6 @@ class RedisDispatcher:
                     await pubsub.subscribe(self._reply)
                 message = await pubsub.get_message(timeout=_READ_BLOCK_S)
             except BROKER_ERRORS as error:
-                self._listening = False
                 self._subscribed.clear()
                 self._lost(error)
                 if pubsub is not None:
@@ -219,7 +217,6 @@ class RedisDispatcher:
                 self._resolve(message["data"])
             elif message["type"] == "subscribe":
                 # From here on no result for this node is lost: jobs may be admitted.
-                self._listening = True
                 self._subscribed.set()
         if pubsub is not None:
             await _close(pubsub)

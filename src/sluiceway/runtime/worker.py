@@ -64,13 +64,6 @@ _READ_BLOCK_MS = 500
 _RECONNECT_S = 0.25
 
 
-@dataclass(frozen=True, slots=True)
-class _Value:
-    """A model's result, told apart from an exception it might be."""
-
-    value: Any
-
-
 @dataclass(slots=True)
 class _Finished:
     """A job done with: its entry to acknowledge, and what to send where."""
@@ -401,7 +394,7 @@ class Worker:
         try:
             future = self._local.enqueue(job)
         except SluicewayError as error:
-            self._answer(finished, data, job.id, error)
+            self._fail(finished, data, job.id, error)
             return
         # A callback, not a task per job: at thousands of jobs a second the tasks cost more
         # than the model. The timer gives up on a job still queued at its deadline.
@@ -422,25 +415,25 @@ class Worker:
         self._running.discard(future)
         self._room.set()
         if future.cancelled():
-            outcome: Any = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            self._fail(finished, data, job_id, deadline)
+        elif (error := future.exception()) is not None:
+            self._fail(finished, data, job_id, error)
         else:
-            outcome = future.exception() or _Value(future.result())
-        self._answer(finished, data, job_id, outcome)
+            self._reply(finished, ResultRecord(job_id, future.result()))
 
-    def _answer(self, finished: _Finished, data: bytes, job_id: str, outcome: Any) -> None:
-        """Queue the answer to a job: its value, or the error it failed with."""
-        if isinstance(outcome, _Value):
-            result = ResultRecord(job_id, outcome.value)
-        elif isinstance(outcome, SluicewayError):
-            result = ResultRecord(job_id, error=ErrorRecord.of(outcome))
-        else:  # the model failed on it: answer, and keep it for a look
-            failure = ErrorRecord.of(outcome)
-            result = ResultRecord(job_id, error=failure)
+    def _fail(self, finished: _Finished, data: bytes, job_id: str, error: BaseException) -> None:
+        """Answer a job with its error; one the model itself raised is also kept for a look."""
+        failure = ErrorRecord.of(error)
+        if not isinstance(error, SluicewayError):
             finished.dead_letter = self._letter(data, failure.message)
+        self._reply(finished, ResultRecord(job_id, error=failure))
+
+    def _reply(self, finished: _Finished, result: ResultRecord) -> None:
         try:
             finished.result = result.encode()
         except WireError as error:
-            finished.result = ResultRecord(job_id, error=ErrorRecord.of(error)).encode()
+            finished.result = ResultRecord(result.job_id, error=ErrorRecord.of(error)).encode()
         self._finish(finished)
 
     # Replying and acknowledging.
