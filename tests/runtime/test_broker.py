@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import pytest
-
 from sluiceway.runtime.broker import GroupReader, connect, entry_field
 from tests.redis_server import RedisServer
 
@@ -19,18 +17,15 @@ def test_a_field_is_found_in_parsed_and_raw_entries() -> None:
     assert entry_field({b"x": b"1"}, b"j") is None
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
-async def test_the_group_reader_reads_new_entries_once(
-    redis_server: RedisServer, protocol: int
-) -> None:
-    redis = connect(f"{redis_server.url}?protocol={protocol}")
+async def test_the_group_reader_reads_new_entries_once(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     streams = [f"{prefix}:{n}" for n in range(2)]
     for stream in streams:
         await redis.xgroup_create(stream, "g", id="0", mkstream=True)
     first = await redis.xadd(streams[0], {"j": b"a"})
     second = await redis.xadd(streams[1], {"j": b"b"})
-    reader = GroupReader(redis, "g", "consumer", block_ms=50)
+    reader = GroupReader(redis_server.url, "g", "consumer", block_ms=50)
     try:
         got = await reader.read(streams, 10)
         assert sorted((s, i, entry_field(f, b"j")) for s, i, f in got) == [
@@ -40,7 +35,7 @@ async def test_the_group_reader_reads_new_entries_once(
         assert await reader.read(streams, 10) == []  # delivered already; the block times out
         assert reader.id is not None
     finally:
-        await reader.reset()
+        reader.reset()
         await redis.aclose()
 
 
@@ -51,7 +46,7 @@ async def test_unblocking_the_readers_connection_cuts_its_wait_short(
     stream = f"test-{uuid.uuid4().hex[:8]}"
     await redis.xgroup_create(stream, "g", id="0", mkstream=True)
     await redis.xadd(stream, {"j": b"a"})
-    reader = GroupReader(connect(redis_server.url, max_connections=1), "g", "c", block_ms=3000)
+    reader = GroupReader(redis_server.url, "g", "c", block_ms=3000)
     try:
         assert len(await reader.read([stream], 1)) == 1  # connected; now nothing is left
         waiting = asyncio.create_task(reader.read([stream], 1))
@@ -60,5 +55,5 @@ async def test_unblocking_the_readers_connection_cuts_its_wait_short(
         await redis.client_unblock(reader.id)
         assert await asyncio.wait_for(waiting, 1) == []
     finally:
-        await reader.reset()
+        reader.reset()
         await redis.aclose()

@@ -10,18 +10,23 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sluiceway.runtime.redis_line import RedisLine, pack
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as redis-py returns it: id and fields (``None`` once deleted)."""
 
 BROKER_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What a lost or stalled Redis raises; anything else from Redis is a bug, not an outage."""
+"""What a lost or stalled Redis raises (``TimeoutError`` is an ``OSError``); anything else from
+Redis is a bug, not an outage."""
+
+STALLED_S = 5.0
+"""A Redis that has not answered a command for this long counts as lost."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,13 @@ class Script:
 
 
 def missing(reply: object) -> bool:
-    """Whether a pipeline reply says Redis did not know the script (so it did not run)."""
-    return isinstance(reply, NoScriptError)
+    """Whether a reply says Redis did not know the script (so it did not run).
+
+    redis-py raises ``NoScriptError``; a ``RedisLine`` hands back the plain error reply.
+    """
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 # Admit a job only while fewer than ARGV[1] jobs of its model are queued or running, so a full
@@ -78,76 +88,66 @@ return acked
 
 
 class GroupReader:
-    """A consumer's blocking XREADGROUP on a connection of its own, packed once per stream set.
+    """A consumer's blocking XREADGROUP on a line of its own, packed once per stream set.
 
     A worker under load reads about once per job. redis-py's generic command path (argument
     encoding, pool checkout, response callbacks) cost more worker CPU than the read itself, so
-    this sends the command as bytes packed when the partitions or count change, and takes the
-    reply as the parser gives it. The connection is dedicated so that ``CLIENT UNBLOCK`` of its
-    id cuts a blocking read short when ownership changes.
+    this sends the command as bytes packed when the partitions or count change, on a
+    ``RedisLine``, and takes the reply as hiredis parses it. The line is dedicated so that
+    ``CLIENT UNBLOCK`` of its id cuts a blocking read short when ownership changes.
     """
 
-    def __init__(self, redis: Redis, group: str, consumer: str, block_ms: int) -> None:
-        self._redis = redis
+    def __init__(self, url: str, group: str, consumer: str, block_ms: int) -> None:
+        self._url = url
         self._group = group
         self._consumer = consumer
         self._block_ms = block_ms
-        self._connection: AbstractConnection | None = None
-        self._packed: tuple[tuple[tuple[str, ...], int], list[bytes]] | None = None
-        self.id: int | None = None
+        self._line: RedisLine | None = None
+        self._packed: tuple[tuple[tuple[str, ...], int], bytes] | None = None
+
+    @property
+    def id(self) -> int | None:
         """The connection's client id, once connected (for ``CLIENT UNBLOCK``)."""
+        return self._line.client_id if self._line is not None else None
 
     async def read(self, streams: Sequence[str], count: int) -> list[tuple[str, bytes, Any]]:
         """New entries of ``streams`` as (stream, entry id, fields), blocking up to block_ms.
 
-        Raises ``BROKER_ERRORS`` when Redis is lost (the next read reconnects) and
+        Raises ``BROKER_ERRORS`` when Redis is lost or stalls (the next read reconnects) and
         ``ResponseError`` for an error reply (NOGROUP after Redis lost the groups).
         """
-        connection = await self._connected()
+        if self._line is None or not self._line.connected:
+            self.reset()
+            self._line = await RedisLine.open(self._url)
         key = (tuple(streams), count)
         if self._packed is None or self._packed[0] != key:
-            command = connection.pack_command(
+            command = pack(
                 "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count,
                 "BLOCK", self._block_ms, "STREAMS", *streams, *([">"] * len(streams)),
             )  # fmt: skip
             self._packed = (key, command)
         try:
-            await connection.send_packed_command(self._packed[1], check_health=False)
-            reply = await connection.read_response()
+            async with asyncio.timeout(self._block_ms / 1000 + STALLED_S):
+                (reply,) = await self._line.send(self._packed[1], 1)
         except BROKER_ERRORS:
-            await self.reset()
+            self.reset()
             raise
+        if isinstance(reply, ResponseError):
+            raise reply
         if not reply:
             return []
-        # RESP3 answers a map of stream → entries, RESP2 a list of [stream, entries] pairs.
-        pairs = reply.items() if isinstance(reply, dict) else reply
+        # RESP2 answers a list of [stream, entries] pairs; each entry is [id, flat fields].
         return [
             (as_text(stream), entry_id, fields)
-            for stream, entries in pairs
+            for stream, entries in reply
             for entry_id, fields in entries
         ]
 
-    async def _connected(self) -> AbstractConnection:
-        if self._connection is None:
-            connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await connection.send_packed_command(
-                    connection.pack_command("CLIENT", "ID"), check_health=False
-                )
-                self.id = int(await connection.read_response())
-            except BaseException:
-                await connection.disconnect()
-                await self._redis.connection_pool.release(connection)
-                raise
-            self._connection = connection
-        return self._connection
-
-    async def reset(self) -> None:
+    def reset(self) -> None:
         """Drop the connection (after an error, or to stop)."""
-        connection, self._connection, self.id = self._connection, None, None
-        if connection is not None:
-            await connection.disconnect()
-            await self._redis.connection_pool.release(connection)
+        line, self._line = self._line, None
+        if line is not None:
+            line.close()
 
 
 def entry_field(fields: Any, name: bytes) -> bytes | None:
@@ -172,7 +172,7 @@ def as_text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> Redis:
+def connect(url: str, *, max_connections: int = 64, timeout_s: float = STALLED_S) -> Redis:
     """A client for ``url`` that fails fast: no retries, short connect timeout.
 
     Retrying is the callers' business (their reconnect loops); a request must never sit in a

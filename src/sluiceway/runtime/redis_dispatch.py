@@ -2,15 +2,17 @@
 
 A job is added to the partition stream of its batching key (so one restaurant's jobs meet on
 one worker) through an admission script that enforces the cluster-wide queue bound.
-Admissions that arrive in the same event-loop turn share one pipeline round trip.
+Admissions that arrive in the same event-loop turn go out as one write on the node's command
+line (``redis_line.py``), pipelined behind any still unanswered; their replies are handled in
+the line's callback, so an admission costs no task wake-up.
 
-Results come back on the node's own Pub/Sub channel, several per message, read by one
-background task that resolves the waiting futures: Redis pushes them, so no read command is
-sent per result, nothing is stored to trim or expire, and no request holds a Redis connection
-while it waits. Pub/Sub keeps nothing for a node that is not listening, which costs nothing
-here: when the node loses its subscription it fails every waiting request at once (503), as it
-does for any broker failure, and a request re-sent later is a new job. Workers deliver at least
-once; the futures make it exactly one answer per request.
+Results come back on the node's own Pub/Sub channel, several per message, handed by a
+subscriber line to a callback that resolves the waiting futures: Redis pushes them, so no read
+command is sent per result, nothing is stored to trim or expire, and no request holds a Redis
+connection while it waits. Pub/Sub keeps nothing for a node that is not listening, which costs
+nothing here: when the node loses its subscription it fails every waiting request at once
+(503), as it does for any broker failure, and a request re-sent later is a new job. Workers
+deliver at least once; the futures make it exactly one answer per request.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
 
 from sluiceway.config import Settings
 from sluiceway.runtime.broker import (
@@ -39,12 +41,13 @@ from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable, Overloa
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.keys import Keys
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.redis_line import RedisLine, pack
 from sluiceway.runtime.wire import JobRecord, ResultRecord, WireError, live_workers
 
 logger = logging.getLogger(__name__)
 
-_READ_BLOCK_S = 0.5
 _RECONNECT_S = 0.25
+_SUBSCRIBE_S = 0.5  # how long start() waits for the subscription beside a running cluster
 
 
 @dataclass(slots=True)
@@ -52,7 +55,8 @@ class _Admission:
     model: str
     stream: str
     data: bytes
-    done: asyncio.Future[None]
+    answer: asyncio.Future[Any]  # the request's: an admission that fails fails the request
+    retried: bool = False
 
 
 class RedisDispatcher:
@@ -67,11 +71,14 @@ class RedisDispatcher:
         self._keys = Keys(settings.broker_prefix, settings.broker_partitions)
         self.node = node or uuid.uuid4().hex[:12]
         self._reply = self._keys.reply(self.node)
-        self._redis: Redis | None = None
+        self._redis: Redis | None = None  # membership and scripts: off the hot path
+        self._line: RedisLine | None = None  # admissions
+        self._subscriber: RedisLine | None = None  # this node's reply channel
         self._subscribed = asyncio.Event()  # to the reply channel, as confirmed by Redis
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._outbox: list[_Admission] = []
-        self._outbox_ready = asyncio.Event()
+        self._outbox_scheduled = False
+        self._reloads: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = False
         self._closing = False
@@ -87,12 +94,11 @@ class RedisDispatcher:
         await self._refresh()
         self._tasks = [
             asyncio.create_task(self._watch(), name="broker watch"),
-            asyncio.create_task(self._read_replies(), name="broker replies"),
-            asyncio.create_task(self._send_admissions(), name="broker admissions"),
+            asyncio.create_task(self._keep_subscribed(), name="broker replies"),
         ]
         if self._connected:  # a node beside a running cluster takes requests once started
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), _READ_BLOCK_S)
+                await asyncio.wait_for(self._subscribed.wait(), _SUBSCRIBE_S)
 
     async def close(self) -> None:
         self._closing = True
@@ -100,15 +106,14 @@ class RedisDispatcher:
         waiting = [future for future in self._waiting.values() if not future.done()]
         if waiting:  # requests already accepted get their answer, bounded by the timeout
             await asyncio.wait(waiting, timeout=self._settings.request_timeout_s)
-        self._outbox_ready.set()
-        await stop_tasks(self._tasks, _READ_BLOCK_S + 1)
+        for line in (self._line, self._subscriber):
+            if line is not None:
+                line.close()
+        self._line = self._subscriber = None
+        await stop_tasks([*self._tasks, *self._reloads], _RECONNECT_S + 1)
         self._tasks = []
-        stopped = ModelUnavailable("the API node is shutting down")
-        for admission in self._outbox:
-            if not admission.done.done():
-                admission.done.set_exception(stopped)
+        self._fail_waiting(ModelUnavailable("the API node is shutting down"))
         self._outbox = []
-        self._fail_waiting(stopped)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -130,96 +135,113 @@ class RedisDispatcher:
         if remaining <= 0:
             raise DeadlineExceeded(f"deadline passed before {job.model} was asked")
         data = JobRecord(job, self._reply).encode()
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        # Registered before the job is sent: the result may come back before XADD returns.
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Registered before the job is sent: the result may come back before XADD's reply.
         self._waiting[job.id] = answer
+        stream = self._keys.jobs(job.model, self._keys.partition(job.key))
+        self._admit(_Admission(job.model, stream, data, answer))
         try:
             async with asyncio.timeout(remaining):
-                await self._admit(job, data)
                 return await answer
         except TimeoutError:
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
         finally:
             self._waiting.pop(job.id, None)
 
-    def _admit(self, job: Job, data: bytes) -> asyncio.Future[None]:
-        stream = self._keys.jobs(job.model, self._keys.partition(job.key))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.append(_Admission(job.model, stream, data, done))
-        self._outbox_ready.set()
-        return done
+    # Admissions: written at the end of the loop turn, answered in the line's callback.
 
-    async def _send_admissions(self) -> None:
-        """Send every admission waiting in one pipeline; repeat while more arrive."""
-        while not self._closing or self._outbox:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            if batch:
-                await self._send(batch)
+    def _admit(self, admission: _Admission) -> None:
+        self._outbox.append(admission)
+        if not self._outbox_scheduled:
+            self._outbox_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_outbox)
 
-    async def _send(self, batch: list[_Admission], *, reloaded: bool = False) -> None:
-        assert self._redis is not None
+    def _send_outbox(self) -> None:
+        self._outbox_scheduled = False
+        batch, self._outbox = self._outbox, []
+        batch = [admission for admission in batch if not admission.answer.done()]
+        if not batch:
+            return
+        line = self._line
+        if line is None or not line.connected:
+            self._lost(ModelUnavailable("the connection to the job broker (Redis) is down"))
+            return
         bound = self._settings.broker_max_queue
-        pipe = self._redis.pipeline(transaction=False)
-        for admission in batch:
-            ADMIT.queue(pipe, [admission.stream, self._keys.queued(admission.model)],
-                        [bound, admission.data])  # fmt: skip
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except BROKER_ERRORS as error:
-            self._lost(error)
-            replies = [error] * len(batch)
-        if not reloaded and any(missing(reply) for reply in replies):
-            # Redis restarted or flushed its scripts: none of these ran, so all may be re-sent.
-            try:
-                await ADMIT.load(self._redis)
-            except BROKER_ERRORS as error:
-                self._lost(error)
-            else:
-                await self._send(batch, reloaded=True)
-                return
-        for admission, reply in zip(batch, replies, strict=True):
-            if admission.done.done():  # the caller's deadline passed meanwhile
+        packed = b"".join(
+            pack("EVALSHA", ADMIT.sha, 2, a.stream, self._keys.queued(a.model), bound, a.data)
+            for a in batch
+        )
+        line.send(packed, len(batch)).add_done_callback(
+            lambda replies: self._admitted(batch, replies)
+        )
+
+    def _admitted(self, batch: list[_Admission], replies: asyncio.Future[list[Any]]) -> None:
+        if (error := replies.exception()) is not None:
+            self._lost(error)  # fails every waiting request, these included
+            return
+        unknown: list[_Admission] = []
+        for admission, reply in zip(batch, replies.result(), strict=True):
+            if missing(reply) and not admission.retried:
+                # Redis restarted or flushed its scripts: this one did not run; load and resend.
+                admission.retried = True
+                unknown.append(admission)
+            elif admission.answer.done():  # the caller's deadline passed meanwhile
                 continue
-            if isinstance(reply, Exception):
-                admission.done.set_exception(ModelUnavailable(f"job broker failed: {reply}"))
+            elif isinstance(reply, ResponseError):
+                admission.answer.set_exception(ModelUnavailable(f"job broker failed: {reply}"))
             elif reply is None:
                 self._metrics.rejected.labels(admission.model).inc()
-                admission.done.set_exception(
+                bound = self._settings.broker_max_queue
+                admission.answer.set_exception(
                     Overloaded(f"{admission.model} queue is full ({bound} jobs in the cluster)")
                 )
-            else:
-                admission.done.set_result(None)
+        if unknown:
+            task = asyncio.create_task(self._reload_and_resend(unknown), name="reload admit")
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
 
-    async def _read_replies(self) -> None:
-        """Resolve waiting requests from this node's reply channel, for the node's lifetime."""
+    async def _reload_and_resend(self, batch: list[_Admission]) -> None:
         assert self._redis is not None
-        pubsub: PubSub | None = None
+        try:
+            await ADMIT.load(self._redis)
+        except BROKER_ERRORS as error:
+            self._lost(error)
+            return
+        for admission in batch:
+            self._admit(admission)
+
+    # Replies: pushed by Redis to the subscriber line's callback.
+
+    async def _keep_subscribed(self) -> None:
+        """Hold this node's subscription to its reply channel, for the node's lifetime."""
         while not self._closing:
+            if not self._connected:  # the watch loop says when Redis is back
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), _RECONNECT_S)
+                continue
             try:
-                if pubsub is None:
-                    pubsub = self._redis.pubsub()
-                    await pubsub.subscribe(self._reply)
-                message = await pubsub.get_message(timeout=_READ_BLOCK_S)
+                line = await RedisLine.open(self._url, on_push=self._pushed)
             except BROKER_ERRORS as error:
-                self._subscribed.clear()
                 self._lost(error)
-                if pubsub is not None:
-                    await _close(pubsub)
-                    pubsub = None
-                await asyncio.sleep(_RECONNECT_S)
                 continue
-            if message is None:
-                continue
-            if message["type"] == "message":
-                self._resolve(message["data"])
-            elif message["type"] == "subscribe":
-                # From here on no result for this node is lost: jobs may be admitted.
-                self._subscribed.set()
-        if pubsub is not None:
-            await _close(pubsub)
+            self._subscriber = line
+            try:
+                line.write(pack("SUBSCRIBE", self._reply))
+                await line.wait_lost()
+            finally:
+                line.close()
+                self._subscriber = None
+                self._subscribed.clear()
+            if not self._closing:
+                self._lost(ModelUnavailable("lost the subscription to the reply channel"))
+
+    def _pushed(self, message: Any) -> None:
+        kind = message[0] if isinstance(message, list) and len(message) == 3 else None
+        if kind == b"message":
+            self._resolve(message[2])
+        elif kind == b"subscribe":
+            # From here on no result for this node is lost: jobs may be admitted.
+            self._subscribed.set()
 
     def _resolve(self, data: bytes) -> None:
         try:
@@ -256,6 +278,9 @@ class RedisDispatcher:
             if not self._connected:
                 await fresh_connections(self._redis)
                 await ADMIT.load(self._redis)
+                if self._line is not None:
+                    self._line.close()
+                self._line = await RedisLine.open(self._url)
             registry = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.workers))
         except BROKER_ERRORS as error:
             self._lost(error)
@@ -266,7 +291,7 @@ class RedisDispatcher:
             logger.info("job broker reachable; live models %s", self.models())
         self._connected = True
 
-    def _lost(self, error: Exception) -> None:
+    def _lost(self, error: BaseException) -> None:
         """Redis failed: fail fast now and until the watch loop sees it back."""
         if self._connected:
             logger.warning("lost the job broker: %s", error)
@@ -278,7 +303,3 @@ class RedisDispatcher:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(error)
-
-
-async def _close(pubsub: PubSub) -> None:
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

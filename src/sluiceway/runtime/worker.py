@@ -36,6 +36,7 @@ from sluiceway.models.base import ModelKind
 from sluiceway.runtime.broker import (
     BROKER_ERRORS,
     FINISH,
+    STALLED_S,
     Entry,
     GroupReader,
     as_text,
@@ -49,6 +50,7 @@ from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable, SluicewayError
 from sluiceway.runtime.keys import GROUP, Keys, owner
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.redis_line import RedisLine, pack
 from sluiceway.runtime.wire import (
     ErrorRecord,
     JobRecord,
@@ -98,18 +100,21 @@ class Worker:
         self._model_of = {
             stream: model for model in self._models for stream in self._keys.all_jobs(model)
         }
-        self._redis: Redis | None = None
+        self._redis: Redis | None = None  # membership, ownership, claims: off the hot path
+        self._line: RedisLine | None = None  # answers and acknowledgements
         self._connected = False
         self._stopping = False
         self._stopped = asyncio.Event()
         self._owned: list[str] = []
         self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
-        self._reader_redis: Redis | None = None
-        self._reader: GroupReader | None = None  # the blocking read, on a connection of its own
+        # The blocking read has a connection of its own, so it can be told to stop waiting.
+        self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._finished: list[_Finished] = []
-        self._finished_ready = asyncio.Event()
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Future[list[Any]]] = set()  # flushes not yet answered
+        self._reloads: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._reading: asyncio.Task[None] | None = None
         self._health: asyncio.Server | None = None
@@ -132,15 +137,9 @@ class Worker:
         """Connect, join the consumer groups, and start reading, replying and heartbeating."""
         await self._local.start()
         self._redis = connect(self._settings.broker_url or "")
-        # The blocking reader has a connection of its own, so it can be told to stop waiting.
-        self._reader_redis = connect(self._settings.broker_url or "", max_connections=1)
-        self._reader = GroupReader(self._reader_redis, GROUP, self.id, _READ_BLOCK_MS)
         await self._beat()
         self._reading = asyncio.create_task(self._read(), name="worker read")
-        self._tasks = [
-            asyncio.create_task(self._heartbeat(), name="worker heartbeat"),
-            asyncio.create_task(self._send_finished(), name="worker replies"),
-        ]
+        self._tasks = [asyncio.create_task(self._heartbeat(), name="worker heartbeat")]
         port = self._settings.worker_port
         if port is not None:
             self._health = await asyncio.start_server(self._answer_probe, self._settings.host, port)
@@ -160,20 +159,21 @@ class Worker:
         if self._running:
             await asyncio.wait(set(self._running), timeout=self._settings.request_timeout_s)
         await self._local.close()
-        self._finished_ready.set()
         await stop_tasks(self._tasks, _READ_BLOCK_MS / 1000 + 1)
         self._tasks = []
+        self._flush()
+        if self._sending:  # the last answers and acknowledgements
+            await asyncio.wait(set(self._sending), timeout=STALLED_S)
+        await stop_tasks(list(self._reloads), STALLED_S)
         if self._redis is not None:
-            await self._flush()
             with contextlib.suppress(*BROKER_ERRORS):
                 await self._redis.hdel(self._keys.workers, self.id)
             await self._redis.aclose()
             self._redis = None
-        if self._reader is not None:
-            await self._reader.reset()
-        if self._reader_redis is not None:
-            await self._reader_redis.aclose()
-            self._reader_redis = None
+        if self._line is not None:
+            self._line.close()
+            self._line = None
+        self._reader.reset()
         logger.info("worker %s stopped", self.id)
 
     # Membership, ownership and claiming.
@@ -194,6 +194,9 @@ class Worker:
             if not self._connected:
                 await fresh_connections(self._redis)
                 await FINISH.load(self._redis)
+                if self._line is not None:
+                    self._line.close()
+                self._line = await RedisLine.open(self._settings.broker_url or "")
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(self._keys.workers, self.id, WorkerRecord(self._models, now).encode())
                 pipe.hgetall(self._keys.workers)
@@ -263,7 +266,7 @@ class Worker:
         if set(owned) == set(self._owned):
             return
         self._owned = owned
-        reader_id = self._reader.id if self._reader is not None else None
+        reader_id = self._reader.id
         if reader_id is not None:
             assert self._redis is not None
             await self._redis.client_unblock(reader_id)
@@ -342,7 +345,6 @@ class Worker:
 
     async def _read(self) -> None:
         reader = self._reader
-        assert reader is not None
         while not self._stopping:
             room = self._settings.worker_prefetch - len(self._running)
             owned = self._owned
@@ -439,57 +441,86 @@ class Worker:
     # Replying and acknowledging.
 
     def _finish(self, finished: _Finished) -> None:
+        """Queue a job's answer and acknowledgement; all finished in one loop turn go together."""
         self._finished.append(finished)
-        self._finished_ready.set()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _send_finished(self) -> None:
-        while not self._stopping:
-            await self._finished_ready.wait()
-            self._finished_ready.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Send answers, dead letters and acknowledgements of everything finished, in one
+    def _flush(self) -> None:
+        """Write answers, dead letters and acknowledgements of everything finished, in one
         pipeline; answers go first so a crash in between re-runs a job rather than loses it.
-        The answers for one API node travel as one message."""
+        The answers for one API node travel as one message. Replies are checked in a callback."""
+        self._flush_scheduled = False
         batch, self._finished = self._finished, []
-        if not batch or self._redis is None:
+        if not batch:
+            return
+        line = self._line
+        if line is None or not line.connected:
+            self._lost(ConnectionError("the connection to the job broker is down"))
+            logger.warning("dropped %d answers: the broker is unreachable", len(batch))
             return
         dead_max = self._settings.broker_dead_letter_max
         answers: defaultdict[str, list[bytes]] = defaultdict(list)
         acks: defaultdict[tuple[str, str], list[bytes]] = defaultdict(list)
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[bytes] = []
         for item in batch:
             if item.reply is not None and item.result is not None:
                 answers[item.reply].append(item.result)
             if item.dead_letter is not None:
                 self._metrics.dead_letters.labels(item.model).inc()
+                fields = [part for pair in item.dead_letter.items() for part in pair]
                 dead = self._keys.dead_letters(item.model)
-                pipe.xadd(dead, item.dead_letter, maxlen=dead_max)  # type: ignore[arg-type]
+                commands.append(pack("XADD", dead, "MAXLEN", "~", dead_max, "*", *fields))
             acks[item.stream, item.model].append(item.entry_id)
         for reply, results in answers.items():
-            pipe.publish(reply, b"".join(results))
-        for (stream, model), ids in acks.items():
-            FINISH.queue(pipe, [stream, self._keys.queued(model)], [GROUP, *ids])
+            commands.append(pack("PUBLISH", reply, b"".join(results)))
+        finishing = [self._finishing(stream, model, ids) for (stream, model), ids in acks.items()]
+        sent = line.send(b"".join(commands + finishing), len(commands) + len(finishing))
+        self._sending.add(sent)
+        sent.add_done_callback(lambda replies: self._flushed(replies, finishing, len(batch)))
+
+    def _finishing(self, stream: str, model: str, ids: list[bytes]) -> bytes:
+        """The packed FINISH call acknowledging ``ids`` of ``stream``."""
+        return pack("EVALSHA", FINISH.sha, 2, stream, self._keys.queued(model), GROUP, *ids)
+
+    def _flushed(
+        self, replies: asyncio.Future[list[Any]], finishing: list[bytes], answered: int
+    ) -> None:
+        self._sending.discard(replies)
+        if (error := replies.exception()) is not None:
+            self._lost(error)
+            logger.warning("dropped %d answers: the broker is unreachable", answered)
+            return
+        results = replies.result()
+        acks = results[len(results) - len(finishing) :]
+        unknown = [call for call, reply in zip(finishing, acks, strict=True) if missing(reply)]
+        if unknown:
+            # Redis restarted or flushed its scripts. Answers went out; those acknowledgements
+            # did not run: load the script and send them again.
+            task = asyncio.create_task(self._finish_again(unknown), name="reload finish")
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+        for result in results:
+            if isinstance(result, Exception) and not missing(result):
+                logger.warning("job broker refused a write: %s", result)
+
+    async def _finish_again(self, finishing: list[bytes]) -> None:
+        line = self._line
+        if self._redis is None or line is None:
+            return
         try:
-            results = await pipe.execute(raise_on_error=False)
-            if any(missing(result) for result in results):
-                # Redis restarted or flushed its scripts. Answers went out; the
-                # acknowledgements did not run: load the script and send them again.
-                await FINISH.load(self._redis)
-                async with self._redis.pipeline(transaction=False) as again:
-                    for (stream, model), ids in acks.items():
-                        FINISH.queue(again, [stream, self._keys.queued(model)], [GROUP, *ids])
-                    results = await again.execute(raise_on_error=False)
+            await FINISH.load(self._redis)
+            async with asyncio.timeout(STALLED_S):
+                results = await line.send(b"".join(finishing), len(finishing))
         except BROKER_ERRORS as error:
             self._lost(error)
-            logger.warning("dropped %d answers: the broker is unreachable", len(batch))
             return
         for result in results:
             if isinstance(result, Exception):
                 logger.warning("job broker refused a write: %s", result)
 
-    def _lost(self, error: Exception) -> None:
+    def _lost(self, error: BaseException) -> None:
         if self._connected:
             logger.warning("worker %s lost the job broker: %s", self.id, error)
         self._connected = False
