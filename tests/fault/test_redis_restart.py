@@ -1,5 +1,6 @@
 """Stop and restart Redis under light load: no request hangs, failures are fast 503s, and the
-service recovers by itself."""
+service recovers by itself. A Redis that stalls without closing its connections is no better
+than one that is gone: requests end by their deadline and the service recovers."""
 
 from __future__ import annotations
 
@@ -92,3 +93,48 @@ async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
     healed = [status for sent, status, *_ in outcomes if sent > end_at - 1.5]
     assert healed and all(status == 200 for status in healed), "did not recover"
     assert readiness == {"down": 503, "after": 200}
+
+
+async def test_a_stalled_redis_holds_no_request_past_its_deadline(redis: RedisServer) -> None:
+    settings = fast_settings(
+        broker_url=redis.url,
+        broker_prefix=f"stall-{uuid.uuid4().hex[:8]}",
+        worker_port=None,
+        worker_heartbeat_s=0.2,
+        worker_dead_after_s=1.0,
+        knn_infer_base_cost_s=0.05,
+    )
+    worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), Metrics())
+    await worker.start()
+    outcomes: list[tuple[float, int, float]] = []  # (sent at, status, took)
+    began = time.monotonic()
+    freeze_at, thaw_at, end_at = 1.0, 4.0, 9.0
+
+    async def kiosk(http: httpx.AsyncClient) -> None:
+        while time.monotonic() - began < end_at:
+            sent = time.monotonic()
+            response = await http.post(
+                "/classify", json=BODY, headers={"X-Request-Timeout": str(TIMEOUT_S)}
+            )
+            outcomes.append((sent - began, response.status_code, time.monotonic() - sent))
+            await asyncio.sleep(0.02)
+
+    async def operator() -> None:
+        await asyncio.sleep(freeze_at)
+        redis.freeze()
+        await asyncio.sleep(thaw_at - freeze_at)
+        redis.thaw()
+
+    try:
+        async with app_client(create_app(settings)) as http:
+            await asyncio.wait_for(asyncio.gather(operator(), *(kiosk(http) for _ in range(4))), 30)
+    finally:
+        redis.thaw()
+        await worker.close()
+
+    assert {status for _, status, _ in outcomes} <= {200, 503, 504}, outcomes
+    assert max(took for _, _, took in outcomes) < TIMEOUT_S + 0.5, "a request hung"
+    assert all(status == 200 for sent, status, _ in outcomes if sent < freeze_at - 0.2)
+    assert any(status != 200 for sent, status, _ in outcomes if freeze_at < sent < thaw_at)
+    healed = [status for sent, status, _ in outcomes if sent > end_at - 1.5]
+    assert healed and all(status == 200 for status in healed), "did not recover"

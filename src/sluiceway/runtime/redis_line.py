@@ -2,10 +2,10 @@
 
 Every request in split mode crosses Redis twice: the API node's admission, then the worker's
 answer. On those paths redis-py's asyncio client costs more than Redis does: its command layer
-(pool checkout, retry wrapper, observability hooks) and its stream reader took ~100 µs of a
-cold event loop per command before the bytes were even written, and its Pub/Sub reader another
-~35-100 µs per message (measured in ``bench/scaleout``'s notes). Two legs of that were most of
-what the broker hop added beyond Redis itself.
+(pool checkout, retry wrapper, observability hooks) took ~100 µs of a cold event loop per
+command before the bytes were even written, and its Pub/Sub reader another ~35-100 µs per
+message (a per-job timestamp trace; see ``deploy/README.md``). Those two legs
+were most of what the broker hop added beyond Redis itself.
 
 ``RedisLine`` is the thin alternative: an ``asyncio.Protocol`` that writes packed commands the
 moment they are sent and hands hiredis-parsed replies to futures in order, from the transport's
