@@ -2,11 +2,17 @@
 
     python -m bench.scaleout.run [--duration 60] [--hop-seconds 10] [--rounds 3]
 
-1. Hop latency: closed-loop clients (8, 16 and 32 of them: light to moderate load) send the
-   kiosk's requests to the embedded server, then to 1 API node + 2 workers over Redis, in
-   rounds that alternate the modes on fresh servers; the difference of a round's medians is
-   the latency the broker hop adds (the model cost, 0.2 s a call, is the same on both sides),
-   and the median over rounds is reported.
+1. Hop latency, two ways, in rounds that alternate the modes on fresh servers (the embedded
+   server, then 1 API node + 2 workers over Redis); the difference of a round's medians is the
+   latency the broker hop adds, and the median over rounds is reported.
+   a. Closed loop, the seed's cost model: 8, 16 and 32 clients loop over the kiosk's request;
+      every model call sleeps 0.2 s on both sides.
+   b. Paced, no simulated sleep: the kiosk's requests sent at 100, 200 and 400 a second (10 to
+      40 % of embedded capacity) with the KNN's simulated cost set to zero, so only real work
+      remains. An event loop's timers fire on millisecond ticks, so a 200 ms sleep lasts
+      anywhere from ~199.5 to ~201 ms depending on the sub-millisecond phase of the process's
+      wake-ups; that moved the closed-loop medians of *either* mode by up to 1 ms from round to
+      round, as much as the hop being measured. This measurement has no such timer.
 2. Throughput: the kiosk benchmark's Locust load (bench/kiosk/locustfile.py: 250 kiosks,
    10 started a second, 5 restaurants) against each, one after the other, with the CPU time
    each server process spent per request.
@@ -48,6 +54,12 @@ HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
 WORKERS = 2
 HOP_CONCURRENCIES = (8, 16, 32)
+PACED_RATES = (100, 200, 400)  # requests per second
+NO_SLEEP = {
+    "SLUICEWAY_KNN_INFER_BASE_COST_S": "0",
+    "SLUICEWAY_KNN_INFER_PER_QUERY_COST_S": "0",
+    "SLUICEWAY_KNN_FIT_COST_S": "0",
+}
 SETTLE_S = 4.0  # > two worker heartbeats (SLUICEWAY_WORKER_HEARTBEAT_S = 1) and a margin
 MODEL_MS = 200.0  # the kiosk KNN's simulated cost of one call (SLUICEWAY_KNN_INFER_BASE_COST_S)
 
@@ -93,9 +105,11 @@ def redis_server() -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def sluiceway(broker: str | None) -> Iterator[Cluster]:
-    """The server under test: embedded, or an API node and its workers."""
+def sluiceway(broker: str | None, settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """The server under test: embedded, or an API node and its workers (``settings``: extra
+    environment for every process)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    env.update(settings or {})
     python = sys.executable
     port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
@@ -150,8 +164,10 @@ async def closed_loop(port: int, clients: int, seconds: float) -> list[float]:
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
     ) as http:
-        for restaurant in restaurants:  # fit every model first: the hop is measured warm
-            (await http.post("/classify", json=_body(restaurant))).raise_for_status()
+        # Fit every model first, all at once: the hop is measured warm.
+        fits = [http.post("/classify", json=_body(restaurant)) for restaurant in restaurants]
+        for response in await asyncio.gather(*fits):
+            response.raise_for_status()
         stop = time.perf_counter() + seconds
 
         async def client(index: int) -> None:
@@ -164,6 +180,40 @@ async def closed_loop(port: int, clients: int, seconds: float) -> list[float]:
 
         await asyncio.gather(*(client(i) for i in range(clients)))
     return latencies
+
+
+async def paced(port: int, rate: float, seconds: float) -> list[float]:
+    """Latencies (ms) of kiosk calls started ``rate`` times a second for ``seconds``, each
+    without waiting for the others (an open loop: the load does not bend to the latency)."""
+    restaurants = training_sets()
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        for index in range(50):  # fit every model and warm the connections first
+            body = _body(restaurants[index % len(restaurants)])
+            (await http.post("/classify", json=body)).raise_for_status()
+
+        async def call(index: int) -> None:
+            body = _body(restaurants[index % len(restaurants)])
+            began = time.perf_counter()
+            response = await http.post("/classify", json=body)
+            latencies.append(1000 * (time.perf_counter() - began))
+            response.raise_for_status()
+
+        calls = []
+        start = time.perf_counter()
+        for index in range(int(rate * seconds)):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            calls.append(asyncio.create_task(call(index)))
+        await asyncio.gather(*calls)
+    return latencies
+
+
+def paced_runs(broker: str | None, seconds: float) -> dict[int, list[float]]:
+    """One round of the hop measurement without simulated sleep: a fresh server, each rate."""
+    with sluiceway(broker, NO_SLEEP) as cluster:
+        return {rate: asyncio.run(paced(cluster.port, rate, seconds)) for rate in PACED_RATES}
 
 
 def closed_loops(broker: str | None, seconds: float) -> dict[int, list[float]]:
@@ -209,10 +259,10 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 @dataclass
 class HopRow:
-    """The hop at one concurrency: each mode's latencies over all rounds, and each round's hop
-    (the difference of the two modes' medians in that round)."""
+    """The hop at one load (clients, or requests a second): each mode's latencies over all
+    rounds, and each round's hop (the difference of the two modes' medians in that round)."""
 
-    clients: int
+    load: int
     medians: dict[str, float]
     p90s: dict[str, float]
     requests: dict[str, int]
@@ -224,20 +274,24 @@ class HopRow:
         return statistics.median(self.hops)
 
 
-def _hops(rounds: dict[str, list[dict[int, list[float]]]]) -> list[HopRow]:
+Rounds = dict[str, list[dict[int, list[float]]]]
+"""Per mode, per round, per load: the latencies (ms)."""
+
+
+def _hops(rounds: Rounds, loads: tuple[int, ...]) -> list[HopRow]:
     rows = []
-    for clients in HOP_CONCURRENCIES:
+    for load in loads:
         pooled = {
-            name: [latency for one in runs for latency in one[clients]]
+            name: [latency for one in runs for latency in one[load]]
             for name, runs in rounds.items()
         }
         round_medians = {
-            name: [statistics.median(one[clients]) for one in runs] for name, runs in rounds.items()
+            name: [statistics.median(one[load]) for one in runs] for name, runs in rounds.items()
         }
         pairs = zip(round_medians["split"], round_medians["embedded"], strict=True)
         rows.append(
             HopRow(
-                clients=clients,
+                load=load,
                 medians={name: statistics.median(values) for name, values in pooled.items()},
                 p90s={name: _percentile(values, 0.9) for name, values in pooled.items()},
                 requests={name: len(values) for name, values in pooled.items()},
@@ -252,40 +306,65 @@ class Mode:
     """Everything measured for one mode."""
 
     rounds: list[dict[int, list[float]]]
+    paced: list[dict[int, list[float]]]
     result: LocustResult
     cpu_ms: dict[str, float]
 
 
 def plot(modes: dict[str, Mode], path: Path) -> None:
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.5))
-    rows = _hops({name: mode.rounds for name, mode in modes.items()})
+    figure, (left, closed, open_, right) = plt.subplots(1, 4, figsize=(21, 4.5))
+    closed_rows = _hops({name: mode.rounds for name, mode in modes.items()}, HOP_CONCURRENCIES)
+    paced_rows = _hops({name: mode.paced for name, mode in modes.items()}, PACED_RATES)
     for offset, (name, mode) in zip((-0.2, 0.2), modes.items(), strict=True):
         history = mode.result.history
         left.plot([r["t"] for r in history], [r["rps"] for r in history], label=name)
-        above = [row.medians[name] - MODEL_MS for row in rows]
-        middle.bar([i + offset for i in range(len(rows))], above, width=0.4, label=name)
-    middle.set_xticks(range(len(rows)), [f"{row.clients} clients" for row in rows])
-    for i, row in enumerate(rows):
-        middle.annotate(f"hop {row.hop:+.2f}", (i, 0.2), ha="center", color="white")
+        above = [row.medians[name] - MODEL_MS for row in closed_rows]
+        closed.bar([i + offset for i in range(len(closed_rows))], above, width=0.4, label=name)
+        medians = [row.medians[name] for row in paced_rows]
+        open_.bar([i + offset for i in range(len(paced_rows))], medians, width=0.4, label=name)
+    for axis, rows, unit in ((closed, closed_rows, "clients"), (open_, paced_rows, "req/s")):
+        axis.set_xticks(range(len(rows)), [f"{row.load} {unit}" for row in rows])
+        for i, row in enumerate(rows):
+            axis.annotate(f"hop {row.hop:+.2f}", (i, 0.2), ha="center", color="white")
     left.set(xlabel="seconds", ylabel="requests / s", title=f"Locust kiosk load ({USERS} users)")
-    middle.set(
+    closed.set(
         ylabel="median latency above the model's 200 ms (ms)",
-        title="closed loop: what the server adds, by concurrency",
+        title="closed loop, seed's 200 ms sleep per call",
     )
+    open_.set(ylabel="median latency (ms)", title="paced, no simulated sleep")
     bottoms = [0.0] * len(modes)
     for role in ("api", "workers", "redis"):
         heights = [mode.cpu_ms.get(role, 0.0) for mode in modes.values()]
         right.bar(list(modes), heights, bottom=bottoms, label=role)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     right.set(ylabel="CPU ms per request", title="server CPU per request under Locust")
-    for axis in (left, middle, right):
+    for axis in (left, closed, open_, right):
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
+def _hop_table(rows: list[HopRow], unit: str, rate: bool) -> list[str]:
+    lines = [
+        f"| {unit} | ≈ RPS | embedded median | split median | **hop** (median of rounds) "
+        "| each round's hop | embedded p90 | split p90 | requests (e / s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        rps = row.load if rate else row.load * 1000 / row.medians["split"]
+        each = ", ".join(f"{hop:+.2f}" for hop in row.hops)
+        lines.append(
+            f"| {row.load} | {rps:.0f} | {row.medians['embedded']:.2f} "
+            f"| {row.medians['split']:.2f} | **{row.hop:+.2f} ms** | {each} "
+            f"| {row.p90s['embedded']:.2f} | {row.p90s['split']:.2f} "
+            f"| {row.requests['embedded']} / {row.requests['split']} |"
+        )
+    return lines
+
+
 def report(modes: dict[str, Mode], args: argparse.Namespace, shared: bool) -> str:
-    rows = _hops({name: mode.rounds for name, mode in modes.items()})
+    closed_rounds = {name: mode.rounds for name, mode in modes.items()}
+    paced_rounds = {name: mode.paced for name, mode in modes.items()}
     e, s = modes["embedded"].result, modes["split"].result
     ratio = s.rps_steady / e.rps_steady if e.rps_steady else float("nan")
     lines = [
@@ -295,28 +374,32 @@ def report(modes: dict[str, Mode], args: argparse.Namespace, shared: bool) -> st
         "Locust, the API node, both workers and redis-server all ran on this machine's cores."
         + (" Other work shared the machine during this run." if shared else ""),
         "",
-        "## Broker hop latency (closed loop)",
+        "## Broker hop latency",
         "",
-        "N clients loop over the kiosk's request (5 restaurants, models fitted first) for",
-        f"{args.hop_seconds:g} s per mode and concurrency, in {args.rounds} rounds that alternate",
-        "the modes, each round on freshly started servers (so new worker ids, so a new",
-        "assignment of restaurants to workers). The model cost (200 ms a call) is the same in",
-        "both modes, so the difference of a round's medians is what the Redis hop adds; the",
-        "hop reported is the median over rounds. Target: ≤ 1 ms at moderate load.",
+        f"In {args.rounds} rounds that alternate the modes, each on freshly started servers (so",
+        "new worker ids, so a new assignment of restaurants to workers), the kiosk's requests",
+        "(5 restaurants, models fitted first) go to each mode for",
+        f"{args.hop_seconds:g} s per load. The difference of a round's medians is what the Redis",
+        "hop adds; the hop reported is the median over rounds. Target: ≤ 1 ms at moderate load.",
         "",
-        "| clients | ≈ RPS | embedded median | split median | **hop** (median of rounds) "
-        "| each round's hop | embedded p90 | split p90 | requests (e / s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "### Paced, no simulated sleep",
+        "",
+        "Requests start at a fixed rate (an open loop) and the KNN's simulated cost is set to",
+        "zero on both sides, so a request's latency is HTTP, the KNN itself and, in split mode,",
+        "the broker: nothing else differs between the modes.",
+        "",
+        *_hop_table(_hops(paced_rounds, PACED_RATES), "req/s", rate=True),
+        "",
+        "### Closed loop, with the seed's 200 ms sleep per model call",
+        "",
+        "N clients loop over the request; each model call sleeps 200 ms, in both modes. Event",
+        "loop timers fire on millisecond ticks, so that sleep lasts ~199.5 to ~201 ms depending",
+        "on the sub-millisecond phase of the process's wake-ups, which differs by process and",
+        "by round: it moves either mode's median by up to a millisecond between rounds, which",
+        "is why the paced measurement above is the one held to the target.",
+        "",
+        *_hop_table(_hops(closed_rounds, HOP_CONCURRENCIES), "clients", rate=False),
     ]
-    for row in rows:
-        rps = row.clients * 1000 / row.medians["split"]
-        each = ", ".join(f"{hop:+.2f}" for hop in row.hops)
-        lines.append(
-            f"| {row.clients} | {rps:.0f} | {row.medians['embedded']:.2f} "
-            f"| {row.medians['split']:.2f} | **{row.hop:+.2f} ms** | {each} "
-            f"| {row.p90s['embedded']:.2f} | {row.p90s['split']:.2f} "
-            f"| {row.requests['embedded']} / {row.requests['split']} |"
-        )
     lines += [
         "",
         f"## Throughput (Locust, {USERS} kiosks, {SPAWN_RATE}/s, {args.duration} s each)",
@@ -362,24 +445,30 @@ def main() -> None:
     args = parser.parse_args()
     with redis_server() as (url, redis_pid):
         brokers = {"embedded": None, "split": url}
-        rounds: dict[str, list[dict[int, list[float]]]] = {name: [] for name in brokers}
+        rounds: Rounds = {name: [] for name in brokers}
+        paced_rounds: Rounds = {name: [] for name in brokers}
         for number in range(args.rounds):
             for name, broker in brokers.items():
+                paced_rounds[name].append(paced_runs(broker, args.hop_seconds))
                 rounds[name].append(closed_loops(broker, args.hop_seconds))
-            medians = {
-                name: statistics.median(runs[-1][HOP_CONCURRENCIES[1]])
-                for name, runs in rounds.items()
-            }
-            print(f"hop round {number + 1}: medians at {HOP_CONCURRENCIES[1]} clients {medians}")
+            for label, runs, load in (
+                ("req/s paced", paced_rounds, PACED_RATES[1]),
+                ("clients", rounds, HOP_CONCURRENCIES[1]),
+            ):
+                medians = {
+                    name: round(statistics.median(one[-1][load]), 3) for name, one in runs.items()
+                }
+                print(f"hop round {number + 1}: medians at {load} {label} {medians}", flush=True)
         modes = {}
         for name, broker in brokers.items():
             result, cpu_ms = locust_load(name, broker, redis_pid if broker else None, args)
-            modes[name] = Mode(rounds[name], result, cpu_ms)
+            modes[name] = Mode(rounds[name], paced_rounds[name], result, cpu_ms)
     (HERE / "REPORT.md").write_text(report(modes, args, args.shared))
     plot(modes, HERE / "scaleout.png")
     serialisable = {
         name: {
             "rounds": mode.rounds,
+            "paced_rounds": mode.paced,
             "cpu_ms_per_request": mode.cpu_ms,
             "result": asdict(mode.result),
         }
