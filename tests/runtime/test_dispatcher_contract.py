@@ -4,6 +4,7 @@ worker over a real redis-server. Everything above the seam relies on exactly thi
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage
+from PIL import Image
 from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.api.kiosk import training_key
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import build_kinds
+from sluiceway.models.captioner import CaptionInput
 from sluiceway.models.classifier import Pixels, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
@@ -32,7 +35,9 @@ from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.runtime.worker import Worker, select_kinds
+from tests.api.test_captions import expected_titles
 from tests.conftest import fast_settings
+from tests.fixtures.tiny_git import png_bytes, swatches
 from tests.redis_server import RedisServer
 
 
@@ -216,3 +221,23 @@ async def test_an_image_classifier_answers_alike_in_both_modes(start: Start) -> 
     assert [p.label for p in top][:1] == ["Egyptian cat"]
     assert len(top) == 3
     assert top[0].score == pytest.approx(0.714, abs=0.01)
+
+
+async def test_a_captioner_answers_alike_in_both_modes(start: Start, tiny_git: Path) -> None:
+    """A caption job (a uint8 picture) crosses the seam and comes back as the title the model
+    gives the same picture when called directly."""
+    pictures = [png_bytes(picture) for picture in swatches(3)]
+    expected = await expected_titles(tiny_git, pictures)
+    shape = CaptionInput()
+    jobs = [
+        Job(
+            model="caption",
+            payload=shape.prepare(Image.open(io.BytesIO(data)).convert("RGB")),
+            deadline=time.time() + 30,
+        )
+        for data in pictures
+    ]
+    async with start(models="caption", caption_model=str(tiny_git)) as harness:
+        titles = await asyncio.gather(*(harness.dispatcher.submit(job) for job in jobs))
+    assert titles == expected
+    assert all(isinstance(title, str) and title for title in titles)
