@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import ssl
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from sluiceway.runtime.broker import BROKER_ERRORS, connect
-from sluiceway.runtime.redis_line import RedisLine, pack
-from tests.redis_server import RedisServer
+from sluiceway.runtime.redis_line import RedisLine, pack, tls_context
+from tests.redis_server import RedisServer, free_port
 
 
 def _key() -> str:
@@ -106,3 +113,66 @@ async def test_opening_fails_clearly_when_redis_refuses_or_is_absent(
         await RedisLine.open(f"redis://:wrong-password@{host_port}/0")
     with pytest.raises(BROKER_ERRORS):
         await RedisLine.open("redis://127.0.0.1:1/0")
+
+
+def test_tls_settings_are_read_from_the_url_as_redis_py_reads_them() -> None:
+    assert tls_context("redis://127.0.0.1:6379/0") is None
+    strict = tls_context("rediss://cache.example:6380/0")
+    assert strict is not None
+    assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
+    relaxed = tls_context("rediss://cache.example:6380/0?ssl_cert_reqs=none")
+    assert relaxed is not None
+    assert relaxed.verify_mode == ssl.CERT_NONE and not relaxed.check_hostname
+    named = tls_context("rediss://10.0.0.5:6380/0?ssl_check_hostname=false")
+    assert named is not None
+    assert named.verify_mode == ssl.CERT_REQUIRED and not named.check_hostname
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield port, cert
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_rediss_urls_connect_over_tls_like_redis_py(tls_redis: tuple[int, Path]) -> None:
+    port, cert = tls_redis
+    trusted = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    line = await RedisLine.open(trusted)
+    redis = connect(trusted)
+    try:
+        await line.call("SET", "over-tls", "yes")
+        assert await redis.get("over-tls") == b"yes"
+    finally:
+        line.close()
+        await redis.aclose()
+    unchecked = await RedisLine.open(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none")
+    try:
+        assert await unchecked.call("PING") == b"PONG"
+    finally:
+        unchecked.close()
+    with pytest.raises(ssl.SSLError):  # a certificate nobody vouched for is refused
+        await RedisLine.open(f"rediss://127.0.0.1:{port}/0")

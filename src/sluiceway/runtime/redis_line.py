@@ -42,6 +42,25 @@ def pack(*args: str | bytes | int | float) -> bytes:
     return bytes(hiredis.pack_command(cast(Any, args)))
 
 
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS settings a ``rediss://`` URL asks for, read as redis-py reads them
+    (``ssl_ca_certs``, ``ssl_cert_reqs`` none/optional/required, ``ssl_check_hostname``), so
+    both clients of a node connect alike; ``None`` for plain connections."""
+    options = parse_url(url)
+    if options.get("connection_class") is not SSLConnection:
+        return None
+    authority = options.get("ssl_ca_certs")
+    context = ssl.create_default_context(cafile=str(authority) if authority else None)
+    required = str(options.get("ssl_cert_reqs") or "required").lower()
+    if options.get("ssl_check_hostname") is False or required == "none":
+        context.check_hostname = False
+    if required == "none":
+        context.verify_mode = ssl.CERT_NONE
+    elif required == "optional":
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
 class _Pending:
     __slots__ = ("future", "left", "replies")
 
@@ -85,12 +104,11 @@ class RedisLine(asyncio.Protocol):
                 if "path" in options:
                     await loop.create_unix_connection(lambda: line, options["path"])
                 else:
-                    secure = options.get("connection_class") is SSLConnection
                     await loop.create_connection(
                         lambda: line,
                         options.get("host", "localhost"),
                         int(options.get("port", 6379)),
-                        ssl=ssl.create_default_context() if secure else None,
+                        ssl=tls_context(url),
                     )
                 setup: list[bytes] = []
                 if options.get("password") is not None:
