@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sluiceway.app import create_app
+from sluiceway.config import Settings
 from sluiceway.kinds import build_kinds
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.worker import Worker, select_kinds
@@ -39,10 +40,11 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
+async def _split_mode(redis: RedisServer, prefix: str) -> tuple[Settings, Worker]:
+    """Settings for an API node beside one started KNN worker, with quick heartbeats."""
     settings = fast_settings(
         broker_url=redis.url,
-        broker_prefix=f"outage-{uuid.uuid4().hex[:8]}",
+        broker_prefix=f"{prefix}-{uuid.uuid4().hex[:8]}",
         worker_port=None,
         worker_heartbeat_s=0.2,
         worker_dead_after_s=1.0,
@@ -50,6 +52,11 @@ async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
     )
     worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), Metrics())
     await worker.start()
+    return settings, worker
+
+
+async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
+    settings, worker = await _split_mode(redis, "outage")
     outcomes: list[tuple[float, int, float, str | None]] = []  # (sent at, status, took, retry)
     began = time.monotonic()
     stop_at, restart_at, end_at = 1.5, 3.0, 7.0
@@ -96,16 +103,7 @@ async def test_a_redis_outage_fails_fast_and_heals(redis: RedisServer) -> None:
 
 
 async def test_a_stalled_redis_holds_no_request_past_its_deadline(redis: RedisServer) -> None:
-    settings = fast_settings(
-        broker_url=redis.url,
-        broker_prefix=f"stall-{uuid.uuid4().hex[:8]}",
-        worker_port=None,
-        worker_heartbeat_s=0.2,
-        worker_dead_after_s=1.0,
-        knn_infer_base_cost_s=0.05,
-    )
-    worker = Worker(settings, select_kinds(build_kinds(settings), "knn"), Metrics())
-    await worker.start()
+    settings, worker = await _split_mode(redis, "stall")
     outcomes: list[tuple[float, int, float]] = []  # (sent at, status, took)
     began = time.monotonic()
     freeze_at, thaw_at, end_at = 1.0, 4.0, 9.0
