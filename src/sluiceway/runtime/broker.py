@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluiceway.runtime.redis_line import RedisLine, pack
@@ -43,9 +42,9 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
-    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Add a call to a pipeline."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+    def call(self, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> bytes:
+        """One packed ``EVALSHA`` of the script, for a ``RedisLine``."""
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def load(self, redis: Redis) -> None:
         """Make sure Redis knows the script."""
@@ -53,12 +52,7 @@ class Script:
 
 
 def missing(reply: object) -> bool:
-    """Whether a reply says Redis did not know the script (so it did not run).
-
-    redis-py raises ``NoScriptError``; a ``RedisLine`` hands back the plain error reply.
-    """
-    if isinstance(reply, NoScriptError):
-        return True
+    """Whether a ``RedisLine`` reply says Redis did not know the script (so it did not run)."""
     return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
 

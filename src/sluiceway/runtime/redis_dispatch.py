@@ -168,8 +168,7 @@ class RedisDispatcher:
             return
         bound = self._settings.broker_max_queue
         packed = b"".join(
-            pack("EVALSHA", ADMIT.sha, 2, a.stream, self._keys.queued(a.model), bound, a.data)
-            for a in batch
+            ADMIT.call([a.stream, self._keys.queued(a.model)], [bound, a.data]) for a in batch
         )
         line.send(packed, len(batch)).add_done_callback(
             lambda replies: self._admitted(batch, replies)

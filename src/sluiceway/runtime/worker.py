@@ -475,14 +475,13 @@ class Worker:
             acks[item.stream, item.model].append(item.entry_id)
         for reply, results in answers.items():
             commands.append(pack("PUBLISH", reply, b"".join(results)))
-        finishing = [self._finishing(stream, model, ids) for (stream, model), ids in acks.items()]
+        finishing = [
+            FINISH.call([stream, self._keys.queued(model)], [GROUP, *ids])
+            for (stream, model), ids in acks.items()
+        ]
         sent = line.send(b"".join(commands + finishing), len(commands) + len(finishing))
         self._sending.add(sent)
         sent.add_done_callback(lambda replies: self._flushed(replies, finishing, len(batch)))
-
-    def _finishing(self, stream: str, model: str, ids: list[bytes]) -> bytes:
-        """The packed FINISH call acknowledging ``ids`` of ``stream``."""
-        return pack("EVALSHA", FINISH.sha, 2, stream, self._keys.queued(model), GROUP, *ids)
 
     def _flushed(
         self, replies: asyncio.Future[list[Any]], finishing: list[bytes], answered: int
