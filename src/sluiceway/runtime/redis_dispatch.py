@@ -227,6 +227,8 @@ class RedisDispatcher:
             try:
                 line.write(pack("SUBSCRIBE", self._reply))
                 await line.wait_lost()
+            except BROKER_ERRORS:
+                pass  # closed as soon as opened: treated below like any loss, and retried
             finally:
                 line.close()
                 self._subscriber = None
