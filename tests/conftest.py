@@ -12,12 +12,9 @@ from fastapi import FastAPI
 from sluiceway.app import create_app
 from sluiceway.config import Settings
 from tests.fixtures.fileserver import FileServer
-from tests.fixtures.images import bird_server
+from tests.fixtures.images import bird_server, photo_server
 from tests.fixtures.tiny_git import build_tiny_git
 from tests.redis_server import redis_server  # noqa: F401  (a fixture: the suite's redis-server)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MODELS = REPO.parent / "shared" / "models"
 
 
 def fast_settings(**overrides: object) -> Settings:
@@ -33,8 +30,15 @@ def fast_settings(**overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def birds_server() -> Iterator[FileServer]:
-    """The shared birds folder (model, photos) and some bad files, on 127.0.0.1."""
+    """The birds model, its two photos and some bad files, on 127.0.0.1 (skips without them)."""
     with bird_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def photos_server() -> Iterator[FileServer]:
+    """Photos made by the suite and some bad files, on 127.0.0.1: needs nothing from outside."""
+    with photo_server() as server:
         yield server
 
 

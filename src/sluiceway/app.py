@@ -14,6 +14,7 @@ from sluiceway.api import captions, classifiers, errors, kiosk, ops, predict, ro
 from sluiceway.api.context import RequestContext
 from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
+from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
@@ -33,7 +34,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
         dispatcher = LocalDispatcher(build_kinds(settings), budget, metrics)
-    services = Services(settings=settings, dispatcher=dispatcher, metrics=metrics)
+    services = Services(
+        settings=settings,
+        dispatcher=dispatcher,
+        metrics=metrics,
+        images=ImageClassifiers(dispatcher, settings),
+    )
     fetcher = ImageFetcher.from_settings(settings)
 
     @asynccontextmanager

@@ -16,19 +16,16 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sluiceway.config import Settings
+from sluiceway.image_classifiers import BIRDS, ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
-from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import image_kinds
-from sluiceway.models.classifier import Pixels, Prediction, ranked
-from sluiceway.models.tflite_classifier import BIRDS_INPUT
+from sluiceway.models.classifier import Prediction
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.errors import BadInput, SluicewayError
-from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-BIRDS_MODEL = "birds"
 # With at least this many URLs a progress bar shows on stderr.
 PROGRESS_FROM = 5
 
@@ -46,9 +43,10 @@ async def classify_urls(
     urls: Sequence[str], k: int, settings: Settings, *, progress: bool = False
 ) -> list[UrlOutcome]:
     """Classify every URL with the birds model; a failed URL gets its error, never an exception."""
-    kinds = [kind for kind in image_kinds(settings, progress=progress) if kind.name == BIRDS_MODEL]
+    kinds = [kind for kind in image_kinds(settings, progress=progress) if kind.name == BIRDS]
     budget = int(settings.model_cache_budget_mb * 1024 * 1024)
     dispatcher = LocalDispatcher(kinds, budget, Metrics())
+    images = ImageClassifiers(dispatcher, settings)
     fetcher = ImageFetcher.from_settings(settings)
     bar = _progress_bar(len(urls)) if progress and len(urls) >= PROGRESS_FROM else None
     await dispatcher.start()
@@ -56,7 +54,7 @@ async def classify_urls(
 
         async def one(url: str) -> UrlOutcome:
             try:
-                return UrlOutcome(url, await _classify(dispatcher, fetcher, settings, url, k))
+                return UrlOutcome(url, await _classify(images, fetcher, url, k))
             except BadInput as error:
                 logger.debug("%s failed: %s", url, error)
                 return UrlOutcome(url, [], str(error))
@@ -73,21 +71,13 @@ async def classify_urls(
 
 
 async def _classify(
-    dispatcher: LocalDispatcher, fetcher: ImageFetcher, settings: Settings, url: str, k: int
+    images: ImageClassifiers, fetcher: ImageFetcher, url: str, k: int
 ) -> list[Prediction]:
     started = time.perf_counter()
     data = await fetcher.fetch(url)
     fetched = time.perf_counter()
     logger.debug("%s: %d bytes in %.3f s", url, len(data), fetched - started)
-    pixels = await asyncio.to_thread(
-        prepare_image, data, BIRDS_INPUT, settings.max_image_pixels, settings.jpeg_draft
-    )
-    job = Job(
-        model=BIRDS_MODEL,
-        payload=Pixels(pixels, k),
-        deadline=time.time() + settings.request_timeout_s,
-    )
-    predictions = ranked(await dispatcher.submit(job))
+    predictions = await images.classify(BIRDS, data, k)
     logger.debug("%s: classified in %.3f s", url, time.perf_counter() - fetched)
     return predictions
 

@@ -1,4 +1,4 @@
-"""What the edge is handed at start-up: settings, the dispatcher and the metrics."""
+"""What the edge is handed at start-up: settings, the dispatcher, metrics, image classifiers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from sluiceway.config import Settings
+from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.runtime.dispatch import Dispatcher
 from sluiceway.runtime.metrics import Metrics
 
@@ -18,6 +19,7 @@ class Services:
     settings: Settings
     dispatcher: Dispatcher
     metrics: Metrics
+    images: ImageClassifiers
 
 
 def services_of(request: Request) -> Services:

@@ -12,11 +12,11 @@ import skimage
 
 from sluiceway.app import create_app
 from tests.conftest import app_client
+from tests.fixtures.external import GALLINULE_PHOTO, require
 from tests.fixtures.fileserver import FileServer
-from tests.fixtures.images import BIRDS_DIR, image_settings, png_bomb
+from tests.fixtures.images import image_settings, png_bomb
 
 COFFEE = (Path(skimage.__file__).parent / "data" / "coffee.png").read_bytes()
-GALLINULE = (BIRDS_DIR / "PurpleGallinule.jpg").read_bytes()
 
 
 def b64(data: bytes) -> str:
@@ -24,8 +24,12 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture
-async def http(birds_server: FileServer, model_cache: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(create_app(image_settings(birds_server, model_cache))) as client:
+async def http(photos_server: FileServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The ImageNet model is packaged; the birds model is not needed here (and not fetchable)."""
+    settings = image_settings(
+        photos_server, tmp_path, birds_model_url=photos_server.url("status/404")
+    )
+    async with app_client(create_app(settings)) as client:
         yield client
 
 
@@ -46,8 +50,10 @@ async def test_classifies_base64_and_data_urls(http: httpx.AsyncClient) -> None:
         assert len(result["predictions"]) == 2
 
 
-async def test_any_classifier_by_name(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/models/birds/classify", json={"images": [b64(GALLINULE)]})
+async def test_any_classifier_by_name(birds_server: FileServer, model_cache: Path) -> None:
+    gallinule = require(GALLINULE_PHOTO).read_bytes()
+    async with app_client(create_app(image_settings(birds_server, model_cache))) as http:
+        response = await http.post("/v1/models/birds/classify", json={"images": [b64(gallinule)]})
     assert response.json()["results"][0]["predictions"][0]["label"] == "Porphyrio martinicus"
 
 

@@ -10,7 +10,7 @@ import pytest
 import skimage
 from PIL import Image
 
-from sluiceway.api.predict import ERROR_HEADER, classify_image
+from sluiceway.api.predict import ACCEPTED_FORMATS, ERROR_HEADER, UPLOAD_MODEL
 from sluiceway.app import create_app
 from sluiceway.runtime.errors import BadInput
 from tests.conftest import app_client, fast_settings
@@ -31,7 +31,7 @@ async def test_predicts_the_top_class(http: httpx.AsyncClient, name: str) -> Non
     response = await http.post("/predict", files={"file": (name, CHELSEA, "image/png")})
     assert response.status_code == 200
     body = response.json()
-    assert body["success"] is True and body["prediction"] == "Egyptian cat"
+    assert body["success"] is True and body["prediction"] == "Egyptian_cat"  # Keras's spelling
     assert body["score"] == round(body["score"], 4) and 0.6 < body["score"] < 0.8
 
 
@@ -82,9 +82,11 @@ async def test_get_is_405(http: httpx.AsyncClient) -> None:
     assert (await http.get("/predict")).status_code == 405
 
 
-async def test_classify_image_for_the_web_page(http: httpx.AsyncClient) -> None:
-    services = http._transport.app.state.services  # type: ignore[attr-defined]
-    predictions = await classify_image(services, CHELSEA, k=3)
+async def test_the_shared_image_path_keeps_full_names(http: httpx.AsyncClient) -> None:
+    images = http._transport.app.state.services.images  # type: ignore[attr-defined]
+    predictions = await images.classify(UPLOAD_MODEL, CHELSEA, 3, formats=ACCEPTED_FORMATS)
     assert len(predictions) == 3 and predictions[0].label == "Egyptian cat"
-    with pytest.raises(BadInput):
-        await classify_image(services, b"GIF89a broken")
+    with pytest.raises(BadInput, match=r"truncated|cannot"):
+        await images.classify(UPLOAD_MODEL, b"GIF89a broken", 3, formats=ACCEPTED_FORMATS)
+    with pytest.raises(BadInput, match="not a PNG, JPEG or GIF image"):
+        await images.classify(UPLOAD_MODEL, b"BM not a bitmap", 3, formats=ACCEPTED_FORMATS)

@@ -230,19 +230,70 @@ async def test_feedback_from_the_script_is_confirmed_and_appended(site: Site) ->
     )
     assert response.status_code == 200 and response.json() == {"saved": True}
     [row] = site.feedback_rows()
-    assert row[1:] == [image, "Egyptian cat", "0.7166", 'my cat, "Chelsea"']
+    assert row[1:] == [image, "Egyptian cat", "0.7166", 'my cat, "Chelsea"', ""]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", row[0])
 
 
-async def test_feedback_from_the_plain_form_redirects_to_thanks(site: Site) -> None:
+async def test_feedback_from_the_plain_form_answers_the_page_with_thanks(site: Site) -> None:
     image = await stored(site)
     response = await site.http.post(
         "/feedback", data={"image": image, "prediction": "Egyptian cat", "score": "0.7166"}
     )
-    assert response.status_code == 303
-    page = (await site.http.get(response.headers["location"])).text
-    assert messages_on(page) == ["Thank you — your report was saved."]
-    assert [row[1:] for row in site.feedback_rows()] == [[image, "Egyptian cat", "0.7166", ""]]
+    assert response.status_code == 200  # no redirect: the seed's clients follow none
+    assert messages_on(response.text) == ["Thank you — your report was saved."]
+    assert [row[1:] for row in site.feedback_rows()] == [[image, "Egyptian cat", "0.7166", "", ""]]
+
+
+async def test_feedback_as_the_seeds_page_posts_it(site: Site) -> None:
+    report = "{'filename': 'test', 'prediction': 'test-pred', 'score': 1. }"
+    response = await site.http.post("/feedback", data={"report": report})
+    assert response.status_code == 200
+    assert messages_on(response.text) == ["Thank you — your report was saved."]
+    [row] = site.feedback_rows()
+    assert row[1:] == ["test", "test-pred", "1.0000", "", report]
+
+
+async def test_a_report_that_does_not_parse_is_still_kept(site: Site) -> None:
+    response = await site.http.post(
+        "/feedback", data={"report": "it is a cat, not a dog", "correct_label": "cat"}
+    )
+    assert response.status_code == 200
+    [row] = site.feedback_rows()
+    assert row[1:] == ["", "", "", "cat", "it is a cat, not a dog"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},  # no body, no content type (what a bare POST sends)
+        {"data": {}},
+        {"data": {"report": "   ", "correct_label": ""}},
+        {"files": {"report": (None, "")}},
+        {"content": b"", "headers": {"content-type": "text/plain"}},
+    ],
+)
+async def test_an_empty_feedback_post_shows_the_page_and_records_nothing(
+    site: Site, kwargs: dict[str, object]
+) -> None:
+    response = await site.http.post("/feedback", **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 200
+    assert 'id="upload"' in response.text and messages_on(response.text) == []
+    assert site.feedback_rows() == []
+
+
+async def test_get_feedback_is_the_page(site: Site) -> None:
+    response = await site.http.get("/feedback")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert 'id="upload"' in response.text
+
+
+async def test_feedback_that_is_not_a_form_is_415(site: Site) -> None:
+    response = await site.http.post(
+        "/feedback", content=b"report", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert site.feedback_rows() == []
 
 
 @pytest.mark.parametrize(

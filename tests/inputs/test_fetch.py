@@ -10,7 +10,6 @@ import pytest
 
 from sluiceway.inputs.fetch import AllowList, FetchError, ImageFetcher, is_public
 from tests.fixtures.fileserver import FileServer
-from tests.fixtures.images import BIRDS_DIR
 
 LOCAL = AllowList.parse("127.0.0.1")
 
@@ -22,14 +21,14 @@ async def fetcher() -> AsyncIterator[ImageFetcher]:
     await fetcher.aclose()
 
 
-async def test_downloads_an_image(fetcher: ImageFetcher, birds_server: FileServer) -> None:
-    data = await fetcher.fetch(birds_server.url("files/bird.jpg"))
-    assert data == (BIRDS_DIR / "bird.jpg").read_bytes()
+async def test_downloads_an_image(fetcher: ImageFetcher, photos_server: FileServer) -> None:
+    data = await fetcher.fetch(photos_server.url("files/photo.jpg"))
+    assert data == photos_server.files["photo.jpg"]
 
 
-async def test_follows_a_few_redirects(fetcher: ImageFetcher, birds_server: FileServer) -> None:
-    data = await fetcher.fetch(birds_server.url("redirect/3/PurpleGallinule.jpg"))
-    assert data == (BIRDS_DIR / "PurpleGallinule.jpg").read_bytes()
+async def test_follows_a_few_redirects(fetcher: ImageFetcher, photos_server: FileServer) -> None:
+    data = await fetcher.fetch(photos_server.url("redirect/3/photo2.jpg"))
+    assert data == photos_server.files["photo2.jpg"]
 
 
 @pytest.mark.parametrize(
@@ -38,31 +37,32 @@ async def test_follows_a_few_redirects(fetcher: ImageFetcher, birds_server: File
         ("status/404", "HTTP 404"),
         ("status/500", "HTTP 500"),
         ("redirect-loop", "more than 3 redirects"),
-        ("redirect/4/bird.jpg", "more than 3 redirects"),
+        ("redirect/4/photo.jpg", "more than 3 redirects"),
         ("files/notes.txt", "not an image"),
         ("endless", "over 1048576 bytes"),
     ],
 )
 async def test_failures_say_what_went_wrong(
-    fetcher: ImageFetcher, birds_server: FileServer, path: str, message: str
+    fetcher: ImageFetcher, photos_server: FileServer, path: str, message: str
 ) -> None:
     with pytest.raises(FetchError, match=message):
-        await fetcher.fetch(birds_server.url(path))
+        await fetcher.fetch(photos_server.url(path))
 
 
-async def test_declared_oversize_is_refused_before_reading(birds_server: FileServer) -> None:
+async def test_declared_oversize_is_refused_before_reading(photos_server: FileServer) -> None:
     small = ImageFetcher(max_bytes=1000, allow=LOCAL)
     try:
-        with pytest.raises(FetchError, match="229104 bytes; at most 1000"):
-            await small.fetch(birds_server.url("files/bird.jpg"))
+        size = len(photos_server.files["photo.jpg"])
+        with pytest.raises(FetchError, match=f"{size} bytes; at most 1000"):
+            await small.fetch(photos_server.url("files/photo.jpg"))
     finally:
         await small.aclose()
 
 
-async def test_a_stalled_server_times_out(fetcher: ImageFetcher, birds_server: FileServer) -> None:
+async def test_a_stalled_server_times_out(fetcher: ImageFetcher, photos_server: FileServer) -> None:
     started = time.perf_counter()
     with pytest.raises(FetchError, match=r"timed out|longer than"):
-        await fetcher.fetch(birds_server.url("stall"))
+        await fetcher.fetch(photos_server.url("stall"))
     assert time.perf_counter() - started < 3
 
 
@@ -88,11 +88,11 @@ async def test_private_addresses_are_refused(url: str) -> None:
         await strict.aclose()
 
 
-async def test_a_redirect_to_a_private_address_is_refused(birds_server: FileServer) -> None:
+async def test_a_redirect_to_a_private_address_is_refused(photos_server: FileServer) -> None:
     # The first hop is allowed by name; the redirect target's address is re-checked.
     fetcher = ImageFetcher(allow=AllowList.parse(["localhost"]))
     try:
-        url = birds_server.url("redirect-to/127.0.0.1/files/bird.jpg").replace(
+        url = photos_server.url("redirect-to/127.0.0.1/files/photo.jpg").replace(
             "127.0.0.1", "localhost", 1
         )
         with pytest.raises(FetchError, match=r"non-public address 127\.0\.0\.1"):
@@ -110,10 +110,10 @@ async def test_unfetchable_urls(fetcher: ImageFetcher, url: str, message: str) -
         await fetcher.fetch(url)
 
 
-async def test_concurrency_is_bounded(birds_server: FileServer) -> None:
+async def test_concurrency_is_bounded(photos_server: FileServer) -> None:
     fetcher = ImageFetcher(concurrency=2, allow=LOCAL)
     try:
-        urls = [birds_server.url("files/bird.jpg")] * 6
+        urls = [photos_server.url("files/photo.jpg")] * 6
         results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
         assert len(set(results)) == 1
     finally:

@@ -12,7 +12,14 @@ import skimage
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.classifier import Pixels
-from sluiceway.models.onnx_classifier import IMAGENET_INPUT, OnnxClassifier, imagenet_kind, softmax
+from sluiceway.models.onnx_classifier import (
+    IMAGENET_INPUT,
+    OnnxClassifier,
+    imagenet_kind,
+    imagenet_labels,
+    keras_name,
+    softmax,
+)
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 
@@ -55,3 +62,27 @@ def test_softmax_rows_sum_to_one() -> None:
     probabilities = softmax(np.array([[1000.0, 0.0, -1000.0], [1.0, 1.0, 1.0]], dtype=np.float32))
     assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])
     assert probabilities[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("class_id", "name"),
+    [
+        (0, "tench"),
+        (1, "goldfish"),
+        (2, "great_white_shark"),
+        (134, "crane"),
+        (248, "Eskimo_dog"),
+        (285, "Egyptian_cat"),
+        (517, "crane"),
+        (837, "sunglasses"),
+        (999, "toilet_tissue"),
+    ],
+)
+def test_names_as_keras_decode_predictions_spells_them(class_id: int, name: str) -> None:
+    assert keras_name(imagenet_labels()[class_id]) == name
+
+
+def test_every_keras_name_is_a_single_token() -> None:
+    names = [keras_name(label) for label in imagenet_labels()]
+    assert len(names) == 1000
+    assert all(name and " " not in name and "," not in name for name in names)

@@ -20,8 +20,9 @@ from sluiceway.models.tflite_classifier import (
 from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from sluiceway.runtime.wire import pack, unpack
 from sluiceway.stores.artifacts import ArtifactStore
+from tests.fixtures.external import BIRDS_FILES, BIRDS_MODEL, require
 from tests.fixtures.fileserver import FileServer
-from tests.fixtures.images import BIRDS_DIR, BIRDS_MODEL_FILE, BIRDS_SHA256
+from tests.fixtures.images import BIRDS_MODEL_FILE, BIRDS_SHA256
 
 
 def birds_kind(
@@ -42,14 +43,13 @@ async def birds(birds_server: FileServer, model_cache: Path) -> TfliteClassifier
 
 
 def photo(name: str, k: int = 3, draft: bool = False) -> Pixels:
-    data = (BIRDS_DIR / name).read_bytes()
+    [file] = [file for file in BIRDS_FILES if file.name == name]
+    data = require(file).read_bytes()
     return Pixels(prepare_image(data, BIRDS_INPUT, 40_000_000, draft=draft), k)
 
 
 def test_embedded_labels_name_the_background_class() -> None:
-    labels = embedded_labels(
-        (BIRDS_DIR / BIRDS_MODEL_FILE).read_bytes(), "probability-labels-en.txt"
-    )
+    labels = embedded_labels(require(BIRDS_MODEL).read_bytes(), "probability-labels-en.txt")
     assert len(labels) == 965
     assert labels[964] == "background"
     assert labels[918] == "Phalacrocorax varius varius"

@@ -58,6 +58,7 @@ async def test_rows_round_trip_with_commas_and_quotes(tmp_path: Path) -> None:
         "prediction": "tabby, tabby cat",
         "score": "0.7166",
         "correct label": 'a "lynx", surely',
+        "report": "",
     }
     # A one-line field: newlines and tabs become single spaces, so only rows end in newlines.
     assert rows[1]["correct label"] == "line one line two end"
@@ -183,3 +184,95 @@ async def test_a_file_holding_only_a_torn_header_is_restarted(tmp_path: Path) ->
     log.path.write_bytes(b"time,ima")
     await log.append(report(1))
     assert [record[2] for record in parsed(log.path)[1:]] == ["class 1"]
+
+
+async def test_a_report_text_is_kept_verbatim_and_read_for_its_fields(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    text = "{'filename': 'test', 'prediction': 'test-pred', 'score': 1. }"
+    await log.append(FeedbackReport.from_text(text))
+    [row] = log.rows()
+    assert row["report"] == text
+    assert (row["image"], row["prediction"], row["score"]) == ("test", "test-pred", "1.0000")
+
+
+@pytest.mark.parametrize(
+    ("text", "image", "prediction", "score"),
+    [
+        (
+            "{'filename': 'a.jpg', 'prediction': 'Eskimo_dog', 'score': 0.9346}",
+            "a.jpg",
+            "Eskimo_dog",
+            "0.9346",
+        ),
+        ('{"filename": "b.png", "prediction": "tench"}', "b.png", "tench", ""),
+        ("{'prediction': 'crane', 'score': 7}", "", "crane", ""),  # out of range: not taken
+        ("{'prediction': 3, 'score': True}", "", "", ""),  # wrong types: not taken
+        ("__import__('os').system('touch /tmp/pwned')", "", "", ""),  # never evaluated
+        ("the model is wrong, it is a cat", "", "", ""),
+        ("[" * 500 + "]" * 500, "", "", ""),  # too deep for the parser: read as nothing
+        ('=HYPERLINK("http://x")', "", "", ""),
+    ],
+)
+async def test_any_report_text_is_stored_and_only_plain_literals_are_read(
+    tmp_path: Path, text: str, image: str, prediction: str, score: str
+) -> None:
+    log = FeedbackLog(tmp_path)
+    await log.append(FeedbackReport.from_text(text))
+    [row] = log.rows()
+    assert (row["image"], row["prediction"], row["score"]) == (image, prediction, score)
+    assert row["report"] == ("'" + text if text.startswith("=") else text)
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@"])
+async def test_formula_text_is_stored_inert(tmp_path: Path, start: str) -> None:
+    log = FeedbackLog(tmp_path)
+    formula = f"{start}cmd|' /C calc'!A0"
+    await log.append(
+        FeedbackReport(image=IMAGE, prediction=formula, score=0.5, correct_label=formula)
+    )
+    [row] = log.rows()
+    assert row["prediction"] == row["correct label"] == "'" + formula
+
+
+async def test_an_overlong_report_is_refused(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    with pytest.raises(FeedbackError, match="at most 1000"):
+        await log.append(FeedbackReport.from_text("x" * 1001))
+    assert not log.path.exists()
+
+
+async def test_a_file_from_before_the_report_column_gains_it(tmp_path: Path) -> None:
+    log = FeedbackLog(tmp_path)
+    old = (
+        "time,image,prediction,score,correct label\n"
+        '2026-11-01T00:00:00.000+00:00,a.png,"cat, tabby",0.5000,dog\n'
+    )
+    log.path.write_text(old, encoding="utf-8")
+    await asyncio.gather(*(log.append(report(i)) for i in range(20)))
+    records = parsed(log.path)
+    assert records[1] == [
+        "2026-11-01T00:00:00.000+00:00",
+        "a.png",
+        "cat, tabby",
+        "0.5000",
+        "dog",
+        "",
+    ]
+    assert sorted(record[2] for record in records[2:]) == sorted(f"class {i}" for i in range(20))
+
+
+def test_processes_racing_a_header_upgrade_lose_nothing(tmp_path: Path) -> None:
+    old = "time,image,prediction,score,correct label\n"
+    (tmp_path / "feedback.csv").write_text(old, encoding="utf-8")
+    context = multiprocessing.get_context("fork")
+    writers = [
+        context.Process(target=_process_writer, args=(str(tmp_path), w, 25)) for w in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(30)
+        assert writer.exitcode == 0
+    records = parsed(tmp_path / "feedback.csv")
+    assert len({record[2] for record in records[1:]}) == len(records) - 1 == 4 * 25
+    assert not list(tmp_path.glob("*.upgrade"))

@@ -28,17 +28,14 @@ from pydantic import (
     ValidationError,
 )
 
-from sluiceway.api.bodies import read_body
-from sluiceway.api.classifiers import classify_bytes
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.image_classifiers import BIRDS, ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.runtime.errors import BadInput, DeadlineExceeded
-from sluiceway.services import Services, services_of
+from sluiceway.services import services_of
 
 logger = logging.getLogger(__name__)
-
-BIRDS_MODEL = "birds"
 
 _HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
 
@@ -80,11 +77,11 @@ def fetcher_of(request: Request) -> ImageFetcher:
 
 
 async def classify_url(
-    services: Services, fetcher: ImageFetcher, url: str, k: int, deadline: float
+    images: ImageClassifiers, fetcher: ImageFetcher, url: str, k: int, deadline: float
 ) -> list[dict[str, Any]]:
     """Download one image and return its top ``k`` birds in the contract's shape."""
     data = await fetcher.fetch(url)
-    predictions = await classify_bytes(services, BIRDS_MODEL, data, k, deadline)
+    predictions = await images.classify(BIRDS, data, k, deadline=deadline)
     return [{"bird_name": p.label, "score": p.score} for p in predictions]
 
 
@@ -103,12 +100,10 @@ def _reply(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def bird_api(request: Request) -> Response:
-    """Top-k birds of each image URL (the JSON branch of ``POST /``)."""
-    started = time.perf_counter()
+async def bird_api(request: Request, body: bytes, started: float) -> Response:
+    """Top-k birds of each image URL (the JSON branch of ``POST /``; ``body`` already read)."""
     services = services_of(request)
     settings = services.settings
-    body = await read_body(request, settings.max_body_bytes)
     try:
         parsed = BirdRequest.model_validate_json(body or b"{}")
     except ValidationError as error:
@@ -123,7 +118,7 @@ async def bird_api(request: Request) -> Response:
     try:
         async with asyncio.timeout(max(0.0, deadline - time.time())):
             outcomes = await asyncio.gather(
-                *(classify_url(services, fetcher, url, parsed.k, deadline) for url in urls),
+                *(classify_url(services.images, fetcher, url, parsed.k, deadline) for url in urls),
                 return_exceptions=True,
             )
     except TimeoutError:

@@ -1,11 +1,6 @@
-"""Image classifiers over HTTP: the native JSON API, and the one path every image takes.
+"""Image classifiers over HTTP, the native JSON API (images go the one way of
+``image_classifiers.py``, as from every other contract).
 
-``classify_bytes`` is that path for all three image contracts (bird API, ``/predict``, this
-native API): decode and prepare the picture in a worker thread (Pillow and numpy release the
-GIL), then submit the model-ready array as one job, so the batcher can put images from many
-concurrent requests into one model call.
-
-Native API:
 - ``GET /v1/models``: the image classifiers this server runs and their inputs.
 - ``POST /v1/models/{model}/classify`` with ``{"images": [base64 or data URL, ...], "k": 5}`` →
   ``{"model": name, "results": [{"predictions": [{"label", "score"}, ...]} | {"error": why}]}``;
@@ -15,9 +10,6 @@ Native API:
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Annotated, Any
 
 import orjson
@@ -28,39 +20,10 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.inputs.encoded import decode_base64_image
-from sluiceway.inputs.pixels import ImageInput, prepare_image
-from sluiceway.models.classifier import Pixels, Prediction, ranked
-from sluiceway.models.onnx_classifier import IMAGENET_INPUT
-from sluiceway.models.tflite_classifier import BIRDS_INPUT
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
-from sluiceway.runtime.jobs import Job
-from sluiceway.services import Services, services_of
+from sluiceway.runtime.errors import BadInput
+from sluiceway.services import services_of
 
 router = APIRouter(tags=["classifiers"])
-
-CLASSIFIER_INPUTS: Mapping[str, ImageInput] = MappingProxyType(
-    {"birds": BIRDS_INPUT, "imagenet": IMAGENET_INPUT}
-)
-"""The input each image classifier kind registered in ``kinds.build_kinds`` declares, by name."""
-
-
-async def classify_bytes(
-    services: Services, model: str, data: bytes, k: int, deadline: float | None = None
-) -> list[Prediction]:
-    """The ``k`` best classes of one image by the named classifier, best first."""
-    spec = CLASSIFIER_INPUTS.get(model)
-    if spec is None or model not in services.dispatcher.models():
-        raise ModelUnavailable(f"no image classifier named {model!r}")
-    settings = services.settings
-    pixels = await asyncio.to_thread(
-        prepare_image, data, spec, settings.max_image_pixels, settings.jpeg_draft
-    )
-    job = Job(
-        model=model,
-        payload=Pixels(pixels, k),
-        deadline=deadline if deadline is not None else time.time() + settings.request_timeout_s,
-    )
-    return ranked(await services.dispatcher.submit(job))
 
 
 class ClassifyRequest(BaseModel):
@@ -71,18 +34,13 @@ class ClassifyRequest(BaseModel):
     k: StrictInt = 5
 
 
-def classifiers_of(services: Services) -> list[str]:
-    """Names of the image classifiers the dispatcher runs."""
-    return [name for name in services.dispatcher.models() if name in CLASSIFIER_INPUTS]
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     """The image classifiers served here and the input each expects."""
-    services = services_of(request)
+    images = services_of(request).images
     models = []
-    for name in classifiers_of(services):
-        spec = CLASSIFIER_INPUTS[name]
+    for name in images.names():
+        spec = images.input_of(name)
         models.append(
             {
                 "name": name,
@@ -99,10 +57,9 @@ async def classify(model: str, request: Request) -> Response:
     """Top-k classes of each base64 image by ``model``."""
     services = services_of(request)
     settings = services.settings
-    if model not in classifiers_of(services):
-        raise RequestError(
-            404, f"no image classifier named {model!r}; known: {classifiers_of(services)}"
-        )
+    images = services.images
+    if model not in images.names():
+        raise RequestError(404, f"no image classifier named {model!r}; known: {images.names()}")
     body = await read_body(request, settings.max_body_bytes)
     try:
         parsed = ClassifyRequest.model_validate_json(body)
@@ -119,7 +76,7 @@ async def classify(model: str, request: Request) -> Response:
     async def one(text: str) -> dict[str, Any]:
         try:
             data = decode_base64_image(text, settings.max_upload_bytes)
-            predictions = await classify_bytes(services, model, data, parsed.k, deadline)
+            predictions = await images.classify(model, data, parsed.k, deadline=deadline)
         except BadInput as error:
             return {"error": str(error)}
         return {"predictions": [{"label": p.label, "score": p.score} for p in predictions]}

@@ -5,7 +5,11 @@
   page with its result; no file redirects back (302) with a message.
 - ``POST /uploads``: the script's path; the same work, answered as JSON.
 - ``GET /display/<name>``: a stored upload, by its content-addressed name only.
-- ``POST /feedback``: "this is wrong", appended to the feedback CSV; the page confirms it.
+- ``POST /feedback``: "this is wrong", appended to the feedback CSV. The page's own form sends
+  structured fields (``image``, ``prediction``, ``score``, ``correct_label``); the seed's page
+  sends one ``report`` text, kept verbatim. A form post answers ``200`` with the page and its
+  notice (the seed's clients follow no redirect); an empty post shows the page and records
+  nothing. ``GET /feedback`` is the page.
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.datastructures import FormData
 from starlette.staticfiles import StaticFiles
 
+from sluiceway.api.bodies import Upload, read_form, read_upload, size_text
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
-from sluiceway.api.forms import FORM_OVERHEAD, parse_multipart, parse_urlencoded
-from sluiceway.api.predict import ACCEPTED_FORMATS, classify_image
+from sluiceway.api.predict import ACCEPTED_FORMATS, UPLOAD_MODEL
 from sluiceway.config import Settings
 from sluiceway.models.classifier import Prediction
 from sluiceway.runtime.errors import BadInput
@@ -43,10 +46,8 @@ router = APIRouter(tags=["web"])
 
 TOP_K = 5
 FEEDBACK_MAX_BYTES = 16 * 1024
-"""A report is four short fields; anything near this size is not one."""
-# An oversized upload is read (and dropped) up to this many times the cap before answering,
-# so the browser receives the page saying so instead of a reset connection.
-_DRAIN_FACTOR = 4
+"""A report is a few short fields; anything near this size is not one."""
+FEEDBACK_FIELDS = ("image", "prediction", "score", "correct_label", "report")
 
 NOTICES = {
     "no-file": "Choose a photo first, then press Classify.",
@@ -111,21 +112,36 @@ class WebPage:
             error=error,
             notice=notice,
             max_upload_bytes=self.settings.max_upload_bytes,
-            max_upload_text=_mb(self.settings.max_upload_bytes),
+            max_upload_text=size_text(self.settings.max_upload_bytes),
             asset_version=self.asset_version,
         )
         return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
 
-    async def classify_upload(self, request: Request, filename: str, data: bytes) -> Classified:
+    async def classify_upload(self, request: Request, upload: Upload) -> Classified:
         """Classify the photo and keep it; ``BadInput`` saying why if it is not one we take."""
-        services = services_of(request)
         deadline = deadline_of(request, self.settings.request_timeout_s)
-        if not data:
+        if not upload.data:
             raise BadInput("the file is empty")
-        predictions = await classify_image(services, data, k=TOP_K, deadline=deadline)
-        upload = await asyncio.to_thread(self.uploads.save, data, ACCEPTED_FORMATS)
-        logger.debug("upload %s classified as %s", upload.name, predictions[0].label)
-        return Classified(upload=upload, filename=_display_name(filename), predictions=predictions)
+        predictions = await services_of(request).images.classify(
+            UPLOAD_MODEL, upload.data, TOP_K, deadline=deadline, formats=ACCEPTED_FORMATS
+        )
+        stored = await asyncio.to_thread(self.uploads.save, upload.data, ACCEPTED_FORMATS)
+        logger.debug("upload %s classified as %s", stored.name, predictions[0].label)
+        return Classified(
+            upload=stored, filename=_display_name(upload.filename), predictions=predictions
+        )
+
+    async def read_photo(self, request: Request) -> Upload | None:
+        """The form's photo, read to the end even when too large (so the browser sees why)."""
+        limit = self.settings.max_upload_bytes
+        try:
+            return await read_upload(request, limit, drain=True)
+        except RequestError as error:
+            if error.status == 413:
+                raise RequestError(
+                    413, f"the photo is too large: at most {size_text(limit)}"
+                ) from None
+            raise
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -150,15 +166,11 @@ async def index(request: Request, notice: str = "") -> HTMLResponse:
 async def upload_form(request: Request) -> Response:
     """``POST /`` as a form: render the result, or send a person without a file back to ``/``."""
     page = page_of(request)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        return _back_to_page("no-file", 302)  # only a multipart form can carry a file
     try:
-        upload = await _read_upload(request, page.settings.max_upload_bytes)
+        upload = await page.read_photo(request)
         if upload is None:
             return _back_to_page("no-file", 302)
-        filename, data = upload
-        result = await page.classify_upload(request, filename, data)
+        result = await page.classify_upload(request, upload)
     except RequestError as error:
         return page.render(status=error.status, error=error.message)
     except BadInput as error:
@@ -172,10 +184,10 @@ async def upload_json(request: Request) -> Response:
     page = page_of(request)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise RequestError(415, "send the photo as multipart/form-data field 'file'")
-    upload = await _read_upload(request, page.settings.max_upload_bytes)
+    upload = await page.read_photo(request)
     if upload is None:
         raise RequestError(400, "no file in form field 'file'")
-    result = await page.classify_upload(request, *upload)
+    result = await page.classify_upload(request, upload)
     return Response(orjson.dumps(result.as_json()), media_type="application/json")
 
 
@@ -198,23 +210,35 @@ async def display(name: str, request: Request) -> Response:
     )
 
 
+@router.get("/feedback", response_class=HTMLResponse)
+async def feedback_page(request: Request) -> HTMLResponse:
+    """The page: where the seed's page shows its feedback form."""
+    return page_of(request).render()
+
+
 @router.post("/feedback")
 async def feedback(request: Request) -> Response:
-    """Append a "this is wrong" report; JSON for the script, a redirect with thanks for forms."""
+    """Append a "this is wrong" report; JSON for the script, the page with thanks for forms."""
     page = page_of(request)
     wants_json = "application/json" in request.headers.get("accept", "")
     try:
-        form = await _read_form(request, FEEDBACK_MAX_BYTES, max_files=0)
+        form = await read_form(request, FEEDBACK_MAX_BYTES, max_files=0)
         report = _report_from(form, page.uploads)
-        await page.feedback.append(report)
+        if report is not None:
+            await page.feedback.append(report)
     except FeedbackError as error:
         return _refused(page, wants_json, 400, str(error))
     except RequestError as error:
         return _refused(page, wants_json, error.status, error.message)
-    logger.info("feedback on %s: %r is wrong", report.image, report.prediction)
+    if report is None:
+        logger.debug("empty feedback post: nothing recorded")
+        if wants_json:
+            return Response(orjson.dumps({"saved": False}), media_type="application/json")
+        return page.render()
+    logger.info("feedback on %r: %r is wrong", report.image, report.prediction)
     if wants_json:
         return Response(orjson.dumps({"saved": True}), media_type="application/json")
-    return _back_to_page("feedback-saved", 303)
+    return page.render(notice=NOTICES["feedback-saved"])
 
 
 def _refused(page: WebPage, wants_json: bool, status: int, message: str) -> Response:
@@ -225,17 +249,24 @@ def _refused(page: WebPage, wants_json: bool, status: int, message: str) -> Resp
     return page.render(status=status, error=f"Your report was not saved: {message}.")
 
 
-def _report_from(form: FormData, uploads: UploadStore) -> FeedbackReport:
-    """A report from the feedback form's fields, naming the first one that is wrong."""
+def _report_from(form: FormData, uploads: UploadStore) -> FeedbackReport | None:
+    """A report from the form, ``None`` when it says nothing; names the first field that is wrong.
+
+    With ``image`` (the page's own form), the structured fields must all be right; otherwise
+    a ``report`` text (the seed's page) is kept as it is, its fields read from it when it parses.
+    """
     values: dict[str, str] = {}
-    for field in ("image", "prediction", "score", "correct_label"):
-        value = form.get(field)
-        if value is None:
-            value = ""
+    for field in FEEDBACK_FIELDS:
+        value = form.get(field, "")
         if not isinstance(value, str):
             raise RequestError(400, f"field {field!r} must be text, not a file")
-        values[field] = value.strip()
+        values[field] = value
+    if not any(value.strip() for value in values.values()):
+        return None
+    if values["report"].strip() and not values["image"].strip():
+        return FeedbackReport.from_text(values["report"], correct_label=values["correct_label"])
     for field in ("image", "prediction", "score"):
+        values[field] = values[field].strip()
         if not values[field]:
             raise RequestError(400, f"field {field!r} is missing")
     if not is_upload_name(values["image"]) or uploads.path_of(values["image"]) is None:
@@ -248,77 +279,9 @@ def _report_from(form: FormData, uploads: UploadStore) -> FeedbackReport:
         image=values["image"],
         prediction=values["prediction"],
         score=score,
-        correct_label=values["correct_label"],
+        correct_label=values["correct_label"].strip(),
+        report=values["report"],
     )
-
-
-async def _read_upload(request: Request, max_bytes: int) -> tuple[str, bytes] | None:
-    """The form's ``file`` (name and bytes), or ``None`` when the form carries no file."""
-    try:
-        form = await _read_form(request, max_bytes + FORM_OVERHEAD, max_files=1)
-    except RequestError as error:
-        if error.status == 413:
-            raise RequestError(413, f"the photo is too large: at most {_mb(max_bytes)}") from None
-        raise
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            return None
-        data = await upload.read()
-    finally:
-        await form.close()
-    if not upload.filename and not data:
-        return None  # a browser sends an empty, nameless part when nothing was chosen
-    if len(data) > max_bytes:
-        raise RequestError(
-            413, f"the photo is too large ({_mb(len(data))}); at most {_mb(max_bytes)} is accepted"
-        )
-    return upload.filename or "", data
-
-
-async def _read_form(request: Request, limit: int, max_files: int) -> FormData:
-    """Parse a urlencoded or multipart body of at most ``limit`` bytes."""
-    body = await _read_capped(request, limit)
-    content_type = request.headers.get("content-type", "").lower()
-    try:
-        if content_type.startswith("multipart/form-data"):
-            return await parse_multipart(
-                request.headers, body, max_files=max_files, max_part_size=limit
-            )
-        if content_type.startswith("application/x-www-form-urlencoded"):
-            return await parse_urlencoded(request.headers, body)
-    except MultiPartException as error:
-        raise RequestError(400, f"malformed form: {error.message}") from None
-    raise RequestError(415, "send a form (multipart/form-data or x-www-form-urlencoded)")
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, or 413 once it is over ``limit``, after reading a bounded excess.
-
-    Reading the excess lets the browser finish sending and receive the answer; closing on it
-    mid-upload would reset the connection and the person would see a network error instead.
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
-        raise RequestError(413, f"the form is over the {_mb(limit)} limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > limit * _DRAIN_FACTOR:
-            break
-    if size > limit:
-        raise RequestError(413, f"the form is over the {_mb(limit)} limit")
-    return b"".join(chunks)
-
-
-def _mb(size: int) -> str:
-    """A byte count the way a person reads it: ``16 KB``, ``10.5 MB``."""
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f}".removesuffix(".0") + " KB"
-    return f"{size / (1024 * 1024):.1f}".removesuffix(".0") + " MB"
 
 
 def _back_to_page(notice: str, status: int) -> RedirectResponse:

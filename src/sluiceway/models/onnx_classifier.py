@@ -52,6 +52,16 @@ def imagenet_labels() -> list[str]:
     return [names[str(index)] for index in range(len(names))]
 
 
+def keras_name(label: str) -> str:
+    """An ImageNet class name as Keras's ``decode_predictions`` spells it: the first synonym,
+    spaces made underscores (``Eskimo dog, husky`` → ``Eskimo_dog``).
+
+    Checked against Keras's ``imagenet_class_index.json`` for all 1000 classes; clients written
+    against Keras-served models compare these strings.
+    """
+    return label.split(",", 1)[0].strip().replace(" ", "_")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)

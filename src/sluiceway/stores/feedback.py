@@ -9,6 +9,7 @@ newline, never acknowledged) is cut off by the next writer, so the file always p
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import csv
@@ -22,12 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-HEADER = ("time", "image", "prediction", "score", "correct label")
+HEADER = ("time", "image", "prediction", "score", "correct label", "report")
 FILE_NAME = "feedback.csv"
 MAX_TEXT = 200
 """Longest prediction or correct label kept, in characters; longer reports are refused."""
+MAX_REPORT = 1000
+"""Longest report text kept, in characters."""
 
+_OLD_HEADER = HEADER[:5]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_FORMULA_START = ("=", "+", "-", "@")
 
 
 class FeedbackError(ValueError):
@@ -45,30 +50,90 @@ def clean_text(value: str, field: str, *, required: bool) -> str:
         raise FeedbackError(f"{field} is required")
     if len(text) > MAX_TEXT:
         raise FeedbackError(f"{field} is {len(text)} characters; at most {MAX_TEXT} are accepted")
-    return text
+    return inert(text)
+
+
+def inert(text: str) -> str:
+    """``text`` as a spreadsheet shows it rather than runs it: a would-be formula gets a ``'``."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def read_report(text: str) -> dict[str, str | float]:
+    """The ``filename``, ``prediction`` and ``score`` a report text states, those that are valid.
+
+    The seed's page writes a Python dict literal; anything else (or a wrong type) reads as
+    nothing, and the text is still kept.
+    """
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    fields: dict[str, str | float] = {}
+    for key in ("filename", "prediction"):
+        if isinstance(value.get(key), str):
+            fields[key] = value[key]
+    score = value.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        return fields
+    if math.isfinite(score) and 0.0 <= score <= 1.0:
+        fields["score"] = float(score)
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackReport:
-    """One person's report: which stored image, what the model said, what it really is."""
+    """One person's report: which stored image, what the model said, what it really is.
 
-    image: str
-    prediction: str
-    score: float
+    Without ``report`` text, image, prediction and score are required; with it, each may be
+    empty (the text says what the person saw).
+    """
+
+    image: str = ""
+    prediction: str = ""
+    score: float | None = None
     correct_label: str = ""
+    report: str = ""
     time: datetime | None = None
+
+    @classmethod
+    def from_text(cls, report: str, correct_label: str = "") -> FeedbackReport:
+        """A report in the seed page's words: the text as sent, its fields read when it parses."""
+        fields = read_report(report)
+        score = fields.get("score")
+        return cls(
+            image=str(fields.get("filename", "")),
+            prediction=str(fields.get("prediction", "")),
+            score=score if isinstance(score, float) else None,
+            correct_label=correct_label,
+            report=report,
+        )
 
     def row(self) -> bytes:
         """This report as one CSV row (quoted by the csv module), ready to append."""
-        if not (math.isfinite(self.score) and 0.0 <= self.score <= 1.0):
+        report = _CONTROL.sub(" ", self.report)  # one line, otherwise as sent
+        if len(report) > MAX_REPORT:
+            raise FeedbackError(
+                f"report is {len(report)} characters; at most {MAX_REPORT} are accepted"
+            )
+        structured = not report.strip()
+        if self.score is None:
+            if structured:
+                raise FeedbackError("score is required")
+            score = ""
+        elif math.isfinite(self.score) and 0.0 <= self.score <= 1.0:
+            score = f"{self.score:.4f}"
+        else:
             raise FeedbackError(f"score must be a number between 0 and 1, got {self.score!r}")
         stamp = (self.time or datetime.now(UTC)).isoformat(timespec="milliseconds")
         fields = (
             stamp,
-            clean_text(self.image, "image", required=True),
-            clean_text(self.prediction, "prediction", required=True),
-            f"{self.score:.4f}",
+            clean_text(self.image, "image", required=structured),
+            clean_text(self.prediction, "prediction", required=structured),
+            score,
             clean_text(self.correct_label, "correct label", required=False),
+            inert(report),
         )
         return _csv_line(fields)
 
@@ -121,6 +186,8 @@ class FeedbackLog:
             size = _cut_torn_tail(fd, size)
             if size == 0:
                 payload = _csv_line(HEADER) + payload
+            elif _first_line(fd).rstrip(b"\r\n") == _csv_line(_OLD_HEADER).rstrip(b"\n"):
+                _add_report_column(self.path, fd)
             _write_all(fd, payload)
             os.fsync(fd)
         if size == 0:
@@ -149,12 +216,43 @@ def _settle(task: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> 
 
 @contextlib.contextmanager
 def _locked_append(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # The file may have been replaced (a header upgrade) while this writer waited on the
+        # old one's lock: then its rows belong in the new file.
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            break
+        os.close(fd)
+    try:
         yield fd
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _first_line(fd: int) -> bytes:
+    head = os.pread(fd, 4096, 0)
+    return head.split(b"\n", 1)[0]
+
+
+def _add_report_column(path: Path, fd: int) -> None:
+    """Rewrite a file from before the ``report`` column with it (empty), then put the new file
+    in place; the caller's ``fd`` is re-pointed at the new file, still holding its lock."""
+    with os.fdopen(os.dup(fd), "r", encoding="utf-8", newline="") as old:
+        old.seek(0)
+        records = list(csv.reader(old))
+    upgraded = path.with_name(path.name + ".upgrade")
+    with upgraded.open("w", encoding="utf-8", newline="") as new:
+        writer = csv.writer(new, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows([*record, ""] for record in records[1:])
+        new.flush()
+        os.fsync(new.fileno())
+    new_fd = os.open(upgraded, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    fcntl.flock(new_fd, fcntl.LOCK_EX)  # nobody else can know this file yet
+    os.replace(upgraded, path)
+    os.dup2(new_fd, fd)  # the old file's lock goes with its descriptor; writers waiting re-open
+    os.close(new_fd)
 
 
 def _cut_torn_tail(fd: int, size: int) -> int:

@@ -1,0 +1,90 @@
+"""The one path every image takes to a classifier: bytes → checked picture → job → ranked classes.
+
+The bird API, ``/predict``, the upload page, the native classify API and ``sluiceway classify``
+all call ``ImageClassifiers.classify``. It decodes and prepares the picture in a worker thread
+(Pillow and numpy release the GIL), then submits the model-ready array as one job, so the batcher
+can put images from many concurrent requests into one model call. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from sluiceway.config import Settings
+from sluiceway.inputs.images import sniff
+from sluiceway.inputs.pixels import ImageInput, prepare_image
+from sluiceway.models.classifier import Pixels, Prediction, ranked
+from sluiceway.models.onnx_classifier import IMAGENET_INPUT
+from sluiceway.models.tflite_classifier import BIRDS_INPUT
+from sluiceway.runtime.dispatch import Dispatcher
+from sluiceway.runtime.errors import BadInput, ModelUnavailable
+from sluiceway.runtime.jobs import Job
+
+BIRDS = "birds"
+"""The AIY birds classifier (LiteRT, downloaded on first use): the bird API and CLI."""
+IMAGENET = "imagenet"
+"""The ImageNet MobileNetV2 (ONNX, packaged): the upload page and ``/predict``."""
+
+CLASSIFIER_INPUTS: Mapping[str, ImageInput] = MappingProxyType(
+    {BIRDS: BIRDS_INPUT, IMAGENET: IMAGENET_INPUT}
+)
+"""The input each image classifier kind registered in ``kinds.image_kinds`` declares, by name."""
+
+_FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WebP", "bmp": "BMP"}
+
+
+class ImageClassifiers:
+    """The image classifiers a dispatcher serves, and the way an image reaches one."""
+
+    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.dispatcher = dispatcher
+        self.max_pixels = settings.max_image_pixels
+        self.jpeg_draft = settings.jpeg_draft
+        self.timeout_s = settings.request_timeout_s
+
+    def names(self) -> list[str]:
+        """The image classifiers the dispatcher runs, in its order."""
+        return [name for name in self.dispatcher.models() if name in CLASSIFIER_INPUTS]
+
+    def input_of(self, model: str) -> ImageInput:
+        """What ``model`` takes; ``ModelUnavailable`` if no classifier of that name is served."""
+        spec = CLASSIFIER_INPUTS.get(model)
+        if spec is None or model not in self.dispatcher.models():
+            raise ModelUnavailable(f"no image classifier named {model!r}")
+        return spec
+
+    async def classify(
+        self,
+        model: str,
+        data: bytes,
+        k: int,
+        *,
+        deadline: float | None = None,
+        formats: frozenset[str] | None = None,
+    ) -> list[Prediction]:
+        """The ``k`` best classes of one encoded image by ``model``, best first.
+
+        ``formats`` (``sniff`` names such as ``png``) narrows the accepted file types;
+        ``BadInput`` says why an image was refused.
+        """
+        spec = self.input_of(model)
+        if formats is not None and sniff(data) not in formats:
+            raise BadInput(f"not a {_one_of(formats)} image")
+        pixels = await asyncio.to_thread(
+            prepare_image, data, spec, self.max_pixels, self.jpeg_draft
+        )
+        job = Job(
+            model=model,
+            payload=Pixels(pixels, k),
+            deadline=deadline if deadline is not None else time.time() + self.timeout_s,
+        )
+        return ranked(await self.dispatcher.submit(job))
+
+
+def _one_of(formats: frozenset[str]) -> str:
+    known = [shown for name, shown in _FORMAT_NAMES.items() if name in formats]
+    names = known + sorted(name.upper() for name in formats if name not in _FORMAT_NAMES)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
