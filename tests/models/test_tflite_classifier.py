@@ -95,10 +95,10 @@ def test_k_is_per_item_and_a_bad_payload_fails_alone(birds: TfliteClassifier) ->
 
 
 async def test_a_failed_download_is_model_unavailable(
-    birds_server: FileServer, tmp_path: Path
+    photos_server: FileServer, tmp_path: Path
 ) -> None:
     with pytest.raises(ModelUnavailable, match="HTTP 404"):
-        await birds_kind(birds_server, tmp_path, "files/missing.tflite").load(None)
+        await birds_kind(photos_server, tmp_path, "files/missing.tflite").load(None)
 
 
 def test_payloads_and_results_cross_the_split_mode_wire(birds: TfliteClassifier) -> None:
