@@ -11,47 +11,47 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from sluiceway.config import Settings
 from sluiceway.inputs.images import sniff
 from sluiceway.inputs.pixels import ImageInput, prepare_image
+from sluiceway.kinds import builtin_records
 from sluiceway.models.classifier import Pixels, Prediction, ranked
-from sluiceway.models.onnx_classifier import IMAGENET_INPUT
-from sluiceway.models.tflite_classifier import BIRDS_INPUT
 from sluiceway.runtime.dispatch import Dispatcher
 from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from sluiceway.runtime.jobs import Job
-
-BIRDS = "birds"
-"""The AIY birds classifier (LiteRT, downloaded on first use): the bird API and CLI."""
-IMAGENET = "imagenet"
-"""The ImageNet MobileNetV2 (ONNX, packaged): the upload page and ``/predict``."""
-
-CLASSIFIER_INPUTS: Mapping[str, ImageInput] = MappingProxyType(
-    {BIRDS: BIRDS_INPUT, IMAGENET: IMAGENET_INPUT}
-)
-"""The input each image classifier kind registered in ``kinds.image_kinds`` declares, by name."""
 
 _FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WebP", "bmp": "BMP"}
 
 
 class ImageClassifiers:
-    """The image classifiers a dispatcher serves, and the way an image reaches one."""
+    """The image classifiers a dispatcher serves, and the way an image reaches one.
 
-    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+    ``inputs`` maps each classifier's name to the input it takes; the model registry keeps it
+    current as repository classifiers load and unload. Without it, the built-in classifiers.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        inputs: Mapping[str, ImageInput] | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.max_pixels = settings.max_image_pixels
         self.jpeg_draft = settings.jpeg_draft
         self.timeout_s = settings.request_timeout_s
+        if inputs is None:
+            inputs = {r.name: r.image for r in builtin_records(settings) if r.image is not None}
+        self._inputs = inputs
 
     def names(self) -> list[str]:
         """The image classifiers the dispatcher runs, in its order."""
-        return [name for name in self.dispatcher.models() if name in CLASSIFIER_INPUTS]
+        return [name for name in self.dispatcher.models() if name in self._inputs]
 
     def input_of(self, model: str) -> ImageInput:
         """What ``model`` takes; ``ModelUnavailable`` if no classifier of that name is served."""
-        spec = CLASSIFIER_INPUTS.get(model)
+        spec = self._inputs.get(model)
         if spec is None or model not in self.dispatcher.models():
             raise ModelUnavailable(f"no image classifier named {model!r}")
         return spec

@@ -1,64 +1,199 @@
-"""The model kinds a Sluiceway process serves, built from settings.
+"""The built-in models as records, and the one table that turns any record into a model kind.
 
-Embedded servers and split-mode workers build the same list, so this module imports models and
-settings only: a worker never loads the web app to learn what it serves.
+Embedded servers, split-mode workers and the ``classify`` command build the same kinds, so this
+module imports models, stores and settings only: a worker never loads the web app to learn what
+it serves. Adding a model kind is a class in ``models/`` and one line in ``KIND_BUILDERS``;
+adding a model of an existing kind is a repository folder (``repository.py``), no code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
 
 from sluiceway.config import Settings
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.captioner import GitCaptioning
 from sluiceway.models.knn import TenantKNN
-from sluiceway.models.onnx_classifier import imagenet_kind
-from sluiceway.models.tflite_classifier import TfliteClassifierKind
+from sluiceway.models.onnx_classifier import (
+    IMAGENET_INPUT,
+    OnnxClassifierKind,
+    imagenet_labels,
+    imagenet_model_path,
+)
+from sluiceway.models.onnx_model import OnnxModelKind
+from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
+from sluiceway.models.tensors import TensorSpec
+from sluiceway.models.tflite_classifier import BIRDS_INPUT, TfliteClassifierKind
 from sluiceway.stores.artifacts import ArtifactStore
 
+KNN = "knn"
+"""The kiosks' per-restaurant k-nearest-neighbours (MISSION.md §1)."""
+BIRDS = "birds"
+"""The AIY birds classifier (LiteRT, downloaded on first use): the bird API and CLI."""
+IMAGENET = "imagenet"
+"""The ImageNet MobileNetV2 (ONNX, packaged): the upload page and ``/predict``."""
+CAPTION = "caption"
+"""The GIT captioner (transformers): the captions API."""
 
-def batch_policy(settings: Settings, model: str) -> BatchPolicy:
-    """A model's ``<model>_slots``, ``_max_batch``, ``_max_delay_ms`` and ``_max_queue``."""
+
+def _policy(slots: int, max_batch: int, max_delay_ms: float, max_queue: int) -> BatchPolicy:
     return BatchPolicy(
-        slots=getattr(settings, f"{model}_slots"),
-        max_batch=getattr(settings, f"{model}_max_batch"),
-        max_delay_s=getattr(settings, f"{model}_max_delay_ms") / 1000,
-        max_queue=getattr(settings, f"{model}_max_queue"),
+        slots=slots, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, max_queue=max_queue
     )
 
 
-def build_kinds(settings: Settings) -> list[ModelKind]:
-    """Every model kind: the kiosk KNN, the image classifiers and the captioner."""
-    knn = TenantKNN(
-        batch_policy(settings, "knn"),
+def builtin_records(settings: Settings) -> list[ModelRecord]:
+    """The four models every Sluiceway serves, declared like repository models."""
+    s = settings
+    return [
+        ModelRecord(
+            name=KNN,
+            kind="knn",
+            source=ModelSource(SourceKind.PACKAGED, "fitted per restaurant from its request"),
+            policy=_policy(s.knn_slots, s.knn_max_batch, s.knn_max_delay_ms, s.knn_max_queue),
+            inputs=(TensorSpec("query_input", "FP32", (-1, -1)),),
+            outputs=(TensorSpec("classification_result", "INT64", (-1,)),),
+            builtin=True,
+        ),
+        ModelRecord(
+            name=BIRDS,
+            kind="tflite-classifier",
+            source=ModelSource(SourceKind.URL, s.birds_model_url, s.birds_model_sha256),
+            policy=_policy(
+                s.birds_slots, s.birds_max_batch, s.birds_max_delay_ms, s.birds_max_queue
+            ),
+            inputs=(TensorSpec("image", "UINT8", (-1, *BIRDS_INPUT.shape)),),
+            outputs=(TensorSpec("probabilities", "FP32", (-1, 965)),),
+            image=BIRDS_INPUT,
+            threads=s.birds_threads,
+            builtin=True,
+        ),
+        ModelRecord(
+            name=IMAGENET,
+            kind="onnx-classifier",
+            source=ModelSource(SourceKind.PACKAGED, str(imagenet_model_path())),
+            policy=_policy(
+                s.imagenet_slots,
+                s.imagenet_max_batch,
+                s.imagenet_max_delay_ms,
+                s.imagenet_max_queue,
+            ),
+            inputs=(TensorSpec("image", "FP32", (-1, *IMAGENET_INPUT.shape)),),
+            outputs=(TensorSpec("probabilities", "FP32", (-1, 1000)),),
+            labels=tuple(imagenet_labels()),
+            image=IMAGENET_INPUT,
+            threads=s.imagenet_threads,
+            builtin=True,
+        ),
+        ModelRecord(
+            name=CAPTION,
+            kind="captioner",
+            source=ModelSource(SourceKind.HUB, s.caption_model),
+            policy=_policy(
+                s.caption_slots, s.caption_max_batch, s.caption_max_delay_ms, s.caption_max_queue
+            ),
+            inputs=(TensorSpec("image", "BYTES", (-1,)),),
+            outputs=(TensorSpec("title", "BYTES", (-1,)),),
+            threads=s.caption_threads,
+            builtin=True,
+        ),
+    ]
+
+
+KindBuilder = Callable[[ModelRecord, Settings, bool], ModelKind]
+
+
+def _knn(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
+    return TenantKNN(
+        record.policy,
         neighbors=settings.knn_neighbors,
         fit_cost_s=settings.knn_fit_cost_s,
         base_cost_s=settings.knn_infer_base_cost_s,
         per_query_cost_s=settings.knn_infer_per_query_cost_s,
     )
-    return [knn, *image_kinds(settings), caption_kind(settings)]
+
+
+def _tflite_classifier(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
+    assert record.image is not None
+    folder = record.source.kind is SourceKind.FOLDER
+    return TfliteClassifierKind(
+        record.name,
+        record.policy,
+        url=None if folder else record.source.location,
+        path=Path(record.source.location) if folder else None,
+        sha256=record.source.sha256,
+        labels=record.labels or None,
+        store=ArtifactStore(settings.model_cache_dir),
+        input_spec=record.image,
+        threads=record.threads,
+        download_timeout_s=settings.birds_download_timeout_s,
+        progress=progress,
+    )
+
+
+def _onnx_classifier(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
+    assert record.image is not None
+    return OnnxClassifierKind(
+        record.name,
+        record.policy,
+        path=Path(record.source.location),
+        labels=record.labels,
+        input_spec=record.image,
+        logits=record.logits,
+        threads=record.threads,
+    )
+
+
+def _onnx(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
+    return OnnxModelKind(
+        record.name,
+        record.policy,
+        path=Path(record.source.location),
+        inputs=record.inputs,
+        outputs=record.outputs,
+        batched=record.batched,
+        threads=record.threads,
+    )
+
+
+def _captioner(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
+    return GitCaptioning(
+        record.policy,
+        source=record.source.location,
+        max_new_tokens=settings.caption_max_new_tokens,
+        threads=record.threads,
+        hub_timeout_s=settings.caption_hub_timeout_s,
+    )
+
+
+KIND_BUILDERS: Mapping[str, KindBuilder] = MappingProxyType(
+    {
+        "knn": _knn,
+        "tflite-classifier": _tflite_classifier,
+        "onnx-classifier": _onnx_classifier,
+        "onnx": _onnx,
+        "captioner": _captioner,
+    }
+)
+"""Every model kind, by the ``kind`` its records name: the one registration a new kind needs."""
+
+
+def kind_of(record: ModelRecord, settings: Settings, *, progress: bool = False) -> ModelKind:
+    """The model kind that loads ``record``."""
+    return KIND_BUILDERS[record.kind](record, settings, progress)
+
+
+def build_kinds(settings: Settings) -> list[ModelKind]:
+    """Every built-in model kind: the kiosk KNN, the image classifiers and the captioner."""
+    return [kind_of(record, settings) for record in builtin_records(settings)]
 
 
 def image_kinds(settings: Settings, *, progress: bool = False) -> list[ModelKind]:
     """The bird (LiteRT, downloaded on first use) and ImageNet (ONNX, packaged) classifiers."""
-    birds = TfliteClassifierKind(
-        "birds",
-        batch_policy(settings, "birds"),
-        url=settings.birds_model_url,
-        sha256=settings.birds_model_sha256,
-        store=ArtifactStore(settings.model_cache_dir),
-        threads=settings.birds_threads,
-        download_timeout_s=settings.birds_download_timeout_s,
-        progress=progress,
-    )
-    imagenet = imagenet_kind(batch_policy(settings, "imagenet"), threads=settings.imagenet_threads)
-    return [birds, imagenet]
-
-
-def caption_kind(settings: Settings) -> GitCaptioning:
-    """The GIT captioner; torch and transformers are imported only when it loads."""
-    return GitCaptioning(
-        batch_policy(settings, "caption"),
-        source=settings.caption_model,
-        max_new_tokens=settings.caption_max_new_tokens,
-        threads=settings.caption_threads,
-        hub_timeout_s=settings.caption_hub_timeout_s,
-    )
+    return [
+        kind_of(record, settings, progress=progress)
+        for record in builtin_records(settings)
+        if record.image is not None
+    ]

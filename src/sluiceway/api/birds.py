@@ -30,8 +30,9 @@ from pydantic import (
 
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
-from sluiceway.image_classifiers import BIRDS, ImageClassifiers
+from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
+from sluiceway.kinds import BIRDS
 from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import services_of
 

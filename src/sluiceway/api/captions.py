@@ -24,13 +24,14 @@ from sluiceway.api.ratelimit import RateLimiter
 from sluiceway.config import Settings
 from sluiceway.inputs.encoded import TOO_LARGE, decode_base64_image, encoded_limit
 from sluiceway.inputs.images import decode_image
+from sluiceway.kinds import CAPTION
 from sluiceway.models.captioner import CaptionInput
 from sluiceway.runtime.errors import BadInput
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 
 PATH = "/api/v1/predictions"
-MODEL = "caption"
+MODEL = CAPTION
 
 # Room for the JSON around the base64 and for line-wrapped base64 (76-character lines add
 # under 3 %); a body larger than this cannot hold an image within the size cap.

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.kinds import KNN
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 
@@ -101,7 +102,7 @@ async def classify(request: Request) -> Response:
         body, settings.knn_neighbors, settings.knn_max_training_rows, settings.knn_max_queries
     )
     job = Job(
-        model="knn",
+        model=KNN,
         key=training_key(training),
         spec=training,
         payload=queries,

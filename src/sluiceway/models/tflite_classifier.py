@@ -18,6 +18,7 @@ import io
 import logging
 import queue
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +120,18 @@ class TfliteClassifier(Classifier):
 
 
 class TfliteClassifierKind(ModelKind):
-    """Loads a TFLite classifier from a URL with a known sha256, through the artifact store."""
+    """Loads a TFLite classifier from a local file, or from a URL with a known sha256 through
+    the artifact store; labels come from the file's metadata unless given."""
 
     def __init__(
         self,
         name: str,
         policy: BatchPolicy,
         *,
-        url: str,
-        sha256: str,
+        url: str | None = None,
+        sha256: str | None = None,
+        path: Path | None = None,
+        labels: Sequence[str] | None = None,
         store: ArtifactStore,
         input_spec: ImageInput = BIRDS_INPUT,
         labels_member: str = "probability-labels-en.txt",
@@ -135,10 +139,14 @@ class TfliteClassifierKind(ModelKind):
         download_timeout_s: float = 120.0,
         progress: bool = False,
     ) -> None:
+        if (url is None) == (path is None):
+            raise ValueError("a TFLite classifier comes from a url or a path, exactly one")
         self.name = name
         self.policy = policy
         self.url = url
         self.sha256 = sha256
+        self.path = path
+        self.labels = list(labels) if labels is not None else None
         self.store = store
         self.input_spec = input_spec
         self.labels_member = labels_member
@@ -148,11 +156,14 @@ class TfliteClassifierKind(ModelKind):
 
     async def load(self, spec: Any) -> TfliteClassifier:
         """Download (once) and verify the file, then build one interpreter per slot."""
+        if self.path is not None:
+            return await asyncio.to_thread(self._build, self.path)
+        assert self.url is not None
         try:
             path = await asyncio.to_thread(
                 self.store.fetch,
                 self.url,
-                self.sha256,
+                self.sha256 or "",
                 timeout_s=self.download_timeout_s,
                 progress=self.progress,
             )
@@ -161,8 +172,11 @@ class TfliteClassifierKind(ModelKind):
         return await asyncio.to_thread(self._build, path)
 
     def _build(self, path: Path) -> TfliteClassifier:
-        model = path.read_bytes()
-        labels = embedded_labels(model, self.labels_member)
+        try:
+            model = path.read_bytes()
+        except OSError as error:
+            raise ModelUnavailable(f"{self.name}: {path.name} cannot be read: {error}") from error
+        labels = self.labels or embedded_labels(model, self.labels_member)
         try:
             classifier = TfliteClassifier(
                 model, labels, self.input_spec, self.threads, self.policy.slots

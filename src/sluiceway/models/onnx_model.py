@@ -1,0 +1,171 @@
+"""Any ONNX model as named tensors in, named tensors out, batched across requests.
+
+Requests batched together are concatenated on the first axis of every input and the outputs are
+split back by each request's row count, so a model exported with a dynamic batch axis serves
+many callers in one ``run``. A model without one (``batched=False``) runs one request per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sluiceway.models.base import BatchPolicy, ModelKind, ThreadedModel
+from sluiceway.models.tensors import ONNX_TYPES, TensorSpec, rows_of, split_rows
+from sluiceway.runtime.errors import BadInput, ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """One intra-op thread per slot by default, no spinning: slots run side by side."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Spinning threads burn the core the other slot or the request decoder needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxModel(ThreadedModel):
+    """A loaded ONNX session and the tensors it was declared with."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        *,
+        batched: bool,
+        nbytes: int,
+    ) -> None:
+        self._session = session
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.batched = batched
+        self._nbytes = nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run every well-formed request in one call; a malformed one fails alone."""
+        results: list[Any] = [None] * len(inputs)
+        good: list[tuple[int, dict[str, np.ndarray]]] = []
+        for index, request in enumerate(inputs):
+            try:
+                good.append((index, self._checked(request)))
+            except BadInput as error:
+                results[index] = error
+        if not good:
+            return results
+        if not self.batched:
+            for index, feed in good:
+                results[index] = self._run(feed)
+            return results
+        rows = [rows_of(feed) for _, feed in good]
+        feed = {
+            spec.name: np.concatenate([request[spec.name] for _, request in good])
+            for spec in self.inputs
+        }
+        for (index, _), share in zip(good, split_rows(self._run(feed), rows), strict=True):
+            results[index] = share
+        return results
+
+    def _checked(self, request: Any) -> dict[str, np.ndarray]:
+        if not isinstance(request, dict):
+            raise BadInput("a request is a mapping of input names to arrays")
+        missing = [spec.name for spec in self.inputs if spec.name not in request]
+        extra = sorted(set(request) - {spec.name for spec in self.inputs})
+        if missing or extra:
+            raise BadInput(
+                f"the model takes inputs {[spec.name for spec in self.inputs]}; "
+                + (f"missing {missing}" if missing else f"unknown {extra}")
+            )
+        feed = {spec.name: spec.check(np.asarray(request[spec.name])) for spec in self.inputs}
+        if self.batched and len({array.shape[0] for array in feed.values()}) > 1:
+            raise BadInput("every input of a request needs the same batch size (first dimension)")
+        return feed
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [spec.name for spec in self.outputs]
+        arrays = self._session.run(names, feed)
+        return {name: np.asarray(array) for name, array in zip(names, arrays, strict=True)}
+
+
+class OnnxModelKind(ModelKind):
+    """Loads one ONNX file whose inputs and outputs were declared (or are read from the file)."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: BatchPolicy,
+        *,
+        path: Path,
+        inputs: Sequence[TensorSpec] = (),
+        outputs: Sequence[TensorSpec] = (),
+        batched: bool = True,
+        threads: int = 1,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.path = path
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.batched = batched
+        self.threads = threads
+
+    async def load(self, spec: Any) -> OnnxModel:
+        """Open the session in a thread (graph optimisation takes a moment)."""
+        return await asyncio.to_thread(self._build)
+
+    def _build(self) -> OnnxModel:
+        try:
+            session = ort.InferenceSession(
+                str(self.path), session_options(self.threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise ModelUnavailable(
+                f"{self.name}: {self.path.name} cannot be loaded: {error}"
+            ) from error
+        inputs = _declared_or_read(self.name, "input", self.inputs, session.get_inputs())
+        outputs = _declared_or_read(self.name, "output", self.outputs, session.get_outputs())
+        logger.info(
+            "%s: %s loaded (%d inputs, %d outputs)", self.name, self.path, len(inputs), len(outputs)
+        )
+        nbytes = self.path.stat().st_size * 2  # weights plus optimised copies, roughly
+        return OnnxModel(session, inputs, outputs, batched=self.batched, nbytes=nbytes)
+
+
+def _declared_or_read(
+    model: str, role: str, declared: tuple[TensorSpec, ...], found: Sequence[Any]
+) -> tuple[TensorSpec, ...]:
+    """The declared tensors, checked against the file's; the file's own when none are declared."""
+    actual = {node.name: node for node in found}
+    if not declared:
+        return tuple(_spec_of(node) for node in found)
+    for spec in declared:
+        node = actual.get(spec.name)
+        if node is None:
+            raise ModelUnavailable(
+                f"{model}: the config declares {role} {spec.name!r}; the file has {sorted(actual)}"
+            )
+        datatype = ONNX_TYPES.get(node.type)
+        if datatype != spec.datatype:
+            raise ModelUnavailable(
+                f"{model}: {role} {spec.name!r} is {datatype} in the file, "
+                f"{spec.datatype} in the config"
+            )
+    return declared
+
+
+def _spec_of(node: Any) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in node.shape)
+    return TensorSpec(node.name, ONNX_TYPES.get(node.type, "FP32"), shape)

@@ -1,0 +1,234 @@
+"""A model repository: a folder with one subfolder per model, each a file and a ``config.toml``.
+
+The layout follows Triton's, so a Triton user's folder needs only its config rewritten::
+
+    models/
+      my-classifier/
+        config.toml
+        labels.txt              # optional, one class name per line
+        1/model.onnx            # numbered versions; the highest is served unless
+        2/model.onnx            # ``version`` in config.toml names one
+      tabular/
+        config.toml
+        model.onnx              # or no version folders at all (version "1")
+
+``config.toml`` says what Triton's ``config.pbtxt`` says (see the README for every key). Reading
+a folder never raises: a model whose config or file is wrong comes back as a ``BrokenModel``
+saying why, and the others are served.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sluiceway.inputs.pixels import Fit, ImageInput
+from sluiceway.models.base import BatchPolicy
+from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
+from sluiceway.models.tensors import DATATYPES, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.toml"
+MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
+PLATFORMS = {"onnx": "onnx", "onnxruntime_onnx": "onnx", "tflite": "tflite"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenModel:
+    """A repository entry that cannot be served, and why (shown on the model list)."""
+
+    name: str
+    reason: str
+
+
+class _Tensor(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Annotated[str, Field(min_length=1)]
+    datatype: Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
+    dims: list[Annotated[int, Field(ge=-1)]]
+
+
+class _Image(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    size: Annotated[int, Field(ge=8, le=4096)]
+    fit: Fit = Fit.SHORTER_SIDE_CROP
+    resize: Annotated[int, Field(ge=0, le=8192)] = 0
+    layout: Literal["NHWC", "NCHW"] = "NCHW"
+    dtype: Literal["uint8", "float32"] = "float32"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    logits: bool = True
+
+
+class _Warmup(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    inputs: dict[str, Any] | None = None
+
+
+class RepositoryConfig(BaseModel):
+    """``config.toml``: the keys of Triton's ``config.pbtxt`` that Sluiceway uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    platform: str
+    max_batch_size: Annotated[int, Field(ge=0, le=4096)] = 8
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    instances: Annotated[int, Field(ge=1, le=256)] = 1
+    max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    version: Annotated[int, Field(ge=1)] | None = None
+    labels: str | None = None
+    inputs: list[_Tensor] = []
+    outputs: list[_Tensor] = []
+    image: _Image | None = None
+    warmup: _Warmup | None = None
+
+
+def scan(folder: Path) -> list[ModelRecord | BrokenModel]:
+    """Every model in ``folder``, by name; entries that cannot be served say why."""
+    if not folder.is_dir():
+        return [BrokenModel("*", f"the model repository {str(folder)!r} is not a folder")]
+    entries: list[ModelRecord | BrokenModel] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            entries.append(read_model(entry))
+    return entries
+
+
+def read_model(folder: Path) -> ModelRecord | BrokenModel:
+    """The record of the model in ``folder`` (named after it), or why it cannot be served."""
+    name = folder.name
+    try:
+        return _read(folder)
+    except _Refused as refused:
+        logger.warning("model %s is unavailable: %s", name, refused)
+        return BrokenModel(name, str(refused))
+
+
+class _Refused(Exception):
+    pass
+
+
+def _read(folder: Path) -> ModelRecord:
+    name = folder.name
+    if not _NAME.match(name):
+        raise _Refused("a model's folder name is 1-64 letters, digits, '_', '.' or '-'")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise _Refused(f"no {CONFIG_FILE} in its folder")
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        config = RepositoryConfig.model_validate(raw)
+    except tomllib.TOMLDecodeError as error:
+        raise _Refused(f"{CONFIG_FILE} is not valid TOML: {error}") from None
+    except ValidationError as error:
+        raise _Refused(f"{CONFIG_FILE}: {_describe(error)}") from None
+    platform = PLATFORMS.get(config.platform)
+    if platform is None:
+        raise _Refused(f"platform {config.platform!r} is not one of {sorted(PLATFORMS)}")
+    version, path = _model_file(folder, MODEL_FILES[platform], config.version)
+    batched = config.max_batch_size > 0
+    labels = _labels(folder, config.labels)
+    if platform == "tflite" and config.image is None:
+        raise _Refused("a tflite model is served as an image classifier: add an [image] table")
+    if config.image is not None and not labels:
+        raise _Refused("an image classifier needs its class names: set labels = '<file>'")
+    inputs = tuple(_spec(t, batched) for t in config.inputs)
+    outputs = tuple(_spec(t, batched) for t in config.outputs)
+    image = None
+    if config.image is not None:
+        image = ImageInput(
+            size=config.image.size,
+            fit=config.image.fit,
+            layout=config.image.layout,
+            dtype=config.image.dtype,
+            resize=config.image.resize or config.image.size,
+            mean=config.image.mean,
+            std=config.image.std,
+        )
+    return ModelRecord(
+        name=name,
+        kind=f"{platform}-classifier" if image is not None else platform,
+        source=ModelSource(SourceKind.FOLDER, str(path)),
+        policy=BatchPolicy(
+            slots=config.instances,
+            max_batch=max(1, config.max_batch_size),
+            max_delay_s=config.max_queue_delay_ms / 1000,
+            max_queue=config.max_queue,
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        labels=labels,
+        version=version,
+        image=image,
+        logits=config.image.logits if config.image is not None else True,
+        threads=config.threads,
+        batched=batched,
+        warmup=_warmup(config, inputs) if config.warmup is not None else None,
+    )
+
+
+def _model_file(folder: Path, file_name: str, wanted: int | None) -> tuple[str, Path]:
+    versions = {int(p.name): p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
+    if wanted is not None:
+        if wanted not in versions:
+            raise _Refused(f"version {wanted} has no folder; found {sorted(versions) or 'none'}")
+        candidates = {wanted: versions[wanted]}
+    else:
+        candidates = versions
+    for number in sorted(candidates, reverse=True):
+        path = candidates[number] / file_name
+        if path.is_file():
+            return str(number), path
+    if wanted is None and (folder / file_name).is_file():
+        return "1", folder / file_name
+    where = f"version {wanted}" if wanted is not None else "its folder or a version folder"
+    raise _Refused(f"no {file_name} in {where}")
+
+
+def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:
+    if file_name is None:
+        return ()
+    path = (folder / file_name).resolve()
+    if folder.resolve() not in path.parents:
+        raise _Refused("labels must name a file inside the model's folder")
+    if not path.is_file():
+        raise _Refused(f"labels file {file_name!r} is missing")
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return tuple(name for name in names if name)
+
+
+def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
+    shape = (-1, *tensor.dims) if batched else tuple(tensor.dims)
+    return TensorSpec(tensor.name, tensor.datatype, shape)
+
+
+def _warmup(config: RepositoryConfig, inputs: tuple[TensorSpec, ...]) -> dict[str, Any]:
+    """The warm-up request: the config's own inputs, or zeros with every variable dim as 1."""
+    given = config.warmup.inputs if config.warmup is not None else None
+    if given is None:
+        if not inputs:
+            raise _Refused("warm-up without [warmup] inputs needs the inputs declared")
+        return {s.name: np.zeros([max(d, 1) for d in s.shape], s.dtype) for s in inputs}
+    specs = {s.name: s for s in inputs}
+    request: dict[str, Any] = {}
+    for name, data in given.items():
+        spec = specs.get(name)
+        request[name] = np.asarray(data, dtype=spec.dtype if spec is not None else None)
+    return request
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        parts.append(f"{where}: {problem['msg']}")
+    return "; ".join(parts)
