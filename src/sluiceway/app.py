@@ -10,13 +10,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sluiceway import __version__
-from sluiceway.api import captions, classifiers, errors, kiosk, ops, predict, root, web
+from sluiceway.api import (
+    captions,
+    classifiers,
+    errors,
+    kiosk,
+    ops,
+    predict,
+    repository,
+    root,
+    web,
+)
 from sluiceway.api.context import RequestContext
 from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
+from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.redis_dispatch import RedisDispatcher
@@ -34,17 +45,20 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
         dispatcher = LocalDispatcher(build_kinds(settings), budget, metrics)
+    registry = ModelRegistry(dispatcher, settings)
     services = Services(
         settings=settings,
         dispatcher=dispatcher,
         metrics=metrics,
-        images=ImageClassifiers(dispatcher, settings),
+        images=ImageClassifiers(dispatcher, settings, registry.image_inputs),
+        registry=registry,
     )
     fetcher = ImageFetcher.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await services.dispatcher.start()
+        await services.registry.start()
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise rescan it while requests wait (a latency tail).
         gc.collect()
@@ -65,6 +79,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.router.routes.extend(kiosk.routes)
     app.include_router(root.router)
     app.include_router(predict.router)
+    app.include_router(repository.router)
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)

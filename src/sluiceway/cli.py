@@ -1,4 +1,4 @@
-"""Command line: ``sluiceway serve`` (and, as they land, ``worker``, ``classify``)."""
+"""Command line: ``sluiceway serve``, ``worker``, ``classify`` and ``models``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -22,6 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[f"SLUICEWAY_{name.upper()}"] = str(value)
     if args.broker is not None:
         os.environ["SLUICEWAY_BROKER_URL"] = args.broker
+    if args.model_repository is not None:
+        os.environ["SLUICEWAY_MODEL_REPOSITORY"] = args.model_repository
     settings = Settings()
     logs.configure(settings.log_level)
     uvicorn.run(
@@ -74,6 +77,44 @@ def _classify(args: argparse.Namespace) -> int:
     return classify.run(args.urls, args.k, settings)
 
 
+def _models(args: argparse.Namespace) -> int:
+    """``sluiceway models list|load|unload``: a running server's models, for operators."""
+    import httpx
+
+    base = args.url.rstrip("/")
+    token = args.token or os.environ.get("SLUICEWAY_ADMIN_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(timeout=args.timeout, headers=headers) as http:
+            if args.action == "list":
+                response = http.get(f"{base}/v1/models")
+            else:
+                if not args.name:
+                    print(f"sluiceway models {args.action}: name a model", file=sys.stderr)
+                    return 2
+                response = http.post(f"{base}/v2/repository/models/{args.name}/{args.action}")
+    except httpx.HTTPError as error:
+        print(f"sluiceway models: {base} cannot be reached: {error}", file=sys.stderr)
+        return 1
+    if response.is_error:
+        print(
+            f"sluiceway models {args.action}: {response.status_code} {response.text}",
+            file=sys.stderr,
+        )
+        return 1
+    body: dict[str, Any] = response.json()
+    if args.action == "list":
+        for model in body["models"]:
+            reason = f"  ({model['reason']})" if model.get("reason") else ""
+            print(
+                f"{model['name']:<24} {model['version']:<4} {model['state']:<12}"
+                f" {model.get('kind', '')}{reason}"
+            )
+    else:
+        print(f"{body['name']} version {body['version']}: {body['state']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sluiceway`` argument parser."""
     parser = argparse.ArgumentParser(prog="sluiceway", description=__doc__)
@@ -84,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
     serve.add_argument("--broker", help="redis://HOST:PORT/DB: run as an API node of split mode")
+    serve.add_argument("--model-repository", help="a folder of your own models to serve")
     serve.set_defaults(run=_serve)
     worker = commands.add_parser("worker", help="run a model worker of split mode (over Redis)")
     worker.add_argument("--broker", help="redis://HOST:PORT/DB (or SLUICEWAY_BROKER_URL)")
@@ -103,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("-v", "--verbose", action="store_true", help="DEBUG logging")
     classify.set_defaults(run=_classify)
+    models = commands.add_parser("models", help="list, load or unload a running server's models")
+    models.add_argument("action", choices=("list", "load", "unload"))
+    models.add_argument("name", nargs="?", help="the model to load or unload")
+    models.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    models.add_argument("--token", help="the admin token (default: $SLUICEWAY_ADMIN_TOKEN)")
+    models.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (loads)")
+    models.set_defaults(run=_models)
     return parser
 
 

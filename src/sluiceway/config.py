@@ -5,7 +5,7 @@ The defaults run on one machine with nothing else installed.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="a request's deadline")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
     model_cache_budget_mb: float = Field(1024.0, gt=0, description="LRU budget for loaded models")
+    model_repository: str | None = Field(
+        None, description="a folder of your own models to serve (README: Serve your own model)"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token to load and unload models at runtime; unset = off"
+    )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
     knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")

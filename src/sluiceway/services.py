@@ -1,4 +1,4 @@
-"""What the edge is handed at start-up: settings, the dispatcher, metrics, image classifiers."""
+"""What the edge is handed at start-up: settings, dispatcher, metrics, models, image path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from sluiceway.config import Settings
 from sluiceway.image_classifiers import ImageClassifiers
+from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.dispatch import Dispatcher
 from sluiceway.runtime.metrics import Metrics
 
@@ -20,6 +21,7 @@ class Services:
     dispatcher: Dispatcher
     metrics: Metrics
     images: ImageClassifiers
+    registry: ModelRegistry
 
 
 def services_of(request: Request) -> Services:

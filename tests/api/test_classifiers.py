@@ -33,10 +33,16 @@ async def http(photos_server: FileServer, tmp_path: Path) -> AsyncIterator[httpx
         yield client
 
 
-async def test_lists_the_image_classifiers(http: httpx.AsyncClient) -> None:
-    models = (await http.get("/v1/models")).json()["models"]
-    assert [model["name"] for model in models] == ["birds", "imagenet"]
-    assert models[0]["input"] == {"size": 224, "layout": "NHWC", "dtype": "uint8"}
+async def test_the_model_list_shows_the_image_classifiers_and_their_inputs(
+    http: httpx.AsyncClient,
+) -> None:
+    models = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
+    assert sorted(models) == ["birds", "caption", "imagenet", "knn"]
+    classifiers = sorted(name for name, model in models.items() if "classify" in model)
+    assert classifiers == ["birds", "imagenet"]
+    assert models["birds"]["image"] == {"size": 224, "layout": "NHWC", "dtype": "uint8"}
+    assert models["imagenet"]["classify"] == "/v1/models/imagenet/classify"
+    assert models["imagenet"]["state"] == "READY" and models["imagenet"]["builtin"] is True
 
 
 async def test_classifies_base64_and_data_urls(http: httpx.AsyncClient) -> None:

@@ -1,7 +1,7 @@
 """Image classifiers over HTTP, the native JSON API (images go the one way of
 ``image_classifiers.py``, as from every other contract).
 
-- ``GET /v1/models``: the image classifiers this server runs and their inputs.
+- ``GET /v1/models`` (``api/repository.py``) lists them with every other model.
 - ``POST /v1/models/{model}/classify`` with ``{"images": [base64 or data URL, ...], "k": 5}`` →
   ``{"model": name, "results": [{"predictions": [{"label", "score"}, ...]} | {"error": why}]}``;
   one bad image gets its own ``error`` and never fails the others.
@@ -32,24 +32,6 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     images: Annotated[list[StrictStr], Field(min_length=1)]
     k: StrictInt = 5
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> Response:
-    """The image classifiers served here and the input each expects."""
-    images = services_of(request).images
-    models = []
-    for name in images.names():
-        spec = images.input_of(name)
-        models.append(
-            {
-                "name": name,
-                "task": "image-classification",
-                "input": {"size": spec.size, "layout": spec.layout, "dtype": spec.dtype},
-                "classify": f"/v1/models/{name}/classify",
-            }
-        )
-    return Response(orjson.dumps({"models": models}), media_type="application/json")
 
 
 @router.post("/v1/models/{model}/classify")

@@ -11,9 +11,11 @@ from starlette.responses import JSONResponse, Response
 from sluiceway.runtime.errors import (
     BadInput,
     DeadlineExceeded,
+    ModelControlError,
     ModelUnavailable,
     Overloaded,
     SluicewayError,
+    UnknownModel,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ class ErrorResponses:
             return _reply(error.status, error)
         if isinstance(error, BadInput):
             return _reply(400, error)
+        if isinstance(error, UnknownModel):
+            return _reply(404, error)
+        if isinstance(error, ModelControlError):
+            return _reply(409, error)
         if isinstance(error, Overloaded):
             return _reply(503, error, self._retry)
         if isinstance(error, ModelUnavailable):

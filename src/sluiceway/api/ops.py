@@ -19,10 +19,19 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: the dispatcher can take work now."""
-    dispatcher = services_of(request).dispatcher
+    """Ready: the dispatcher can take work now. Each model's own state is listed beside."""
+    services = services_of(request)
+    dispatcher = services.dispatcher
     ready = dispatcher.ready()
-    body = {"status": "ready" if ready else "not ready", "models": dispatcher.models()}
+    states = {
+        entry.name: {"state": entry.state, **({"reason": entry.reason} if entry.reason else {})}
+        for entry in services.registry.entries()
+    }
+    body = {
+        "status": "ready" if ready else "not ready",
+        "models": dispatcher.models(),
+        "model_states": states,
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -48,6 +48,15 @@ class ModelCache(Generic[M]):
         """Bytes held by the loaded models, as they report it."""
         return sum(model.nbytes for _, model in self._ready.values())
 
+    def discard(self, key: str) -> None:
+        """Forget the model cached under ``key`` (it is no longer served)."""
+        self._ready.pop(key, None)
+
+    def discard_prefix(self, prefix: str) -> None:
+        """Forget every model whose key starts with ``prefix`` (an unloaded model's)."""
+        for key in [key for key in self._ready if key.startswith(prefix)]:
+            del self._ready[key]
+
     async def get_or_load(self, model: str, key: str, load: Callable[[], Awaitable[M]]) -> M:
         """Return the model cached under ``key``, loading it once if it is missing."""
         hit = self._ready.get(key)

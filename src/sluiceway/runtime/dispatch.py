@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sluiceway.models.base import Model, ModelKind
 from sluiceway.runtime.batcher import Lane
@@ -40,16 +40,35 @@ class Dispatcher(Protocol):
         """Run one job before its deadline; raise a ``SluicewayError`` subclass if it cannot."""
 
 
+@runtime_checkable
+class ModelHost(Protocol):
+    """A dispatcher whose models can be installed and removed while it runs."""
+
+    async def install(self, kind: ModelKind, warmup: Any | None = None) -> None:
+        """Load ``kind``'s model, run ``warmup`` through it, then serve it (replacing any
+        model of the same name once that one's accepted work is done)."""
+
+    async def uninstall(self, model: str) -> None:
+        """Stop admitting ``model``'s jobs, finish the accepted ones, free its memory."""
+
+    def load_error(self, model: str) -> str | None:
+        """Why ``model``'s last load failed, or ``None`` if it did not."""
+
+
 class LocalDispatcher:
     """Runs jobs on this process's batchers and model cache."""
 
     def __init__(self, kinds: Iterable[ModelKind], cache_budget_bytes: int, metrics: Metrics):
+        self._metrics = metrics
         self._kinds = {kind.name: kind for kind in kinds}
         self._cache: ModelCache[Model] = ModelCache(cache_budget_bytes, metrics)
         self._lanes = {
             name: Lane(name, kind.policy, self._resolve, metrics)
             for name, kind in self._kinds.items()
         }
+        # A reinstalled model gets a new generation, so its cache keys never meet the old one's.
+        self._generations: dict[str, int] = dict.fromkeys(self._kinds, 0)
+        self._load_errors: dict[str, str] = {}
         self._closing = False
 
     @property
@@ -97,13 +116,64 @@ class LocalDispatcher:
             raise ModelUnavailable("shutting down")
         return lane.submit(job)
 
+    async def install(self, kind: ModelKind, warmup: Any | None = None) -> None:
+        """Load ``kind``'s model (``spec`` ``None``), warm it, then route its jobs to it.
+
+        The model is loaded and warmed before any request can reach it; a model it replaces
+        stops admitting at once and finishes its accepted jobs before its memory is freed.
+        """
+        name = kind.name
+        generation = self._generations.get(name, 0) + 1
+        key = _cache_key(name, generation, "")
+        model = await self._cache.get_or_load(name, key, lambda: kind.load(None))
+        if warmup is not None:
+            (result,) = await model.infer([warmup])
+            if isinstance(result, Exception):
+                self._cache.discard(key)
+                raise ModelUnavailable(f"{name}: the warm-up request failed: {result}")
+        old_lane, old_generation = self._lanes.get(name), self._generations.get(name)
+        self._kinds[name] = kind
+        self._lanes[name] = Lane(name, kind.policy, self._resolve, self._metrics)
+        self._generations[name] = generation
+        self._load_errors.pop(name, None)
+        if old_lane is not None and old_generation is not None:
+            await old_lane.drain()
+            self._cache.discard_prefix(_cache_key(name, old_generation, ""))
+
+    async def uninstall(self, model: str) -> None:
+        """Stop routing ``model``'s jobs, wait for its accepted ones, drop it from the cache."""
+        lane = self._lanes.pop(model, None)
+        self._kinds.pop(model, None)
+        generation = self._generations.pop(model, None)
+        if lane is not None:
+            await lane.drain()
+        if generation is not None:
+            self._cache.discard_prefix(_cache_key(model, generation, ""))
+
+    def load_error(self, model: str) -> str | None:
+        """Why ``model``'s last load failed (cleared by the next success), or ``None``."""
+        return self._load_errors.get(model)
+
     async def _resolve(self, job: Job) -> Model:
         kind = self._kinds[job.model]
         lane = self._lanes[job.model]
+        # Jobs without a spec share the model's one instance, whatever key batches them.
+        model_key = job.key if job.spec is not None else ""
+        key = _cache_key(kind.name, self._generations[job.model], model_key)
 
         async def load() -> Model:
             # A load or fit is compute too: it holds a slot like a batch does.
             async with lane.slots:
-                return await kind.load(job.spec)
+                try:
+                    model = await kind.load(job.spec)
+                except Exception as error:
+                    self._load_errors[kind.name] = str(error)
+                    raise
+            self._load_errors.pop(kind.name, None)
+            return model
 
-        return await self._cache.get_or_load(kind.name, f"{kind.name}:{job.key}", load)
+        return await self._cache.get_or_load(kind.name, key, load)
+
+
+def _cache_key(model: str, generation: int, key: str) -> str:
+    return f"{model}#{generation}:{key}"

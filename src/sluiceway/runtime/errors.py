@@ -21,3 +21,11 @@ class DeadlineExceeded(SluicewayError):
 
 class ModelUnavailable(SluicewayError):
     """The model is unknown, failed to load, or its backend is unreachable."""
+
+
+class UnknownModel(SluicewayError):
+    """No model of that name is served or in the repository."""
+
+
+class ModelControlError(SluicewayError):
+    """A load or unload that cannot be done as asked; the message says why."""

@@ -13,8 +13,9 @@ class Job:
     """One input for one model, with the key that decides what it may be batched with.
 
     ``key`` groups jobs that can share a model call (a restaurant's training-set hash for the
-    kiosk KNN, ``""`` for a shared model); ``spec`` is what the model is loaded or fitted from
-    when it is not cached yet (the training rows), so any worker can build it.
+    kiosk KNN, the tensor shapes for a tensor model, ``""`` otherwise); ``spec`` is what a tenant
+    model is loaded or fitted from when it is not cached yet (the training rows), so any worker
+    can build it. Jobs without a ``spec`` run on the model's one shared instance.
     ``deadline`` is wall-clock epoch seconds, so it means the same on every machine.
     """
 

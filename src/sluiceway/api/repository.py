@@ -1,0 +1,184 @@
+"""Models over HTTP: the list, the repository extension (load, unload) and tensor inference.
+
+- ``GET /v1/models``: every model, built-in or from the repository, with its state (``READY``,
+  ``LOADING``, ``UNLOADING``, ``UNAVAILABLE`` and why), kind, version, tensors and endpoints.
+- ``POST /v2/repository/index``: Triton's and KServe's repository index (``{"ready": true}``
+  lists only ready models).
+- ``POST /v2/repository/models/{name}/load`` and ``.../unload``: need
+  ``Authorization: Bearer <SLUICEWAY_ADMIN_TOKEN>``; with no token set they answer 403 saying how
+  to turn them on. A load answers once the model is ready (or why it is not); an unload once the
+  model's accepted requests are answered.
+- ``POST /v1/models/{name}/infer`` with ``{"inputs": {"<name>": nested lists}}`` →
+  ``{"model", "version", "outputs": {"<name>": nested lists}}`` for tensor models; requests of
+  the same shapes share one model call.
+
+The ``/v2`` routes answer errors as ``{"error": "..."}``, as the protocol does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from sluiceway.api.bodies import read_body
+from sluiceway.api.deadlines import deadline_of
+from sluiceway.api.errors import RequestError
+from sluiceway.models.tensors import TensorRequest, shape_key
+from sluiceway.registry import ModelEntry, ModelRegistry, ModelState
+from sluiceway.runtime.errors import BadInput, ModelControlError, UnknownModel
+from sluiceway.runtime.jobs import Job
+from sluiceway.services import services_of
+
+router = APIRouter(tags=["models"])
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    """The model registry of the app serving ``request``."""
+    return services_of(request).registry
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """Every model served here, its state and how to call it."""
+    entries = registry_of(request).entries()
+    body = {"models": [entry.as_json() for entry in entries]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post("/v2/repository/index")
+async def repository_index(request: Request) -> Response:
+    """The repository extension's index: name, version, state and reason of every model."""
+    body = await read_body(request, 64 * 1024)
+    ready_only = False
+    if body.strip():
+        try:
+            options = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, 'the body must be JSON, for example {"ready": true}')
+        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+            return _error(400, "'ready' must be true or false")
+        ready_only = options.get("ready", False)
+    index = [
+        _index_entry(entry)
+        for entry in registry_of(request).entries()
+        if not ready_only or entry.state is ModelState.READY
+    ]
+    return Response(orjson.dumps(index), media_type="application/json")
+
+
+@router.post("/v2/repository/models/{name}/load")
+async def load_model(name: str, request: Request) -> Response:
+    """Load (or reload, from its folder as it is now) one repository model."""
+    registry = registry_of(request)
+    return await _control(request, lambda: registry.load(name))
+
+
+@router.post("/v2/repository/models/{name}/unload")
+async def unload_model(name: str, request: Request) -> Response:
+    """Stop serving one repository model once its accepted requests are answered."""
+    registry = registry_of(request)
+    return await _control(request, lambda: registry.unload(name))
+
+
+@router.post("/v1/models/{name}/infer")
+async def infer(name: str, request: Request) -> Response:
+    """Run a tensor model on named inputs; answer its named outputs."""
+    services = services_of(request)
+    record = services.registry.ready_record(name)
+    if not record.takes_tensors:
+        hint = f"; send pictures to /v1/models/{name}/classify" if record.image else ""
+        raise RequestError(400, f"{name!r} is a {record.kind} model and takes no tensors{hint}")
+    body = await read_body(request, services.settings.max_body_bytes)
+    tensors = _tensors(body, record.inputs)
+    job = Job(
+        model=name,
+        payload=tensors,
+        key=shape_key(tensors),
+        deadline=deadline_of(request, services.settings.request_timeout_s),
+    )
+    outputs: dict[str, Any] = await services.dispatcher.submit(job)
+    answer = {
+        "model": name,
+        "version": record.version,
+        "outputs": {key: np.asarray(value).tolist() for key, value in outputs.items()},
+    }
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def _tensors(body: bytes, inputs: tuple[Any, ...]) -> TensorRequest:
+    """The request's inputs as arrays of the model's types; 400 naming what does not fit."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise RequestError(400, f"the body is not JSON: {error}") from None
+    given = parsed.get("inputs") if isinstance(parsed, dict) else None
+    if not isinstance(given, dict):
+        raise RequestError(400, 'send {"inputs": {"<input name>": [[...], ...]}}')
+    names = [spec.name for spec in inputs]
+    unknown = sorted(set(given) - set(names))
+    missing = [name for name in names if name not in given]
+    if unknown or missing:
+        problem = f"unknown inputs {unknown}" if unknown else f"missing inputs {missing}"
+        raise RequestError(400, f"{problem}; the model takes {names}")
+    tensors: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        try:
+            array = np.asarray(given[spec.name], dtype=spec.dtype)
+        except (ValueError, TypeError, OverflowError):
+            raise BadInput(
+                f"input {spec.name!r} is not a rectangular array of {spec.datatype} values"
+            ) from None
+        tensors[spec.name] = spec.check(array)
+    return tensors
+
+
+async def _control(request: Request, action: Callable[[], Awaitable[ModelEntry]]) -> Response:
+    denied = _denied(request)
+    if denied is not None:
+        return denied
+    try:
+        entry = await action()
+    except UnknownModel as error:
+        return _error(404, str(error))
+    except ModelControlError as error:
+        return _error(409, str(error))
+    if entry.state is ModelState.UNAVAILABLE and entry.reason != "unloaded":
+        return _error(400, f"{entry.name} did not load: {entry.reason}")
+    return Response(orjson.dumps(_index_entry(entry)), media_type="application/json")
+
+
+def _denied(request: Request) -> Response | None:
+    """403 while model control is off, 401 without the right bearer token, else ``None``."""
+    token = services_of(request).settings.admin_token
+    if token is None:
+        return _error(
+            403,
+            "loading and unloading models is off: set SLUICEWAY_ADMIN_TOKEN on the server and "
+            "send 'Authorization: Bearer <token>'",
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        response = _error(401, "send 'Authorization: Bearer <SLUICEWAY_ADMIN_TOKEN>'")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sluiceway models"'
+        return response
+    return None
+
+
+def _index_entry(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "state": entry.state,
+        "reason": entry.reason,
+    }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,272 @@
+"""Every model this process serves, with its state: the built-ins and the repository's.
+
+The registry holds one ``ModelEntry`` per name. Built-in models are served from start-up;
+repository models are read from their folder and loaded at start-up and on demand, and can be
+unloaded and reloaded while the server runs (through a ``ModelHost`` dispatcher). A load is
+single-flight per name and never blocks other models' requests: the model is loaded and warmed
+beside the running ones and only then routed to. An unload stops admitting at once and finishes
+the accepted work first.
+
+States follow Triton's repository extension: ``READY``, ``LOADING``, ``UNLOADING``,
+``UNAVAILABLE`` (with a reason: a broken config, a failed load, or unloaded by an operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sluiceway.config import Settings
+from sluiceway.inputs.pixels import ImageInput
+from sluiceway.kinds import builtin_records, kind_of
+from sluiceway.models.records import ModelRecord
+from sluiceway.models.tensors import TensorSpec
+from sluiceway.repository import BrokenModel, read_model, scan
+from sluiceway.runtime.dispatch import Dispatcher, ModelHost
+from sluiceway.runtime.errors import (
+    ModelControlError,
+    ModelUnavailable,
+    SluicewayError,
+    UnknownModel,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ModelState(enum.StrEnum):
+    """Where a model is in its life, in the repository extension's words."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """One model's record (when it could be read), state and why it is not ready."""
+
+    name: str
+    record: ModelRecord | None
+    state: ModelState
+    reason: str = ""
+
+    @property
+    def version(self) -> str:
+        return self.record.version if self.record is not None else ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The model-list entry (``GET /v1/models``)."""
+        record = self.record
+        body: dict[str, Any] = {"name": self.name, "version": self.version, "state": self.state}
+        if self.reason:
+            body["reason"] = self.reason
+        if record is not None:
+            body["kind"] = record.kind
+            body["builtin"] = record.builtin
+            body["inputs"] = [_tensor(spec) for spec in record.inputs]
+            body["outputs"] = [_tensor(spec) for spec in record.outputs]
+            if record.image is not None:
+                body["classify"] = f"/v1/models/{self.name}/classify"
+                body["image"] = {
+                    "size": record.image.size,
+                    "layout": record.image.layout,
+                    "dtype": record.image.dtype,
+                }
+            if record.takes_tensors:
+                body["infer"] = f"/v1/models/{self.name}/infer"
+        return body
+
+
+class ModelRegistry:
+    """The models of one process and their states; loads and unloads repository models."""
+
+    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self.repository = (
+            Path(settings.model_repository).expanduser() if settings.model_repository else None
+        )
+        served = set(dispatcher.models())
+        self._entries: dict[str, ModelEntry] = {
+            record.name: ModelEntry(record.name, record, ModelState.READY)
+            for record in builtin_records(settings)
+            if record.name in served
+        }
+        self._image_inputs: dict[str, ImageInput] = {}
+        for entry in self._entries.values():
+            self._publish(entry)
+        self._busy: dict[str, asyncio.Task[ModelEntry]] = {}
+
+    @property
+    def image_inputs(self) -> Mapping[str, ImageInput]:
+        """What each ready image classifier takes, kept current as models load and unload."""
+        return self._image_inputs
+
+    @property
+    def controllable(self) -> bool:
+        """Whether models can be loaded and unloaded here (not yet on split-mode API nodes)."""
+        return isinstance(self._dispatcher, ModelHost)
+
+    async def start(self) -> None:
+        """Load every repository model; a broken one is listed as unavailable, with its reason."""
+        if self.repository is None:
+            return
+        names = []
+        for found in scan(self.repository):
+            if isinstance(found, BrokenModel):
+                self._entries[found.name] = ModelEntry(
+                    found.name, None, ModelState.UNAVAILABLE, found.reason
+                )
+            elif found.name in self._builtin_names():
+                self._entries[found.name] = ModelEntry(
+                    found.name, None, ModelState.UNAVAILABLE, "the name of a built-in model"
+                )
+            else:
+                names.append(found.name)
+        if not self.controllable:
+            for name in names:
+                self._entries[name] = ModelEntry(
+                    name,
+                    None,
+                    ModelState.UNAVAILABLE,
+                    "split mode does not serve repository models yet",
+                )
+            return
+        await asyncio.gather(*(self._load_quietly(name) for name in names))
+
+    def entries(self) -> list[ModelEntry]:
+        """Every model, by name."""
+        return [self.entry(name) for name in sorted(self._entries)]
+
+    def entry(self, name: str) -> ModelEntry:
+        """One model's entry; ``UnknownModel`` if there is none of that name.
+
+        A ready model whose last load failed (the birds model offline, a repository file gone
+        after an eviction) shows as unavailable with the error, until a load succeeds.
+        """
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UnknownModel(f"no model named {name!r}; known: {sorted(self._entries)}")
+        error = self._load_error(name) if entry.state is ModelState.READY else None
+        if error:
+            return ModelEntry(name, entry.record, ModelState.UNAVAILABLE, error)
+        return entry
+
+    def ready_record(self, name: str) -> ModelRecord:
+        """The record of a model that can take requests now; why not, otherwise."""
+        entry = self.entry(name)
+        if entry.state is not ModelState.READY or entry.record is None:
+            reason = f": {entry.reason}" if entry.reason else ""
+            raise ModelUnavailable(f"model {name!r} is {entry.state.lower()}{reason}")
+        return entry.record
+
+    async def load(self, name: str) -> ModelEntry:
+        """Read ``name``'s folder again and (re)load it; the running version serves meanwhile."""
+        return await self._single_flight(name, self._load)
+
+    async def unload(self, name: str) -> ModelEntry:
+        """Stop serving ``name`` once its accepted requests are answered."""
+        return await self._single_flight(name, self._unload)
+
+    async def _single_flight(self, name: str, action: Any) -> ModelEntry:
+        self._check_controllable(name)
+        task = self._busy.get(name)
+        if task is None:
+            task = asyncio.create_task(action(name), name=f"model control {name}")
+            self._busy[name] = task
+            task.add_done_callback(lambda _: self._busy.pop(name, None))
+        # Shielded: an operator's client that hangs up must not cancel a load half-way.
+        return await asyncio.shield(task)
+
+    def _check_controllable(self, name: str) -> None:
+        if name in self._builtin_names():
+            raise ModelControlError(f"{name!r} is a built-in model: it is always served")
+        if self.repository is None:
+            raise ModelControlError(
+                "no model repository: start with SLUICEWAY_MODEL_REPOSITORY=<folder>"
+            )
+        if not self.controllable:
+            raise ModelControlError("split-mode API nodes cannot load models yet")
+
+    async def _load(self, name: str) -> ModelEntry:
+        assert self.repository is not None
+        folder = self.repository / name
+        if not folder.is_dir():
+            raise UnknownModel(f"no folder {name!r} in the model repository")
+        current = self._entries.get(name)
+        found = read_model(folder)
+        if isinstance(found, BrokenModel):
+            return self._failed(name, current, found.reason)
+        if current is None or current.state is not ModelState.READY:
+            self._entries[name] = ModelEntry(name, found, ModelState.LOADING)
+        host = self._host()
+        try:
+            kind = kind_of(found, self._settings)
+            await host.install(kind, found.warmup)
+        except SluicewayError as error:
+            return self._failed(name, current, str(error))
+        entry = ModelEntry(name, found, ModelState.READY)
+        self._entries[name] = entry
+        self._publish(entry)
+        logger.info("model %s version %s is ready", name, found.version)
+        return entry
+
+    def _failed(self, name: str, current: ModelEntry | None, reason: str) -> ModelEntry:
+        """A failed (re)load: a version already serving keeps serving; say why either way."""
+        logger.warning("model %s did not load: %s", name, reason)
+        if current is not None and current.state is ModelState.READY:
+            raise ModelControlError(
+                f"{name}: the new version did not load ({reason}); "
+                f"version {current.version} still serves"
+            )
+        entry = ModelEntry(name, None, ModelState.UNAVAILABLE, reason)
+        self._entries[name] = entry
+        return entry
+
+    async def _unload(self, name: str) -> ModelEntry:
+        entry = self.entry(name)
+        if entry.state is not ModelState.READY:
+            return entry
+        entry.state = ModelState.UNLOADING
+        self._image_inputs.pop(name, None)
+        await self._host().uninstall(name)
+        entry = ModelEntry(name, entry.record, ModelState.UNAVAILABLE, "unloaded")
+        self._entries[name] = entry
+        logger.info("model %s unloaded", name)
+        return entry
+
+    async def _load_quietly(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except SluicewayError as error:
+            logger.warning("model %s did not load: %s", name, error)
+
+    def _publish(self, entry: ModelEntry) -> None:
+        if entry.record is not None and entry.record.image is not None:
+            self._image_inputs[entry.name] = entry.record.image
+
+    def _builtin_names(self) -> set[str]:
+        return {
+            name
+            for name, entry in self._entries.items()
+            if entry.record is not None and entry.record.builtin
+        }
+
+    def _host(self) -> ModelHost:
+        assert isinstance(self._dispatcher, ModelHost)
+        return self._dispatcher
+
+    def _load_error(self, name: str) -> str | None:
+        if isinstance(self._dispatcher, ModelHost):
+            return self._dispatcher.load_error(name)
+        return None
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
