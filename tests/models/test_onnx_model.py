@@ -1,0 +1,97 @@
+"""The generic ONNX kind: named tensors in and out, requests batched into one call."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sluiceway.models.base import BatchPolicy
+from sluiceway.models.onnx_model import OnnxModel, OnnxModelKind
+from sluiceway.models.tensors import TensorSpec, shape_key
+from sluiceway.runtime.errors import BadInput, ModelUnavailable
+from tests.fixtures.onnx_models import linear_model
+
+POLICY = BatchPolicy(slots=1, max_batch=8)
+
+
+@pytest.fixture
+def weights_and_path(tmp_path: Path) -> tuple[np.ndarray, Path]:
+    path = tmp_path / "model.onnx"
+    return linear_model(path), path
+
+
+async def load(path: Path, **options: object) -> OnnxModel:
+    return await OnnxModelKind("linear", POLICY, path=path, **options).load(None)  # type: ignore[arg-type]
+
+
+async def test_requests_share_one_call_and_get_their_own_rows(
+    weights_and_path: tuple[np.ndarray, Path],
+) -> None:
+    weights, path = weights_and_path
+    model = await load(path)
+    rng = np.random.default_rng(1)
+    requests = [{"x": rng.normal(size=(n, 4)).astype(np.float32)} for n in (1, 3, 2)]
+    results = await model.infer(requests)
+    for request, result in zip(requests, results, strict=True):
+        expected = request["x"] @ weights[:4] + weights[4]
+        assert result["y"].shape == expected.shape
+        np.testing.assert_allclose(result["y"], expected, rtol=1e-5)
+
+
+async def test_a_malformed_request_fails_alone(weights_and_path: tuple[np.ndarray, Path]) -> None:
+    _, path = weights_and_path
+    model = await load(path)
+    good = {"x": np.ones((2, 4), np.float32)}
+    results = await model.infer([good, {"x": np.ones((2, 5), np.float32)}, {"z": 1}, good])
+    assert isinstance(results[1], BadInput) and "dimension 1" in str(results[1])
+    assert isinstance(results[2], BadInput) and "missing ['x']" in str(results[2])
+    assert results[0]["y"].shape == (2, 3) and results[3]["y"].shape == (2, 3)
+
+
+async def test_integers_are_taken_as_the_declared_floats(
+    weights_and_path: tuple[np.ndarray, Path],
+) -> None:
+    _, path = weights_and_path
+    model = await load(path)
+    (result,) = await model.infer([{"x": np.arange(8).reshape(2, 4)}])
+    assert result["y"].dtype == np.float32
+
+
+async def test_tensors_are_read_from_the_file_when_not_declared(
+    weights_and_path: tuple[np.ndarray, Path],
+) -> None:
+    _, path = weights_and_path
+    model = await load(path)
+    assert model.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert model.outputs == (TensorSpec("y", "FP32", (-1, 3)),)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ((TensorSpec("input", "FP32", (-1, 4)),), "declares input 'input'; the file has ['x']"),
+        ((TensorSpec("x", "INT64", (-1, 4)),), "'x' is FP32 in the file, INT64 in the config"),
+    ],
+)
+async def test_a_config_that_does_not_match_the_file_is_refused(
+    weights_and_path: tuple[np.ndarray, Path], inputs: tuple[TensorSpec, ...], message: str
+) -> None:
+    _, path = weights_and_path
+    with pytest.raises(ModelUnavailable, match=re.escape(message)):
+        await load(path, inputs=inputs)
+
+
+async def test_a_file_that_is_not_onnx_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelUnavailable, match=r"model\.onnx cannot be loaded"):
+        await load(path)
+
+
+def test_requests_of_other_shapes_are_batched_apart() -> None:
+    a = shape_key({"x": np.zeros((1, 4))})
+    assert a == shape_key({"x": np.zeros((7, 4))})
+    assert a != shape_key({"x": np.zeros((1, 5))})

@@ -1,0 +1,132 @@
+"""Reading a model repository folder: layouts, versions, and every way an entry can be broken."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sluiceway.models.records import SourceKind
+from sluiceway.models.tensors import TensorSpec
+from sluiceway.repository import BrokenModel, read_model, scan
+from tests.fixtures.onnx_models import linear_model, tiny_classifier
+
+LINEAR_CONFIG = """
+platform = "onnx"
+max_batch_size = 16
+max_queue_delay_ms = 2.5
+instances = 2
+max_queue = 100
+
+[[inputs]]
+name = "x"
+datatype = "FP32"
+dims = [4]
+
+[[outputs]]
+name = "y"
+datatype = "FP32"
+dims = [3]
+"""
+
+
+def add_model(root: Path, name: str, config: str, versions: tuple[int, ...] = ()) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(config)
+    if versions:
+        for version in versions:
+            linear_model(folder / str(version) / "model.onnx")
+    else:
+        linear_model(folder / "model.onnx")
+    return folder
+
+
+def test_a_model_with_its_config(tmp_path: Path) -> None:
+    add_model(tmp_path, "linear", LINEAR_CONFIG)
+    [record] = scan(tmp_path)
+    assert not isinstance(record, BrokenModel)
+    assert record.name == "linear" and record.kind == "onnx" and record.version == "1"
+    assert record.source.kind is SourceKind.FOLDER
+    assert Path(record.source.location) == tmp_path / "linear" / "model.onnx"
+    assert record.policy.slots == 2 and record.policy.max_batch == 16
+    assert record.policy.max_delay_s == 0.0025 and record.policy.max_queue == 100
+    assert record.inputs == (TensorSpec("x", "FP32", (-1, 4)),)  # the batch dimension added
+    assert record.outputs == (TensorSpec("y", "FP32", (-1, 3)),)
+    assert record.batched and record.warmup is None
+
+
+def test_the_highest_version_is_served_unless_one_is_named(tmp_path: Path) -> None:
+    add_model(tmp_path, "latest", LINEAR_CONFIG, versions=(1, 3, 2))
+    add_model(tmp_path, "pinned", "version = 2\n" + LINEAR_CONFIG, versions=(1, 2, 3))
+    latest, pinned = scan(tmp_path)
+    assert not isinstance(latest, BrokenModel) and latest.version == "3"
+    assert not isinstance(pinned, BrokenModel) and pinned.version == "2"
+    assert Path(pinned.source.location).parent.name == "2"
+
+
+def test_an_image_classifier_with_labels_and_preprocessing(tmp_path: Path) -> None:
+    folder = tmp_path / "colours"
+    tiny_classifier(folder / "1" / "model.onnx")
+    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
+    (folder / "config.toml").write_text(
+        'platform = "onnxruntime_onnx"\nlabels = "labels.txt"\n'
+        '[image]\nsize = 16\nfit = "stretch"\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n'
+    )
+    record = read_model(folder)
+    assert not isinstance(record, BrokenModel)
+    assert record.kind == "onnx-classifier" and record.labels == ("red", "green", "blue")
+    assert record.image is not None and record.image.shape == (3, 16, 16)
+
+
+def test_warmup_defaults_to_zeros_of_the_declared_inputs(tmp_path: Path) -> None:
+    folder = add_model(tmp_path, "warm", LINEAR_CONFIG + "\n[warmup]\n")
+    record = read_model(folder)
+    assert not isinstance(record, BrokenModel) and record.warmup is not None
+    np.testing.assert_array_equal(record.warmup["x"], np.zeros((1, 4), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (None, "no config.toml"),
+        ("platform = onnx", "not valid TOML"),
+        ('platform = "pytorch"', "platform 'pytorch' is not one of"),
+        ('platform = "onnx"\nmax_batch_size = -1', "max_batch_size: Input should be greater"),
+        ('platform = "onnx"\ninstances = "two"', "instances: Input should be a valid integer"),
+        ('platform = "onnx"\ncolour = "red"', "colour: Extra inputs are not permitted"),
+        ('platform = "onnx"\n[[inputs]]\nname = "x"\ndatatype = "FLOAT"\ndims = [4]', "datatype"),
+        ('platform = "onnx"\nversion = 7', "version 7 has no folder"),
+        ('platform = "tflite"', "no model.tflite"),
+        ('platform = "onnx"\n[image]\nsize = 16', "needs its class names"),
+        ('platform = "onnx"\nlabels = "missing.txt"', "labels file 'missing.txt' is missing"),
+        ('platform = "onnx"\nlabels = "../../etc/passwd"', "inside the model's folder"),
+        ('platform = "onnx"\n[warmup]', "needs the inputs declared"),
+    ],
+)
+def test_a_broken_entry_says_why_and_the_rest_are_served(
+    tmp_path: Path, config: str | None, reason: str
+) -> None:
+    add_model(tmp_path, "good", LINEAR_CONFIG)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    linear_model(broken / "model.onnx")
+    if config is not None:
+        (broken / "config.toml").write_text(config)
+    entries = {entry.name: entry for entry in scan(tmp_path)}
+    assert isinstance(entries["broken"], BrokenModel)
+    assert reason in entries["broken"].reason
+    assert not isinstance(entries["good"], BrokenModel)
+
+
+def test_folder_names_are_model_names_and_must_be_plain(tmp_path: Path) -> None:
+    add_model(tmp_path, "bad name!", LINEAR_CONFIG)
+    (tmp_path / ".hidden").mkdir()
+    [entry] = scan(tmp_path)
+    assert isinstance(entry, BrokenModel) and "letters, digits" in entry.reason
+
+
+def test_a_missing_repository_is_reported(tmp_path: Path) -> None:
+    [entry] = scan(tmp_path / "nowhere")
+    assert isinstance(entry, BrokenModel) and "is not a folder" in entry.reason
