@@ -22,6 +22,7 @@ import onnxruntime as ort
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
+from sluiceway.models.onnx_model import session_options
 from sluiceway.runtime.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -125,14 +126,9 @@ class OnnxClassifierKind(ModelKind):
         return await asyncio.to_thread(self._build)
 
     def _build(self) -> OnnxClassifier:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Spinning threads burn the core the other slot or the image decoder needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
+                str(self.path), session_options(self.threads), providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise ModelUnavailable(f"{self.name} model cannot be loaded: {error}") from error
