@@ -46,10 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import uvloop
 
-    from sluiceway.kinds import build_kinds
+    from sluiceway.kinds import served_kinds
     from sluiceway.runtime.worker import select_kinds, serve_until_signalled
 
-    for name, value in (("BROKER_URL", args.broker), ("WORKER_MODELS", args.models)):
+    for name, value in (
+        ("BROKER_URL", args.broker),
+        ("WORKER_MODELS", args.models),
+        ("MODEL_REPOSITORY", args.model_repository),
+    ):
         if value is not None:
             os.environ[f"SLUICEWAY_{name}"] = value
     settings = Settings()
@@ -58,7 +62,7 @@ def _worker(args: argparse.Namespace) -> int:
         print("sluiceway worker: give --broker redis://HOST:PORT/DB", file=sys.stderr)
         return 2
     try:
-        kinds = select_kinds(build_kinds(settings), settings.worker_models)
+        kinds = select_kinds(served_kinds(settings), settings.worker_models)
     except ValueError as error:
         print(f"sluiceway worker: {error}", file=sys.stderr)
         return 2
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a model worker of split mode (over Redis)")
     worker.add_argument("--broker", help="redis://HOST:PORT/DB (or SLUICEWAY_BROKER_URL)")
     worker.add_argument("--models", help="comma-separated models to serve (default: all)")
+    worker.add_argument("--model-repository", help="the folder of your own models (shared path)")
     worker.set_defaults(run=_worker)
     classify = commands.add_parser(
         "classify", help="print the top birds of each image URL (standalone, no server)"

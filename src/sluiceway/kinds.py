@@ -26,6 +26,7 @@ from sluiceway.models.onnx_model import OnnxModelKind
 from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.models.tflite_classifier import BIRDS_INPUT, TfliteClassifierKind
+from sluiceway.repository import scan
 from sluiceway.stores.artifacts import ArtifactStore
 
 KNN = "knn"
@@ -188,6 +189,23 @@ def kind_of(record: ModelRecord, settings: Settings, *, progress: bool = False) 
 def build_kinds(settings: Settings) -> list[ModelKind]:
     """Every built-in model kind: the kiosk KNN, the image classifiers and the captioner."""
     return [kind_of(record, settings) for record in builtin_records(settings)]
+
+
+def repository_kinds(settings: Settings) -> list[ModelKind]:
+    """The kinds of the repository's servable models (none without a repository).
+
+    Split-mode workers serve these beside the built-ins, loading each on its first job; an
+    embedded server loads them through the model registry instead (states, warm-up, control).
+    """
+    if not settings.model_repository:
+        return []
+    found = scan(Path(settings.model_repository).expanduser())
+    return [kind_of(record, settings) for record in found if isinstance(record, ModelRecord)]
+
+
+def served_kinds(settings: Settings) -> list[ModelKind]:
+    """What a split-mode worker serves: the built-ins and the repository's models."""
+    return [*build_kinds(settings), *repository_kinds(settings)]
 
 
 def image_kinds(settings: Settings, *, progress: bool = False) -> list[ModelKind]:

@@ -92,11 +92,13 @@ class ModelRegistry:
         self.repository = (
             Path(settings.model_repository).expanduser() if settings.model_repository else None
         )
+        # An embedded dispatcher serves what it was built with; a split-mode one learns from
+        # the live workers what they serve, which may change at any time.
         served = set(dispatcher.models())
         self._entries: dict[str, ModelEntry] = {
             record.name: ModelEntry(record.name, record, ModelState.READY)
             for record in builtin_records(settings)
-            if record.name in served
+            if record.name in served or not self.controllable
         }
         self._image_inputs: dict[str, ImageInput] = {}
         for entry in self._entries.values():
@@ -118,6 +120,7 @@ class ModelRegistry:
         if self.repository is None:
             return
         names = []
+        found_records = []
         for found in scan(self.repository):
             if isinstance(found, BrokenModel):
                 self._entries[found.name] = ModelEntry(
@@ -129,14 +132,13 @@ class ModelRegistry:
                 )
             else:
                 names.append(found.name)
+                found_records.append(found)
         if not self.controllable:
-            for name in names:
-                self._entries[name] = ModelEntry(
-                    name,
-                    None,
-                    ModelState.UNAVAILABLE,
-                    "split mode does not serve repository models yet",
-                )
+            # Split mode: workers serve these from the same folder and load them on first job.
+            for record in found_records:
+                entry = ModelEntry(record.name, record, ModelState.READY)
+                self._entries[record.name] = entry
+                self._publish(entry)
             return
         await asyncio.gather(*(self._load_quietly(name) for name in names))
 
@@ -148,12 +150,19 @@ class ModelRegistry:
         """One model's entry; ``UnknownModel`` if there is none of that name.
 
         A ready model whose last load failed (the birds model offline, a repository file gone
-        after an eviction) shows as unavailable with the error, until a load succeeds.
+        after an eviction) shows as unavailable with the error, until a load succeeds; in split
+        mode, a model no live worker serves shows as unavailable.
         """
         entry = self._entries.get(name)
         if entry is None:
             raise UnknownModel(f"no model named {name!r}; known: {sorted(self._entries)}")
-        error = self._load_error(name) if entry.state is ModelState.READY else None
+        if entry.state is not ModelState.READY:
+            return entry
+        if not self.controllable and name not in self._dispatcher.models():
+            return ModelEntry(
+                name, entry.record, ModelState.UNAVAILABLE, "no live worker serves it"
+            )
+        error = self._load_error(name)
         if error:
             return ModelEntry(name, entry.record, ModelState.UNAVAILABLE, error)
         return entry

@@ -13,8 +13,12 @@ import pytest
 from PIL import Image
 
 from sluiceway.app import create_app
+from sluiceway.kinds import served_kinds
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.worker import Worker
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
+from tests.redis_server import RedisServer
 from tests.test_repository import LINEAR_CONFIG
 
 TOKEN = "let-me-in"
@@ -288,3 +292,37 @@ def _png(colour: tuple[int, int, int]) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_split_mode_serves_repository_models_from_the_workers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An API node and a worker read the same folder; the node routes to what workers serve."""
+    settings = fast_settings(
+        model_repository=str(repository(tmp_path / "models")),
+        broker_url=redis_server.url,
+        broker_prefix=f"repo-{tmp_path.name}",
+        worker_port=None,
+        worker_heartbeat_s=0.2,
+        admin_token=TOKEN,
+    )
+    async with app_client(create_app(settings)) as http:
+        assert (await states(http))["linear"] == "UNAVAILABLE"  # no worker yet
+        worker = Worker(settings, served_kinds(settings), Metrics())
+        await worker.start()
+        try:
+            for _ in range(100):
+                if (await states(http)).get("linear") == "READY":
+                    break
+                await asyncio.sleep(0.05)
+            body = {"inputs": {"x": [[1, 2, 3, 4], [4, 3, 2, 1]]}}
+            response = await http.post("/v1/models/linear/infer", json=body)
+            assert response.status_code == 200 and len(response.json()["outputs"]["y"]) == 2
+            colours = await http.post(
+                "/v1/models/colours/classify", json={"images": [_png((0, 0, 255))]}
+            )
+            assert colours.status_code == 200 and "predictions" in colours.json()["results"][0]
+            control = await http.post("/v2/repository/models/linear/unload", headers=AUTH)
+            assert control.status_code == 409 and "split-mode" in control.json()["error"]
+        finally:
+            await worker.close()

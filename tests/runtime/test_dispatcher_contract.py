@@ -20,10 +20,11 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.api.kiosk import training_key
 from sluiceway.inputs.pixels import prepare_image
-from sluiceway.kinds import build_kinds
+from sluiceway.kinds import served_kinds
 from sluiceway.models.captioner import CaptionInput
 from sluiceway.models.classifier import Pixels, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
+from sluiceway.models.tensors import shape_key
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.errors import (
     DeadlineExceeded,
@@ -37,8 +38,10 @@ from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.api.test_captions import expected_titles
 from tests.conftest import fast_settings
+from tests.fixtures.onnx_models import linear_model
 from tests.fixtures.tiny_git import png_bytes, swatches
 from tests.redis_server import RedisServer
+from tests.test_repository import LINEAR_CONFIG
 
 
 @dataclass
@@ -64,7 +67,7 @@ Start = Callable[..., AbstractAsyncContextManager[Harness]]
 async def _local(models: str = "knn", **overrides: object) -> AsyncIterator[Harness]:
     settings = fast_settings(**overrides)
     metrics = Metrics()
-    dispatcher = LocalDispatcher(select_kinds(build_kinds(settings), models), 1 << 30, metrics)
+    dispatcher = LocalDispatcher(select_kinds(served_kinds(settings), models), 1 << 30, metrics)
     await dispatcher.start()
     try:
         yield Harness(dispatcher, metrics)
@@ -83,7 +86,7 @@ def _redis(server: RedisServer) -> Start:
             **overrides,
         )
         worker_metrics = Metrics()
-        worker = Worker(settings, select_kinds(build_kinds(settings), models), worker_metrics)
+        worker = Worker(settings, select_kinds(served_kinds(settings), models), worker_metrics)
         await worker.start()
         dispatcher = RedisDispatcher(settings, Metrics())
         await dispatcher.start()
@@ -241,3 +244,21 @@ async def test_a_captioner_answers_alike_in_both_modes(start: Start, tiny_git: P
         titles = await asyncio.gather(*(harness.dispatcher.submit(job) for job in jobs))
     assert titles == expected
     assert all(isinstance(title, str) and title for title in titles)
+
+
+async def test_a_repository_model_answers_alike_in_both_modes(start: Start, tmp_path: Path) -> None:
+    """Named tensors cross the seam; requests of several row counts come back with their own
+    rows of ``x @ W + b``, from a model a worker loads from the shared repository folder."""
+    folder = tmp_path / "models" / "linear"
+    weights = linear_model(folder / "model.onnx")
+    (folder / "config.toml").write_text(LINEAR_CONFIG)
+    rng = np.random.default_rng(4)
+    inputs = [rng.normal(size=(rows, 4)).astype(np.float32) for rows in (1, 3, 2, 1)]
+    jobs = [
+        Job(model="linear", payload={"x": x}, key=shape_key({"x": x}), deadline=time.time() + 30)
+        for x in inputs
+    ]
+    async with start(models="linear", model_repository=str(tmp_path / "models")) as harness:
+        results = await asyncio.gather(*(harness.dispatcher.submit(job) for job in jobs))
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(result["y"], x @ weights[:4] + weights[4], rtol=1e-5)
