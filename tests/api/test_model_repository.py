@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,11 @@ from PIL import Image
 
 from sluiceway.app import create_app
 from sluiceway.kinds import served_kinds
+from sluiceway.models.tflite_classifier import embedded_labels
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.worker import Worker
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.external import BIRD_PHOTO, BIRDS_MODEL, require
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
 from tests.redis_server import RedisServer
 from tests.test_repository import LINEAR_CONFIG
@@ -287,8 +290,6 @@ def _sample(metrics: str, name: str) -> float:
 
 
 def _png(colour: tuple[int, int, int]) -> str:
-    import base64
-
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
@@ -326,3 +327,27 @@ async def test_split_mode_serves_repository_models_from_the_workers(
             assert control.status_code == 409 and "split-mode" in control.json()["error"]
         finally:
             await worker.close()
+
+
+async def test_a_tflite_classifier_from_a_folder(tmp_path: Path) -> None:
+    """The AIY birds model as a repository model: a TFLite file, its labels, an [image] table."""
+    model = require(BIRDS_MODEL).read_bytes()
+    folder = tmp_path / "models" / "aiy-birds"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.tflite").write_bytes(model)
+    (folder / "labels.txt").write_text(
+        "\n".join(embedded_labels(model, "probability-labels-en.txt"))
+    )
+    (folder / "config.toml").write_text(
+        'platform = "tflite"\nlabels = "labels.txt"\ninstances = 2\n'
+        '[image]\nsize = 224\nfit = "stretch"\nlayout = "NHWC"\ndtype = "uint8"\n'
+    )
+    photo = base64.b64encode(require(BIRD_PHOTO).read_bytes()).decode()
+    settings = fast_settings(model_repository=str(tmp_path / "models"))
+    async with app_client(create_app(settings)) as http:
+        response = await http.post(
+            "/v1/models/aiy-birds/classify", json={"images": [photo], "k": 1}
+        )
+    assert response.status_code == 200
+    [best] = response.json()["results"][0]["predictions"]
+    assert best["label"] == "Aix galericulata" and best["score"] > 0.5
