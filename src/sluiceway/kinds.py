@@ -199,8 +199,13 @@ def repository_kinds(settings: Settings) -> list[ModelKind]:
     """
     if not settings.model_repository:
         return []
+    builtins = {record.name for record in builtin_records(settings)}
     found = scan(Path(settings.model_repository).expanduser())
-    return [kind_of(record, settings) for record in found if isinstance(record, ModelRecord)]
+    return [
+        kind_of(record, settings)
+        for record in found
+        if isinstance(record, ModelRecord) and record.name not in builtins
+    ]
 
 
 def served_kinds(settings: Settings) -> list[ModelKind]:

@@ -119,28 +119,24 @@ class ModelRegistry:
         """Load every repository model; a broken one is listed as unavailable, with its reason."""
         if self.repository is None:
             return
-        names = []
-        found_records = []
+        records = []
         for found in scan(self.repository):
-            if isinstance(found, BrokenModel):
+            if found.name in self._builtin_names():
+                logger.warning("repository model %r ignored: a built-in has that name", found.name)
+            elif isinstance(found, BrokenModel):
                 self._entries[found.name] = ModelEntry(
                     found.name, None, ModelState.UNAVAILABLE, found.reason
                 )
-            elif found.name in self._builtin_names():
-                self._entries[found.name] = ModelEntry(
-                    found.name, None, ModelState.UNAVAILABLE, "the name of a built-in model"
-                )
             else:
-                names.append(found.name)
-                found_records.append(found)
+                records.append(found)
         if not self.controllable:
             # Split mode: workers serve these from the same folder and load them on first job.
-            for record in found_records:
+            for record in records:
                 entry = ModelEntry(record.name, record, ModelState.READY)
                 self._entries[record.name] = entry
                 self._publish(entry)
             return
-        await asyncio.gather(*(self._load_quietly(name) for name in names))
+        await asyncio.gather(*(self._load_quietly(record.name) for record in records))
 
     def entries(self) -> list[ModelEntry]:
         """Every model, by name."""

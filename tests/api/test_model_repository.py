@@ -351,3 +351,20 @@ async def test_a_tflite_classifier_from_a_folder(tmp_path: Path) -> None:
     assert response.status_code == 200
     [best] = response.json()["results"][0]["predictions"]
     assert best["label"] == "Aix galericulata" and best["score"] > 0.5
+
+
+async def test_a_repository_model_cannot_take_a_built_in_name(tmp_path: Path) -> None:
+    root = repository(tmp_path / "models")
+    linear_model(root / "knn" / "model.onnx")
+    (root / "knn" / "config.toml").write_text(LINEAR_CONFIG)
+    async with app_client(create_app(fast_settings(model_repository=str(root)))) as http:
+        models = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
+        assert models["knn"]["kind"] == "knn" and models["knn"]["state"] == "READY"
+        kiosk = await http.post(
+            "/classify",
+            json={
+                "training_data": {"training_data": [[0, 0, 1], [1, 1, 1], [2, 2, 1], [9, 9, 0]]},
+                "query_input": {"query_input": [1, 1]},
+            },
+        )
+        assert kiosk.json() == {"classification_result": [1]}
