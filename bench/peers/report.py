@@ -1,0 +1,125 @@
+"""The peer benchmark's report: a table per workload, each server against the best peer, a plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> None:
+    """``REPORT.md``, ``peers.png`` and ``results.json`` for ``run``."""
+    measures = run.measures
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "date": run.date,
+                "machine": run.machine,
+                "kiosk_bound_rps": kiosk_bound,
+                "measures": [asdict(m) for m in measures],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    kiosk = [m for m in measures if m.workload == "kiosk"]
+    upload = [m for m in measures if m.workload == "upload"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    if kiosk:
+        names = [m.server for m in kiosk]
+        left.bar(names, [m.rps for m in kiosk], color="C0")
+        left.axhline(kiosk_bound, color="C3", linestyle="--", label=f"bound {kiosk_bound:.0f}/s")
+        for index, m in enumerate(kiosk):
+            left.annotate(f"p99 {m.p99_ms:.0f} ms", (index, m.rps), ha="center", va="bottom")
+        left.set_ylabel("requests/s")
+        left.set_title("kiosk: 250 connections, 10-20 ms think time (wrk)")
+        left.legend()
+    for server in dict.fromkeys(m.server for m in upload):
+        points = [m for m in upload if m.server == server]
+        right.plot([m.connections for m in points], [m.rps for m in points], "o-", label=server)
+    right.set_xlabel("connections")
+    right.set_ylabel("images/s")
+    right.set_title("upload: POST /predict, MobileNetV2 (wrk)")
+    if upload:
+        right.legend()
+    figure.tight_layout()
+    figure.savefig(folder / "peers.png", dpi=110)
+
+    def table(rows: list[Any], bound: float | None) -> str:
+        head = (
+            "| server | conns | req/s | "
+            + ("of bound | " if bound else "")
+            + "p50 ms | p95 ms | p99 ms | failures | server CPU ms/req | peak RSS MB | wrk CPU |"
+        )
+        sep = "|" + " --- |" * (head.count("|") - 1)
+        lines = [head, sep]
+        for m in rows:
+            share = f"{m.rps / bound:.2f} | " if bound else ""
+            lines.append(
+                f"| {m.server} | {m.connections} | {m.rps:.0f} | {share}{m.p50_ms:.0f} | "
+                f"{m.p95_ms:.0f} | {m.p99_ms:.0f} | {m.failures}"
+                f"{' (' + m.error + ')' if m.error else ''} | "
+                f"{m.server_cpu_ms_per_request:.2f} | {m.server_peak_rss_mb:.0f} | "
+                f"{m.generator_cpu_share:.1%} |"
+            )
+        return "\n".join(lines)
+
+    def against_best_peer(rows: list[Any]) -> str:
+        lines = []
+        for connections in sorted({m.connections for m in rows}):
+            here = [m for m in rows if m.connections == connections]
+            ours = next((m for m in here if m.server == "sluiceway"), None)
+            others = [m for m in here if m.server not in ("sluiceway", "fastapi")] or [
+                m for m in here if m.server != "sluiceway"
+            ]
+            if ours is None or not others:
+                continue
+            best = max(others, key=lambda m: m.rps)
+            lines.append(
+                f"- {connections} connections: Sluiceway {ours.rps:.0f}/s vs best peer "
+                f"{best.server} {best.rps:.0f}/s (**{ours.rps / max(best.rps, 1e-9):.2f}×**), "
+                f"p99 {ours.p99_ms:.0f} vs {best.p99_ms:.0f} ms, RSS {ours.server_peak_rss_mb:.0f}"
+                f" vs {best.server_peak_rss_mb:.0f} MB"
+            )
+        return "\n".join(lines)
+
+    how = "\n".join(
+        f"- **{name}**: {peer.settings} ([docs]({peer.docs}))"
+        for name, peer in peers.items()
+        if any(m.server == name for m in measures)
+    )
+    text = f"""# Sluiceway beside the servers users would pick instead
+
+{run.date}, {run.machine}. `python -m bench.peers.run`. Every server ran alone on the machine,
+one after another, driven by `wrk` (C) with `bench/peers/load.lua`, which checks every answer
+(`workloads.py` says how: a wrong label is a failure). The generator's own CPU share of the two
+cores is in the last column: it shares them with the server.
+
+## How each server was set up
+
+{how}
+
+## Kiosk (MISSION.md §1): 250 kiosks at once, 10–20 ms think time
+
+Physical bound: 250 / (0.2 s call + 15 ms think) = {kiosk_bound:.0f} requests/s.
+
+{table(kiosk, kiosk_bound)}
+
+{against_best_peer(kiosk)}
+
+## Upload page's `/predict`: JPEG in, ImageNet MobileNetV2, top-1
+
+{table(upload, None)}
+
+{against_best_peer(upload)}
+
+![peers](peers.png)
+"""
+    (folder / "REPORT.md").write_text(text)
+    print(text)

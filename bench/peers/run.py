@@ -1,0 +1,343 @@
+"""Sluiceway side by side with the servers users would pick instead, on the same machine.
+
+    python -m bench.peers.run [--only sluiceway fastapi ...] [--kiosk-s 60] [--upload-s 20]
+
+Two workloads (``workloads.py``), each served by Sluiceway, LitServe, BentoML, Ray Serve and a
+plain FastAPI server, one after another in one run, driven by ``wrk`` (C, one thread per core)
+with ``load.lua``, which checks every answer:
+
+- kiosk: 250 connections opened at once, 10–20 ms think time, the seed's cost model; the
+  physical bound is 250 / (0.2 + 0.015) ≈ 1163 requests/s;
+- upload: ``POST /predict`` with a JPEG, at 8, 32 and 64 connections, no think time.
+
+Each peer runs in its own virtualenv (``--venvs``, created on first use from PyPI) so its pins
+never touch ours, configured as its documentation recommends (``servers/``; the report says how).
+Per server: steady requests/s, p50/p95/p99, failures (non-200 and wrong answers), server CPU per
+request, peak RSS, and the load generator's own CPU share. Writes ``REPORT.md``, ``peers.png``
+and ``results.json`` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.loadtest import ProcessWatch, free_port, machine, stop, wait_for_port
+from bench.peers import workloads
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+KIOSK_CONNECTIONS = 250
+THINK_MS = (10, 20)
+KIOSK_BOUND_RPS = KIOSK_CONNECTIONS / (0.2 + sum(THINK_MS) / 2 / 1000)
+UPLOAD_CONNECTIONS = (8, 32, 64)
+# The same model libraries as Sluiceway's own environment, so only the servers differ.
+COMMON = ["numpy==2.4.6", "scikit-learn==1.9.1", "onnxruntime==1.32.0", "pillow==13.0.0"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One server: its virtualenv's packages and how to start it for a workload."""
+
+    name: str
+    packages: tuple[str, ...]
+    settings: str
+    """How it is configured, and why, for the report."""
+    docs: str
+
+    def command(self, python: str, port: int, workload: str) -> list[str]:
+        module = f"bench.peers.servers.{self.name}_app"
+        if self.name == "sluiceway":
+            return [python, "-m", "sluiceway", "serve", "--port", str(port)]
+        if self.name == "fastapi":
+            return [
+                python,
+                "-m",
+                "uvicorn",
+                f"{module}:app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+        return [python, "-m", module, "--port", str(port), "--workload", workload]
+
+
+PEERS = {
+    "sluiceway": Peer(
+        "sluiceway",
+        (),
+        "as shipped: `sluiceway serve`, defaults (256 KNN slots; ImageNet 2 slots × 1 thread, "
+        "batches up to 8)",
+        "README.md",
+    ),
+    "fastapi": Peer(
+        "fastapi",
+        ("fastapi==0.165.0", "uvicorn[standard]==0.54.0", "python-multipart==0.0.34", *COMMON),
+        "one uvicorn process, async kiosk endpoint, sync `/predict` in FastAPI's thread pool, "
+        "ONNX Runtime defaults; no batching (what a user writes first)",
+        "https://fastapi.tiangolo.com/deployment/server-workers/",
+    ),
+}
+
+
+@dataclass
+class Measure:
+    """One server, one workload, one connection count."""
+
+    server: str
+    workload: str
+    connections: int
+    seconds: float = 0.0
+    requests: int = 0
+    rps: float = 0.0
+    not_200: int = 0
+    wrong: int = 0
+    socket_errors: int = 0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    server_cpu_ms_per_request: float = 0.0
+    server_peak_rss_mb: float = 0.0
+    generator_cpu_share: float = 0.0
+    error: str = ""
+
+    @property
+    def failures(self) -> int:
+        return self.not_200 + self.wrong + self.socket_errors
+
+
+@dataclass
+class Run:
+    date: str
+    machine: str
+    measures: list[Measure] = field(default_factory=list)
+
+
+def venv_python(peer: Peer, venvs: Path) -> str:
+    """The peer's interpreter, creating its virtualenv on first use."""
+    if not peer.packages:
+        return sys.executable
+    folder = venvs / peer.name
+    python = folder / "bin" / "python"
+    marker = folder / "installed.json"
+    if not marker.exists() or json.loads(marker.read_text()) != list(peer.packages):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.packages], check=True)
+        marker.write_text(json.dumps(list(peer.packages)))
+    return str(python)
+
+
+def wrk(
+    port: int,
+    requests_file: Path,
+    expected: str,
+    connections: int,
+    seconds: float,
+    think: tuple[int, int],
+) -> tuple[dict[str, float], float]:
+    """Run wrk; its JSON summary and the share of the 2 cores it used."""
+    command = [
+        "wrk",
+        f"-c{connections}",
+        f"-t{min(2, connections)}",
+        f"-d{seconds:.0f}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(HERE / "load.lua"),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(requests_file),
+        expected,
+        str(think[0]),
+        str(think[1]),
+    ]
+    started = time.monotonic()
+    process = psutil.Popen(command, stdout=subprocess.PIPE, text=True)
+    cpu = 0.0
+    while process.poll() is None:
+        try:
+            times = process.cpu_times()
+            cpu = times.user + times.system
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
+    output = process.stdout.read() if process.stdout else ""
+    elapsed = time.monotonic() - started
+    line = next((ln for ln in output.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{output}")
+    return json.loads(line.removeprefix("WRK_JSON ")), cpu / (elapsed * psutil.cpu_count())
+
+
+def measure(
+    name: str,
+    workload: str,
+    process: subprocess.Popen[bytes],
+    port: int,
+    requests_file: Path,
+    expected: str,
+    connections: int,
+    seconds: float,
+    think: tuple[int, int],
+) -> Measure:
+    result = Measure(name, workload, connections)
+    try:
+        with ProcessWatch(process.pid, 0.5) as watch:
+            summary, share = wrk(port, requests_file, expected, connections, seconds, think)
+    except RuntimeError as error:
+        result.error = str(error)[:300]
+        return result
+    result.seconds = summary["duration_us"] / 1e6
+    result.requests = int(summary["requests"])
+    result.rps = result.requests / result.seconds
+    result.not_200 = int(summary["not_200"])
+    result.wrong = int(summary["wrong"])
+    result.socket_errors = int(
+        summary["connect"] + summary["read"] + summary["write"] + summary["timeout"]
+    )
+    result.p50_ms, result.p95_ms, result.p99_ms = (
+        summary["p50_ms"],
+        summary["p95_ms"],
+        summary["p99_ms"],
+    )
+    result.server_cpu_ms_per_request = watch.cpu_s * 1000 / max(1, result.requests)
+    result.server_peak_rss_mb = watch.peak_rss_mb
+    result.generator_cpu_share = share
+    print(asdict(result), flush=True)
+    return result
+
+
+def start(
+    peer: Peer, python: str, workload: str, env: dict[str, str]
+) -> tuple[int, subprocess.Popen[bytes]]:
+    port = free_port()
+    process = subprocess.Popen(
+        peer.command(python, port, workload),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+    try:
+        wait_for_port(port, timeout_s=180)
+    except TimeoutError:
+        stop(process)
+        raise
+    return port, process
+
+
+def prepare(folder: Path) -> tuple[Path, Path, str, dict[str, str]]:
+    """The request files of both workloads, the upload's expected answer, the peers' env."""
+    kiosk = folder / "kiosk.txt"
+    lines = []
+    for index, body in enumerate(workloads.kiosk_bodies()):
+        path = folder / f"kiosk-{index}.json"
+        path.write_bytes(body)
+        lines.append(f"GET /classify application/json {path}")
+    kiosk.write_text("\n".join(lines) + "\n")
+    variants = workloads.cat_variants()
+    expected = workloads.expected_upload_class(variants)
+    upload = folder / "upload.txt"
+    lines = []
+    kind = f"multipart/form-data;boundary={workloads.UPLOAD_BOUNDARY}"
+    for index, data in enumerate(variants):
+        path = folder / f"cat-{index}.body"
+        path.write_bytes(workloads.multipart(data))
+        lines.append(f"POST /predict {kind} {path}")
+    upload.write_text("\n".join(lines) + "\n")
+    from sluiceway.models.onnx_classifier import imagenet_labels, imagenet_model_path, keras_name
+
+    labels = folder / "labels.json"
+    labels.write_text(json.dumps([keras_name(label) for label in imagenet_labels()]))
+    env = {"PEER_MODEL": str(imagenet_model_path()), "PEER_LABELS": str(labels)}
+    return kiosk, upload, f'"prediction":"{expected}"', env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", default=list(PEERS))
+    parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload"])
+    parser.add_argument("--kiosk-s", type=float, default=60)
+    parser.add_argument("--kiosk-warmup-s", type=float, default=10)
+    parser.add_argument("--upload-s", type=float, default=20)
+    parser.add_argument(
+        "--venvs", type=Path, default=Path(tempfile.gettempdir()) / "sluiceway-peers"
+    )
+    args = parser.parse_args()
+    run = Run(dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), machine())
+    with tempfile.TemporaryDirectory() as folder:
+        kiosk, upload, expected, env = prepare(Path(folder))
+        for name in args.only:
+            peer = PEERS[name]
+            python = venv_python(peer, args.venvs)
+            if "kiosk" in args.workloads:
+                port, process = start(peer, python, "kiosk", env)
+                try:
+                    # Warm-up: every restaurant fitted, every connection open, then measured.
+                    measure(
+                        name,
+                        "kiosk",
+                        process,
+                        port,
+                        kiosk,
+                        '"classification_result":[1]',
+                        KIOSK_CONNECTIONS,
+                        args.kiosk_warmup_s,
+                        THINK_MS,
+                    )
+                    run.measures.append(
+                        measure(
+                            name,
+                            "kiosk",
+                            process,
+                            port,
+                            kiosk,
+                            '"classification_result":[1]',
+                            KIOSK_CONNECTIONS,
+                            args.kiosk_s,
+                            THINK_MS,
+                        )
+                    )
+                finally:
+                    stop(process)
+            if "upload" in args.workloads:
+                port, process = start(peer, python, "upload", env)
+                try:
+                    measure(name, "upload", process, port, upload, expected, 8, 5, (0, 0))
+                    for connections in UPLOAD_CONNECTIONS:
+                        run.measures.append(
+                            measure(
+                                name,
+                                "upload",
+                                process,
+                                port,
+                                upload,
+                                expected,
+                                connections,
+                                args.upload_s,
+                                (0, 0),
+                            )
+                        )
+                finally:
+                    stop(process)
+    report(run, args)
+
+
+def report(run: Run, args: argparse.Namespace) -> None:
+    from bench.peers.report import write
+
+    write(run, PEERS, KIOSK_BOUND_RPS, HERE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""What every peer server shares, so each runs the same model code and the same cost model.
+
+Imported by the peer servers in their own virtualenvs (numpy, scikit-learn, onnxruntime and
+Pillow installed there); Sluiceway itself is not imported. The kiosk's simulated costs are the
+seed's (MISSION.md §1): a fit costs 2.0 s, a call over n query vectors 0.2 + 0.05·(n−1) s, and
+at most ``SLOTS`` calls run at once per process (Sluiceway's default compute slots), as on that
+many GPUs. The image model is the packaged MobileNetV2 ONNX file, preprocessed as torchvision's
+evaluation transform does it, the way a user would write it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sklearn.neighbors import KNeighborsClassifier
+
+FIT_COST_S = 2.0
+BASE_COST_S = 0.2
+PER_QUERY_COST_S = 0.05
+SLOTS = 256
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def call_cost(queries: int) -> float:
+    """The simulated cost of one inference call over ``queries`` vectors."""
+    return BASE_COST_S + PER_QUERY_COST_S * (queries - 1)
+
+
+def parse_kiosk(body: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray]:
+    """(training-set key, training rows, query vectors) of one kiosk request."""
+    training = np.asarray(body["training_data"]["training_data"], dtype=np.float64)
+    queries = np.atleast_2d(np.asarray(body["query_input"]["query_input"], dtype=np.float64))
+    key = hashlib.blake2b(training.tobytes(), digest_size=16).hexdigest()
+    return key, training, queries
+
+
+def fit(training: np.ndarray) -> KNeighborsClassifier:
+    """The restaurant's KNN (k=3); the caller pays the simulated fit cost."""
+    return KNeighborsClassifier(n_neighbors=3).fit(training[:, :-1], training[:, -1])
+
+
+class AsyncTenants:
+    """Per-restaurant models for an asyncio server: fitted once per key, calls under a slot cap."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, KNeighborsClassifier] = {}
+        self.fitting: dict[str, asyncio.Task[KNeighborsClassifier]] = {}
+        self.slots = asyncio.Semaphore(SLOTS)
+
+    async def model(self, key: str, training: np.ndarray) -> KNeighborsClassifier:
+        model = self.models.get(key)
+        if model is not None:
+            return model
+        task = self.fitting.get(key)
+        if task is None:
+            task = self.fitting[key] = asyncio.ensure_future(self._fit(key, training))
+        return await asyncio.shield(task)
+
+    async def _fit(self, key: str, training: np.ndarray) -> KNeighborsClassifier:
+        async with self.slots:
+            await asyncio.sleep(FIT_COST_S)
+        model = self.models[key] = fit(training)
+        return model
+
+    async def call(self, model: KNeighborsClassifier, queries: np.ndarray) -> list[int]:
+        """One inference call over ``queries`` (one or many requests' vectors)."""
+        async with self.slots:
+            await asyncio.sleep(call_cost(len(queries)))
+        return [int(label) for label in model.predict(queries)]
+
+
+class ThreadTenants:
+    """The same for a server whose predict step is synchronous: sleeps in threads, a lock per
+    key so a training set is fitted once, a semaphore for the slot cap."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, KNeighborsClassifier] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.guard = threading.Lock()
+        self.slots = threading.BoundedSemaphore(SLOTS)
+
+    def model(self, key: str, training: np.ndarray) -> KNeighborsClassifier:
+        model = self.models.get(key)
+        if model is not None:
+            return model
+        with self.guard:
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            model = self.models.get(key)
+            if model is None:
+                with self.slots:
+                    time.sleep(FIT_COST_S)
+                model = self.models[key] = fit(training)
+        return model
+
+    def call(self, model: KNeighborsClassifier, queries: np.ndarray) -> list[int]:
+        with self.slots:
+            time.sleep(call_cost(len(queries)))
+        return [int(label) for label in model.predict(queries)]
+
+
+class ImageNet:
+    """MobileNetV2 on ONNX Runtime, torchvision's eval preprocessing, top-1 in Keras spelling."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            os.environ["PEER_MODEL"], options, providers=["CPUExecutionProvider"]
+        )
+        self.input = self.session.get_inputs()[0].name
+        with open(os.environ["PEER_LABELS"], encoding="utf-8") as file:
+            self.labels: list[str] = json.load(file)
+
+    @staticmethod
+    def preprocess(data: bytes) -> np.ndarray:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        width, height = image.size
+        scale = 256 / min(width, height)
+        image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+        width, height = image.size
+        left, top = (width - 224) // 2, (height - 224) // 2
+        image = image.crop((left, top, left + 224, top + 224))
+        pixels = (np.asarray(image, np.float32) / 255 - MEAN) / STD
+        return pixels.transpose(2, 0, 1)
+
+    def top1(self, batch: np.ndarray) -> list[dict[str, Any]]:
+        (logits,) = self.session.run(None, {self.input: batch})
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        best = probabilities.argmax(axis=1)
+        return [
+            {"success": True, "prediction": self.labels[i], "score": round(float(p[i]), 4)}
+            for i, p in zip(best, probabilities, strict=True)
+        ]

@@ -1,0 +1,124 @@
+"""The two workloads every server in the peer benchmark answers, and how each answer is checked.
+
+A fast load generator (``wrk``) cannot pair a response with its request, so each workload is
+built so that every correct answer is the same text, and any mix-up shows:
+
+- Kiosk (MISSION.md §1): the seed's five restaurants (``bench/kiosk/scenario.py``), one query
+  vector per request. Each restaurant's queries are grid points its own KNN labels ``1`` and as
+  many other restaurants' KNNs as possible do not: a correct answer is always ``[1]``, and an
+  answer from another restaurant's model is caught for the pairs ``mixup_coverage`` counts.
+- Upload: ``POST /predict`` with a JPEG, ImageNet MobileNetV2. Every photo is a variant (crop,
+  quality) of one cat that the model ranks first as the same class in every variant; the check
+  is that class's name in the answer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.kiosk.scenario import answer_key, training_sets
+
+EXPECTED_KIOSK_LABEL = 1
+UPLOAD_BOUNDARY = "sluicewaybenchboundary"
+
+
+def kiosk_bodies(per_restaurant: int = 40, seed: int = 7) -> list[bytes]:
+    """Request bodies, restaurants interleaved so any 5 consecutive ones cover all five."""
+    sets = training_sets()
+    answers = [answer_key(training) for training in sets]
+    rng = random.Random(seed)
+    queries: list[list[tuple[int, int]]] = []
+    for own, answer in enumerate(answers):
+        others = [other for i, other in enumerate(answers) if i != own]
+        # Points this restaurant labels 1, those the most other restaurants label otherwise first.
+        points = sorted(
+            (point for point, label in answer.items() if label == EXPECTED_KIOSK_LABEL),
+            key=lambda point: -sum(other[point] != EXPECTED_KIOSK_LABEL for other in others),
+        )[:per_restaurant]
+        if not points:
+            raise ValueError(f"restaurant {own} labels no point {EXPECTED_KIOSK_LABEL}")
+        queries.append([rng.choice(points) for _ in range(per_restaurant)])
+    bodies = []
+    for index in range(per_restaurant):
+        for restaurant, training in enumerate(sets):
+            body = {
+                "training_data": {"training_data": training},
+                "query_input": {"query_input": list(queries[restaurant][index])},
+            }
+            bodies.append(json.dumps(body, separators=(",", ":")).encode())
+    return bodies
+
+
+def mixup_coverage(bodies: list[bytes]) -> float:
+    """The share of (request, other restaurant) pairs whose mix-up would give a wrong answer."""
+    sets = training_sets()
+    answers = {json.dumps(t): answer_key(t) for t in sets}
+    caught = total = 0
+    for body in bodies:
+        request = json.loads(body)
+        own = json.dumps(request["training_data"]["training_data"])
+        point = tuple(request["query_input"]["query_input"])
+        for key, answer in answers.items():
+            if key != own:
+                total += 1
+                caught += answer[point] != EXPECTED_KIOSK_LABEL
+    return caught / total
+
+
+def cat_variants(count: int = 16, seed: int = 11) -> list[bytes]:
+    """JPEG variants of scikit-image's cat: random crops of 80-100 % and qualities 75-95."""
+    import skimage
+
+    source = Image.open(Path(skimage.__file__).parent / "data" / "chelsea.png").convert("RGB")
+    rng = random.Random(seed)
+    width, height = source.size
+    variants = []
+    for _ in range(count):
+        scale = rng.uniform(0.8, 1.0)
+        w, h = int(width * scale), int(height * scale)
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        crop = source.crop((left, top, left + w, top + h))
+        buffer = io.BytesIO()
+        crop.save(buffer, format="JPEG", quality=rng.randint(75, 95))
+        variants.append(buffer.getvalue())
+    return variants
+
+
+def expected_upload_class(variants: list[bytes]) -> str:
+    """The ImageNet class (Keras spelling) the packaged model ranks first for every variant."""
+    import onnxruntime as ort
+
+    from sluiceway.inputs.pixels import prepare_image
+    from sluiceway.models.onnx_classifier import (
+        IMAGENET_INPUT,
+        imagenet_labels,
+        imagenet_model_path,
+        keras_name,
+    )
+
+    session = ort.InferenceSession(str(imagenet_model_path()), providers=["CPUExecutionProvider"])
+    batch = np.stack([prepare_image(data, IMAGENET_INPUT, 40_000_000) for data in variants])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
+    tops = {int(row.argmax()) for row in logits}
+    if len(tops) != 1:
+        raise ValueError(f"the variants disagree on the top class: {sorted(tops)}")
+    return keras_name(imagenet_labels()[tops.pop()])
+
+
+def multipart(data: bytes, name: str = "cat.jpg") -> bytes:
+    """A multipart/form-data body with ``data`` as the field ``file``."""
+    return (
+        (
+            f"--{UPLOAD_BOUNDARY}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{UPLOAD_BOUNDARY}--\r\n".encode()
+    )
