@@ -78,8 +78,33 @@ PEERS = {
         "sluiceway",
         (),
         "as shipped: `sluiceway serve`, defaults (256 KNN slots; ImageNet 2 slots × 1 thread, "
-        "batches up to 8)",
+        "batches up to 8, JPEGs decoded at reduced scale)",
         "README.md",
+    ),
+    "litserve": Peer(
+        "litserve",
+        ("litserve==0.2.19", "python-multipart==0.0.34", *COMMON),
+        "`accelerator='cpu', workers_per_device=2`; LitAPI batching (kiosk 256 / 5 ms, upload "
+        "8 / 5 ms); synchronous `predict` (LitServe refuses async with batching): kiosk batches "
+        "grouped by restaurant, each group's call in its own thread; per-worker model dict; "
+        "ONNX Runtime 1 thread per worker",
+        "https://lightning.ai/docs/litserve/features/batching",
+    ),
+    "bentoml": Peer(
+        "bentoml",
+        ("bentoml==1.4.40", *COMMON),
+        "`workers='cpu_count'`; kiosk: async API on the body's two fields, per-worker model "
+        "dict, no batching (BentoML's batchable APIs need a list-shaped body, which the "
+        "contract is not); upload: sync API taking a `Path`, ONNX Runtime 1 thread per worker",
+        "https://docs.bentoml.com/en/latest/build-with-bentoml/parallelize-requests.html",
+    ),
+    "ray": Peer(
+        "ray",
+        ("ray[serve]==2.60.0", "python-multipart==0.0.34", *COMMON),
+        "`ray.init(num_cpus=2)`, 2 replicas × `num_cpus=1`, `max_ongoing_requests` raised; "
+        "`@serve.batch` (kiosk 256 / 5 ms with 8 concurrent batches grouped by restaurant; "
+        "upload 8 / 5 ms); per-replica model dict; ONNX Runtime 1 thread per replica",
+        "https://docs.ray.io/en/latest/serve/advanced-guides/dyn-req-batch.html",
     ),
     "fastapi": Peer(
         "fastapi",
@@ -219,6 +244,32 @@ def measure(
     return result
 
 
+def wait_answering(port: int, requests_file: Path, timeout_s: float = 240) -> None:
+    """Until the first request of ``requests_file`` answers 200 (models loaded, replicas up)."""
+    import urllib.error
+    import urllib.request
+
+    method, path, kind, body_path = requests_file.read_text().splitlines()[0].split(" ")
+    data = Path(body_path).read_bytes()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": kind},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 200 from port {port} within {timeout_s:.0f} s")
+        time.sleep(1)
+
+
 def start(
     peer: Peer, python: str, workload: str, env: dict[str, str]
 ) -> tuple[int, subprocess.Popen[bytes]]:
@@ -226,7 +277,14 @@ def start(
     process = subprocess.Popen(
         peer.command(python, port, workload),
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "BENTOML_HOME": str(Path(tempfile.gettempdir()) / "sluiceway-peers" / "bentoml-home"),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **env,
+        },
     )
     try:
         wait_for_port(port, timeout_s=180)
@@ -243,7 +301,9 @@ def prepare(folder: Path) -> tuple[Path, Path, str, dict[str, str]]:
     for index, body in enumerate(workloads.kiosk_bodies()):
         path = folder / f"kiosk-{index}.json"
         path.write_bytes(body)
-        lines.append(f"GET /classify application/json {path}")
+        lines.append(
+            f"POST /classify application/json {path}"
+        )  # POST: LitServe and BentoML take no GET
     kiosk.write_text("\n".join(lines) + "\n")
     variants = workloads.cat_variants()
     expected = workloads.expected_upload_class(variants)
@@ -283,6 +343,7 @@ def main() -> None:
             if "kiosk" in args.workloads:
                 port, process = start(peer, python, "kiosk", env)
                 try:
+                    wait_answering(port, kiosk)
                     # Warm-up: every restaurant fitted, every connection open, then measured.
                     measure(
                         name,
@@ -313,6 +374,7 @@ def main() -> None:
             if "upload" in args.workloads:
                 port, process = start(peer, python, "upload", env)
                 try:
+                    wait_answering(port, upload)
                     measure(name, "upload", process, port, upload, expected, 8, 5, (0, 0))
                     for connections in UPLOAD_CONNECTIONS:
                         run.measures.append(

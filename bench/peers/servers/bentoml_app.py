@@ -1,0 +1,69 @@
+"""BentoML, as its documentation recommends for throughput on a CPU machine.
+
+    python -m bench.peers.servers.bentoml_app --port PORT --workload kiosk|upload
+
+- ``workers="cpu_count"`` (the docs' advice for CPU-bound services: one process per core).
+- Kiosk: an ``async`` API whose parameters are the kiosk body's two fields, so the seed's clients
+  call it unchanged; a plain dict caches fitted models per worker (no tenant idiom is
+  documented). BentoML's adaptive batching needs a list-shaped body (one batchable parameter),
+  which the kiosk contract is not, so each request is its own simulated call.
+- Upload: a synchronous API taking the upload as a ``Path`` (BentoML's file input), ONNX Runtime
+  with one thread per worker; a batchable API would also need a list-shaped body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from bench.peers.servers.common import AsyncTenants, ImageNet, parse_kiosk
+
+
+@bentoml.service(workers="cpu_count")
+class Kiosk:
+    def __init__(self) -> None:
+        self.tenants = AsyncTenants()
+
+    @bentoml.api(route="/classify")
+    async def classify(
+        self, training_data: dict[str, Any], query_input: dict[str, Any]
+    ) -> dict[str, Any]:
+        key, training, queries = parse_kiosk(
+            {"training_data": training_data, "query_input": query_input}
+        )
+        model = await self.tenants.model(key, training)
+        return {"classification_result": await self.tenants.call(model, queries)}
+
+
+@bentoml.service(workers="cpu_count")
+class Upload:
+    def __init__(self) -> None:
+        self.model = ImageNet(threads=1)
+
+    @bentoml.api(route="/predict")
+    def predict(self, file: Path) -> dict[str, Any]:
+        pixels = ImageNet.preprocess(file.read_bytes())
+        return self.model.top1(np.expand_dims(pixels, 0))[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workload", choices=("kiosk", "upload"), required=True)
+    args = parser.parse_args()
+    service = "Kiosk" if args.workload == "kiosk" else "Upload"
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    target = f"bench.peers.servers.bentoml_app:{service}"
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1"]
+    command += ["--port", str(args.port)]
+    os.execve(sys.executable, command, env)
+
+
+if __name__ == "__main__":
+    main()

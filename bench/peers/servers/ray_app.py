@@ -1,0 +1,94 @@
+"""Ray Serve, as its documentation recommends for throughput on a CPU machine.
+
+    python -m bench.peers.servers.ray_app --port PORT --workload kiosk|upload
+
+- A local Ray with both cores (``ray.init(num_cpus=2, include_dashboard=False)``), two replicas
+  reserving one CPU each (the performance guide: reserve cores per replica), and
+  ``max_ongoing_requests`` raised for async code (the default of 5 throttles 250 clients).
+- Kiosk: ``@serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, max_concurrent_batches=8)``
+  on an async method that groups a batch by training set and runs each restaurant's simulated
+  call concurrently; a dict caches fitted models per replica. (Serve's model multiplexing keys on
+  a header the kiosk does not send; using it would need a second, ingress deployment.)
+- Upload: a FastAPI ingress taking ``UploadFile``, decoding per request, and a ``@serve.batch``
+  of up to 8 arrays per ONNX Runtime call, one thread per replica.
+"""
+
+# No ``from __future__ import annotations``: FastAPI must see ``UploadFile`` itself inside the
+# ingress class, or it reads the upload as a query parameter.
+import argparse
+import asyncio
+import os
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+import ray
+from fastapi import FastAPI, File, UploadFile
+from ray import serve
+from starlette.requests import Request
+
+from bench.peers.servers.common import AsyncTenants, ImageNet, parse_kiosk
+
+upload_app = FastAPI()
+
+
+@serve.deployment(num_replicas=2, max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
+class Kiosk:
+    def __init__(self) -> None:
+        self.tenants = AsyncTenants()
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        labels = await self.classify(parse_kiosk(await request.json()))
+        return {"classification_result": labels}
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, max_concurrent_batches=8)
+    async def classify(self, batch: list[tuple[str, np.ndarray, np.ndarray]]) -> list[list[int]]:
+        groups: dict[str, list[int]] = {}
+        for index, (key, _, _) in enumerate(batch):
+            groups.setdefault(key, []).append(index)
+
+        async def run(indices: list[int]) -> None:
+            key, training, _ = batch[indices[0]]
+            model = await self.tenants.model(key, training)
+            labels = await self.tenants.call(model, np.concatenate([batch[i][2] for i in indices]))
+            start = 0
+            for i in indices:
+                rows = len(batch[i][2])
+                results[i] = labels[start : start + rows]
+                start += rows
+
+        results: list[list[int]] = [[] for _ in batch]
+        await asyncio.gather(*(run(indices) for indices in groups.values()))
+        return results
+
+
+@serve.deployment(num_replicas=2, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.ingress(upload_app)
+class Upload:
+    def __init__(self) -> None:
+        self.model = ImageNet(threads=1)
+
+    @upload_app.post("/predict")
+    async def predict(self, file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        pixels = ImageNet.preprocess(await file.read())
+        return await self.infer(pixels)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def infer(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        return self.model.top1(np.stack(images))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workload", choices=("kiosk", "upload"), required=True)
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    app = Kiosk.bind() if args.workload == "kiosk" else Upload.bind()
+    serve.run(app, route_prefix="/", blocking=True)
+
+
+if __name__ == "__main__":
+    main()
