@@ -20,6 +20,7 @@ and ``results.json`` here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -244,6 +245,22 @@ def measure(
     return result
 
 
+def stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server and everything it started (LitServe's workers, Ray's cluster processes)."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    stop(process)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def wait_answering(port: int, requests_file: Path, timeout_s: float = 240) -> None:
     """Until the first request of ``requests_file`` answers 200 (models loaded, replicas up)."""
     import urllib.error
@@ -289,7 +306,7 @@ def start(
     try:
         wait_for_port(port, timeout_s=180)
     except TimeoutError:
-        stop(process)
+        stop_tree(process)
         raise
     return port, process
 
@@ -370,7 +387,7 @@ def main() -> None:
                         )
                     )
                 finally:
-                    stop(process)
+                    stop_tree(process)
             if "upload" in args.workloads:
                 port, process = start(peer, python, "upload", env)
                 try:
@@ -391,7 +408,7 @@ def main() -> None:
                             )
                         )
                 finally:
-                    stop(process)
+                    stop_tree(process)
     report(run, args)
 
 
