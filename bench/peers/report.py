@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +29,9 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
         )
         + "\n"
     )
-    kiosk = [m for m in measures if m.workload == "kiosk"]
-    upload = [m for m in measures if m.workload == "upload"]
+    kiosk = _medians([m for m in measures if m.workload == "kiosk"])
+    upload = _medians([m for m in measures if m.workload == "upload"])
+    rounds = max((len(m.rounds) for m in kiosk + upload), default=1)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     if kiosk:
         names = [m.server for m in kiosk]
@@ -61,8 +63,9 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
         lines = [head, sep]
         for m in rows:
             share = f"{m.rps / bound:.2f} | " if bound else ""
+            spread = f" ({min(m.rounds):.0f}–{max(m.rounds):.0f})" if len(m.rounds) > 1 else ""
             lines.append(
-                f"| {m.server} | {m.connections} | {m.rps:.0f} | {share}{m.p50_ms:.0f} | "
+                f"| {m.server} | {m.connections} | {m.rps:.0f}{spread} | {share}{m.p50_ms:.0f} | "
                 f"{m.p95_ms:.0f} | {m.p99_ms:.0f} | {m.failures}"
                 f"{' (' + m.error + ')' if m.error else ''} | "
                 f"{m.server_cpu_ms_per_request:.2f} | {m.server_peak_rss_mb:.0f} | "
@@ -96,10 +99,11 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
     )
     text = f"""# Sluiceway beside the servers users would pick instead
 
-{run.date}, {run.machine}. `python -m bench.peers.run`. Every server ran alone on the machine,
-one after another, driven by `wrk` (C) with `bench/peers/load.lua`, which checks every answer
-(`workloads.py` says how: a wrong label is a failure). The generator's own CPU share of the two
-cores is in the last column: it shares them with the server.
+{run.date}, {run.machine}. `python -m bench.peers.run`. Every server ran alone, one after
+another ({rounds} round(s), each in the reverse order of the last; figures are medians over
+rounds, the range in brackets), driven by `wrk` (C) with `bench/peers/load.lua`, which checks
+every answer (`workloads.py` says how: a wrong label is a failure). The generator's own CPU
+share of the two cores is in the last column: it shares them with the server.
 
 ## How each server was set up
 
@@ -115,6 +119,10 @@ Physical bound: 250 / (0.2 s call + 15 ms think) = {kiosk_bound:.0f} requests/s.
 
 ## Upload page's `/predict`: JPEG in, ImageNet MobileNetV2, top-1
 
+The model's own cost, measured in the same run on a ready tensor (ONNX Runtime, one thread):
+{_costs(run.model_cost_ms)}. A server's CPU per request over it is what decoding, resizing, HTTP
+and hand-offs add.
+
 {table(upload, None)}
 
 {against_best_peer(upload)}
@@ -123,3 +131,21 @@ Physical bound: 250 / (0.2 s call + 15 ms think) = {kiosk_bound:.0f} requests/s.
 """
     (folder / "REPORT.md").write_text(text)
     print(text)
+
+
+def _medians(rows: list[Any]) -> list[Any]:
+    """One row per (server, connections): the median round by requests/s, with every round's."""
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for row in rows:
+        groups.setdefault((row.server, row.connections), []).append(row)
+    merged = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda m: m.rps)
+        middle = copy.copy(ordered[(len(ordered) - 1) // 2])
+        middle.rounds = [m.rps for m in group]
+        merged.append(middle)
+    return merged
+
+
+def _costs(costs: dict[Any, float]) -> str:
+    return ", ".join(f"{ms:.1f} ms CPU per image at batch {batch}" for batch, ms in costs.items())

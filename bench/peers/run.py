@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -137,10 +138,21 @@ class Measure:
     server_peak_rss_mb: float = 0.0
     generator_cpu_share: float = 0.0
     error: str = ""
+    rounds: list[float] = field(default_factory=list)
+    """Requests/s of every round (filled in by the report)."""
 
     @property
     def failures(self) -> int:
         return self.not_200 + self.wrong + self.socket_errors
+
+
+@dataclass(frozen=True)
+class Load:
+    """What wrk sends and how it judges the answers."""
+
+    requests: Path
+    expected: str
+    think_ms: tuple[int, int]
 
 
 @dataclass
@@ -148,6 +160,7 @@ class Run:
     date: str
     machine: str
     measures: list[Measure] = field(default_factory=list)
+    model_cost_ms: dict[int, float] = field(default_factory=dict)
 
 
 def venv_python(peer: Peer, venvs: Path) -> str:
@@ -212,16 +225,16 @@ def measure(
     workload: str,
     process: subprocess.Popen[bytes],
     port: int,
-    requests_file: Path,
-    expected: str,
+    load: Load,
     connections: int,
     seconds: float,
-    think: tuple[int, int],
 ) -> Measure:
     result = Measure(name, workload, connections)
     try:
         with ProcessWatch(process.pid, 0.5) as watch:
-            summary, share = wrk(port, requests_file, expected, connections, seconds, think)
+            summary, share = wrk(
+                port, load.requests, load.expected, connections, seconds, load.think_ms
+            )
     except RuntimeError as error:
         result.error = str(error)[:300]
         return result
@@ -311,8 +324,8 @@ def start(
     return port, process
 
 
-def prepare(folder: Path) -> tuple[Path, Path, str, dict[str, str]]:
-    """The request files of both workloads, the upload's expected answer, the peers' env."""
+def prepare(folder: Path) -> tuple[Load, Load, dict[str, str]]:
+    """Both workloads' loads, and the environment every peer's model code reads."""
     kiosk = folder / "kiosk.txt"
     lines = []
     for index, body in enumerate(workloads.kiosk_bodies()):
@@ -337,13 +350,73 @@ def prepare(folder: Path) -> tuple[Path, Path, str, dict[str, str]]:
     labels = folder / "labels.json"
     labels.write_text(json.dumps([keras_name(label) for label in imagenet_labels()]))
     env = {"PEER_MODEL": str(imagenet_model_path()), "PEER_LABELS": str(labels)}
-    return kiosk, upload, f'"prediction":"{expected}"', env
+    return (
+        Load(kiosk, '"classification_result":[1]', THINK_MS),
+        Load(upload, f'"prediction":"{expected}"', (0, 0)),
+        env,
+    )
+
+
+def serve_kiosk(
+    peer: Peer, python: str, env: dict[str, str], load: Load, args: Any
+) -> list[Measure]:
+    port, process = start(peer, python, "kiosk", env)
+    try:
+        wait_answering(port, load.requests)
+        # Warm-up: every restaurant fitted, every connection open; then the measured window.
+        measure(peer.name, "kiosk", process, port, load, KIOSK_CONNECTIONS, args.kiosk_warmup_s)
+        return [measure(peer.name, "kiosk", process, port, load, KIOSK_CONNECTIONS, args.kiosk_s)]
+    finally:
+        stop_tree(process)
+
+
+def serve_upload(
+    peer: Peer, python: str, env: dict[str, str], load: Load, args: Any
+) -> list[Measure]:
+    port, process = start(peer, python, "upload", env)
+    try:
+        wait_answering(port, load.requests)
+        measure(peer.name, "upload", process, port, load, 8, 5)
+        return [
+            measure(peer.name, "upload", process, port, load, connections, args.upload_s)
+            for connections in UPLOAD_CONNECTIONS
+        ]
+    finally:
+        stop_tree(process)
+
+
+def model_cost_ms() -> dict[int, float]:
+    """The model's own CPU per image on a ready tensor (ONNX Runtime, 1 thread), by batch size:
+    the floor every server's CPU per image is compared with."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from sluiceway.models.onnx_classifier import imagenet_model_path
+    from sluiceway.models.onnx_model import session_options
+
+    session = ort.InferenceSession(
+        str(imagenet_model_path()), session_options(1), providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    costs = {}
+    for batch in (1, 8):
+        tensor = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+        session.run(None, {name: tensor})
+        best = float("inf")
+        for _ in range(5):
+            started = time.thread_time()
+            for _ in range(max(1, 16 // batch)):
+                session.run(None, {name: tensor})
+            best = min(best, (time.thread_time() - started) / (max(1, 16 // batch) * batch))
+        costs[batch] = best * 1000
+    return costs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", default=list(PEERS))
     parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload"])
+    parser.add_argument("--rounds", type=int, default=1, help="each in reverse order of the last")
     parser.add_argument("--kiosk-s", type=float, default=60)
     parser.add_argument("--kiosk-warmup-s", type=float, default=10)
     parser.add_argument("--upload-s", type=float, default=20)
@@ -352,63 +425,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     run = Run(dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), machine())
+    run.model_cost_ms = model_cost_ms()
+    pythons = {name: venv_python(PEERS[name], args.venvs) for name in args.only}
     with tempfile.TemporaryDirectory() as folder:
-        kiosk, upload, expected, env = prepare(Path(folder))
-        for name in args.only:
-            peer = PEERS[name]
-            python = venv_python(peer, args.venvs)
-            if "kiosk" in args.workloads:
-                port, process = start(peer, python, "kiosk", env)
-                try:
-                    wait_answering(port, kiosk)
-                    # Warm-up: every restaurant fitted, every connection open, then measured.
-                    measure(
-                        name,
-                        "kiosk",
-                        process,
-                        port,
-                        kiosk,
-                        '"classification_result":[1]',
-                        KIOSK_CONNECTIONS,
-                        args.kiosk_warmup_s,
-                        THINK_MS,
-                    )
-                    run.measures.append(
-                        measure(
-                            name,
-                            "kiosk",
-                            process,
-                            port,
-                            kiosk,
-                            '"classification_result":[1]',
-                            KIOSK_CONNECTIONS,
-                            args.kiosk_s,
-                            THINK_MS,
-                        )
-                    )
-                finally:
-                    stop_tree(process)
-            if "upload" in args.workloads:
-                port, process = start(peer, python, "upload", env)
-                try:
-                    wait_answering(port, upload)
-                    measure(name, "upload", process, port, upload, expected, 8, 5, (0, 0))
-                    for connections in UPLOAD_CONNECTIONS:
-                        run.measures.append(
-                            measure(
-                                name,
-                                "upload",
-                                process,
-                                port,
-                                upload,
-                                expected,
-                                connections,
-                                args.upload_s,
-                                (0, 0),
-                            )
-                        )
-                finally:
-                    stop_tree(process)
+        kiosk, upload, env = prepare(Path(folder))
+        order = list(args.only)
+        for round_ in range(args.rounds):
+            # Alternate the order, so a machine getting busier or quieter favours nobody.
+            for name in order if round_ % 2 == 0 else reversed(order):
+                peer = PEERS[name]
+                if "kiosk" in args.workloads:
+                    run.measures += serve_kiosk(peer, pythons[name], env, kiosk, args)
+                if "upload" in args.workloads:
+                    run.measures += serve_upload(peer, pythons[name], env, upload, args)
     report(run, args)
 
 
