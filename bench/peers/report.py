@@ -78,9 +78,8 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
         for connections in sorted({m.connections for m in rows}):
             here = [m for m in rows if m.connections == connections]
             ours = next((m for m in here if m.server == "sluiceway"), None)
-            others = [m for m in here if m.server not in ("sluiceway", "fastapi")] or [
-                m for m in here if m.server != "sluiceway"
-            ]
+            peers = [m for m in here if not m.server.startswith("sluiceway")]
+            others = [m for m in peers if m.server != "fastapi"] or peers
             if ours is None or not others:
                 continue
             best = max(others, key=lambda m: m.rps)

@@ -56,10 +56,12 @@ class Peer:
     settings: str
     """How it is configured, and why, for the report."""
     docs: str
+    env: tuple[tuple[str, str], ...] = ()
+    """Settings given as environment variables (Sluiceway's variants)."""
 
     def command(self, python: str, port: int, workload: str) -> list[str]:
         module = f"bench.peers.servers.{self.name}_app"
-        if self.name == "sluiceway":
+        if self.name.startswith("sluiceway"):
             return [python, "-m", "sluiceway", "serve", "--port", str(port)]
         if self.name == "fastapi":
             return [
@@ -82,6 +84,15 @@ PEERS = {
         "as shipped: `sluiceway serve`, defaults (256 KNN slots; ImageNet 2 slots × 1 thread, "
         "batches up to 8, JPEGs decoded at reduced scale)",
         "README.md",
+    ),
+    "sluiceway-2w": Peer(
+        "sluiceway-2w",
+        (),
+        "two HTTP worker processes (`SLUICEWAY_WORKERS=2`), each with one ImageNet slot "
+        "(`SLUICEWAY_IMAGENET_SLOTS=1`): not the default, measured to see what one process "
+        "leaves on the table",
+        "README.md",
+        (("SLUICEWAY_WORKERS", "2"), ("SLUICEWAY_IMAGENET_SLOTS", "1")),
     ),
     "litserve": Peer(
         "litserve",
@@ -314,6 +325,7 @@ def start(
             "BENTOML_HOME": str(Path(tempfile.gettempdir()) / "sluiceway-peers" / "bentoml-home"),
             "RAY_USAGE_STATS_ENABLED": "0",
             **env,
+            **dict(peer.env),
         },
     )
     try:
@@ -414,7 +426,9 @@ def model_cost_ms() -> dict[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", nargs="*", default=list(PEERS))
+    parser.add_argument(
+        "--only", nargs="*", default=[name for name in PEERS if name != "sluiceway-2w"]
+    )
     parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload"])
     parser.add_argument("--rounds", type=int, default=1, help="each in reverse order of the last")
     parser.add_argument("--kiosk-s", type=float, default=60)
