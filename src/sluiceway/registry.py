@@ -216,6 +216,9 @@ class ModelRegistry:
             await host.install(kind, found.warmup)
         except SluicewayError as error:
             return self._failed(name, current, str(error))
+        except Exception as error:  # a bug must not leave the model LOADING for ever
+            logger.exception("loading model %s failed unexpectedly", name)
+            return self._failed(name, current, f"unexpected error: {error}")
         entry = ModelEntry(name, found, ModelState.READY)
         self._entries[name] = entry
         self._publish(entry)

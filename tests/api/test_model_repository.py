@@ -368,3 +368,19 @@ async def test_a_repository_model_cannot_take_a_built_in_name(tmp_path: Path) ->
             },
         )
         assert kiosk.json() == {"classification_result": [1]}
+
+
+async def test_a_warm_up_the_model_cannot_run_leaves_the_model_unavailable(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    linear_model(root / "cold" / "model.onnx")
+    # The declared input has 5 columns; the model multiplies by a 4-row matrix.
+    (root / "cold" / "config.toml").write_text(
+        LINEAR_CONFIG.replace("dims = [4]", "dims = [5]") + "\n[warmup]\n"
+    )
+    settings = fast_settings(model_repository=str(root), admin_token=TOKEN)
+    async with app_client(create_app(settings)) as http:
+        models = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
+        assert models["cold"]["state"] == "UNAVAILABLE"
+        assert "warm-up request failed" in models["cold"]["reason"]
+        again = await http.post("/v2/repository/models/cold/load", headers=AUTH)
+        assert again.status_code == 400 and "warm-up request failed" in again.json()["error"]

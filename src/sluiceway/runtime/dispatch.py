@@ -127,7 +127,10 @@ class LocalDispatcher:
         key = _cache_key(name, generation, "")
         model = await self._cache.get_or_load(name, key, lambda: kind.load(None))
         if warmup is not None:
-            (result,) = await model.infer([warmup])
+            try:
+                (result,) = await model.infer([warmup])
+            except Exception as error:  # a model's own runtime raises untyped errors
+                result = error
             if isinstance(result, Exception):
                 self._cache.discard(key)
                 raise ModelUnavailable(f"{name}: the warm-up request failed: {result}")
