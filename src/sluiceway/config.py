@@ -106,12 +106,21 @@ class Settings(BaseSettings):
 
     # Image downloads for the bird API.
     fetch_allow_hosts: str = Field(
-        "", description="comma-separated hosts, IPs or CIDRs exempt from the private-address ban"
+        "",
+        description="comma-separated host[:port], IP[:port] or CIDR[:port] exempt from the "
+        "private-address ban; no port = 80 and 443, :* = every port",
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="one image download, end to end")
     fetch_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout")
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one downloaded image")
     fetch_concurrency: int = Field(32, ge=1, description="downloads in flight per process")
+    # One slow host holds at most its own cap of the process's slots (an IPv6 /64 is one host).
+    fetch_per_host: int = Field(
+        4, ge=1, description="downloads in flight per remote address (IPv6: per /64)"
+    )
+    fetch_per_request: int = Field(
+        8, ge=1, description="downloads in flight for one bird API request"
+    )
     fetch_max_redirects: int = Field(5, ge=0, description="each target re-checked")
 
     # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).

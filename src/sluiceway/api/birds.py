@@ -32,7 +32,7 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.classifiers import classify_bytes
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
-from sluiceway.inputs.fetch import ImageFetcher
+from sluiceway.inputs.fetch import ImageFetcher, Share
 from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import Services, services_of
 
@@ -80,10 +80,16 @@ def fetcher_of(request: Request) -> ImageFetcher:
 
 
 async def classify_url(
-    services: Services, fetcher: ImageFetcher, url: str, k: int, deadline: float
+    services: Services,
+    fetcher: ImageFetcher,
+    url: str,
+    k: int,
+    deadline: float,
+    share: Share | None = None,
 ) -> list[dict[str, Any]]:
-    """Download one image and return its top ``k`` birds in the contract's shape."""
-    data = await fetcher.fetch(url)
+    """Download one image (within the request's ``share`` of download slots) and return its
+    top ``k`` birds in the contract's shape."""
+    data = await fetcher.fetch(url, share)
     predictions = await classify_bytes(services, BIRDS_MODEL, data, k, deadline)
     return [{"bird_name": p.label, "score": p.score} for p in predictions]
 
@@ -120,10 +126,11 @@ async def bird_api(request: Request) -> Response:
     urls = list(dict.fromkeys(parsed.images))  # one download per distinct URL, input order
     deadline = deadline_of(request, settings.request_timeout_s)
     fetcher = fetcher_of(request)
+    share = fetcher.share()
     try:
         async with asyncio.timeout(max(0.0, deadline - time.time())):
             outcomes = await asyncio.gather(
-                *(classify_url(services, fetcher, url, parsed.k, deadline) for url in urls),
+                *(classify_url(services, fetcher, url, parsed.k, deadline, share) for url in urls),
                 return_exceptions=True,
             )
     except TimeoutError:
