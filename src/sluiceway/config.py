@@ -133,9 +133,19 @@ class Settings(BaseSettings):
     )
     broker_max_deliveries: int = Field(3, ge=1, description="crashes before dead-lettering")
     broker_dead_letter_max: int = Field(10_000, ge=1, description="dead letters kept per model")
+    api_models: str = Field(
+        "",
+        description="split mode: models an API node needs a live worker for before /readyz "
+        "says ready; empty = every model it serves",
+    )
     worker_models: str = Field("", description="comma-separated models to serve; empty = all")
     worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
     worker_prefetch: int = Field(1024, ge=1, description="jobs read and not yet answered")
     worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
     worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
-    worker_port: int | None = Field(8001, ge=0, le=65535, description="health/metrics; unset=off")
+    worker_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="health/metrics; if taken, the next free port above; 0 = any; unset=off",
+    )

@@ -19,10 +19,17 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: the dispatcher can take work now."""
+    """Ready: the dispatcher can take work now (in split mode: a live worker serves each
+    model; ``waiting_for`` names those none serves yet)."""
     dispatcher = services_of(request).dispatcher
     ready = dispatcher.ready()
-    body = {"status": "ready" if ready else "not ready", "models": dispatcher.models()}
+    body: dict[str, object] = {
+        "status": "ready" if ready else "not ready",
+        "models": dispatcher.models(),
+    }
+    missing = getattr(dispatcher, "missing", None)  # split mode's dispatcher only
+    if not ready and callable(missing):
+        body["waiting_for"] = missing()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
