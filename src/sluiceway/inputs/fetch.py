@@ -319,17 +319,15 @@ class ImageFetcher:
         await self._client.aclose()
 
     async def fetch(self, url: str, share: Share | None = None) -> bytes:
-        """The bytes of the image at ``url``, or ``FetchError`` saying why not."""
+        """The bytes of the image at ``url``, or ``FetchError`` saying why not.
+
+        With a ``share``, the download first waits for one of its request's slots: for the
+        request's own other downloads, each bounded by the timeout (and the whole wait by the
+        request's deadline, which its caller keeps).
+        """
         if share is None:
             return await self._fetch(url)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await share.acquire()
-        except TimeoutError:
-            raise FetchError(
-                f"this request's other downloads held its {share.size} download slots "
-                f"for {self.timeout_s:g} s"
-            ) from None
+        await share.acquire()
         try:
             return await self._fetch(url)
         finally:
