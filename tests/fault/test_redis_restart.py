@@ -153,8 +153,8 @@ async def test_after_a_restart_ready_means_a_worker_is_back(redis: RedisServer) 
     # The trial: after Redis came back, /readyz said ready about a second before any
     # worker had re-registered, and requests in that gap got "503 no live worker". The API
     # node checks the registry five times a second here; its worker beats once a second.
-    settings, _ = await _split_mode(redis, "ready")
-    await _.close()
+    settings, quick = await _split_mode(redis, "ready")
+    await quick.close()  # replaced by one that beats once a second
     worker = Worker(
         settings.model_copy(update={"worker_heartbeat_s": 1.0, "worker_dead_after_s": 3.0}),
         select_kinds(build_kinds(settings), "knn"),
