@@ -72,7 +72,7 @@ class CaptionInput:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-_ACTIVATIONS_PER_PICTURE = 0.05  # of the weights' bytes; see Captioner
+_ACTIVATIONS_PER_PICTURE = 0.04  # of the weights' bytes; see Captioner
 
 
 class Captioner(ThreadedModel):
@@ -86,9 +86,9 @@ class Captioner(ThreadedModel):
         self._max_new_tokens = max_new_tokens
         self._threads = threads
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        # Measured as process RSS on a git-base-sized model (706 MB of weights): 711 MB after
-        # a one-picture call, 956 MB after an 8-picture one, which torch's allocator keeps:
-        # about 5 % of the weights per picture of the largest batch.
+        # Measured as process RSS on a git-base-sized model (706 MB of weights), two runs:
+        # 680-711 MB after a one-picture call, 815-956 MB after an 8-picture one, which
+        # torch's allocator keeps: about 4 % of the weights per picture of the largest batch.
         self._nbytes = int(weights * (1 + _ACTIVATIONS_PER_PICTURE * max_batch))
 
     @property
