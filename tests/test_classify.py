@@ -18,7 +18,7 @@ def environment(
     monkeypatch.setenv("SLUICEWAY_BIRDS_MODEL_URL", birds_server.url(f"files/{BIRDS_MODEL_FILE}"))
     monkeypatch.setenv("SLUICEWAY_BIRDS_MODEL_SHA256", BIRDS_SHA256)
     monkeypatch.setenv("SLUICEWAY_MODEL_CACHE_DIR", str(model_cache))
-    monkeypatch.setenv("SLUICEWAY_FETCH_ALLOW_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("SLUICEWAY_FETCH_ALLOW_HOSTS", "127.0.0.1:*")
     monkeypatch.setenv("SLUICEWAY_FETCH_TIMEOUT_S", "1")
 
 

@@ -378,7 +378,7 @@ def main() -> None:
                             "SLUICEWAY_BIRDS_MODEL_URL": f"{base}/{MODEL_FILE}",
                             "SLUICEWAY_BIRDS_MODEL_SHA256": MODEL_SHA256,
                             "SLUICEWAY_MODEL_CACHE_DIR": str(cache),
-                            "SLUICEWAY_FETCH_ALLOW_HOSTS": "127.0.0.1",
+                            "SLUICEWAY_FETCH_ALLOW_HOSTS": "127.0.0.1:*",
                         },
                     ),
                     True,

@@ -109,6 +109,7 @@ def sluiceway(broker: str | None, settings: dict[str, str] | None = None) -> Ite
     """The server under test: embedded, or an API node and its workers (``settings``: extra
     environment for every process)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    env["SLUICEWAY_API_MODELS"] = "knn"  # the workers serve the kiosk's model only
     env.update(settings or {})
     python = sys.executable
     port = free_port()

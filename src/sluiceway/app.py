@@ -41,7 +41,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     settings = settings or Settings()
     metrics = Metrics()
     if dispatcher is None and settings.broker_url:
-        dispatcher = RedisDispatcher(settings, metrics)  # split mode: models run on workers
+        # Split mode: models run on workers; the node is ready once each model has one.
+        routes = [kind.name for kind in build_kinds(settings)]
+        dispatcher = RedisDispatcher(settings, metrics, routes=routes)
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
         dispatcher = LocalDispatcher(build_kinds(settings), budget, metrics)

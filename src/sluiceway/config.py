@@ -112,12 +112,21 @@ class Settings(BaseSettings):
 
     # Image downloads for the bird API.
     fetch_allow_hosts: str = Field(
-        "", description="comma-separated hosts, IPs or CIDRs exempt from the private-address ban"
+        "",
+        description="comma-separated host[:port], IP[:port] or CIDR[:port] exempt from the "
+        "private-address ban; no port = 80 and 443, :* = every port",
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="one image download, end to end")
     fetch_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout")
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one downloaded image")
     fetch_concurrency: int = Field(32, ge=1, description="downloads in flight per process")
+    # One slow host holds at most its own cap of the process's slots (an IPv6 /64 is one host).
+    fetch_per_host: int = Field(
+        4, ge=1, description="downloads in flight per remote address (IPv6: per /64)"
+    )
+    fetch_per_request: int = Field(
+        8, ge=1, description="downloads in flight for one bird API request"
+    )
     fetch_max_redirects: int = Field(5, ge=0, description="each target re-checked")
 
     # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).
@@ -130,9 +139,19 @@ class Settings(BaseSettings):
     )
     broker_max_deliveries: int = Field(3, ge=1, description="crashes before dead-lettering")
     broker_dead_letter_max: int = Field(10_000, ge=1, description="dead letters kept per model")
+    api_models: str = Field(
+        "",
+        description="split mode: models an API node needs a live worker for before /readyz "
+        "says ready; empty = every model it serves",
+    )
     worker_models: str = Field("", description="comma-separated models to serve; empty = all")
     worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
     worker_prefetch: int = Field(1024, ge=1, description="jobs read and not yet answered")
     worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
     worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
-    worker_port: int | None = Field(8001, ge=0, le=65535, description="health/metrics; unset=off")
+    worker_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="health/metrics; if taken, the next free port above; 0 = any; unset=off",
+    )

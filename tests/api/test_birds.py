@@ -146,3 +146,41 @@ async def test_a_model_that_cannot_be_downloaded_is_503(
     assert response.status_code == 503
     assert "birds model is unavailable" in response.json()["detail"]
     assert response.headers["retry-after"]
+
+
+async def test_requests_naming_a_slow_host_leave_ordinary_ones_alone(
+    birds_server: FileServer, model_cache: Path
+) -> None:
+    # The trial through the API: ten requests naming a host that never finishes took
+    # every download slot of the process, and an ordinary request waited for them (0.1 s to
+    # 29.5 s). With 4 slots, 2 per host and 2 per request, they hold 2 of the 4.
+    bird = (birds_server.files["bird.jpg"], birds_server.files["PurpleGallinule.jpg"])
+    with FileServer({"a.jpg": bird[0], "b.jpg": bird[1]}, host="127.0.0.2") as slow:
+        settings = image_settings(
+            birds_server,
+            model_cache,
+            fetch_allow_hosts="127.0.0.0/8:*",
+            fetch_timeout_s=30.0,
+            fetch_concurrency=4,
+            fetch_per_host=2,
+            fetch_per_request=2,
+            request_timeout_s=60.0,
+        )
+        async with app_client(create_app(settings)) as http:
+            slow_urls = [slow.url("held/a.jpg"), slow.url("held/b.jpg")]
+            held = [
+                asyncio.create_task(http.post("/", json={"images": slow_urls})) for _ in range(10)
+            ]
+            for _ in range(500):
+                if slow.holding == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert slow.holding == 2
+            ordinary = birds_server.url("files/bird.jpg")
+            result = await asyncio.wait_for(ask(http, {"images": [ordinary]}), 20)
+            assert list(result["successful_results"]) == [ordinary]
+            assert not any(task.done() for task in held)
+            slow.release()
+            for answer in await asyncio.gather(*held):
+                assert answer.status_code == 200 and answer.json()["failed_results"] == []
+            assert slow.most_held == 2

@@ -5,6 +5,7 @@ than one that is gone: requests end by their deadline and the service recovers."
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from sluiceway.kinds import build_kinds
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.conftest import app_client, fast_settings
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from tests.runtime.test_dispatcher_contract import restaurant
 
 TIMEOUT_S = 2.0
@@ -45,6 +46,7 @@ async def _split_mode(redis: RedisServer, prefix: str) -> tuple[Settings, Worker
     settings = fast_settings(
         broker_url=redis.url,
         broker_prefix=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        api_models="knn",  # this cluster's only worker serves the kiosk's model alone
         worker_port=None,
         worker_heartbeat_s=0.2,
         worker_dead_after_s=1.0,
@@ -145,3 +147,58 @@ async def test_a_stalled_redis_holds_no_request_past_its_deadline(redis: RedisSe
     assert 504 in caught, caught
     healed = [status for sent, status, _ in outcomes if sent > max(end_at - 1.5, thawed + 1.5)]
     assert healed and all(status == 200 for status in healed), "did not recover"
+
+
+async def test_after_a_restart_ready_means_a_worker_is_back(redis: RedisServer) -> None:
+    # The issue's trial: after Redis came back, /readyz said ready about a second before any
+    # worker had re-registered, and requests in that gap got "503 no live worker". The API
+    # node checks the registry five times a second here; its worker beats once a second.
+    settings, quick = await _split_mode(redis, "ready")
+    await quick.close()  # replaced by one that beats once a second
+    worker = Worker(
+        settings.model_copy(update={"worker_heartbeat_s": 1.0, "worker_dead_after_s": 3.0}),
+        select_kinds(build_kinds(settings), "knn"),
+        Metrics(),
+    )
+    await worker.start()
+    try:
+        async with app_client(create_app(settings)) as http:
+            await _until_ready(http)
+            await asyncio.to_thread(redis.stop)
+            await asyncio.to_thread(redis.start)  # empty: the registry is gone too
+            seen: list[tuple[int, int]] = []  # (readyz, the request sent right after it)
+            began = time.monotonic()
+            while time.monotonic() - began < 6 and not (seen and seen[-1][0] == 200):
+                ready = (await http.get("/readyz")).status_code
+                answer = await http.post("/classify", json=BODY)
+                seen.append((ready, answer.status_code))
+                await asyncio.sleep(0.02)
+        assert seen[-1][0] == 200, "never ready again"
+        assert [s for s in seen if s[0] == 200] == [(200, 200)], seen
+        assert seen[0][0] == 503, "ready before any worker was back"
+    finally:
+        await worker.close()
+
+
+async def _until_ready(http: httpx.AsyncClient, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await http.get("/readyz")).status_code != 200:
+        if time.monotonic() > deadline:
+            pytest.fail("the API node never became ready")
+        await asyncio.sleep(0.05)
+
+
+async def test_an_outage_logs_its_503_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every request of an outage fails the same way; one warning says so, not one each.
+    settings = fast_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0", api_models="knn", worker_port=None
+    )
+    async with app_client(create_app(settings)) as http:
+        with caplog.at_level(logging.WARNING, logger="sluiceway.api.errors"):
+            statuses = [(await http.post("/classify", json=BODY)).status_code for _ in range(200)]
+    assert statuses == [503] * 200
+    warned = [r for r in caplog.records if r.name == "sluiceway.api.errors"]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert "the job broker (Redis) is unreachable" in warned[0].getMessage()

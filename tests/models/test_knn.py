@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -68,3 +71,29 @@ async def test_fitting_costs_the_fit_cost() -> None:
     started = time.perf_counter()
     await kind(fit_cost_s=0.1).load(np.array([[0, 0, 0], [1, 1, 1], [2, 2, 1]]))
     assert time.perf_counter() - started >= 0.1
+
+
+@pytest.mark.parametrize(("rows", "features", "models"), [(10, 2, 150), (1000, 2, 20), (10, 8, 80)])
+async def test_nbytes_matches_the_memory_fitted_models_hold(
+    rows: int, features: int, models: int
+) -> None:
+    # The cache budget is only as honest as nbytes: measure what many fitted models really
+    # hold (every allocation they keep alive, numpy's included) against what they report.
+    rng = np.random.default_rng(7)
+    specs = [
+        np.hstack([rng.integers(-50, 50, (rows, features)), rng.integers(0, 3, (rows, 1))])
+        for _ in range(models)
+    ]
+    knn = kind()
+    await knn.load(specs[0])  # imports and first-call caches are not the models' memory
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        fitted = [await knn.load(spec) for spec in specs]
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    reported = sum(model.nbytes for model in fitted)
+    assert 0.75 * held <= reported <= 1.25 * held, (reported / models, held / models)

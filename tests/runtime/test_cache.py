@@ -74,3 +74,74 @@ async def test_failed_load_is_not_cached() -> None:
     assert "k" not in cache
     calls: list[str] = []
     assert (await cache.get_or_load("m", "k", loader("k", 1, calls))).name == "k"
+
+
+class CountedBlob:
+    """A model that counts how often its size is asked: the cache's work per load."""
+
+    reads = 0
+
+    def __init__(self, nbytes: int) -> None:
+        self._nbytes = nbytes
+
+    @property
+    def nbytes(self) -> int:
+        CountedBlob.reads += 1
+        return self._nbytes
+
+
+async def test_each_load_reads_one_size_however_many_models_are_cached() -> None:
+    # Eviction keeps a running total: a load reads the new model's size once and never walks
+    # the cached entries, so its cost does not grow with the cache (it used to be a full scan).
+    cache: ModelCache[CountedBlob] = ModelCache(100 * 5000, Metrics())
+
+    async def counted(size: int) -> CountedBlob:
+        return CountedBlob(size)
+
+    for i in range(5000):
+        await cache.get_or_load("m", f"k{i}", lambda: counted(100))
+    assert len(cache) == 5000
+    CountedBlob.reads = 0
+    for i in range(5000, 6000):  # each of these evicts the oldest
+        await cache.get_or_load("m", f"k{i}", lambda: counted(100))
+    assert CountedBlob.reads == 1000
+    assert len(cache) == 5000
+    assert cache.keys()[:2] == ["k1000", "k1001"], "the oldest were evicted, in order"
+
+
+async def test_the_budget_holds_across_many_loads_of_mixed_sizes() -> None:
+    metrics = Metrics()
+    cache: ModelCache[Blob] = ModelCache(10_000, metrics)
+    calls: list[str] = []
+    sizes = [((i * 7919) % 1500) + 1 for i in range(3000)]
+    for i, size in enumerate(sizes):
+        await cache.get_or_load("m", f"k{i}", loader(f"k{i}", size, calls))
+        if i % 3 == 0 and f"k{i // 2}" in cache:  # some older models stay in use
+            await cache.get_or_load("m", f"k{i // 2}", loader("never", 1, calls))
+        assert cache.nbytes <= cache.budget
+    kept = cache.keys()
+    assert cache.nbytes == sum(sizes[int(key[1:])] for key in kept)
+    assert "never" not in calls
+    evicted = metrics.model_evictions.labels("m")._value.get()
+    assert evicted == len(sizes) - len(kept)
+
+
+async def test_recently_used_models_move_to_the_new_end() -> None:
+    cache: ModelCache[Blob] = ModelCache(1000, Metrics())
+    calls: list[str] = []
+    for name in "abcd":
+        await cache.get_or_load("m", name, loader(name, 1, calls))
+    await cache.get_or_load("m", "b", loader("b", 1, calls))
+    await cache.get_or_load("m", "a", loader("a", 1, calls))
+    assert cache.keys() == ["c", "d", "b", "a"]
+
+
+async def test_discarded_models_leave_the_running_total() -> None:
+    cache: ModelCache[Blob] = ModelCache(1000, Metrics())
+    calls: list[str] = []
+    for name in ("m#1:a", "m#1:b", "n#1:c"):
+        await cache.get_or_load(name[0], name, loader(name, 100, calls))
+    cache.discard_prefix("m#1:")
+    assert cache.keys() == ["n#1:c"] and cache.nbytes == 100
+    cache.discard("n#1:c")
+    assert len(cache) == 0 and cache.nbytes == 0

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import numpy as np
 import pytest
 from redis.asyncio import Redis
@@ -21,7 +22,7 @@ from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.runtime.wire import JobRecord, ResultRecord, WorkerRecord
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.conftest import fast_settings
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from tests.runtime.test_dispatcher_contract import expected, knn_job, restaurant
 
 
@@ -249,3 +250,61 @@ async def eventually_async(read: object, expected_value: object, timeout_s: floa
         if time.monotonic() > deadline:
             pytest.fail(f"{value!r} after {timeout_s} s, wanted {expected_value!r}")
         await asyncio.sleep(0.02)
+
+
+async def test_an_api_node_is_ready_only_while_a_worker_serves_each_routed_model(
+    redis_server: RedisServer,
+) -> None:
+    # Redis answering is not readiness: the node routes the kiosk and the image models, and
+    # is ready while, and only while, live workers serve all of them.
+    settings = cluster_settings(redis_server, api_models="knn,imagenet")
+    async with redis_client(redis_server) as redis, api_node(settings) as api:
+        keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        assert not api.ready() and api.missing() == ["imagenet", "knn"]
+        kiosk_only = new_worker(settings)
+        await kiosk_only.start()
+        both = Worker(settings, select_kinds(build_kinds(settings), "knn,imagenet"), Metrics())
+        try:
+            await eventually(lambda: api.missing() == ["imagenet"])
+            assert not api.ready()
+            await both.start()
+            await eventually(api.ready)
+            await both.close()
+            assert both.id.encode() not in await redis.hgetall(keys.workers), "deregistered"
+            await eventually(lambda: not api.ready())
+            assert api.missing() == ["imagenet"]
+        finally:
+            await both.close()
+            await kiosk_only.close()
+
+
+async def test_a_worker_that_cannot_start_leaves_no_registry_entry(
+    redis_server: RedisServer,
+) -> None:
+    # The probe port is bound before the worker registers: a worker whose probes cannot
+    # start (here: an address this host does not have) fails without a stale entry.
+    settings = cluster_settings(redis_server, worker_port=0, host="203.0.113.9")
+    worker = new_worker(settings)
+    with pytest.raises(OSError):
+        await worker.start()
+    async with redis_client(redis_server) as redis:
+        keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        assert await redis.hgetall(keys.workers) == {}
+
+
+async def test_workers_on_one_host_each_find_a_probe_port(redis_server: RedisServer) -> None:
+    port = free_port()
+    settings = cluster_settings(redis_server, worker_port=port)
+    workers = [new_worker(settings) for _ in range(3)]
+    try:
+        for worker in workers:
+            await worker.start()
+        ports = [worker.health_port for worker in workers]
+        assert ports[0] == port and len(set(ports)) == 3, ports
+        async with httpx.AsyncClient() as http:
+            for probe_port in ports:
+                answer = await http.get(f"http://127.0.0.1:{probe_port}/healthz")
+                assert answer.status_code == 200
+    finally:
+        for worker in workers:
+            await worker.close()

@@ -31,7 +31,7 @@ from pydantic import (
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.image_classifiers import ImageClassifiers
-from sluiceway.inputs.fetch import ImageFetcher
+from sluiceway.inputs.fetch import ImageFetcher, Share
 from sluiceway.kinds import BIRDS
 from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import services_of
@@ -78,10 +78,16 @@ def fetcher_of(request: Request) -> ImageFetcher:
 
 
 async def classify_url(
-    images: ImageClassifiers, fetcher: ImageFetcher, url: str, k: int, deadline: float
+    images: ImageClassifiers,
+    fetcher: ImageFetcher,
+    url: str,
+    k: int,
+    deadline: float,
+    share: Share | None = None,
 ) -> list[dict[str, Any]]:
-    """Download one image and return its top ``k`` birds in the contract's shape."""
-    data = await fetcher.fetch(url)
+    """Download one image (within the request's ``share`` of download slots) and return its
+    top ``k`` birds in the contract's shape."""
+    data = await fetcher.fetch(url, share)
     predictions = await images.classify(BIRDS, data, k, deadline=deadline)
     return [{"bird_name": p.label, "score": p.score} for p in predictions]
 
@@ -116,10 +122,14 @@ async def bird_api(request: Request, body: bytes, started: float) -> Response:
     urls = list(dict.fromkeys(parsed.images))  # one download per distinct URL, input order
     deadline = deadline_of(request, settings.request_timeout_s)
     fetcher = fetcher_of(request)
+    share = fetcher.share()
     try:
         async with asyncio.timeout(max(0.0, deadline - time.time())):
             outcomes = await asyncio.gather(
-                *(classify_url(services.images, fetcher, url, parsed.k, deadline) for url in urls),
+                *(
+                    classify_url(services.images, fetcher, url, parsed.k, deadline, share)
+                    for url in urls
+                ),
                 return_exceptions=True,
             )
     except TimeoutError:

@@ -19,7 +19,8 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: the dispatcher can take work now. Each model's own state is listed beside."""
+    """Ready: the dispatcher can take work now (in split mode: a live worker serves each
+    model; ``waiting_for`` names those none serves yet). Each model's own state is beside."""
     services = services_of(request)
     dispatcher = services.dispatcher
     ready = dispatcher.ready()
@@ -27,11 +28,14 @@ async def readyz(request: Request) -> JSONResponse:
         entry.name: {"state": entry.state, **({"reason": entry.reason} if entry.reason else {})}
         for entry in services.registry.entries()
     }
-    body = {
+    body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "models": dispatcher.models(),
         "model_states": states,
     }
+    missing = getattr(dispatcher, "missing", None)  # split mode's dispatcher only
+    if not ready and callable(missing):
+        body["waiting_for"] = missing()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -62,7 +63,15 @@ class _Admission:
 class RedisDispatcher:
     """Submits jobs to model workers over Redis and waits for their results."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, node: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        node: str | None = None,
+        routes: Iterable[str] = (),
+    ) -> None:
+        """``routes``: the models this node's endpoints send jobs to; it is ready only while a
+        live worker serves each (``settings.api_models`` overrides; neither: any one model)."""
         if not settings.broker_url:
             raise ValueError("RedisDispatcher needs settings.broker_url")
         self._url = settings.broker_url
@@ -84,6 +93,8 @@ class RedisDispatcher:
         self._closing = False
         self._closed = asyncio.Event()
         self._live_models: set[str] = set()
+        named = {name.strip() for name in settings.api_models.split(",") if name.strip()}
+        self._routes = frozenset(named or routes)
 
     async def start(self) -> None:
         self._closing = False
@@ -119,7 +130,24 @@ class RedisDispatcher:
             self._redis = None
 
     def ready(self) -> bool:
-        return self._connected and self._subscribed.is_set() and not self._closing
+        """Redis answers, replies can arrive, and a live worker serves every routed model.
+
+        Redis alone is not enough: just after it restarts the registry is empty until the
+        workers' next heartbeats, and every job sent meanwhile would get a 503.
+        """
+        return (
+            self._connected
+            and self._subscribed.is_set()
+            and not self._closing
+            and not self.missing()
+        )
+
+    def missing(self) -> list[str]:
+        """Routed models no live worker serves now (``["any model"]`` if none is routed and no
+        worker lives)."""
+        if not self._routes:
+            return [] if self._live_models else ["any model"]
+        return sorted(self._routes - self._live_models)
 
     def models(self) -> list[str]:
         return sorted(self._live_models)

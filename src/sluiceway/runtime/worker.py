@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -23,7 +24,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -133,23 +134,41 @@ class Worker:
         """Connected to the broker and taking jobs."""
         return self._connected and not self._stopping
 
+    @property
+    def health_port(self) -> int | None:
+        """The port the probes answer on (``None`` when they are off)."""
+        if self._health is None:
+            return None
+        port: int = self._health.sockets[0].getsockname()[1]
+        return port
+
     async def start(self) -> None:
-        """Connect, join the consumer groups, and start reading, replying and heartbeating."""
+        """Connect, join the consumer groups, and start reading, replying and heartbeating.
+
+        The probe port is bound first, so a worker that cannot start never registers; one that
+        fails later in start-up leaves the registry again before the error propagates.
+        """
         await self._local.start()
-        self._redis = connect(self._settings.broker_url or "")
-        await self._beat()
-        self._reading = asyncio.create_task(self._read(), name="worker read")
-        self._tasks = [asyncio.create_task(self._heartbeat(), name="worker heartbeat")]
-        port = self._settings.worker_port
-        if port is not None:
-            self._health = await asyncio.start_server(self._answer_probe, self._settings.host, port)
-        logger.info("worker %s serving %s", self.id, ", ".join(self._models))
+        try:
+            port = self._settings.worker_port
+            if port is not None:
+                self._health = await _bind_probes(self._answer_probe, self._settings.host, port)
+            self._redis = connect(self._settings.broker_url or "")
+            await self._beat()
+            self._reading = asyncio.create_task(self._read(), name="worker read")
+            self._tasks = [asyncio.create_task(self._heartbeat(), name="worker heartbeat")]
+        except BaseException:
+            await self.close()
+            raise
+        probes = f"; probes on {self._settings.host}:{self.health_port}" if self._health else ""
+        logger.info("worker %s serving %s%s", self.id, ", ".join(self._models), probes)
 
     async def close(self) -> None:
         """Stop reading, answer what was read, leave the registry so others take over."""
         self._stopping = True
         if self._health is not None:
             self._health.close()
+            self._health = None
         self._stopped.set()
         self._room.set()
         if self._reading is not None:
@@ -558,6 +577,33 @@ class Worker:
             writer.close()
 
 
+# How many ports above SLUICEWAY_WORKER_PORT a worker tries when it is taken: several workers on
+# one host (the README's scale-out example) each get their own probes, 8001, 8002, ...
+_PROBE_PORTS_TRIED = 64
+
+
+async def _bind_probes(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    host: str,
+    port: int,
+) -> asyncio.Server:
+    """Serve ``handler`` on ``port``, or the first free port above it (``0``: any free one)."""
+    last = min(65535, port + _PROBE_PORTS_TRIED - 1) if port else 0
+    for candidate in range(port, last + 1):
+        try:
+            server = await asyncio.start_server(handler, host, candidate)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            continue
+        if candidate != port:
+            logger.info("probe port %d is taken; answering probes on %d", port, candidate)
+        return server
+    raise OSError(
+        errno.EADDRINUSE, f"probe ports {port}-{last} on {host} are all taken (worker_port)"
+    )
+
+
 async def _let_started_jobs_run() -> None:
     """Yield until the jobs just accepted have reached their model, before the next read.
 
@@ -588,7 +634,7 @@ async def serve_until_signalled(settings: Settings, kinds: Sequence[ModelKind]) 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     worker = Worker(settings, kinds, Metrics())
-    await worker.start()
+    await worker.start()  # leaves nothing registered if it fails
     # What start-up made (modules, models) lives as long as the process: keep it out of the
     # collector's passes, as the API node does.
     gc.collect()
