@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -14,6 +15,7 @@ from sluiceway.api import captions, classifiers, errors, kiosk, ops, predict, ro
 from sluiceway.api.context import RequestContext
 from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
+from sluiceway.edge import STATE_KEY, Edge, EdgeLimits
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     fetcher = ImageFetcher.from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await services.dispatcher.start()
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise rescan it while requests wait (a latency tail).
@@ -45,7 +47,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         gc.freeze()
         logger.info("sluiceway %s serving models %s", __version__, services.dispatcher.models())
         try:
-            yield
+            # The lifespan state reaches the server's protocol (``sluiceway.edge``) as well as
+            # each request: that is how the edge gets this app's limits and metrics.
+            yield {STATE_KEY: Edge(EdgeLimits.from_settings(settings), metrics)}
         finally:
             await services.dispatcher.close()
             await fetcher.aclose()
