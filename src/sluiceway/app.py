@@ -11,7 +11,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from sluiceway import __version__
-from sluiceway.api import captions, classifiers, errors, kiosk, ops, predict, root, web
+from sluiceway.api import (
+    captions,
+    classifiers,
+    errors,
+    kiosk,
+    openapi,
+    ops,
+    predict,
+    root,
+    web,
+)
 from sluiceway.api.context import RequestContext
 from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
@@ -66,6 +76,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
+    openapi.install(app)
     app.add_middleware(FastRoutes, routes=kiosk.routes, errors=error_responses)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     return app

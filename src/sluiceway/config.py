@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
     knn_max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
     knn_max_queries: int = Field(10_000, ge=1, description="query vectors per request")
+    knn_inline_parse_bytes: int = Field(
+        64 * 1024, ge=0, description="larger kiosk bodies are parsed off the event loop"
+    )
 
     # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
     # busy while image decoding (also threaded) interleaves; see models/classifier.py.
