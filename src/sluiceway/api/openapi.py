@@ -279,7 +279,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
         "responses": {
             "200": {"description": "the file"},
-            "404": _answer("no such file", ("text/plain", {"type": "string"})),
+            "404": _detail("no such file"),
         },
     },
     ("/v1/models/{model}/classify", "post"): {
