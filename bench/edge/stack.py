@@ -56,27 +56,32 @@ def servers() -> list[Server]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=60, help="seconds per stack")
+    parser.add_argument("--duration", type=int, default=60, help="seconds per stack and round")
+    parser.add_argument("--rounds", type=int, default=2, help="each stack this many times, in turn")
     parser.add_argument("--only", nargs="*", help="run only these stacks")
     args = parser.parse_args()
     workdir = HERE / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    results: dict[str, dict[str, float]] = {}
-    for server in servers():
-        if args.only and server.name not in args.only:
-            continue
-        run = measure(server, server.name != "ceiling", args.duration, workdir)
-        result = run["result"]
-        assert isinstance(result, LocustResult)
-        results[server.name] = {
-            "rps_steady": result.rps_steady,
-            "p50_ms": result.p50_ms,
-            "p99_ms": result.p99_ms,
-            "failures": result.failures,
-            "rss_peak_mb": float(run["rss_peak_mb"]),  # type: ignore[arg-type]
-            "server_cpu_ms_per_request": float(run["server_cpu_ms_per_request"]),  # type: ignore[arg-type]
-        }
+    results: dict[str, list[dict[str, float]]] = {}
+    stacks = [s for s in servers() if not args.only or s.name in args.only]
+    for round_ in range(args.rounds):
+        for server in stacks:
+            if server.name == "ceiling" and round_:
+                continue  # it only tells the machine's state; once is enough
+            run = measure(server, server.name != "ceiling", args.duration, workdir / str(round_))
+            result = run["result"]
+            assert isinstance(result, LocustResult)
+            results.setdefault(server.name, []).append(
+                {
+                    "rps_steady": result.rps_steady,
+                    "p50_ms": result.p50_ms,
+                    "p99_ms": result.p99_ms,
+                    "failures": result.failures,
+                    "rss_peak_mb": float(run["rss_peak_mb"]),  # type: ignore[arg-type]
+                    "server_cpu_ms_per_request": float(run["server_cpu_ms_per_request"]),  # type: ignore[arg-type]
+                }
+            )
     out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "machine": machine()}
-    out |= {"duration_s": args.duration, "runs": results}
+    out |= {"duration_s": args.duration, "rounds": results}
     (HERE / "stack.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

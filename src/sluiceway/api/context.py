@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,10 @@ UNMATCHED = "unmatched"
 
 CLIENT_CLOSED = 499
 """Status counted for a request whose client went away before its answer (nginx's code)."""
+
+_REQUEST_ID = re.compile(rb"[!-~]{1,64}")
+"""A caller's request id is echoed only if it is 1-64 visible ASCII characters: it goes into a
+response header and every log line, where control characters would inject or break them."""
 
 EDGE_STATUS = "sluiceway.edge_status"
 """Scope key the HTTP edge (``sluiceway.edge``) sets when it answered the request itself."""
@@ -75,7 +80,8 @@ class RequestContext:
         rid = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value.decode("latin-1")[:64]
+                if _REQUEST_ID.fullmatch(value):
+                    rid = value.decode("ascii")
                 break
         rid = rid or os.urandom(8).hex()
         token = request_id.set(rid)
