@@ -248,3 +248,20 @@ async def test_a_malformed_request_line_gets_400() -> None:
     async with edge_server() as port:
         status, _, body = await request(port, b"GET /ping HTTP/1.1\r\nBad Header\r\n\r\n")
     assert (status, body) == (400, b'{"detail":"invalid HTTP request"}')
+
+
+async def test_a_big_body_and_the_next_request_in_one_read_are_not_taken_for_a_big_head() -> None:
+    async with edge_server(max_header_bytes=4096) as port:
+        reader, writer = await connect(port)
+        body = KIOSK_BODY + b" " * 6000  # JSON allows the padding; the read is over the limit
+        writer.write(
+            b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            + b"GET /ping HTTP/1.1\r\nHost: t\r\n"  # pipelined, its head not finished yet
+        )
+        status, _, answer = await read_response(reader)
+        assert (status, answer) == (200, b'{"classification_result":[1]}')
+        writer.write(b"\r\n")
+        status, _, answer = await read_response(reader)
+        assert (status, answer) == (200, b"OK")
+        writer.close()

@@ -127,9 +127,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = _FIRST
         self._deadline = 0.0  # of the head: _FIRST and _HEAD
         self._timer: TimerHandle | None = None
-        self._head_bytes = 0
-        self._head_fields = 0
-        self._began_in_read = False
+        self._head_bytes = 0  # of reads that ended inside the head
+        self._head_spans_reads = False
+        self._new_head = False  # a request began in the current read
+        self._new_body = False  # a request's headers ended in the current read
+        self._read_size = 0
         self._body_started = 0.0
         self._body_bytes = 0
         self._refusal: tuple[str, int, str] | None = None
@@ -154,8 +156,11 @@ class EdgeProtocol(HttpToolsProtocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
+        # Hot path: every request comes through here. The parser callbacks only set flags;
+        # clocks are read and timers armed only for a request still incomplete after a read.
         self._unset_keepalive_if_required()
-        self._began_in_read = False
+        self._new_head = self._new_body = False
+        self._read_size = size = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -170,52 +175,51 @@ class EdgeProtocol(HttpToolsProtocol):
             else:
                 self._refuse("malformed", 400, "invalid HTTP request")
             return
-        if self._phase == _HEAD:
-            if not self._began_in_read:  # this whole read belongs to the unfinished head
-                self._head_bytes += len(data)
+        phase = self._phase
+        if phase == _IDLE:
+            return
+        if phase == _HEAD:
+            self._head_spans_reads = True
+            if self._new_head:  # its part of this read is unknown (an earlier request's too)
+                self._deadline = self.loop.time() + self.limits.header_timeout_s
+            else:
+                self._head_bytes += size  # this whole read belongs to the unfinished head
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse("header_too_large", 431, self._too_large())
                 return
-        if self._phase != _IDLE:
-            timer = self._timer
-            if timer is None or timer.when() > self._due():  # a body may be due before its head
-                if timer is not None:
-                    timer.cancel()
-                self._arm()
+        elif phase == _BODY and self._new_body:
+            self._body_started = self.loop.time()
+        timer = self._timer
+        if timer is None or timer.when() > self._due():  # a body may be due before its head
+            if timer is not None:
+                timer.cancel()
+            self._arm()
 
     # Parser callbacks.
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._phase != _FIRST:  # the first request's clock runs from the connection
-            self._deadline = self.loop.time() + self.limits.header_timeout_s
+        # The first request's clock runs from the connection; a later one's from now.
+        self._new_head = self._phase != _FIRST
         self._phase = _HEAD
-        self._began_in_read = True
         self._head_bytes = 0
-        self._head_fields = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.limits.max_header_bytes:
-            self._stop("header_too_large", 431, self._too_large())
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_fields += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_fields > self.limits.max_headers:
-            self._stop("too_many_headers", 431, f"more than {self.limits.max_headers} headers")
-        if self._head_bytes > self.limits.max_header_bytes:
-            self._stop("header_too_large", 431, self._too_large())
-        super().on_header(name, value)
+        self._head_spans_reads = False
 
     def on_headers_complete(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_headers:
+            self._stop("too_many_headers", 431, f"more than {limits.max_headers} headers")
+        if self._head_spans_reads or self._read_size > limits.max_header_bytes:
+            # The head spanned reads, or this read alone could hold an oversized one: measure.
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limits.max_header_bytes:
+                self._stop("header_too_large", 431, self._too_large())
         self._phase = _BODY
-        self._body_started = self.loop.time()
+        self._new_body = True
         self._body_bytes = 0
         busy: tuple[str, str, bool] | None = None
-        if len(self.connections) > self.limits.max_connections:
+        if len(self.connections) > limits.max_connections:
             busy = ("connection_limit", "too many connections", True)
-        elif len(self.tasks) >= self.limits.max_requests:
+        elif len(self.tasks) >= limits.max_requests:
             busy = ("request_limit", "too many requests in progress", False)
         if busy is None:
             super().on_headers_complete()
