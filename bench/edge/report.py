@@ -47,6 +47,29 @@ def plot(hostile: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def hostile_table(hostile: dict[str, Any]) -> list[str]:
+    """One row per phase of a ``bench.edge.hostile`` run."""
+    lines = [
+        "| phase | kiosk RPS | p50 ms | p99 ms | p99 vs baseline | errors | wrong labels | "
+        "RSS before → peak MB | hostile connections | closed by the server | longest open s | "
+        "answers |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    phases = hostile["phases"]
+    base_p99 = phases["baseline"]["kiosk_p99_ms"]
+    for name, p in phases.items():
+        answers = "; ".join(f"{k}: {v}" for k, v in p["hostile_answers"].items()) or "–"
+        longest = f"{p['hostile_open_s_max']:.1f}" if p["hostile_open_s_max"] else "–"
+        lines.append(
+            f"| {name} | {p['kiosk_rps']:.0f} | {p['kiosk_p50_ms']:.0f} | "
+            f"{p['kiosk_p99_ms']:.0f} | {p['kiosk_p99_ms'] / base_p99:.2f} | "
+            f"{p['kiosk_errors']} | {p['kiosk_wrong_labels']} | "
+            f"{p['rss_before_mb']:.0f} → {p['rss_peak_mb']:.0f} | {p['hostile_connections']} | "
+            f"{p['hostile_closed_by_server']} | {longest} | {answers} |"
+        )
+    return lines
+
+
 def report() -> str:
     cost = _load("protocol_cost.json")
     stack = _load("stack.json")
@@ -111,23 +134,19 @@ def report() -> str:
         "64 kiosks on keep-alive connections (10–20 ms think time, every label checked); each "
         "phase adds its attack after a 5 s warm-up, and latencies count from then on.",
         "",
-        "| phase | kiosk RPS | p50 ms | p99 ms | p99 vs baseline | errors | wrong labels | "
-        "RSS before → peak MB | hostile connections | closed by the server | longest open s | "
-        "answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        *hostile_table(hostile),
     ]
     phases = hostile["phases"]
-    base_p99 = phases["baseline"]["kiosk_p99_ms"]
-    for name, p in phases.items():
-        answers = "; ".join(f"{k}: {v}" for k, v in p["hostile_answers"].items()) or "–"
-        longest = f"{p['hostile_open_s_max']:.1f}" if p["hostile_open_s_max"] else "–"
-        lines.append(
-            f"| {name} | {p['kiosk_rps']:.0f} | {p['kiosk_p50_ms']:.0f} | "
-            f"{p['kiosk_p99_ms']:.0f} | {p['kiosk_p99_ms'] / base_p99:.2f} | "
-            f"{p['kiosk_errors']} | {p['kiosk_wrong_labels']} | "
-            f"{p['rss_before_mb']:.0f} → {p['rss_peak_mb']:.0f} | {p['hostile_connections']} | "
-            f"{p['hostile_closed_by_server']} | {longest} | {answers} |"
-        )
+    stock_path = HERE / "hostile-uvicorn-httptools.json"
+    if stock_path.exists():
+        stock = _load(stock_path.name)
+        lines += [
+            "",
+            f"The same attacks on the stack before the limits (`{stock['stack']}`, "
+            f"{stock['duration_s']:.0f} s per phase, {stock['date']}):",
+            "",
+            *hostile_table(stock),
+        ]
     flood = phases["header-flood"]
     lines += [
         "",
