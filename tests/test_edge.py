@@ -256,7 +256,8 @@ async def test_a_big_body_and_the_next_request_in_one_read_are_not_taken_for_a_b
         body = KIOSK_BODY + b" " * 6000  # JSON allows the padding; the read is over the limit
         writer.write(
             b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"Content-Length: %d\r\n\r\n%s"
+            % (len(body), body)
             + b"GET /ping HTTP/1.1\r\nHost: t\r\n"  # pipelined, its head not finished yet
         )
         status, _, answer = await read_response(reader)

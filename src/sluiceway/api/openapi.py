@@ -183,6 +183,7 @@ _LATE = _detail("the request's deadline passed")
 _EDGE = {
     "408": _detail("headers or body not received in time (the HTTP edge)"),
     "431": _detail("request headers too large or too many (the HTTP edge)"),
+    "503": _detail("too many connections or requests in progress (the HTTP edge; Retry-After)"),
 }
 """Statuses the HTTP edge (``sluiceway.edge``) may answer for any route before it runs."""
 
