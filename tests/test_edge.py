@@ -266,3 +266,19 @@ async def test_a_big_body_and_the_next_request_in_one_read_are_not_taken_for_a_b
         status, _, answer = await read_response(reader)
         assert (status, answer) == (200, b"OK")
         writer.close()
+
+
+async def test_header_injection_attempts_never_reach_a_response_header() -> None:
+    async with edge_server() as port:
+        # Control characters and bare CR or LF in a value are refused by the parser...
+        for value in (b"a\x01b", b"a\x7fb", b"a\rSet-Cookie: x=1"):
+            status, _, body = await request(
+                port, b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Request-ID: " + value + b"\r\n\r\n"
+            )
+            assert (status, body) == (400, b'{"detail":"invalid HTTP request"}'), value
+        # ...and what it lets through beyond visible ASCII is not echoed as the request id.
+        status, headers, body = await request(
+            port, b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Request-ID: a\x80\xffb\r\n\r\n"
+        )
+        assert (status, body) == (200, b"OK")
+        assert re.fullmatch(r"[0-9a-f]{16}", headers["x-request-id"])
