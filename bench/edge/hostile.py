@@ -10,7 +10,8 @@ Phases, each ``--duration`` seconds, one after another on one server process:
    never finish it;
 3. ``header-flood``: plus 4 connections at a time sending one endless header as fast as they
    can, reconnecting when cut off, up to 300 MB in all;
-4. ``slow-body``: plus 50 kiosk uploads declaring 1 MB and sending 1 byte a second.
+4. ``slow-body``: plus 50 kiosk uploads declaring 1 MB and sending 1 byte a second;
+5. ``baseline-again``: the load alone once more, to tell how much p99 moves without an attack.
 
 For each phase: the kiosk load's RPS, p50/p99 and errors; the server's RSS; and how long each
 hostile connection stayed open (closed by the server, or still open when the phase ended).
@@ -43,6 +44,8 @@ SLOWLORIS = 500
 FLOOD_CONNECTIONS = 4
 FLOOD_BYTES = 300 * 1024 * 1024
 SLOW_BODIES = 50
+PHASES = ("baseline", "slowloris", "header-flood", "slow-body", "baseline-again")
+"""The load alone again at the end: how far p99 moves with no attack tells the noise."""
 
 
 def restaurants() -> list[tuple[bytes, dict[tuple[int, int], int]]]:
@@ -307,7 +310,7 @@ def main() -> None:
     server, process = start(args.stack)
     phases: dict[str, object] = {}
     try:
-        for name in ("baseline", "slowloris", "header-flood", "slow-body"):
+        for name in PHASES:
             phases[name] = asyncio.run(phase(name, server.port, process.pid, args.duration))  # type: ignore[attr-defined]
     finally:
         stop(process)  # type: ignore[arg-type]
