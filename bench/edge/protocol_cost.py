@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -22,7 +24,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from bench.loadtest import machine
 from sluiceway.edge import EdgeProtocol
+
+HERE = Path(__file__).resolve().parent
 
 BODY = json.dumps(
     {
@@ -109,17 +114,11 @@ def main() -> None:
         results["edge"].append(uvloop.run(cost(EdgeProtocol, args.requests)))
     base = statistics.median(results["httptools"])
     edge = statistics.median(results["edge"])
-    print(
-        json.dumps(
-            {
-                "us_per_request": results,
-                "median_httptools": base,
-                "median_edge": edge,
-                "edge_extra_us": edge - base,
-            },
-            indent=2,
-        )
-    )
+    out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "machine": machine()}
+    out |= {"us_per_request": results, "median_httptools": base, "median_edge": edge}
+    out["edge_extra_us"] = edge - base
+    (HERE / "protocol_cost.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
