@@ -79,7 +79,8 @@ def report() -> str:
     lines = [
         "# The HTTP edge: what its limits cost, and whether it holds",
         "",
-        f"- Dates (UTC): protocol cost and stack {stack['date']}, hostile {hostile['date']}.",
+        f"- Dates (UTC): protocol cost {cost.get('date', '?')}, stacks {stack['date']}, "
+        f"hostile {hostile['date']}.",
         f"- Machine: {stack['machine']}; shared with other work while these ran (other "
         "sessions' tests and benchmarks), so absolute RPS and latencies move between runs; "
         "compare within a run.",
