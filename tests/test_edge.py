@@ -26,6 +26,17 @@ KIOSK_BODY = (
 )
 
 
+_SERVERS: dict[int, uvicorn.Server] = {}
+
+
+async def until(port: int, connections: int = 0, requests: int = 0) -> None:
+    """Wait until the server on ``port`` holds this many connections and requests in flight."""
+    state = _SERVERS[port].server_state
+    async with asyncio.timeout(_HANG_S):
+        while len(state.connections) < connections or len(state.tasks) < requests:  # noqa: ASYNC110 (uvicorn offers no event)
+            await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def edge_server(**settings: object) -> AsyncIterator[int]:
     """Serve ``create_app`` through ``EdgeProtocol`` on a free loopback port; yield the port."""
@@ -40,8 +51,10 @@ async def edge_server(**settings: object) -> AsyncIterator[int]:
         while not server.started:
             assert not task.done(), "the server stopped while starting"
             await asyncio.sleep(0.01)
+        _SERVERS[port] = server
         yield port
     finally:
+        _SERVERS.pop(port, None)
         server.should_exit = True
         await task
         listener.close()
@@ -215,7 +228,7 @@ async def test_connections_over_the_limit_get_503_with_retry_after() -> None:
     async with edge_server(max_connections=2) as port:
         _, first = await connect(port)
         _, second = await connect(port)
-        await asyncio.sleep(0.05)  # let the server accept both before the third arrives
+        await until(port, connections=2)
         status, headers, body = await request(port, b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
         first.close()
         second.close()
@@ -232,7 +245,7 @@ async def test_requests_in_flight_over_the_limit_get_503_with_retry_after() -> N
             b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(KIOSK_BODY) + KIOSK_BODY[:10]
         )
-        await asyncio.sleep(0.05)
+        await until(port, requests=1)
         status, headers, body = await request(port, b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (status, headers["retry-after"]) == (503, "1")
         assert body == b'{"detail":"server busy: too many requests in progress"}'
