@@ -58,11 +58,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=60, help="seconds per stack and round")
     parser.add_argument("--rounds", type=int, default=2, help="each stack this many times, in turn")
-    parser.add_argument("--only", nargs="*", help="run only these stacks")
+    parser.add_argument("--only", nargs="*", help="run only these stacks, in this order")
+    parser.add_argument("--out", default="stack.json", help="file name in bench/edge")
     args = parser.parse_args()
     workdir = HERE / "runs" / time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, list[dict[str, float]]] = {}
     stacks = [s for s in servers() if not args.only or s.name in args.only]
+    if args.only:  # in the order given: alternate it between runs to tell order from effect
+        stacks.sort(key=lambda server: args.only.index(server.name))
     for round_ in range(args.rounds):
         for server in stacks:
             if server.name == "ceiling" and round_:
@@ -82,7 +85,7 @@ def main() -> None:
             )
     out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "machine": machine()}
     out |= {"duration_s": args.duration, "rounds": results}
-    (HERE / "stack.json").write_text(json.dumps(out, indent=2))
+    (HERE / args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
