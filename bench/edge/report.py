@@ -138,6 +138,16 @@ def report() -> str:
         *hostile_table(hostile),
     ]
     phases = hostile["phases"]
+    earlier_path = HERE / "hostile-sluiceway-earlier.json"
+    if earlier_path.exists():
+        earlier = _load(earlier_path.name)
+        lines += [
+            "",
+            f"An earlier run of the same (`{earlier['stack']}`, {earlier['duration_s']:.0f} s per "
+            f"phase, {earlier['date']}, before the `baseline-again` phase existed):",
+            "",
+            *hostile_table(earlier),
+        ]
     stock_path = HERE / "hostile-uvicorn-httptools.json"
     if stock_path.exists():
         stock = _load(stock_path.name)
@@ -157,6 +167,17 @@ def report() -> str:
         "answering 431 and closing; with the flood's data still unread the kernel resets the "
         "connection, so many clients see the close and not the 431, which is counted in "
         "`sluiceway_edge_refusals_total` all the same.",
+        "",
+        "The flood's connections still open at the end are its last ones, which stopped "
+        "sending when the 300 MB were spent, with less than the size limit sent: the header "
+        "timeout closes such a connection at 10 s, after the phase ended.",
+        "",
+        "p99 of the same load with no attack moves a lot on this shared machine: from 388 to "
+        "252 ms between the two baselines of the latest run, and from 253 to 475 ms on the "
+        "stack without limits. Against the latest run's `baseline-again` (the attacks' own "
+        "neighbours in time), every attack moves p99 by under 3 %; the earlier run, without "
+        "that second baseline, saw +18 % (slowloris) and +45 % (slow bodies) against its "
+        "first one.",
         "",
         "![kiosk p99 and server RSS per phase](edge.png)",
         "",
