@@ -35,11 +35,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from sluiceway.api.context import EDGE_STATUS
 from sluiceway.config import Settings
 from sluiceway.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+EDGE_STATUS = "sluiceway.edge_status"
+"""Scope key set when the edge answered a request itself (a body timeout's 408), so the request
+metrics count that status rather than a client disconnect."""
 
 STATE_KEY = "sluiceway.edge"
 """Key of the ``Edge`` in the app's lifespan state, where each connection's protocol finds it."""

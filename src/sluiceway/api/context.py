@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sluiceway.edge import EDGE_STATUS
 from sluiceway.logs import request_id
 from sluiceway.runtime.metrics import Metrics
 
@@ -25,9 +26,6 @@ CLIENT_CLOSED = 499
 _REQUEST_ID = re.compile(rb"[!-~]{1,64}")
 """A caller's request id is echoed only if it is 1-64 visible ASCII characters: it goes into a
 response header and every log line, where control characters would inject or break them."""
-
-EDGE_STATUS = "sluiceway.edge_status"
-"""Scope key the HTTP edge (``sluiceway.edge``) sets when it answered the request itself."""
 
 
 def route_template(scope: Scope, paths: dict[Any, str]) -> str:
