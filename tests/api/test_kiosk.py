@@ -216,3 +216,21 @@ async def test_ping_is_answered_while_big_training_sets_are_being_parsed(
     assert small.status_code == 200
     assert parsed_in[-1] is threading.main_thread(), "a small body is parsed inline"
     assert all(thread is not threading.main_thread() for thread in parsed_in[:4])
+
+
+async def test_a_big_body_parsed_off_the_loop_gets_the_same_answers() -> None:
+    settings = fast_settings(knn_inline_parse_bytes=1024, knn_max_training_rows=5000)
+    async with app_client(create_app(settings)) as client:
+        rows = restaurant(4, rows=3000)
+        good = await client.post("/classify", json=body(rows, [[1, 2], [-3, 4]]))
+        ragged = await client.post("/classify", json=body([*rows, [1, 2]], [1, 2]))
+        too_many = await client.post("/classify", json=body(rows * 2, [1, 2]))
+    assert good.json() == {"classification_result": expected(rows, [[1, 2], [-3, 4]])}
+    assert (ragged.status_code, ragged.json()) == (
+        422,
+        {"detail": "training rows must all have 3 values"},
+    )
+    assert (too_many.status_code, too_many.json()) == (
+        413,
+        {"detail": "6000 training rows; at most 5000 are accepted"},
+    )
