@@ -84,8 +84,16 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"classification_result":[1]}'})
 
 
-async def cost(protocol_class: type[HttpToolsProtocol], requests: int) -> float:
-    """Microseconds of CPU per request through ``protocol_class``."""
+HEAD, _, _ = REQUEST.partition(b"\r\n\r\n")
+READS = {
+    "one": [REQUEST],
+    # As urllib3 (Locust's client) sends it: the head, then the body in a write of its own.
+    "two": [HEAD + b"\r\n\r\n", BODY],
+}
+
+
+async def cost(protocol_class: type[HttpToolsProtocol], requests: int, reads: str) -> float:
+    """Microseconds of CPU per request through ``protocol_class``, arriving in ``reads``."""
     config = Config(app, log_config=None, timeout_keep_alive=5)
     config.load()
     state = ServerState()
@@ -93,8 +101,11 @@ async def cost(protocol_class: type[HttpToolsProtocol], requests: int) -> float:
     transport = MemoryTransport()
     protocol.connection_made(transport)
     started = time.process_time()
+    chunks = READS[reads]
     for _ in range(requests):
-        protocol.data_received(REQUEST)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+            await asyncio.sleep(0)
         while state.tasks:  # noqa: ASYNC110 (the app's task ends within a few loop turns)
             await asyncio.sleep(0)
     elapsed = time.process_time() - started
@@ -107,17 +118,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reads", choices=sorted(READS), default="one", help="reads per request")
     args = parser.parse_args()
     results: dict[str, list[float]] = {"httptools": [], "edge": []}
     for _ in range(args.rounds):
-        results["httptools"].append(uvloop.run(cost(HttpToolsProtocol, args.requests)))
-        results["edge"].append(uvloop.run(cost(EdgeProtocol, args.requests)))
+        results["httptools"].append(uvloop.run(cost(HttpToolsProtocol, args.requests, args.reads)))
+        results["edge"].append(uvloop.run(cost(EdgeProtocol, args.requests, args.reads)))
     base = statistics.median(results["httptools"])
     edge = statistics.median(results["edge"])
     out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "machine": machine()}
-    out |= {"us_per_request": results, "median_httptools": base, "median_edge": edge}
+    out |= {"reads_per_request": args.reads, "us_per_request": results}
+    out |= {"median_httptools": base, "median_edge": edge}
     out["edge_extra_us"] = edge - base
-    (HERE / "protocol_cost.json").write_text(json.dumps(out, indent=2))
+    name = "protocol_cost.json" if args.reads == "one" else f"protocol_cost-{args.reads}-reads.json"
+    (HERE / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 

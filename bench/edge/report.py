@@ -47,6 +47,24 @@ def plot(hostile: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def stack_rows(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
+    """One row per stack of a ``bench.edge.stack`` run, CPU relative to uvicorn-httptools."""
+    base_cpu = _median(rounds["uvicorn-httptools"], "server_cpu_ms_per_request")
+    rows = []
+    for name, runs in rounds.items():
+        cpu = _median(runs, "server_cpu_ms_per_request")
+        rows.append(
+            f"| {name} | "
+            + ", ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in runs)
+            + f" | {cpu:.3f} | {cpu / base_cpu:.2f} | "
+            + ", ".join(f"{r['rps_steady']:.0f}" for r in runs)
+            + " | "
+            + ", ".join(f"{r['p99_ms']:.0f}" for r in runs)
+            + f" | {sum(int(r['failures']) for r in runs)} |"
+        )
+    return rows
+
+
 def hostile_table(hostile: dict[str, Any]) -> list[str]:
     """One row per phase of a ``bench.edge.hostile`` run."""
     lines = [
@@ -109,18 +127,20 @@ def report() -> str:
         "| stack | server CPU ms/request (each round) | median | vs httptools | steady RPS | "
         "p99 ms | failures |",
         "|---|---|---:|---:|---|---|---:|",
+        *stack_rows(rounds),
     ]
-    for name, runs in rounds.items():
-        cpu = _median(runs, "server_cpu_ms_per_request")
-        lines.append(
-            f"| {name} | "
-            + ", ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in runs)
-            + f" | {cpu:.3f} | {cpu / base_cpu:.2f} | "
-            + ", ".join(f"{r['rps_steady']:.0f}" for r in runs)
-            + " | "
-            + ", ".join(f"{r['p99_ms']:.0f}" for r in runs)
-            + f" | {sum(int(r['failures']) for r in runs)} |"
-        )
+    reversed_path = HERE / "stack-reversed.json"
+    if reversed_path.exists():
+        again = _load(reversed_path.name)
+        lines += [
+            "",
+            f"The two stacks again, in the other order ({again['date']}):",
+            "",
+            "| stack | server CPU ms/request (each round) | median | vs httptools | steady RPS | "
+            "p99 ms | failures |",
+            "|---|---|---:|---:|---|---|---:|",
+            *stack_rows(again["rounds"]),
+        ]
     lines += [
         "",
         "`uvicorn-httptools` is the stack before the limits; `sluiceway` is `sluiceway serve` "
