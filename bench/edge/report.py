@@ -47,6 +47,25 @@ def plot(hostile: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def two_reads(base_cpu: float) -> list[str]:
+    """The protocol cost when a request's head and body arrive in reads of their own."""
+    path = HERE / "protocol_cost-two-reads.json"
+    if not path.exists():
+        return []
+    cost = _load(path.name)
+    return [
+        "",
+        f"With the head and the body in two reads, as urllib3 (Locust's client) sends them "
+        f"({cost['date']}): {cost['median_httptools']:.1f} → {cost['median_edge']:.1f} µs, "
+        f"+{cost['edge_extra_us']:.1f} µs ({cost['edge_extra_us'] / (base_cpu * 1000):.1%}); "
+        "rounds: "
+        + ", ".join(f"{v:.1f}" for v in cost["us_per_request"]["httptools"])
+        + " and "
+        + ", ".join(f"{v:.1f}" for v in cost["us_per_request"]["edge"])
+        + ".",
+    ]
+
+
 def stack_rows(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
     """One row per stack of a ``bench.edge.stack`` run, CPU relative to uvicorn-httptools."""
     base_cpu = _median(rounds["uvicorn-httptools"], "server_cpu_ms_per_request")
@@ -120,6 +139,7 @@ def report() -> str:
         f"The limits add {cost['edge_extra_us']:.1f} µs per request, "
         f"{cost['edge_extra_us'] / (base_cpu * 1000):.1%} of the "
         f"{base_cpu:.2f} ms the whole kiosk request costs the server.",
+        *two_reads(base_cpu),
         "",
         f"## The kiosk load on each HTTP stack (`bench.edge.stack`, {stack['duration_s']} s "
         "each, Locust, 250 kiosks)",
