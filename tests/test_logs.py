@@ -1,30 +1,66 @@
-"""Repeated identical warnings: the first is said, the rest counted, once per interval."""
+"""Logging: identical warnings are held back, everything else passes."""
 
 from __future__ import annotations
 
-from sluiceway.logs import Repeats
+import logging
+
+import pytest
+
+from sluiceway.logs import RepeatFilter
 
 
-def test_identical_messages_are_said_once_per_interval_with_a_count() -> None:
-    now = [0.0]
-    repeats = Repeats(interval_s=10.0, clock=lambda: now[0])
-    assert repeats.admit("redis down") == 0
-    assert [repeats.admit("redis down") for _ in range(500)] == [None] * 500
-    assert repeats.admit("another problem") == 0, "a different message is its own"
-    now[0] = 10.0
-    held = repeats.admit("redis down")
-    assert held == 500
-    assert repeats.note(held) == " (500 more like it in the last 10 s)"
-    assert repeats.admit("redis down") is None
-    now[0] = 25.0
-    assert repeats.admit("redis down") == 1
-    assert repeats.note(0) == ""
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_many_distinct_messages_do_not_grow_without_bound() -> None:
-    now = [0.0]
-    repeats = Repeats(interval_s=1.0, clock=lambda: now[0])
-    for i in range(5000):
-        now[0] = i * 0.01
-        assert repeats.admit(f"job {i} failed") == 0
-    assert len(repeats._seen) <= 1024
+@pytest.fixture
+def logged() -> tuple[logging.Logger, list[str], Clock]:
+    """A logger whose handler has a ``RepeatFilter`` on a clock the test moves."""
+    clock = Clock()
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    handler = Collect()
+    handler.addFilter(RepeatFilter(window_s=10, clock=clock))
+    logger = logging.getLogger("tests.repeat")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, lines, clock
+
+
+def test_an_identical_warning_is_written_once_per_window_with_the_count_held_back(
+    logged: tuple[logging.Logger, list[str], Clock],
+) -> None:
+    logger, lines, clock = logged
+    for _ in range(560):  # an outage's second of 503s
+        logger.warning("model unavailable: %s", "no live worker serves 'knn'")
+    clock.now = 10.5
+    logger.warning("model unavailable: %s", "no live worker serves 'knn'")
+    assert lines == [
+        "WARNING model unavailable: no live worker serves 'knn'",
+        "WARNING model unavailable: no live worker serves 'knn' "
+        "(559 identical lines held back in 10 s)",
+    ]
+
+
+def test_different_warnings_and_lower_levels_are_not_held_back(
+    logged: tuple[logging.Logger, list[str], Clock],
+) -> None:
+    logger, lines, _ = logged
+    for i in range(3):
+        logger.warning("slot %d lost", i)
+        logger.info("same info")
+        logger.debug("same debug")
+    assert lines == [
+        "WARNING slot 0 lost", "INFO same info", "DEBUG same debug",
+        "WARNING slot 1 lost", "INFO same info", "DEBUG same debug",
+        "WARNING slot 2 lost", "INFO same info", "DEBUG same debug",
+    ]  # fmt: skip

@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,6 +16,7 @@ from sluiceway.api import (
     classifiers,
     errors,
     kiosk,
+    openapi,
     ops,
     predict,
     repository,
@@ -24,6 +26,7 @@ from sluiceway.api import (
 from sluiceway.api.context import RequestContext
 from sluiceway.api.fastpath import FastRoutes
 from sluiceway.config import Settings
+from sluiceway.edge import STATE_KEY, Edge, EdgeLimits
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
@@ -58,7 +61,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     fetcher = ImageFetcher.from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await services.dispatcher.start()
         await services.registry.start()
         # Everything built so far lives as long as the process: keep it out of the collector's
@@ -67,7 +70,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         gc.freeze()
         logger.info("sluiceway %s serving models %s", __version__, services.dispatcher.models())
         try:
-            yield
+            # The lifespan state reaches the server's protocol (``sluiceway.edge``) as well as
+            # each request: that is how the edge gets this app's limits and metrics.
+            yield {STATE_KEY: Edge(EdgeLimits.from_settings(settings), metrics)}
         finally:
             await services.dispatcher.close()
             await fetcher.aclose()
@@ -85,6 +90,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
+    openapi.install(app)
     app.add_middleware(FastRoutes, routes=kiosk.routes, errors=error_responses)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     return app

@@ -13,6 +13,7 @@ import uvicorn
 
 from sluiceway import __version__, logs
 from sluiceway.config import Settings
+from sluiceway.edge import EdgeProtocol
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,7 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=EdgeProtocol,  # httptools with header, time and concurrency limits
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         access_log=False,  # our RequestContext logs access when SLUICEWAY_ACCESS_LOG is on
         log_config=None,
         backlog=4096,

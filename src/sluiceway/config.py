@@ -31,6 +31,30 @@ class Settings(BaseSettings):
         None, description="bearer token to load and unload models at runtime; unset = off"
     )
 
+    # The HTTP edge (edge.py): what one client may take. Defaults follow nginx and Apache.
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers; larger get 431"
+    )
+    max_headers: int = Field(100, ge=8, description="header fields per request; more get 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time to send a request's headers; then 408"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="time to send a body, plus 1 s per body_min_rate bytes; then 408"
+    )
+    body_min_rate: int = Field(
+        1024, ge=1, description="bytes/s a slow body must keep up to earn more time"
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections per process; more get 503"
+    )
+    max_requests: int = Field(
+        1024, ge=1, description="requests in progress per process; more get 503"
+    )
+
     # The kiosk's tenant KNN and the seed's simulated compute cost.
     knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")
     knn_fit_cost_s: float = Field(2.0, ge=0, description="simulated cost of one fit")
@@ -44,6 +68,9 @@ class Settings(BaseSettings):
     knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
     knn_max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
     knn_max_queries: int = Field(10_000, ge=1, description="query vectors per request")
+    knn_inline_parse_bytes: int = Field(
+        64 * 1024, ge=0, description="larger kiosk bodies are parsed off the event loop"
+    )
 
     # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
     # busy while image decoding (also threaded) interleaves; see models/classifier.py.

@@ -1,14 +1,16 @@
-"""Logging set-up: one format, and the current request's id on every record."""
+"""Logging set-up: one format, the current request's id on every record, repeats held back."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import time
 from collections.abc import Callable
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+REPEAT_WINDOW_S = 10.0
+"""An identical warning is written at most once per this many seconds."""
 
 
 class _RequestIdFilter(logging.Filter):
@@ -17,44 +19,52 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class RepeatFilter(logging.Filter):
+    """Let an identical warning (same logger, level and text) through once per window.
+
+    During an outage every request may fail the same way; hundreds of identical lines a second
+    bury everything else and cost CPU when it is scarcest. The first line of a window is
+    written, the rest counted, and the next written line says how many were held back.
+    Records below ``WARNING`` are not touched: DEBUG and INFO are asked for.
+    """
+
+    _MAX_KEYS = 1024  # distinct texts remembered; beyond this the memory starts afresh
+
+    def __init__(
+        self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = record.getMessage()
+        key = (record.name, record.levelno, text)
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return False
+        if len(self._seen) >= self._MAX_KEYS:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if seen is not None and seen[1]:
+            record.msg = f"{text} ({seen[1]} identical lines held back in {self.window_s:g} s)"
+            record.args = None
+        return True
+
+
 def configure(level: str) -> None:
     """Send records to stderr with time, level, logger, request id and message."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-class Repeats:
-    """Lets one of each identical message through per interval and counts the rest.
-
-    During an outage every request can fail the same way (hundreds of identical 503 warnings
-    a second): the first says it, and the first after each interval says how many were held
-    back. Each owner (an app's error table) keeps its own, so apps in one process do not
-    silence each other.
-    """
-
-    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.interval_s = interval_s
-        self._clock = clock
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def admit(self, message: str) -> int | None:
-        """``None`` to hold ``message`` back; otherwise how many like it were held back."""
-        now = self._clock()
-        said, held = self._seen.get(message, (-math.inf, 0))
-        if now - said < self.interval_s:
-            self._seen[message] = (said, held + 1)
-            return None
-        if len(self._seen) >= 1024:  # many distinct messages: forget those quiet for a while
-            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval_s}
-        self._seen[message] = (now, 0)
-        return held
-
-    def note(self, held: int) -> str:
-        """The suffix that says how many were held back (empty for none)."""
-        return f" ({held} more like it in the last {self.interval_s:g} s)" if held else ""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 
 import httpx
 import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
+from sluiceway.api import kiosk
 from sluiceway.app import create_app
 from tests.conftest import app_client, fast_settings
 
@@ -173,3 +175,62 @@ async def test_other_methods_get_405_with_allow(client: httpx.AsyncClient) -> No
     assert response.status_code == 405
     assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
     assert (await client.post("/ping")).status_code == 405
+
+
+async def test_ping_is_answered_while_big_training_sets_are_being_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each big body's parse is held until /ping has been answered. Parsed on the event loop,
+    # a held parse would hold the loop too, /ping could not be answered, and the hold would
+    # end by its hang guard instead of by the test's release: the parse reports which.
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    released: list[bool] = []
+    parsed_in: list[threading.Thread] = []
+    real_parse = kiosk.parse_classify
+
+    def held_parse(body: bytes, *limits: int) -> object:
+        parsed_in.append(threading.current_thread())
+        if len(body) > 1024:
+            started.release()
+            released.append(release.wait(20))
+        return real_parse(body, *limits)
+
+    monkeypatch.setattr(kiosk, "parse_classify", held_parse)
+    async with app_client(create_app(fast_settings(knn_inline_parse_bytes=1024))) as client:
+        big = [
+            asyncio.create_task(
+                client.post("/classify", json=body(restaurant(seed, rows=2000), [1, 2]))
+            )
+            for seed in range(4)
+        ]
+        for _ in big:
+            await asyncio.to_thread(started.acquire, timeout=20)
+        ping = await client.get("/ping")
+        release.set()
+        answers = await asyncio.gather(*big)
+        small = await client.post("/classify", json=body(restaurant(9), [1, 2]))
+    assert ping.text == "OK"
+    assert released == [True] * 4, "a big body's parse held the event loop"
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert small.status_code == 200
+    assert parsed_in[-1] is threading.main_thread(), "a small body is parsed inline"
+    assert all(thread is not threading.main_thread() for thread in parsed_in[:4])
+
+
+async def test_a_big_body_parsed_off_the_loop_gets_the_same_answers() -> None:
+    settings = fast_settings(knn_inline_parse_bytes=1024, knn_max_training_rows=5000)
+    async with app_client(create_app(settings)) as client:
+        rows = restaurant(4, rows=3000)
+        good = await client.post("/classify", json=body(rows, [[1, 2], [-3, 4]]))
+        ragged = await client.post("/classify", json=body([*rows, [1, 2]], [1, 2]))
+        too_many = await client.post("/classify", json=body(rows * 2, [1, 2]))
+    assert good.json() == {"classification_result": expected(rows, [[1, 2], [-3, 4]])}
+    assert (ragged.status_code, ragged.json()) == (
+        422,
+        {"detail": "training rows must all have 3 values"},
+    )
+    assert (too_many.status_code, too_many.json()) == (
+        413,
+        {"detail": "6000 training rows; at most 5000 are accepted"},
+    )

@@ -308,7 +308,7 @@ async def test_feedback_that_is_not_a_form_is_415(site: Site) -> None:
         ({"image": "../../etc/passwd"}, 400, "does not name a stored upload"),
         ({"image": "c" * 64 + ".png"}, 400, "does not name a stored upload"),
         ({"correct_label": "x" * 201}, 400, "at most 200"),
-        ({"correct_label": "x" * 1_000_000}, 413, "over the 16 KB limit"),
+        ({"correct_label": "x" * 1_000_000}, 413, "over the 16384-byte limit"),
     ],
 )
 async def test_bad_feedback_is_refused_and_the_csv_stays_well_formed(

@@ -17,6 +17,7 @@ import pytest
 from sluiceway.app import create_app
 from sluiceway.config import Settings
 from sluiceway.kinds import build_kinds
+from sluiceway.logs import RepeatFilter
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.conftest import app_client, fast_settings
@@ -195,6 +196,7 @@ async def test_an_outage_logs_its_503_once_per_interval(
     settings = fast_settings(
         broker_url=f"redis://127.0.0.1:{free_port()}/0", api_models="knn", worker_port=None
     )
+    caplog.handler.addFilter(RepeatFilter())  # as logs.configure sets up every process
     async with app_client(create_app(settings)) as http:
         with caplog.at_level(logging.WARNING, logger="sluiceway.api.errors"):
             statuses = [(await http.post("/classify", json=BODY)).status_code for _ in range(200)]

@@ -54,9 +54,7 @@ async def read_body(request: Request, limit: int, *, drain: bool = False) -> byt
     ceiling = limit * DRAIN_FACTOR if drain else limit
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > ceiling:
-        raise RequestError(
-            413, f"the body ({size_text(int(declared))}) is over the {size_text(limit)} limit"
-        )
+        raise RequestError(413, f"body of {declared} bytes is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -66,7 +64,7 @@ async def read_body(request: Request, limit: int, *, drain: bool = False) -> byt
         elif size > ceiling:
             break
     if size > limit:
-        raise RequestError(413, f"the body is over the {size_text(limit)} limit")
+        raise RequestError(413, f"body is over the {limit}-byte limit")
     return b"".join(chunks)
 
 

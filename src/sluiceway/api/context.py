@@ -4,15 +4,57 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sluiceway.edge import EDGE_STATUS
 from sluiceway.logs import request_id
 from sluiceway.runtime.metrics import Metrics
 
 logger = logging.getLogger("sluiceway.access")
+
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (a 404): one label, whatever the path."""
+
+CLIENT_CLOSED = 499
+"""Status counted for a request whose client went away before its answer (nginx's code)."""
+
+_REQUEST_ID = re.compile(rb"[!-~]{1,64}")
+"""A caller's request id is echoed only if it is 1-64 visible ASCII characters: it goes into a
+response header and every log line, where control characters would inject or break them."""
+
+
+def route_template(scope: Scope, paths: dict[Any, str]) -> str:
+    """The matched route's path template (``/display/{name}``): a bounded label, not the path.
+
+    Routers put the matched route in ``scope["route"]`` (Starlette since 0.4x, every route
+    kind of FastAPI since 0.160, where routers are no longer flattened into ``app.routes``);
+    older versions leave only ``scope["endpoint"]``, mapped back through ``paths``.
+    """
+    template = getattr(scope.get("route"), "path_format", None)
+    if isinstance(template, str):
+        return template
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return UNMATCHED
+    return paths.get(endpoint, UNMATCHED)
+
+
+def endpoint_paths(routes: list[Any]) -> dict[Any, str]:
+    """Each route's endpoint (or mounted app) to its path template, for ``route_template``."""
+    paths: dict[Any, str] = {}
+    for route in routes:
+        template = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if not isinstance(template, str):
+            continue
+        for target in (getattr(route, "endpoint", None), getattr(route, "app", None)):
+            if target is not None:
+                paths.setdefault(target, template)
+    return paths
 
 
 class RequestContext:
@@ -25,15 +67,9 @@ class RequestContext:
         self._paths: dict[Any, str] | None = None
 
     def _route_of(self, scope: Scope) -> str:
-        """The matched route's path template: a bounded metric label, unlike the raw path."""
-        endpoint = scope.get("endpoint")
-        if endpoint is None:
-            return "unmatched"
         if self._paths is None:
-            # The router records the matched endpoint in the scope; map it back to its template.
-            routes = getattr(scope.get("app"), "routes", [])
-            self._paths = {r.endpoint: r.path for r in routes if hasattr(r, "endpoint")}
-        return self._paths.get(endpoint, "unmatched")
+            self._paths = endpoint_paths(list(getattr(scope.get("app"), "routes", [])))
+        return route_template(scope, self._paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +78,8 @@ class RequestContext:
         rid = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value.decode("latin-1")[:64]
+                if _REQUEST_ID.fullmatch(value):
+                    rid = value.decode("ascii")
                 break
         rid = rid or os.urandom(8).hex()
         token = request_id.set(rid)
@@ -58,6 +95,12 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Not our failure and nothing to answer: the server drops any late response.
+            status = scope.get(EDGE_STATUS, CLIENT_CLOSED)
+            logger.debug(
+                "%s %s: the client went away before the answer", scope["method"], scope["path"]
+            )
         finally:
             elapsed = time.perf_counter() - started
             path = self._route_of(scope)

@@ -8,7 +8,6 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
-from sluiceway.logs import Repeats
 from sluiceway.runtime.errors import (
     BadInput,
     DeadlineExceeded,
@@ -36,8 +35,6 @@ class ErrorResponses:
 
     def __init__(self, retry_after_s: int) -> None:
         self._retry = {"Retry-After": str(retry_after_s)}
-        # An outage answers every request with the same 503: say so once per interval.
-        self._repeats = Repeats(interval_s=10.0)
 
     def response_for(self, error: Exception) -> Response | None:
         """The response for a known error type, or ``None`` for a bug (which becomes 500)."""
@@ -52,9 +49,8 @@ class ErrorResponses:
         if isinstance(error, Overloaded):
             return _reply(503, error, self._retry)
         if isinstance(error, ModelUnavailable):
-            held = self._repeats.admit(str(error))
-            if held is not None:
-                logger.warning("model unavailable: %s%s", error, self._repeats.note(held))
+            # An outage answers every request alike: logs.RepeatFilter writes it once per 10 s.
+            logger.warning("model unavailable: %s", error)
             return _reply(503, error, self._retry)
         if isinstance(error, DeadlineExceeded):
             return _reply(504, error)

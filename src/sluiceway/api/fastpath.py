@@ -32,7 +32,9 @@ class FastRoutes:
         if route is None:
             await self.app(scope, receive, send)
             return
-        scope["endpoint"] = route.endpoint  # lets RequestContext label metrics by route
+        # Recorded as routers do, so RequestContext labels metrics by the route's template.
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
         response: Response | None
         if route.methods and scope["method"] not in route.methods:
             allow = ", ".join(sorted(route.methods))

@@ -27,6 +27,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.edge_refusals = Counter(
+            "sluiceway_edge_refusals",
+            "Requests and connections the HTTP edge refused or cut off, by reason and status",
+            ["reason", "status"],
+            registry=r,
+        )
         self.model_loads = Counter(
             "sluiceway_model_loads", "Model loads or fits, by model", ["model"], registry=r
         )
