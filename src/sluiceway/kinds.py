@@ -16,12 +16,16 @@ from sluiceway.stores.artifacts import ArtifactStore
 
 
 def batch_policy(settings: Settings, model: str) -> BatchPolicy:
-    """A model's ``<model>_slots``, ``_max_batch``, ``_max_delay_ms`` and ``_max_queue``."""
+    """A model's ``<model>_slots``, ``_max_batch``, ``_max_delay_ms``, ``_max_queue`` and
+    ``_tenant_quota`` (where the model has tenants), with the scheduler's shared settings."""
     return BatchPolicy(
         slots=getattr(settings, f"{model}_slots"),
         max_batch=getattr(settings, f"{model}_max_batch"),
         max_delay_s=getattr(settings, f"{model}_max_delay_ms") / 1000,
         max_queue=getattr(settings, f"{model}_max_queue"),
+        split=settings.split_batches,
+        fair_wait_calls=settings.fair_wait_calls,
+        tenant_quota=getattr(settings, f"{model}_tenant_quota", 0),
     )
 
 

@@ -146,7 +146,8 @@ async def test_answers_are_the_models_labels(start: Start) -> None:
 
 async def test_one_fit_per_training_set_and_batches_share_calls(start: Start) -> None:
     training = restaurant(1)
-    async with start(knn_fit_cost_s=0.2, knn_infer_base_cost_s=0.05) as harness:
+    # One slot: no free slot to split over, so the waiting jobs share calls.
+    async with start(knn_fit_cost_s=0.2, knn_infer_base_cost_s=0.05, knn_slots=1) as harness:
         queries = np.zeros((1, 2))
         await asyncio.gather(
             *(harness.dispatcher.submit(knn_job(training, queries)) for _ in range(40))

@@ -13,6 +13,7 @@ from sluiceway.runtime.errors import (
     DeadlineExceeded,
     ModelUnavailable,
     Overloaded,
+    QuotaExceeded,
     SluicewayError,
 )
 
@@ -28,6 +29,10 @@ class RequestError(Exception):
         self.message = message
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its queued work was withdrawn."""
+
+
 class ErrorResponses:
     """The one table from error types to responses."""
 
@@ -40,6 +45,8 @@ class ErrorResponses:
             return _reply(error.status, error)
         if isinstance(error, BadInput):
             return _reply(400, error)
+        if isinstance(error, QuotaExceeded):
+            return _reply(429, error, self._retry)
         if isinstance(error, Overloaded):
             return _reply(503, error, self._retry)
         if isinstance(error, ModelUnavailable):
@@ -47,6 +54,8 @@ class ErrorResponses:
             return _reply(503, error, self._retry)
         if isinstance(error, DeadlineExceeded):
             return _reply(504, error)
+        if isinstance(error, ClientGone):  # nobody reads it; 499 (nginx's) labels the metrics
+            return Response(status_code=499)
         return None
 
     def install(self, app: FastAPI) -> None:
@@ -60,6 +69,7 @@ class ErrorResponses:
 
         app.add_exception_handler(RequestError, handle)
         app.add_exception_handler(SluicewayError, handle)
+        app.add_exception_handler(ClientGone, handle)
 
 
 def _reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:

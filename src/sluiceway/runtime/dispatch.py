@@ -47,7 +47,7 @@ class LocalDispatcher:
         self._kinds = {kind.name: kind for kind in kinds}
         self._cache: ModelCache[Model] = ModelCache(cache_budget_bytes, metrics)
         self._lanes = {
-            name: Lane(name, kind.policy, self._resolve, metrics)
+            name: Lane(name, kind.policy, self._resolve, metrics, kind.call_cost())
             for name, kind in self._kinds.items()
         }
         self._closing = False
@@ -74,14 +74,19 @@ class LocalDispatcher:
         return sorted(self._kinds)
 
     async def submit(self, job: Job) -> Any:
-        future = self.enqueue(job)
+        """Run ``job``; cancelling the caller withdraws it unrun if it is still queued."""
+        lane = self._lane_for(job)
+        ticket = lane.submit(job)
         loop = asyncio.get_running_loop()
         try:
-            # On timeout the future is cancelled, so the batcher skips the job unrun.
             async with asyncio.timeout_at(loop.time() + job.remaining()):
-                return await future
+                return await ticket.future
         except TimeoutError:
+            lane.withdraw(ticket, expired=True)
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+        except asyncio.CancelledError:  # the caller is gone (a client disconnect)
+            lane.withdraw(ticket)
+            raise
 
     def enqueue(self, job: Job) -> asyncio.Future[Any]:
         """Queue a job and return the future of its result, without waiting or a deadline.
@@ -90,12 +95,15 @@ class LocalDispatcher:
         a second and spares each its own task). A job whose deadline has passed when a slot
         takes it is failed unrun; cancelling the future makes the batcher skip it.
         """
+        return self._lane_for(job).submit(job).future
+
+    def _lane_for(self, job: Job) -> Lane:
         lane = self._lanes.get(job.model)
         if lane is None:
             raise ModelUnavailable(f"no model named {job.model!r}; known: {self.models()}")
         if self._closing:
             raise ModelUnavailable("shutting down")
-        return lane.submit(job)
+        return lane
 
     async def _resolve(self, job: Job) -> Model:
         kind = self._kinds[job.model]

@@ -18,6 +18,7 @@ from sluiceway.runtime.errors import (
     DeadlineExceeded,
     ModelUnavailable,
     Overloaded,
+    QuotaExceeded,
     SluicewayError,
 )
 from sluiceway.runtime.jobs import Job
@@ -28,6 +29,7 @@ _NDARRAY = 1  # msgpack extension code of a numpy array
 _ERRORS: dict[str, type[SluicewayError]] = {
     "bad_input": BadInput,
     "overloaded": Overloaded,
+    "quota": QuotaExceeded,
     "deadline": DeadlineExceeded,
     "unavailable": ModelUnavailable,
 }
