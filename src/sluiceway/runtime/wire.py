@@ -114,6 +114,22 @@ class JobRecord:
         return JobRecord(job, reply)
 
 
+def encode_cancels(cancels: list[tuple[str, float]]) -> bytes:
+    """One cancel-channel message: the (job id, deadline) of each job whose requester left."""
+    return pack([VERSION, cancels])
+
+
+def decode_cancels(data: bytes) -> list[tuple[str, float]]:
+    """Inverse of :func:`encode_cancels`; raise ``WireError`` for anything else."""
+    fields = unpack(data)
+    if not isinstance(fields, list) or len(fields) != 2 or fields[0] != VERSION:
+        raise WireError(f"not a cancel record of wire version {VERSION}")
+    try:
+        return [(str(job_id), float(deadline)) for job_id, deadline in fields[1]]
+    except (TypeError, ValueError) as error:
+        raise WireError(f"bad cancel record: {error}") from error
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorRecord:
     """An exception on the wire: its kind (a runtime error class, or ``internal``) and message."""
