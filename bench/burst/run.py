@@ -11,6 +11,8 @@ against this tree, one after the other in the same go:
 - ``warm``: all five restaurants fitted beforehand; wrk's latency over the whole run.
 - ``cold``: four fitted; wrk's 200 kiosks load them while, at the same instant, 50 kiosks of
   the fifth (not fitted yet) send their first request; each of those 50 is timed here.
+- ``fair``: 16 compute slots; wrk's 240 kiosks of four restaurants, and one lone kiosk of the
+  fifth (timed here, same think time): its p99 against the busy kiosks' p50.
 
 Writes ``bench/burst/REPORT.md``, ``burst.png`` and ``results.json``.
 """
@@ -79,9 +81,13 @@ def before_tree() -> Path:
     return target
 
 
-def server(name: str, src: Path) -> Server:
+def server(name: str, src: Path, slots: int = 256) -> Server:
     port = free_port()
-    env = {"SLUICEWAY_LOG_LEVEL": "WARNING", "PYTHONPATH": f"{src / 'src'}:{REPO}"}
+    env = {
+        "SLUICEWAY_LOG_LEVEL": "WARNING",
+        "SLUICEWAY_KNN_SLOTS": str(slots),
+        "PYTHONPATH": f"{src / 'src'}:{REPO}",
+    }
     return Server(
         name, [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)], port, env
     )
@@ -136,6 +142,30 @@ async def first_requests(port: int, body: str, kiosks: int) -> list[float]:
     return list(await asyncio.gather(*(one(r, w) for r, w in connections)))
 
 
+async def lone_kiosk(port: int, body: str, seconds: float) -> list[float]:
+    """One kiosk on one connection, 10–20 ms think time, for ``seconds``; each latency."""
+    payload = body.encode()
+    request = (
+        b"GET /classify HTTP/1.1\r\nhost: kiosk\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    rng = np.random.default_rng(11)
+    latencies = []
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        started = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        found = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        await reader.readexactly(int(found.group(1)) if found else 0)
+        ok = head.split(b" ", 2)[1] == b"200"
+        latencies.append(time.perf_counter() - started if ok else float("nan"))
+        await asyncio.sleep(rng.uniform(0.010, 0.020))
+    writer.close()
+    return latencies
+
+
 def run_wrk(
     port: int, lines: list[str], duration_s: int, connections: int, workdir: Path
 ) -> subprocess.Popen[str]:
@@ -166,19 +196,24 @@ def wrk_result(process: subprocess.Popen[str]) -> dict[str, float]:
 def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> dict[str, object]:
     restaurants = training_sets()
     warm = restaurants if scenario == "warm" else restaurants[:4]
+    if scenario == "fair":
+        warm = restaurants
     process = srv.start()
     try:
         if srv.name != "ceiling":
             warm_up(srv.port, warm)
         time.sleep(0.5)
         with ProcessWatch(process.pid) as server_watch:
-            connections = CONNECTIONS if scenario == "warm" else CONNECTIONS - COLD_KIOSKS
+            connections = {"warm": CONNECTIONS, "cold": CONNECTIONS - COLD_KIOSKS, "fair": 240}
             reaped_cpu_s = children_cpu_s()
-            wrk = run_wrk(srv.port, bodies(warm), duration_s, connections, workdir)
+            loaded = restaurants[:4] if scenario == "fair" else warm
+            wrk = run_wrk(srv.port, bodies(loaded), duration_s, connections[scenario], workdir)
             cold: list[float] = []
+            fifth = bodies([restaurants[4]], per_restaurant=1)[0]
             if scenario == "cold":
-                cold_body = bodies([restaurants[4]], per_restaurant=1)[0]
-                cold = asyncio.run(first_requests(srv.port, cold_body, COLD_KIOSKS))
+                cold = asyncio.run(first_requests(srv.port, fifth, COLD_KIOSKS))
+            elif scenario == "fair":
+                cold = asyncio.run(lone_kiosk(srv.port, fifth, duration_s - 0.5))
             result: dict[str, object] = dict(wrk_result(wrk))
             wrk_cpu_s = children_cpu_s() - reaped_cpu_s
         seconds = float(result["duration_us"]) / 1e6  # type: ignore[arg-type]
@@ -190,7 +225,11 @@ def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> dict[
         ) + sum(1 for t in cold if t != t)
         result["server_cpu_ms_per_request"] = 1000 * server_watch.cpu_s / requests
         result["wrk_cpu_share"] = wrk_cpu_s / seconds / (os.cpu_count() or 1)
-        if cold:
+        if scenario == "fair":
+            ok = sorted(t for t in cold if t == t)
+            result["lone_p99_ms"] = 1000 * ok[int(0.99 * (len(ok) - 1))] if ok else float("nan")
+            result["lone_requests"] = len(cold)
+        elif cold:
             ok = sorted(t for t in cold if t == t)
             result["cold_first_max_ms"] = 1000 * ok[-1] if ok else float("nan")
             result["cold_first_p50_ms"] = 1000 * ok[len(ok) // 2] if ok else float("nan")
@@ -200,9 +239,9 @@ def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> dict[
 
 
 def plot(runs: Runs, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
     styles = {"ceiling": ("tab:grey", ":"), "before": ("tab:red", "--"), "after": ("tab:blue", "-")}
-    for axis, scenario in zip(axes, ["warm", "cold"], strict=True):
+    for axis, scenario in zip(axes[0], runs, strict=True):
         for name, rounds in runs[scenario].items():
             color, line = styles[name]
             for index, result in enumerate(rounds):
@@ -253,6 +292,22 @@ def report(runs: Runs, duration_s: int, rounds: int) -> str:
                 f" {cold_p50} | {cold_max} | {r['server_cpu_ms_per_request']:.2f} |"
                 f" {100 * float(r['wrk_cpu_share']):.0f}% |"  # type: ignore[arg-type]
             )
+    if "fair" in runs:
+        lines += [
+            "",
+            "Fairness, 16 slots: 240 wrk kiosks of four restaurants and one lone kiosk of a fifth"
+            " (target: the lone kiosk's p99 ≤ 1.5 × the busy kiosks' p50).",
+            "",
+            "| server | round | busy p50 ms | lone p99 ms | ratio | lone requests | RPS |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, rounds in runs["fair"].items():
+            for index, r in enumerate(rounds, 1):
+                busy, lone = float(r["p50_ms"]), float(r["lone_p99_ms"])  # type: ignore[arg-type]
+                lines.append(
+                    f"| {name} | {index} | {busy:.0f} | {lone:.0f} | {lone / busy:.2f} |"
+                    f" {r['lone_requests']} | {r['rps']:.0f} |"
+                )
     lines += [
         "",
         "wrk's CPU share is of the whole machine (all cores).",
@@ -268,14 +323,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each server, interleaved")
     parser.add_argument("--before-src", type=Path, help="source tree of the baseline")
+    parser.add_argument("--scenarios", nargs="*", default=["warm", "cold", "fair"])
     args = parser.parse_args()
     before = args.before_src or before_tree()
     runs: Runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in ["warm", "cold"]:
+        for scenario in args.scenarios:
             runs[scenario] = {}
+            slots = 16 if scenario == "fair" else 256
             for _ in range(args.rounds):
-                servers = [server("before", before), server("after", REPO)]
+                servers = [server("before", before, slots), server("after", REPO, slots)]
                 if scenario == "warm":
                     servers.insert(0, ceiling())
                 for srv in servers:
