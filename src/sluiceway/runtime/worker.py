@@ -205,9 +205,11 @@ class Worker:
                 line.write(pack("SUBSCRIBE", self._keys.cancels))
                 stopped = asyncio.ensure_future(self._stopped.wait())
                 lost = asyncio.ensure_future(line.wait_lost())
-                await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                lost.cancel()
+                try:
+                    await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                    lost.cancel()
             except BROKER_ERRORS:
                 await asyncio.sleep(_RECONNECT_S)
             finally:
