@@ -106,13 +106,15 @@ def warm_up(port: int, restaurants: list[list[list[int]]]) -> None:
 
     async def fit_all() -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for _ in range(20):  # the port may answer a moment before the app does
+                try:
+                    await http.get("/ping")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.25)
+            headers = {"content-type": "application/json"}
             answers = await asyncio.gather(
-                *(
-                    http.request(
-                        "GET", "/classify", content=b, headers={"content-type": "application/json"}
-                    )
-                    for b in body
-                )
+                *(http.request("GET", "/classify", content=b, headers=headers) for b in body)
             )
             assert all(a.status_code == 200 for a in answers), [a.status_code for a in answers]
 
