@@ -342,10 +342,15 @@ def main() -> None:
                     result = measure(srv, scenario, args.duration, Path(tmp))
                     runs[scenario].setdefault(srv.name, []).append(result)
                     print(json.dumps(result), flush=True)
-    results = {"date": dt.date.today().isoformat(), "duration_s": args.duration, "runs": runs}
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(runs, HERE / "burst.png")
-    (HERE / "REPORT.md").write_text(report(runs, args.duration, args.rounds))
+    # A run of some scenarios replaces those in the report and keeps the others.
+    path = HERE / "results.json"
+    kept = json.loads(path.read_text())["runs"] if path.exists() else {}
+    merged = {**{k: v for k, v in kept.items() if k not in runs}, **runs}
+    merged = {k: merged[k] for k in ["warm", "cold", "fair"] if k in merged}
+    results = {"date": dt.date.today().isoformat(), "duration_s": args.duration, "runs": merged}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    plot(merged, HERE / "burst.png")
+    (HERE / "REPORT.md").write_text(report(merged, args.duration, args.rounds))
 
 
 if __name__ == "__main__":
