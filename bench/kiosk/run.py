@@ -164,6 +164,14 @@ def report(runs: dict[str, dict[str, object]], duration_s: int) -> str:
         "10–20 ms think time, GET /classify with a JSON body, one query vector per request.",
         "- Cost model: fit 2.0 s; one inference call over n vectors 0.2 + 0.05·(n−1) s.",
         "- Steady RPS counts from 5 s after the ramp ends. Latencies are Locust's, whole run.",
+        *(
+            [
+                "- `sluiceway-before*`: Sluiceway from the `--before-src` tree (a baseline),"
+                " same run."
+            ]
+            if any("before" in name for name in runs)
+            else []
+        ),
         "",
         "| server | steady RPS | mean RPS | vs ceiling | p50 ms | p95 ms | p99 ms | requests "
         "| failures | peak RSS MB | server CPU ms/request |",
