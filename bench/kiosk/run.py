@@ -20,19 +20,46 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import LocustResult, ProcessWatch, Server, free_port, machine, run_locust, stop
+from bench.loadtest import (
+    REPO,
+    LocustResult,
+    ProcessWatch,
+    Server,
+    free_port,
+    machine,
+    run_locust,
+    stop,
+)
 
 HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
 SLOTS_LIMITED = 16
 
 
-def servers() -> list[tuple[Server, bool]]:
-    """Each server under test and whether its labels are checked."""
+def servers(before_src: Path | None = None) -> list[tuple[Server, bool]]:
+    """Each server under test and whether its labels are checked; with ``before_src`` (a
+    source tree, e.g. main before a change) also Sluiceway from there, for a before/after."""
     python = sys.executable
     quiet = {"SLUICEWAY_LOG_LEVEL": "WARNING"}
     port = free_port
+    before: list[tuple[Server, bool]] = []
+    if before_src is not None:
+        old = {**quiet, "PYTHONPATH": f"{before_src / 'src'}:{REPO}"}
+        serve = [python, "-m", "sluiceway", "serve", "--port"]
+        before = [
+            (Server("sluiceway-before", [*serve, str(p := port())], p, old), True),
+            (
+                Server(
+                    f"sluiceway-before-{SLOTS_LIMITED}-slots",
+                    [*serve, str(p := port())],
+                    p,
+                    {**old, "SLUICEWAY_KNN_SLOTS": str(SLOTS_LIMITED)},
+                ),
+                True,
+            ),
+        ]
     return [
+        *before,
         (
             Server(
                 "ceiling",
@@ -137,6 +164,14 @@ def report(runs: dict[str, dict[str, object]], duration_s: int) -> str:
         "10–20 ms think time, GET /classify with a JSON body, one query vector per request.",
         "- Cost model: fit 2.0 s; one inference call over n vectors 0.2 + 0.05·(n−1) s.",
         "- Steady RPS counts from 5 s after the ramp ends. Latencies are Locust's, whole run.",
+        *(
+            [
+                "- `sluiceway-before*`: Sluiceway from the `--before-src` tree (a baseline),"
+                " same run."
+            ]
+            if any("before" in name for name in runs)
+            else []
+        ),
         "",
         "| server | steady RPS | mean RPS | vs ceiling | p50 ms | p95 ms | p99 ms | requests "
         "| failures | peak RSS MB | server CPU ms/request |",
@@ -175,10 +210,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=180, help="seconds per server")
     parser.add_argument("--only", nargs="*", help="run only these servers")
     parser.add_argument("--out", type=Path, default=HERE, help="where the report goes")
+    parser.add_argument(
+        "--before-src", type=Path, help="also run Sluiceway from this source tree (a baseline)"
+    )
     args = parser.parse_args()
     workdir = HERE / "runs" / time.strftime("%Y%m%d-%H%M%S")
     runs: dict[str, dict[str, object]] = {}
-    for server, check in servers():
+    for server, check in servers(args.before_src):
         if args.only and server.name not in args.only:
             continue
         runs[server.name] = measure(server, check, args.duration, workdir)

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         1024, ge=1, description="requests in progress per process; more get 503"
     )
 
+    # The batch scheduler (runtime/batcher.py), for every model.
+    split_batches: bool = Field(
+        True, description="spread a key's waiting jobs over free slots when that ends them sooner"
+    )
+    fair_wait_calls: float = Field(
+        2.0, ge=0, description="a key waiting this many of its call's cost goes first; 0 = off"
+    )
+
     # The kiosk's tenant KNN and the seed's simulated compute cost.
     knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")
     knn_fit_cost_s: float = Field(2.0, ge=0, description="simulated cost of one fit")
@@ -66,6 +74,9 @@ class Settings(BaseSettings):
     knn_max_batch: int = Field(256, ge=1, description="query vectors per inference call")
     knn_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
     knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
+    knn_tenant_quota: int = Field(
+        0, ge=0, description="queued jobs per restaurant before 429; 0 = off"
+    )
     knn_max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
     knn_max_queries: int = Field(10_000, ge=1, description="query vectors per request")
     knn_inline_parse_bytes: int = Field(

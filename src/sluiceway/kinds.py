@@ -9,6 +9,7 @@ adding a model of an existing kind is a repository folder (``repository.py``), n
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -39,9 +40,23 @@ CAPTION = "caption"
 """The GIT captioner (transformers): the captions API."""
 
 
-def _policy(slots: int, max_batch: int, max_delay_ms: float, max_queue: int) -> BatchPolicy:
+def _policy(
+    settings: Settings,
+    slots: int,
+    max_batch: int,
+    max_delay_ms: float,
+    max_queue: int,
+    tenant_quota: int = 0,
+) -> BatchPolicy:
+    """A built-in model's batch policy, with the scheduler's shared settings."""
     return BatchPolicy(
-        slots=slots, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, max_queue=max_queue
+        slots=slots,
+        max_batch=max_batch,
+        max_delay_s=max_delay_ms / 1000,
+        max_queue=max_queue,
+        split=settings.split_batches,
+        fair_wait_calls=settings.fair_wait_calls,
+        tenant_quota=tenant_quota,
     )
 
 
@@ -53,7 +68,14 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             name=KNN,
             kind="knn",
             source=ModelSource(SourceKind.PACKAGED, "fitted per restaurant from its request"),
-            policy=_policy(s.knn_slots, s.knn_max_batch, s.knn_max_delay_ms, s.knn_max_queue),
+            policy=_policy(
+                s,
+                s.knn_slots,
+                s.knn_max_batch,
+                s.knn_max_delay_ms,
+                s.knn_max_queue,
+                s.knn_tenant_quota,
+            ),
             inputs=(TensorSpec("query_input", "FP32", (-1, -1)),),
             outputs=(TensorSpec("classification_result", "INT64", (-1,)),),
             builtin=True,
@@ -63,7 +85,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             kind="tflite-classifier",
             source=ModelSource(SourceKind.URL, s.birds_model_url, s.birds_model_sha256),
             policy=_policy(
-                s.birds_slots, s.birds_max_batch, s.birds_max_delay_ms, s.birds_max_queue
+                s, s.birds_slots, s.birds_max_batch, s.birds_max_delay_ms, s.birds_max_queue
             ),
             inputs=(TensorSpec("image", "UINT8", (-1, *BIRDS_INPUT.shape)),),
             outputs=(TensorSpec("probabilities", "FP32", (-1, 965)),),
@@ -76,6 +98,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             kind="onnx-classifier",
             source=ModelSource(SourceKind.PACKAGED, str(imagenet_model_path())),
             policy=_policy(
+                s,
                 s.imagenet_slots,
                 s.imagenet_max_batch,
                 s.imagenet_max_delay_ms,
@@ -93,7 +116,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             kind="captioner",
             source=ModelSource(SourceKind.HUB, s.caption_model),
             policy=_policy(
-                s.caption_slots, s.caption_max_batch, s.caption_max_delay_ms, s.caption_max_queue
+                s, s.caption_slots, s.caption_max_batch, s.caption_max_delay_ms, s.caption_max_queue
             ),
             inputs=(TensorSpec("image", "BYTES", (-1,)),),
             outputs=(TensorSpec("title", "BYTES", (-1,)),),
@@ -182,7 +205,13 @@ KIND_BUILDERS: Mapping[str, KindBuilder] = MappingProxyType(
 
 
 def kind_of(record: ModelRecord, settings: Settings, *, progress: bool = False) -> ModelKind:
-    """The model kind that loads ``record``."""
+    """The model kind that loads ``record``; a repository model gets the server's scheduler
+    settings (its folder's config says only its own batch policy)."""
+    if not record.builtin:
+        policy = replace(
+            record.policy, split=settings.split_batches, fair_wait_calls=settings.fair_wait_calls
+        )
+        record = replace(record, policy=policy)
     return KIND_BUILDERS[record.kind](record, settings, progress)
 
 

@@ -15,6 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sluiceway.api import kiosk
 from sluiceway.app import create_app
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.live_server import live_server
 
 
 def restaurant(seed: int, rows: int = 10) -> list[list[int]]:
@@ -234,3 +235,47 @@ async def test_a_big_body_parsed_off_the_loop_gets_the_same_answers() -> None:
         413,
         {"detail": "6000 training rows; at most 5000 are accepted"},
     )
+
+
+async def test_kiosks_that_hang_up_while_queued_leave_no_work_behind() -> None:
+    # One slot, held by the restaurant's 1 s fit: all 100 requests queue behind it.
+    env = {"SLUICEWAY_KNN_SLOTS": "1", "SLUICEWAY_KNN_FIT_COST_S": "1.0"}
+    payload = json.dumps(body(restaurant(5), [1, 2])).encode()
+    request = (
+        b"GET /classify HTTP/1.1\r\nhost: kiosk\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+    with live_server(env) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connections = [await asyncio.open_connection(host, int(port)) for _ in range(100)]
+        for _, writer in connections:
+            writer.write(request)
+            await writer.drain()
+        await asyncio.sleep(0.3)  # parsed and queued, the fit still running
+        for _, writer in connections:
+            writer.close()
+        async with httpx.AsyncClient(base_url=url) as http:
+            answered = await http.request("GET", "/classify", json=body(restaurant(5), [3, 4]))
+            assert answered.status_code == 200, "the fit went on: the next kiosk is served"
+            text = (await http.get("/metrics")).text
+    assert metric(text, 'sluiceway_cancelled_total{model="knn"}') == 100
+    assert 'sluiceway_batch_size_sum{model="knn"} 1.0' in text, "only the last query ran"
+    assert metric(text, 'sluiceway_model_loads_total{model="knn"}') == 1
+
+
+async def test_a_restaurant_over_its_quota_gets_429_and_others_are_served() -> None:
+    settings = fast_settings(knn_slots=1, knn_tenant_quota=3, knn_fit_cost_s=0.3, retry_after_s=2)
+    async with app_client(create_app(settings)) as http:
+        flood, calm = restaurant(11), restaurant(12)
+        responses = await asyncio.gather(
+            *(http.post("/classify", json=body(flood, [i % 10, 1])) for i in range(8)),
+            http.post("/classify", json=body(calm, [1, 1])),
+        )
+        statuses = [r.status_code for r in responses]
+        assert statuses[:8].count(200) == 3 and statuses[:8].count(429) == 5
+        assert statuses[8] == 200, "the quota is per restaurant"
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "2"
+        assert "quota" in refused.json()["detail"]
+        text = (await http.get("/metrics")).text
+        assert metric(text, 'sluiceway_quota_rejected_total{model="knn"}') == 5

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from sluiceway.models.base import BatchPolicy, Model, ModelKind
+from sluiceway.models.costs import CallCost, DeclaredCost
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.errors import DeadlineExceeded, Overloaded
+from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 
@@ -41,14 +42,24 @@ class Doubler(Model):
 class DoublerKind(ModelKind):
     name = "double"
 
-    def __init__(self, policy: BatchPolicy, cost_s: float = 0.02, load_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        cost_s: float = 0.02,
+        load_s: float = 0.0,
+        declared: CallCost | None = None,
+    ) -> None:
         self.policy = policy
         self.cost_s = cost_s
         self.load_s = load_s
+        self.declared = declared
         self.batches: list[list[Any]] = []
         self.running = 0
         self.peak = 0
         self.loads = 0
+
+    def call_cost(self) -> CallCost:
+        return self.declared if self.declared is not None else super().call_cost()
 
     async def load(self, spec: Any) -> Model:
         self.loads += 1
@@ -58,17 +69,37 @@ class DoublerKind(ModelKind):
         return Doubler(self)
 
 
-def make(policy: BatchPolicy, **kind_args: Any) -> tuple[LocalDispatcher, DoublerKind]:
+def make(
+    policy: BatchPolicy, metrics: Metrics | None = None, **kind_args: Any
+) -> tuple[LocalDispatcher, DoublerKind]:
     kind = DoublerKind(policy, **kind_args)
-    return LocalDispatcher([kind], 10**9, Metrics()), kind
+    return LocalDispatcher([kind], 10**9, metrics or Metrics()), kind
 
 
-def job(value: Any, key: str = "", timeout: float = 5.0, spec: Any = None) -> Job:
-    return Job(model="double", payload=value, key=key, spec=spec, deadline=time.time() + timeout)
+def job(
+    value: Any, key: str = "", timeout: float = 5.0, spec: Any = None, priority: int = 0
+) -> Job:
+    return Job(
+        model="double",
+        payload=value,
+        key=key,
+        spec=spec,
+        deadline=time.time() + timeout,
+        priority=priority,
+    )
+
+
+def counted(metrics: Metrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"model": "double"})
+    return 0.0 if value is None else value
+
+
+# The kiosk's cost shape (a call costs 0.15 + 0.05 n), shrunk a hundredfold.
+KIOSK_COST = DeclaredCost(0.0015, 0.0005)
 
 
 async def test_each_caller_gets_its_own_result_in_order() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64))
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64, split=False))
     results = await asyncio.gather(*(dispatcher.submit(job(i)) for i in range(50)))
     assert results == [i * 2 for i in range(50)]
     flattened = [x for batch in kind.batches for x in batch]
@@ -191,3 +222,150 @@ async def test_a_busy_slot_goes_next_to_the_key_with_most_waiting() -> None:
     await asyncio.gather(first, lone, *crowd)
     assert kind.batches[1] == [200, 201, 202, 203, 204], "...but the crowd's batch is larger"
     assert kind.batches[2] == [100]
+
+
+async def test_a_burst_is_spread_over_free_slots_when_that_ends_it_sooner() -> None:
+    metrics = Metrics()
+    dispatcher, kind = make(BatchPolicy(slots=64, max_batch=64), metrics, declared=KIOSK_COST)
+    await dispatcher.submit(job(-1, key="r"))  # fitted: only batch formation is measured
+    kind.batches.clear()
+    results = await asyncio.gather(*(dispatcher.submit(job(i, key="r")) for i in range(20)))
+    assert results == [i * 2 for i in range(20)]
+    assert [len(batch) for batch in kind.batches] == [1] * 20, "20 calls of one, not one of 20"
+    assert kind.peak == 20
+    assert counted(metrics, "sluiceway_split_calls_total") == 19
+
+
+async def test_without_free_slots_the_waiting_jobs_stay_one_batch() -> None:
+    dispatcher, kind = make(BatchPolicy(slots=3, max_batch=64), declared=KIOSK_COST, cost_s=0.05)
+    for key in ["r", "x", "y", "z"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    busy = []
+    for i, key in enumerate(["x", "y", "z"]):  # the three slots, freed 15 ms apart
+        busy.append(asyncio.ensure_future(dispatcher.submit(job(100 + i, key=key))))
+        await asyncio.sleep(0.015)
+    burst = [dispatcher.submit(job(i, key="r")) for i in range(12)]
+    await asyncio.gather(*busy, *burst)
+    assert kind.batches[3] == list(range(12)), "the first freed slot takes the whole burst"
+    assert len(kind.batches) == 4
+
+
+async def test_keys_share_the_free_slots_by_their_waiting_jobs() -> None:
+    dispatcher, kind = make(BatchPolicy(slots=8, max_batch=64), declared=KIOSK_COST, cost_s=0.05)
+    for key in ["big", "small"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    await asyncio.gather(
+        *(dispatcher.submit(job(i, key="big")) for i in range(30)),
+        *(dispatcher.submit(job(1000 + i, key="small")) for i in range(10)),
+    )
+    first_wave = kind.batches[:8]
+    assert kind.peak == 8
+    assert sum(1 for batch in first_wave if batch[0] >= 1000) >= 2, "the small key got slots"
+    assert sum(1 for batch in first_wave if batch[0] < 1000) >= 4, "the big key got more"
+    assert sorted(x for batch in kind.batches for x in batch) == sorted(
+        [*range(30), *range(1000, 1010)]
+    )
+
+
+async def test_a_flat_cost_keeps_one_batch_even_with_free_slots() -> None:
+    flat = DeclaredCost(0.01, 0.0)  # a GPU: splitting would finish no sooner
+    dispatcher, kind = make(BatchPolicy(slots=16, max_batch=64), declared=flat)
+    await dispatcher.submit(job(-1, key="r"))
+    kind.batches.clear()
+    await asyncio.gather(*(dispatcher.submit(job(i, key="r")) for i in range(10)))
+    assert kind.batches == [list(range(10))]
+
+
+async def test_jobs_withdrawn_while_queued_never_run_and_are_counted() -> None:
+    metrics = Metrics()
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64), metrics, cost_s=0.05)
+    running = asyncio.ensure_future(dispatcher.submit(job(0)))
+    await asyncio.sleep(0.01)  # job 0 holds the only slot
+    callers = [asyncio.ensure_future(dispatcher.submit(job(i))) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    for caller in callers[:7]:  # their clients hang up while the jobs are queued
+        caller.cancel()
+    await asyncio.sleep(0)
+    assert dispatcher.lane("double").depth == 3, "withdrawn at once, not at batch formation"
+    assert await running == 0
+    assert await asyncio.gather(*callers[7:]) == [16, 18, 20]
+    assert kind.batches == [[0], [8, 9, 10]]
+    assert counted(metrics, "sluiceway_cancelled_total") == 7
+    assert counted(metrics, "sluiceway_expired_total") == 0
+
+
+async def test_a_started_call_runs_on_when_its_caller_leaves() -> None:
+    metrics = Metrics()
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64), metrics, cost_s=0.05)
+    caller = asyncio.ensure_future(dispatcher.submit(job(5)))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    await dispatcher.close()
+    assert kind.batches == [[5]]
+    assert counted(metrics, "sluiceway_cancelled_total") == 0
+
+
+async def test_priority_goes_first_within_a_key_and_across_keys() -> None:
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=2), cost_s=0.02)
+    for key in ["a", "b"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    first = asyncio.ensure_future(dispatcher.submit(job(0, key="a")))
+    await asyncio.sleep(0.005)  # the slot is busy; everything below queues
+    crowd = [dispatcher.submit(job(10 + i, key="a")) for i in range(4)]
+    urgent_in_a = dispatcher.submit(job(20, key="a", priority=3))
+    urgent_b = dispatcher.submit(job(30, key="b", priority=5))
+    await asyncio.gather(first, *crowd, urgent_in_a, urgent_b)
+    assert kind.batches[1] == [30], "the highest priority beats a larger batch"
+    assert kind.batches[2] == [20, 10], "within a key the urgent job leads the batch"
+    assert kind.batches[3:] == [[11, 12], [13]]
+
+
+async def test_an_overdue_key_goes_before_a_larger_batch() -> None:
+    # A lone job may wait at most fair_wait_calls x its call's cost (0.01 s here) for a slot.
+    policy = BatchPolicy(slots=1, max_batch=64, fair_wait_calls=1.0)
+    dispatcher, kind = make(policy, declared=DeclaredCost(0.01, 0.0), cost_s=0.05)
+    for key in ["lone", "crowd"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
+    await asyncio.sleep(0.01)  # the only slot is taken for 0.05 s
+    lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
+    await asyncio.sleep(0.02)  # "lone" is overdue when the slot frees
+    crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
+    await asyncio.gather(first, lone, *crowd)
+    assert kind.batches[1] == [100]
+    assert kind.batches[2] == [200, 201, 202, 203, 204]
+
+
+async def test_fairness_off_lets_the_larger_batch_go_first() -> None:
+    policy = BatchPolicy(slots=1, max_batch=64, fair_wait_calls=0.0)
+    dispatcher, kind = make(policy, declared=DeclaredCost(0.01, 0.0), cost_s=0.05)
+    for key in ["lone", "crowd"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
+    await asyncio.sleep(0.01)
+    lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
+    await asyncio.sleep(0.02)
+    crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
+    await asyncio.gather(first, lone, *crowd)
+    assert kind.batches[1:] == [[200, 201, 202, 203, 204], [100]]
+
+
+async def test_a_tenant_over_its_quota_is_refused_and_others_are_not() -> None:
+    metrics = Metrics()
+    policy = BatchPolicy(slots=1, max_batch=64, tenant_quota=2)
+    dispatcher, _ = make(policy, metrics, cost_s=0.05)
+    running = asyncio.ensure_future(dispatcher.submit(job(0, key="other")))
+    await asyncio.sleep(0.01)
+    queued = [asyncio.ensure_future(dispatcher.submit(job(i, key="flood"))) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QuotaExceeded):
+        await dispatcher.submit(job(3, key="flood"))
+    assert await dispatcher.submit(job(4, key="calm")) == 8
+    assert await asyncio.gather(running, *queued) == [0, 2, 4]
+    assert await dispatcher.submit(job(5, key="flood")) == 10, "its quota frees as jobs run"
+    assert counted(metrics, "sluiceway_quota_rejected_total") == 1

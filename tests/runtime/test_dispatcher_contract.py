@@ -149,7 +149,8 @@ async def test_answers_are_the_models_labels(start: Start) -> None:
 
 async def test_one_fit_per_training_set_and_batches_share_calls(start: Start) -> None:
     training = restaurant(1)
-    async with start(knn_fit_cost_s=0.2, knn_infer_base_cost_s=0.05) as harness:
+    # One slot: no free slot to split over, so the waiting jobs share calls.
+    async with start(knn_fit_cost_s=0.2, knn_infer_base_cost_s=0.05, knn_slots=1) as harness:
         queries = np.zeros((1, 2))
         await asyncio.gather(
             *(harness.dispatcher.submit(knn_job(training, queries)) for _ in range(40))
@@ -158,6 +159,28 @@ async def test_one_fit_per_training_set_and_batches_share_calls(start: Start) ->
         assert harness.loads() == 1
         assert inputs == 40
         assert calls <= 4, f"40 concurrent jobs of one restaurant took {calls} model calls"
+
+
+async def test_jobs_whose_callers_left_are_not_run(start: Start) -> None:
+    training = restaurant(6)
+    # One slot, held by the 0.3 s fit: the jobs wait queued while their callers leave.
+    async with start(knn_slots=1, knn_fit_cost_s=0.3) as harness:
+        callers = [
+            asyncio.ensure_future(harness.dispatcher.submit(knn_job(training, np.zeros((1, 2)))))
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0.1)
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        await asyncio.sleep(0.4)  # the fit is over: nothing of theirs may run after it
+        assert await harness.dispatcher.submit(knn_job(training, np.ones((1, 2)))) == expected(
+            training, np.ones((1, 2))
+        )
+        inputs, calls = harness.batches()
+        assert (inputs, calls) == (1, 1), "only the last caller's job ran"
+        cancelled = harness.compute_metrics.cancelled.labels("knn")._value.get()
+        assert cancelled == 20
 
 
 async def test_unknown_model_is_unavailable(start: Start) -> None:

@@ -1,4 +1,4 @@
-"""Compute slots go to the largest waiting batch, loads first, earliest among equals."""
+"""Compute slots go to the largest claim, loads first, earliest among equals."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_a_freed_slot_goes_to_the_largest_waiting_batch() -> None:
     sizes = {"small": 1.0, "large": 40.0, "medium": 7.0}
 
     async def ask(name: str) -> None:
-        await slots.acquire(lambda: sizes[name])
+        await slots.acquire(lambda: (0.0, 0.0, sizes[name]))
         order.append(name)
         slots.release()
 
@@ -50,7 +50,7 @@ async def test_earliest_asker_wins_a_tie_and_loads_come_first() -> None:
         if size is None:
             await slots.acquire()  # a load
         else:
-            await slots.acquire(lambda: size)
+            await slots.acquire(lambda: (0.0, 0.0, size))
         order.append(name)
         slots.release()
 
@@ -67,8 +67,8 @@ async def test_earliest_asker_wins_a_tie_and_loads_come_first() -> None:
 async def test_a_cancelled_waiter_never_loses_a_slot() -> None:
     slots = ComputeSlots(1)
     await slots.acquire()
-    gone = asyncio.ensure_future(slots.acquire(lambda: 100.0))
-    stays = asyncio.ensure_future(slots.acquire(lambda: 1.0))
+    gone = asyncio.ensure_future(slots.acquire(lambda: (0.0, 0.0, 100.0)))
+    stays = asyncio.ensure_future(slots.acquire(lambda: (0.0, 0.0, 1.0)))
     await asyncio.sleep(0.01)
     slots.release()  # handed to "gone", which is cancelled before it runs
     gone.cancel()
@@ -77,3 +77,18 @@ async def test_a_cancelled_waiter_never_loses_a_slot() -> None:
     await asyncio.wait_for(stays, 1)
     slots.release()
     assert slots.free == 1
+
+
+async def test_take_free_takes_only_slots_nobody_waits_for() -> None:
+    slots = ComputeSlots(4)
+    await slots.acquire()
+    assert slots.take_free(10) == 3, "at most the free ones"
+    assert slots.free == 0
+    waiter = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0.01)
+    slots.release()  # handed straight to the waiter, never left free
+    await asyncio.wait_for(waiter, 1)
+    assert slots.take_free(1) == 0
+    for _ in range(4):
+        slots.release()
+    assert slots.free == 4

@@ -14,6 +14,7 @@ from sluiceway.runtime.errors import (
     ModelControlError,
     ModelUnavailable,
     Overloaded,
+    QuotaExceeded,
     SluicewayError,
     UnknownModel,
 )
@@ -28,6 +29,10 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its queued work was withdrawn."""
 
 
 class ErrorResponses:
@@ -46,6 +51,8 @@ class ErrorResponses:
             return _reply(404, error)
         if isinstance(error, ModelControlError):
             return _reply(409, error)
+        if isinstance(error, QuotaExceeded):
+            return _reply(429, error, self._retry)
         if isinstance(error, Overloaded):
             return _reply(503, error, self._retry)
         if isinstance(error, ModelUnavailable):
@@ -54,6 +61,8 @@ class ErrorResponses:
             return _reply(503, error, self._retry)
         if isinstance(error, DeadlineExceeded):
             return _reply(504, error)
+        if isinstance(error, ClientGone):  # nobody reads it; 499 (nginx's) labels the metrics
+            return Response(status_code=499)
         return None
 
     def install(self, app: FastAPI) -> None:
@@ -67,6 +76,7 @@ class ErrorResponses:
 
         app.add_exception_handler(RequestError, handle)
         app.add_exception_handler(SluicewayError, handle)
+        app.add_exception_handler(ClientGone, handle)
 
 
 def _reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
+from sluiceway.api.disconnects import while_connected
 from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.config import Settings
 from sluiceway.kinds import KNN
@@ -122,7 +123,8 @@ async def classify(request: Request) -> Response:
         payload=queries,
         deadline=deadline_of(request, settings.request_timeout_s),
     )
-    labels = await services.dispatcher.submit(job)
+    # A kiosk that hangs up (every one of them, after a network blip) leaves no work queued.
+    labels = await while_connected(request, services.dispatcher.submit(job))
     return Response(orjson.dumps({"classification_result": labels}), media_type="application/json")
 
 

@@ -8,15 +8,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sluiceway.models.costs import CallCost, LearnedCost
+
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """How the runtime schedules one model: compute slots, batch size, fill delay, queue bound."""
+    """How the runtime schedules one model: compute slots, batch size, fill delay, queue bound.
+
+    ``split`` lets the scheduler spread a key's waiting jobs over free slots when that finishes
+    them sooner; ``fair_wait_calls`` bounds a key's wait for a slot, as a multiple of its own
+    call's cost (0 = off); ``tenant_quota`` caps one tenant's queued jobs (0 = off).
+    """
 
     slots: int
     max_batch: int
     max_delay_s: float = 0.0
     max_queue: int = 1024
+    split: bool = True
+    fair_wait_calls: float = 2.0
+    tenant_quota: int = 0
 
 
 class Model(ABC):
@@ -58,6 +68,10 @@ class ModelKind(ABC):
 
     name: str
     policy: BatchPolicy
+
+    def call_cost(self) -> CallCost:
+        """What one call of n items costs; by default learned online from measured calls."""
+        return LearnedCost()
 
     @abstractmethod
     async def load(self, spec: Any) -> Model:

@@ -17,6 +17,7 @@ import sklearn
 from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.models.base import BatchPolicy, Model, ModelKind
+from sluiceway.models.costs import CallCost, DeclaredCost
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,10 @@ class TenantKNN(ModelKind):
         self._fit_cost_s = fit_cost_s
         self._base_cost_s = base_cost_s
         self._per_query_cost_s = per_query_cost_s
+
+    def call_cost(self) -> CallCost:
+        """The simulated cost, exactly: ``base + per_query * (n - 1)`` for one query per job."""
+        return DeclaredCost(self._base_cost_s - self._per_query_cost_s, self._per_query_cost_s)
 
     async def load(self, spec: Any) -> FittedKNN:
         """Fit on ``spec``, an int array of shape (rows, features + 1)."""

@@ -1,11 +1,36 @@
 """Dynamic batching: one queue per (model, key), sharing the model's compute slots.
 
-A ``Lane`` is everything the runtime runs for one model: its compute slots, its queue bound
-and one ``Batcher`` per batching key. A batcher is work-conserving: as soon as a slot is free it
-takes every job waiting for its key (up to the batch limit) into one model call, so batches grow
-exactly when the slots are busy and a lone request never waits for company, unless a fill delay
-is configured. When keys compete for slots, the one with the most jobs waiting goes first
-(``slots.py``).
+A ``Lane`` is everything the runtime runs for one model: its compute slots, its queue bound,
+its call cost (``models/costs.py``) and one ``Batcher`` per batching key. A batcher is
+work-conserving: as soon as a slot is free it takes the jobs waiting for its key into model
+calls, so batches grow exactly when the slots are busy and a lone request never waits for
+company, unless a fill delay is configured.
+
+How a key's waiting jobs become calls (``split``). Holding one slot, a batcher may also take
+free slots nobody waits for, at most its share of them (free slots × its waiting jobs / the
+lane's waiting jobs, so one restaurant of a burst does not take every slot). With c slots the
+soonest its n jobs can finish is ``cost(⌈n/c⌉)``; it makes the fewest calls that finish within
+10% of that. With the kiosk's cost (0.15 + 0.05·n s) and plenty of free slots a burst of 50
+becomes 50 calls of one (0.2 s each instead of one call of 2.6 s); with no free slot it stays
+one large batch (the throughput regime); a nearly flat cost (a GPU) keeps one batch; a
+proportional cost (a CPU) spreads over every free slot. A model with a fill delay is never
+split: the delay says its calls should be full.
+
+Who gets a freed slot (the claim, compared in this order):
+1. **priority**: the highest ``Job.priority`` at the head of a key's queue. Priority is strict
+   across levels: fairness never lets a lower level pass a higher one (deadlines still bound
+   every job: an expired one is answered 504 unrun). Within a key, jobs are queued by
+   priority, then arrival, so a batch takes the most urgent first.
+2. **fairness**: a key whose head job has waited ``fair_wait_calls`` × the cost of its own
+   next call is overdue; overdue keys go before the others, the longest-waiting first. So no
+   key waits much more than that (plus the time for a slot to free) behind larger ones.
+3. **batch size**: otherwise the key with the most jobs waiting (up to a batch) goes first:
+   the most requests served per slot-second. Among equals the earliest asker wins.
+
+A caller that stops waiting (deadline, client disconnect) withdraws its job: it is removed
+before batch formation and counted; a call already started runs on. An optional per-tenant
+quota refuses a tenant's jobs beyond ``tenant_quota`` queued (``QuotaExceeded``, a 429), before
+the shared queue fills.
 """
 
 from __future__ import annotations
@@ -13,65 +38,146 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.runtime.errors import DeadlineExceeded, Overloaded
+from sluiceway.models.costs import CallCost, LearnedCost
+from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.slots import ComputeSlots
+from sluiceway.runtime.slots import Claim, ComputeSlots
 
 logger = logging.getLogger(__name__)
 
 Resolver = Callable[[Job], Awaitable[Model]]
 
+# A split's calls may finish this much later than the soonest the free slots allow: the
+# few calls it saves leave slots for the next arrivals.
+_SPLIT_TOLERANCE = 0.1
+_NOTHING: Claim = (-math.inf, 0.0, 0.0)
 
-class _Pending:
-    __slots__ = ("arrived", "future", "job")
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
 
-    def __init__(self, job: Job, future: asyncio.Future[Any]) -> None:
+
+def plan_calls(cost: CallCost, n: int, slots: int) -> int:
+    """How many calls ``n`` jobs should become with ``slots`` slots: the fewest that finish
+    within ``_SPLIT_TOLERANCE`` of the soonest possible, ``cost(⌈n / slots⌉)``."""
+    if n <= 1 or slots <= 1:
+        return 1
+    smallest = -(-n // slots)
+    if cost.per_item_s <= 0:
+        return 1  # a flat cost: splitting finishes no sooner
+    target = cost.seconds(smallest) * (1 + _SPLIT_TOLERANCE)
+    size = max(smallest, int((target - cost.per_call_s) / cost.per_item_s))
+    return min(slots, -(-n // min(size, n)))
+
+
+class Ticket:
+    """A queued job: its result's future, its arrival and whether it is still waiting."""
+
+    __slots__ = ("arrived", "batcher", "future", "job", "state", "tenant")
+
+    def __init__(
+        self, job: Job, future: asyncio.Future[Any], batcher: Batcher, tenant: str | None
+    ) -> None:
         self.job = job
         self.future = future
+        self.batcher = batcher
+        self.tenant = tenant
         self.arrived = time.monotonic()
+        self.state = _QUEUED
 
 
 class Lane:
-    """One model's compute slots, queue bound and batchers (one per batching key)."""
+    """One model's compute slots, queue bound, call cost and batchers (one per batching key)."""
 
-    def __init__(self, model: str, policy: BatchPolicy, resolve: Resolver, metrics: Metrics):
+    def __init__(
+        self,
+        model: str,
+        policy: BatchPolicy,
+        resolve: Resolver,
+        metrics: Metrics,
+        cost: CallCost | None = None,
+    ):
         self.model = model
         self.policy = policy
+        self.cost: CallCost = cost if cost is not None else LearnedCost()
         self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
+        self._tenants: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth = 0
         self._depth_gauge = metrics.queue_depth.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
         self._batch_seconds = metrics.batch_seconds.labels(model)
+        self._queue_seconds = metrics.queue_seconds.labels(model)
         self._rejected = metrics.rejected.labels(model)
+        self._quota_rejected = metrics.quota_rejected.labels(model)
+        self._splits = metrics.splits.labels(model)
+        self._cancelled = metrics.cancelled.labels(model)
         self.expired = metrics.expired.labels(model)
 
     @property
     def depth(self) -> int:
-        """Jobs accepted and not yet taken into a model call."""
+        """Jobs accepted and not yet taken into a model call (nor withdrawn)."""
         return self._depth
 
-    def submit(self, job: Job) -> asyncio.Future[Any]:
-        """Queue a job and return the future of its result; raise ``Overloaded`` when full."""
-        if self._depth >= self.policy.max_queue:
+    def submit(self, job: Job) -> Ticket:
+        """Queue a job and return its ticket; raise ``Overloaded`` when full, ``QuotaExceeded``
+        when the job's tenant has its quota queued."""
+        policy = self.policy
+        if self._depth >= policy.max_queue:
             self._rejected.inc()
-            raise Overloaded(f"{self.model} queue is full ({self.policy.max_queue} jobs)")
+            raise Overloaded(f"{self.model} queue is full ({policy.max_queue} jobs)")
+        tenant = None
+        if policy.tenant_quota:
+            tenant = job.tenant if job.tenant is not None else job.key
+            held = self._tenants.get(tenant, 0)
+            if held >= policy.tenant_quota:
+                self._quota_rejected.inc()
+                raise QuotaExceeded(
+                    f"{held} {self.model} jobs of this tenant are queued "
+                    f"(quota {policy.tenant_quota}); retry later"
+                )
+            self._tenants[tenant] = held + 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         batcher = self._batchers.get(job.key)
         if batcher is None:
             batcher = self._batchers[job.key] = Batcher(self, job.key)
-        batcher.put(_Pending(job, future))
+        ticket = Ticket(job, future, batcher, tenant)
+        batcher.put(ticket)
         self._set_depth(self._depth + 1)
-        return future
+        return ticket
+
+    def withdraw(self, ticket: Ticket, *, expired: bool = False) -> None:
+        """Its caller stopped waiting: a queued job is removed unrun and counted (as expired
+        or cancelled); one already in a model call runs on."""
+        if ticket.state != _QUEUED:
+            return
+        self._leave(ticket, expired)
+        if not ticket.future.done():
+            ticket.future.cancel()
+
+    def _leave(self, ticket: Ticket, expired: bool | None = None) -> None:
+        """A ticket stops being queued: taken into a call (``expired=None``) or dropped."""
+        ticket.state = _TAKEN if expired is None else _GONE
+        ticket.batcher._live -= 1
+        self._set_depth(self._depth - 1)
+        if ticket.tenant is not None:
+            left = self._tenants[ticket.tenant] - 1
+            if left:
+                self._tenants[ticket.tenant] = left
+            else:
+                del self._tenants[ticket.tenant]
+        if expired is True:
+            self.expired.inc()
+        elif expired is False:
+            self._cancelled.inc()
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
@@ -103,95 +209,161 @@ class Batcher:
     def __init__(self, lane: Lane, key: str) -> None:
         self.lane = lane
         self.key = key
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Ticket] = deque()  # by priority (highest first), then arrival
+        self._live = 0  # tickets in the queue still waiting
         self._driver: asyncio.Task[None] | None = None
         self._filled = asyncio.Event()
 
-    def _waiting_jobs(self) -> float:
-        """This key's claim on a free slot: the batch it would run now."""
-        return min(len(self._queue), self.lane.policy.max_batch)
-
-    def put(self, pending: _Pending) -> None:
-        self._queue.append(pending)
-        if len(self._queue) >= self.lane.policy.max_batch:
+    def put(self, ticket: Ticket) -> None:
+        queue = self._queue
+        priority = ticket.job.priority
+        if queue and queue[-1].job.priority < priority:
+            at = len(queue) - 1
+            while at > 0 and queue[at - 1].job.priority < priority:
+                at -= 1
+            queue.insert(at, ticket)
+        else:
+            queue.append(ticket)
+        self._live += 1
+        if self._live >= self.lane.policy.max_batch:
             self._filled.set()
         if self._driver is None:
             self._driver = asyncio.create_task(self._drive(), name=f"batcher {self.key}")
 
+    def _head(self) -> Ticket | None:
+        """The first job still waiting; drops the withdrawn and abandoned ones before it."""
+        queue = self._queue
+        while queue:
+            ticket = queue[0]
+            if ticket.state == _QUEUED:
+                if not ticket.future.done():
+                    return ticket
+                # Abandoned without a withdraw (a split-mode worker cancels the future).
+                self.lane._leave(ticket, ticket.job.deadline <= time.time())
+            queue.popleft()
+        return None
+
+    def _claim(self) -> Claim:
+        """This key's claim on a freed slot: (priority, overdue, age or batch); see above."""
+        head = self._head()
+        if head is None:
+            return _NOTHING
+        lane = self.lane
+        batch = min(self._live, lane.policy.max_batch)
+        age = time.monotonic() - head.arrived
+        fair = lane.policy.fair_wait_calls
+        if fair > 0 and age >= fair * lane.cost.seconds(batch):
+            return (head.job.priority, 1.0, age)
+        return (head.job.priority, 0.0, batch)
+
     async def _drive(self) -> None:
         lane = self.lane
         try:
-            while self._queue:
+            while (head := self._head()) is not None:
                 try:
-                    model = await lane._resolve(self._queue[0].job)
+                    model = await lane._resolve(head.job)
                 except Exception as error:  # the load failed: every waiting job learns why
                     self._fail_all(error)
                     break
-                await lane.slots.acquire(self._waiting_jobs)
+                await lane.slots.acquire(self._claim)
                 if lane.policy.max_delay_s > 0:
                     await self._fill()
-                batch = self._take()
-                if batch:
+                calls = self._calls()
+                batches = self._take(calls)
+                for batch in batches:
                     lane._spawn(self._run(model, batch), f"batch {lane.model}")
-                else:
+                for _ in range(calls - len(batches)):
                     lane.slots.release()
         except Exception as error:  # a bug here must not leave callers waiting forever
             logger.exception("batcher for %s crashed", lane.model)
             self._fail_all(error)
         finally:
             self._driver = None
-            if not self._queue:
+            if self._live == 0:
+                self._queue.clear()
                 lane._retire(self)
+
+    def _calls(self) -> int:
+        """How many calls to make now: 1 for the slot held, plus free slots a split takes."""
+        lane = self.lane
+        free = lane.slots.free
+        waiting = self._live
+        if not lane.policy.split or lane.policy.max_delay_s > 0 or free == 0 or waiting <= 1:
+            return 1
+        share = free * waiting // max(lane.depth, waiting)
+        wanted = plan_calls(lane.cost, waiting, 1 + share) - 1
+        extra = lane.slots.take_free(wanted)
+        if extra:
+            lane._splits.inc(extra)
+        return 1 + extra
 
     async def _fill(self) -> None:
         """Wait up to the fill delay, counted from the oldest job's arrival, for a full batch."""
-        if not self._queue or len(self._queue) >= self.lane.policy.max_batch:
+        head = self._head()
+        if head is None or self._live >= self.lane.policy.max_batch:
             return
-        wait = self._queue[0].arrived + self.lane.policy.max_delay_s - time.monotonic()
+        wait = head.arrived + self.lane.policy.max_delay_s - time.monotonic()
         if wait <= 0:
             return
         self._filled.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._filled.wait(), wait)
 
-    def _take(self) -> list[_Pending]:
-        """Pop up to one batch of live jobs; answer expired ones and skip abandoned ones."""
+    def _take(self, calls: int) -> list[list[Ticket]]:
+        """Pop up to ``calls`` batches of live jobs, as even as can be, most urgent first;
+        answer expired ones 504 and drop withdrawn ones."""
         lane = self.lane
-        batch: list[_Pending] = []
+        limit = calls * lane.policy.max_batch
+        taken: list[Ticket] = []
         now = time.time()
-        popped = 0
-        while self._queue and len(batch) < lane.policy.max_batch:
-            pending = self._queue.popleft()
-            popped += 1
-            expired = pending.job.deadline <= now
-            if pending.future.done():  # the caller gave up (deadline or disconnect)
-                if expired:
-                    lane.expired.inc()
+        started = time.monotonic()
+        observe = lane._queue_seconds.observe
+        queue = self._queue
+        while queue and len(taken) < limit:
+            ticket = queue.popleft()
+            if ticket.state != _QUEUED:
+                continue
+            expired = ticket.job.deadline <= now
+            if ticket.future.done():  # abandoned without a withdraw
+                lane._leave(ticket, expired)
                 continue
             if expired:
-                lane.expired.inc()
-                pending.future.set_exception(
+                lane._leave(ticket, True)
+                ticket.future.set_exception(
                     DeadlineExceeded(f"deadline passed before {lane.model} could run it")
                 )
                 continue
-            batch.append(pending)
-        lane._set_depth(lane.depth - popped)
-        return batch
+            lane._leave(ticket)
+            observe(started - ticket.arrived)
+            taken.append(ticket)
+        if not taken:
+            return []
+        count = min(calls, len(taken))
+        size, larger = divmod(len(taken), count)
+        batches = []
+        start = 0
+        for index in range(count):
+            stop = start + size + (1 if index < larger else 0)
+            batches.append(taken[start:stop])
+            start = stop
+        return batches
 
     def _fail_all(self, error: Exception) -> None:
         lane = self.lane
-        lane._set_depth(lane.depth - len(self._queue))
         while self._queue:
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            ticket = self._queue.popleft()
+            if ticket.state != _QUEUED:
+                continue
+            lane._leave(ticket, None)
+            if not ticket.future.done():
+                ticket.future.set_exception(error)
 
-    async def _run(self, model: Model, batch: list[_Pending]) -> None:
+    async def _run(self, model: Model, batch: list[Ticket]) -> None:
         lane = self.lane
         started = time.perf_counter()
         results: list[Any]
         try:
-            results = await model.infer([pending.job.payload for pending in batch])
+            results = await model.infer([ticket.job.payload for ticket in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
         except Exception as error:
@@ -199,12 +371,14 @@ class Batcher:
             results = [error] * len(batch)
         finally:
             lane.slots.release()
-        lane._batch_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        lane._batch_seconds.observe(took)
         lane._batch_size.observe(len(batch))
-        for pending, result in zip(batch, results, strict=True):
-            if pending.future.done():
+        lane.cost.observe(len(batch), took)
+        for ticket, result in zip(batch, results, strict=True):
+            if ticket.future.done():
                 continue
             if isinstance(result, BaseException):
-                pending.future.set_exception(result)
+                ticket.future.set_exception(result)
             else:
-                pending.future.set_result(result)
+                ticket.future.set_result(result)

@@ -63,7 +63,7 @@ class LocalDispatcher:
         self._kinds = {kind.name: kind for kind in kinds}
         self._cache: ModelCache[Model] = ModelCache(cache_budget_bytes, metrics)
         self._lanes = {
-            name: Lane(name, kind.policy, self._resolve, metrics)
+            name: Lane(name, kind.policy, self._resolve, metrics, kind.call_cost())
             for name, kind in self._kinds.items()
         }
         # A reinstalled model gets a new generation, so its cache keys never meet the old one's.
@@ -93,14 +93,19 @@ class LocalDispatcher:
         return sorted(self._kinds)
 
     async def submit(self, job: Job) -> Any:
-        future = self.enqueue(job)
+        """Run ``job``; cancelling the caller withdraws it unrun if it is still queued."""
+        lane = self._lane_for(job)
+        ticket = lane.submit(job)
         loop = asyncio.get_running_loop()
         try:
-            # On timeout the future is cancelled, so the batcher skips the job unrun.
             async with asyncio.timeout_at(loop.time() + job.remaining()):
-                return await future
+                return await ticket.future
         except TimeoutError:
+            lane.withdraw(ticket, expired=True)
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+        except asyncio.CancelledError:  # the caller is gone (a client disconnect)
+            lane.withdraw(ticket)
+            raise
 
     def enqueue(self, job: Job) -> asyncio.Future[Any]:
         """Queue a job and return the future of its result, without waiting or a deadline.
@@ -109,12 +114,15 @@ class LocalDispatcher:
         a second and spares each its own task). A job whose deadline has passed when a slot
         takes it is failed unrun; cancelling the future makes the batcher skip it.
         """
+        return self._lane_for(job).submit(job).future
+
+    def _lane_for(self, job: Job) -> Lane:
         lane = self._lanes.get(job.model)
         if lane is None:
             raise ModelUnavailable(f"no model named {job.model!r}; known: {self.models()}")
         if self._closing:
             raise ModelUnavailable("shutting down")
-        return lane.submit(job)
+        return lane
 
     async def install(self, kind: ModelKind, warmup: Any | None = None) -> None:
         """Load ``kind``'s model (``spec`` ``None``), warm it, then route its jobs to it.
@@ -136,7 +144,7 @@ class LocalDispatcher:
                 raise ModelUnavailable(f"{name}: the warm-up request failed: {result}")
         old_lane, old_generation = self._lanes.get(name), self._generations.get(name)
         self._kinds[name] = kind
-        self._lanes[name] = Lane(name, kind.policy, self._resolve, self._metrics)
+        self._lanes[name] = Lane(name, kind.policy, self._resolve, self._metrics, kind.call_cost())
         self._generations[name] = generation
         self._load_errors.pop(name, None)
         if old_lane is not None and old_generation is not None:

@@ -15,6 +15,10 @@ class Overloaded(SluicewayError):
     """A bounded queue is full; the caller should retry later."""
 
 
+class QuotaExceeded(Overloaded):
+    """One tenant has its quota of jobs queued; it (and only it) should retry later."""
+
+
 class DeadlineExceeded(SluicewayError):
     """The job's deadline passed before its result was ready."""
 

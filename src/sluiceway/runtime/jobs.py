@@ -17,6 +17,9 @@ class Job:
     model is loaded or fitted from when it is not cached yet (the training rows), so any worker
     can build it. Jobs without a ``spec`` run on the model's one shared instance.
     ``deadline`` is wall-clock epoch seconds, so it means the same on every machine.
+    ``priority`` orders jobs before batch formation (higher first; ``batcher.py`` says how it
+    combines with fairness); ``tenant`` is whom an admission quota counts the job against
+    (``None``: its batching key, i.e. the restaurant for the kiosks).
     """
 
     model: str
@@ -25,6 +28,8 @@ class Job:
     key: str = ""
     spec: Any = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    priority: int = 0
+    tenant: str | None = None
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds left before the deadline (negative once it has passed)."""

@@ -45,6 +45,11 @@ class Keys:
         """The stream an API node reads its results from."""
         return f"{self.prefix}:reply:{node}"
 
+    @property
+    def cancels(self) -> str:
+        """The Pub/Sub channel on which API nodes name the jobs whose requesters left."""
+        return f"{self.prefix}:cancel"
+
     def dead_letters(self, model: str) -> str:
         """Jobs that crashed workers too often or failed in the model, with their error."""
         return f"{self.prefix}:dead:{model}"

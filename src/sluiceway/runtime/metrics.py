@@ -68,6 +68,31 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.queue_seconds = Histogram(
+            "sluiceway_queue_seconds",
+            "Time a job waited before its model call started",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.splits = Counter(
+            "sluiceway_split_calls",
+            "Model calls added by spreading a key's waiting jobs over free slots",
+            ["model"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "sluiceway_cancelled",
+            "Jobs removed unrun because their caller went away",
+            ["model"],
+            registry=r,
+        )
+        self.quota_rejected = Counter(
+            "sluiceway_quota_rejected",
+            "Jobs refused because their tenant had its quota queued",
+            ["model"],
+            registry=r,
+        )
         self.reclaimed = Counter(
             "sluiceway_reclaimed_jobs",
             "Jobs a worker took over from a dead or stuck worker (split mode)",

@@ -13,6 +13,11 @@ connection while it waits. Pub/Sub keeps nothing for a node that is not listenin
 nothing here: when the node loses its subscription it fails every waiting request at once
 (503), as it does for any broker failure, and a request re-sent later is a new job. Workers
 deliver at least once; the futures make it exactly one answer per request.
+
+A request whose caller leaves (a client disconnect cancels ``submit``) is named on the cancel
+channel, all of a loop turn's in one message: the workers remove it unrun if they hold it
+queued, and skip it when they read it later (``worker.py``). Best effort: a cancel lost with
+the connection only means the job runs and its answer is dropped, as before.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.keys import Keys
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.redis_line import RedisLine, pack
-from sluiceway.runtime.wire import JobRecord, ResultRecord, WireError, live_workers
+from sluiceway.runtime.wire import (
+    JobRecord,
+    ResultRecord,
+    WireError,
+    encode_cancels,
+    live_workers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +69,12 @@ class _Admission:
     data: bytes
     answer: asyncio.Future[Any]  # the request's: an admission that fails fails the request
     retried: bool = False
+
+
+def _ignore_reply(reply: asyncio.Future[list[Any]]) -> None:
+    """A cancel is best effort: a lost one only means a job runs for nobody."""
+    if not reply.cancelled():
+        reply.exception()
 
 
 class RedisDispatcher:
@@ -87,6 +104,7 @@ class RedisDispatcher:
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._outbox: list[_Admission] = []
         self._outbox_scheduled = False
+        self._cancels: list[tuple[str, float]] = []  # (job id, deadline) of callers gone
         self._reloads: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = False
@@ -173,8 +191,24 @@ class RedisDispatcher:
                 return await answer
         except TimeoutError:
             raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+        except asyncio.CancelledError:  # the caller left: the worker need not run it
+            self._cancel(job)
+            raise
         finally:
             self._waiting.pop(job.id, None)
+
+    def _cancel(self, job: Job) -> None:
+        if not self._cancels:
+            asyncio.get_running_loop().call_soon(self._send_cancels)
+        self._cancels.append((job.id, job.deadline))
+
+    def _send_cancels(self) -> None:
+        cancels, self._cancels = self._cancels, []
+        line = self._line
+        if not cancels or line is None or not line.connected:
+            return
+        message = pack("PUBLISH", self._keys.cancels, encode_cancels(cancels))
+        line.send(message, 1).add_done_callback(_ignore_reply)
 
     # Admissions: written at the end of the loop turn, answered in the line's callback.
 

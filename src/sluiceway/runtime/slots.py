@@ -1,10 +1,12 @@
-"""A model's compute slots, handed to whoever has the most work waiting.
+"""A model's compute slots, handed to whoever has the strongest claim.
 
 A semaphore would hand a freed slot to whichever batcher asked first, even one with a single
 job waiting while another key has fifty: with a per-call cost (the kiosk's 0.2 s), that spends
-a whole slot on one request. Giving the slot to the largest waiting batch serves more requests
-per slot-second and stays work-conserving (a slot is never idle while anything waits). Loads
-and fits go first: a key's whole queue waits on them. Among equals the earliest asker wins.
+a whole slot on one request. Each waiter instead states a claim, re-read whenever a slot frees
+(``batcher.py`` says what a key claims: its priority, then whether it is overdue, then its
+batch); the largest claim wins, the earliest asker among equals. It stays work-conserving: a
+slot is never idle while anything waits. Loads and fits go first: a key's whole queue waits on
+them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ import itertools
 from collections.abc import Callable
 from types import TracebackType
 
-Priority = Callable[[], float]
+Claim = tuple[float, float, float]
+Priority = Callable[[], Claim]
+
+_LOAD: Claim = (float("inf"), float("inf"), float("inf"))
 
 
-def load_first() -> float:
+def load_first() -> Claim:
     """Loads and fits outrank any batch: a key's whole queue waits on them."""
-    return float("inf")
+    return _LOAD
 
 
 class ComputeSlots:
     """``count`` slots; ``acquire(priority)`` waits for one, ``release()`` hands it on."""
 
     def __init__(self, count: int) -> None:
+        self.count = count
         self._free = count
         self._waiting: dict[int, tuple[Priority, asyncio.Future[None]]] = {}
         self._order = itertools.count()
@@ -50,10 +56,21 @@ class ComputeSlots:
                 self.release()  # it was handed over just as we were cancelled: pass it on
             raise
 
+    def take_free(self, wanted: int) -> int:
+        """Take up to ``wanted`` more slots at once, only ones nobody waits for; return how many."""
+        if self._waiting or wanted <= 0:
+            return 0
+        taken = min(wanted, self._free)
+        self._free -= taken
+        return taken
+
     def release(self) -> None:
-        """Give the slot to the waiter with the highest priority (earliest among equals)."""
+        """Give the slot to the waiter with the largest claim (earliest among equals)."""
         while self._waiting:
-            ticket = max(self._waiting, key=lambda t: (self._waiting[t][0](), -t))
+            if len(self._waiting) == 1:
+                ticket = next(iter(self._waiting))
+            else:
+                ticket = max(self._waiting, key=lambda t: (self._waiting[t][0](), -t))
             _, granted = self._waiting.pop(ticket)
             if not granted.done():
                 granted.set_result(None)

@@ -18,6 +18,7 @@ from sluiceway.runtime.errors import (
     DeadlineExceeded,
     ModelUnavailable,
     Overloaded,
+    QuotaExceeded,
     SluicewayError,
 )
 from sluiceway.runtime.jobs import Job
@@ -28,6 +29,7 @@ _NDARRAY = 1  # msgpack extension code of a numpy array
 _ERRORS: dict[str, type[SluicewayError]] = {
     "bad_input": BadInput,
     "overloaded": Overloaded,
+    "quota": QuotaExceeded,
     "deadline": DeadlineExceeded,
     "unavailable": ModelUnavailable,
 }
@@ -110,6 +112,22 @@ class JobRecord:
         _, job_id, model, key, deadline, reply, payload, spec = fields
         job = Job(model=model, payload=payload, deadline=deadline, key=key, spec=spec, id=job_id)
         return JobRecord(job, reply)
+
+
+def encode_cancels(cancels: list[tuple[str, float]]) -> bytes:
+    """One cancel-channel message: the (job id, deadline) of each job whose requester left."""
+    return pack([VERSION, cancels])
+
+
+def decode_cancels(data: bytes) -> list[tuple[str, float]]:
+    """Inverse of :func:`encode_cancels`; raise ``WireError`` for anything else."""
+    fields = unpack(data)
+    if not isinstance(fields, list) or len(fields) != 2 or fields[0] != VERSION:
+        raise WireError(f"not a cancel record of wire version {VERSION}")
+    try:
+        return [(str(job_id), float(deadline)) for job_id, deadline in fields[1]]
+    except (TypeError, ValueError) as error:
+        raise WireError(f"bad cancel record: {error}") from error
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,11 @@ Delivery is at least once. A worker acknowledges a job only after writing its an
 of a worker that stopped heartbeating are claimed at once by the partition's new owner, those
 of a live worker after the visibility timeout. A job delivered ``broker_max_deliveries`` times
 without an answer goes to the dead-letter stream, and so does a job the model itself failed on.
+
+A job whose requester left is named on the cancel channel (``redis_dispatch.py``); the worker
+listens, withdraws it unrun if it is queued here (a call already started runs on) and
+remembers it until its deadline, so that one still in a stream is skipped when read. Either
+way it is acknowledged without an answer, since nobody waits for one.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from sluiceway.runtime.wire import (
     ResultRecord,
     WireError,
     WorkerRecord,
+    decode_cancels,
     live_workers,
 )
 
@@ -111,6 +117,8 @@ class Worker:
         # The blocking read has a connection of its own, so it can be told to stop waiting.
         self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
         self._running: set[asyncio.Future[Any]] = set()
+        self._queued: dict[str, asyncio.Future[Any]] = {}  # job id → its result, while here
+        self._gone: dict[str, float] = {}  # job id → deadline: its requester left
         self._room = asyncio.Event()
         self._finished: list[_Finished] = []
         self._flush_scheduled = False
@@ -156,7 +164,10 @@ class Worker:
             self._redis = connect(self._settings.broker_url or "")
             await self._beat()
             self._reading = asyncio.create_task(self._read(), name="worker read")
-            self._tasks = [asyncio.create_task(self._heartbeat(), name="worker heartbeat")]
+            self._tasks = [
+                asyncio.create_task(self._heartbeat(), name="worker heartbeat"),
+                asyncio.create_task(self._listen_for_cancels(), name="worker cancels"),
+            ]
         except BaseException:
             await self.close()
             raise
@@ -195,6 +206,48 @@ class Worker:
         self._reader.reset()
         logger.info("worker %s stopped", self.id)
 
+    # Cancellations: requesters that left.
+
+    async def _listen_for_cancels(self) -> None:
+        """Hold a subscription to the cancel channel for the worker's lifetime."""
+        while not self._stopping:
+            if not self._connected:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), _RECONNECT_S)
+                continue
+            try:
+                line = await RedisLine.open(self._settings.broker_url or "", on_push=self._heard)
+            except BROKER_ERRORS:
+                await asyncio.sleep(_RECONNECT_S)
+                continue
+            try:
+                line.write(pack("SUBSCRIBE", self._keys.cancels))
+                stopped = asyncio.ensure_future(self._stopped.wait())
+                lost = asyncio.ensure_future(line.wait_lost())
+                try:
+                    await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                    lost.cancel()
+            except BROKER_ERRORS:
+                await asyncio.sleep(_RECONNECT_S)
+            finally:
+                line.close()
+
+    def _heard(self, message: Any) -> None:
+        if not (isinstance(message, list) and len(message) == 3 and message[0] == b"message"):
+            return
+        try:
+            cancels = decode_cancels(message[2])
+        except WireError:
+            logger.exception("dropped an undecodable cancel")
+            return
+        for job_id, deadline in cancels:
+            self._gone[job_id] = deadline
+            future = self._queued.get(job_id)
+            if future is not None:
+                future.cancel()  # the batcher drops it unrun unless its call has started
+
     # Membership, ownership and claiming.
 
     async def _heartbeat(self) -> None:
@@ -209,6 +262,8 @@ class Worker:
         """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
         assert self._redis is not None
         now = time.time()
+        if self._gone:  # a cancelled job past its deadline is skipped as expired anyway
+            self._gone = {job_id: until for job_id, until in self._gone.items() if until > now}
         try:
             if not self._connected:
                 await fresh_connections(self._redis)
@@ -411,6 +466,10 @@ class Worker:
             self._metrics.expired.labels(model).inc()
             self._finish(_Finished(stream, model, entry_id))
             return
+        if self._gone and self._gone.pop(job.id, None) is not None:  # its requester left
+            self._metrics.cancelled.labels(model).inc()
+            self._finish(_Finished(stream, model, entry_id))
+            return
         finished = _Finished(stream, model, entry_id, reply=record.reply)
         try:
             future = self._local.enqueue(job)
@@ -422,6 +481,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + remaining, future.cancel)
         self._running.add(future)
+        self._queued[job.id] = future
         future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job.id))
 
     def _ran(
@@ -434,8 +494,11 @@ class Worker:
     ) -> None:
         timer.cancel()
         self._running.discard(future)
+        self._queued.pop(job_id, None)
         self._room.set()
-        if future.cancelled():
+        if future.cancelled() and self._gone.pop(job_id, None) is not None:
+            self._finish(_Finished(finished.stream, finished.model, finished.entry_id))
+        elif future.cancelled():
             deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
             self._fail(finished, data, job_id, deadline)
         elif (error := future.exception()) is not None:
