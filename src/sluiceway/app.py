@@ -15,6 +15,7 @@ from sluiceway.api import (
     classifiers,
     errors,
     kiosk,
+    oip,
     ops,
     predict,
     repository,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(root.router)
     app.include_router(predict.router)
     app.include_router(repository.router)
+    app.include_router(oip.router)
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
