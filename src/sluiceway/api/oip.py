@@ -428,7 +428,7 @@ def _inputs(given: Any, tail: bytes, specs: Sequence[TensorSpec]) -> dict[str, n
             raise BadInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
         if not isinstance(datatype, str):
             raise BadInput(f"input {name!r} needs a 'datatype'")
-        spec = by_name.get(name)
+        spec = by_name.get(name) if by_name else _undeclared(name, datatype, shape)
         if spec is None:
             raise BadInput(f"unknown input {name!r}; the model takes {list(by_name)}")
         if name in tensors:
@@ -458,6 +458,13 @@ def _inputs(given: Any, tail: bytes, specs: Sequence[TensorSpec]) -> dict[str, n
     if missing:
         raise BadInput(f"missing inputs {missing}; the model takes {list(by_name)}")
     return tensors
+
+
+def _undeclared(name: str, datatype: str, shape: list[int]) -> TensorSpec:
+    """A tensor of a model whose config declares none: the model file checks it."""
+    if datatype not in DATATYPES:
+        raise BadInput(f"input {name!r}: unknown datatype {datatype!r}; known: {sorted(DATATYPES)}")
+    return TensorSpec(name, datatype, tuple(-1 for _ in shape))
 
 
 def _check_rows(tensors: dict[str, np.ndarray]) -> None:
