@@ -1,7 +1,8 @@
 -- The one load generator of bench/oip/run.py, for every server:
---   wrk -c N -t T -d S --latency -s bench/oip/load.lua URL -- <body file> <header length or "">
+--   wrk -c N -t T -d S -s bench/oip/load.lua URL -- <body file> <header length or ""> [<expected>]
 -- Posts the same inference request again and again (binary tensors when a header length is
--- given, else JSON). An answer counts as good only with status 200 and the output's name in it.
+-- given, else JSON). An answer counts as good only with status 200 and the expected text in it
+-- (the output's name, '"logits"' unless given).
 
 local threads = {}
 
@@ -21,6 +22,7 @@ function init(args)
       headers["Content-Type"] = "application/json"
    end
    prepared = wrk.format("POST", nil, headers, body)
+   expected = args[3] or '"logits"'
    not_200 = 0
    wrong = 0
 end
@@ -32,7 +34,7 @@ end
 function response(status, headers, body)
    if status ~= 200 then
       not_200 = not_200 + 1
-   elseif not string.find(body, '"logits"', 1, true) then
+   elseif not string.find(body, expected, 1, true) then
       wrong = wrong + 1
    end
 end

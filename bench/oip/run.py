@@ -251,12 +251,17 @@ def check_answer(base: str, body: Path, header_length: int | None, expected: int
 
 
 def wrk(
-    url: str, body: Path, header_length: int | None, concurrency: int, seconds: float
+    url: str,
+    body: Path,
+    header_length: int | None,
+    concurrency: int,
+    seconds: float,
+    expected: str = '"logits"',
 ) -> dict[str, float]:
     command = [
         "wrk", f"-c{concurrency}", f"-t{min(2, concurrency)}", f"-d{seconds}s", "--timeout", "30s",
         "-s", str(HERE / "load.lua"), url, "--", str(body),
-        str(header_length) if header_length is not None else "",
+        str(header_length) if header_length is not None else "", expected,
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"WRK_JSON (\{.*\})", output)
@@ -318,6 +323,72 @@ def measure(
         stop(process)
 
 
+def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    """A 1-element request to a trivial ONNX model (Identity) against ``GET /ping``, same server."""
+    from onnx import TensorProto, helper, save
+
+    model = folder / "trivial-repository" / "trivial"
+    model.mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "trivial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    save(onnx_model, str(model / "model.onnx"))
+    (model / "config.toml").write_text(
+        'platform = "onnx"\nmax_batch_size = 8\ninstances = 1\n'
+        '[[inputs]]\nname = "x"\ndatatype = "FP32"\ndims = [1]\n'
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\ndims = [1]\n'
+    )
+    body = folder / "trivial.body"
+    body.write_text(
+        json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.5]}]})
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"SLUICEWAY_MODEL_REPOSITORY": str(model.parent), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v2/models/trivial/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        concurrency = args.overhead_clients
+        seconds = args.duration
+        ping = subprocess.run(
+            ["wrk", f"-c{concurrency}", "-t2", f"-d{seconds}s", f"{base}/ping"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        ping_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", ping).group(1))  # type: ignore[union-attr]
+        ping_bad = re.search(r"Non-2xx or 3xx responses: (\d+)", ping)
+        infer = wrk(f"{base}/v2/models/trivial/infer", body, None, concurrency, seconds, '"y"')
+        failures = infer["not_200"] + infer["wrong"] + infer["socket_errors"] + infer["timeouts"]
+        infer_rps = infer["requests"] / (infer["duration_us"] / 1e6)
+    finally:
+        stop(process)
+    return {
+        "clients": concurrency,
+        "ping_rps": ping_rps,
+        "ping_failures": float(ping_bad.group(1)) if ping_bad else 0.0,
+        "infer_rps": infer_rps,
+        "infer_failures": failures,
+        "ratio": infer_rps / ping_rps,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per level")
@@ -325,6 +396,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
     parser.add_argument("--only", nargs="*", default=None, help="server names to run")
+    parser.add_argument("--overhead-clients", type=int, default=8)
     args = parser.parse_args()
     started = dt.datetime.now(dt.UTC)
     ceiling_rates, expected = ceiling(args.ceiling_s)
@@ -359,11 +431,17 @@ def main() -> None:
                 continue
             body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
             measure(run, command, env, port, body, length, expected, args)
-    report(started, ceiling_rates, runs, args)
+        overhead = protocol_overhead(folder, args)
+        print(f"overhead: {overhead}", flush=True)
+    report(started, ceiling_rates, runs, overhead, args)
 
 
 def report(
-    started: dt.datetime, ceiling: Ceiling, runs: list[ServerRun], args: argparse.Namespace
+    started: dt.datetime,
+    ceiling: Ceiling,
+    runs: list[ServerRun],
+    overhead: dict[str, float],
+    args: argparse.Namespace,
 ) -> None:
     results = {
         "date": started.date().isoformat(),
@@ -372,6 +450,7 @@ def report(
         "duration_s_per_level": args.duration,
         "ceiling": asdict(ceiling),
         "servers": [asdict(run) for run in runs],
+        "protocol_overhead": overhead,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -426,7 +505,16 @@ def report(
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
                 f"{level.cpu_ms_per_request:.1f} | {level.rss_mb:.0f} |"
             )
-    lines += ["", "![throughput and p95](oip.png)", ""]
+    lines += [
+        "",
+        f"Protocol overhead ({overhead['clients']:g} clients, one Sluiceway server): a 1-element "
+        f"JSON request to a trivial ONNX model (Identity) answered at {overhead['infer_rps']:.0f} "
+        f"req/s ({overhead['infer_failures']:g} failures), `GET /ping` at "
+        f"{overhead['ping_rps']:.0f} req/s: **{overhead['ratio']:.2f}x**.",
+        "",
+        "![throughput and p95](oip.png)",
+        "",
+    ]
     (HERE / "REPORT.md").write_text("\n".join(lines))
 
 
