@@ -23,6 +23,7 @@ import tritonclient.http as triton
 from sluiceway.app import create_app
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
+from sluiceway.runtime.dispatch import LocalDispatcher
 from tests.api.test_captions import caption_app, expected_titles
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.onnx_models import (
@@ -40,7 +41,8 @@ CHELSEA = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 
 def repository(root: Path) -> tuple[Path, np.ndarray]:
     """linear (declared tensors, max batch 16), echo (every datatype, tensors read from the
-    file), rowsum (any width, max batch 4), colours (an image classifier), broken."""
+    file), rowsum (any width, max batch 4), bounded (rowsum queueing at most 4 rows), colours
+    (an image classifier), broken."""
     weights = linear_model(root / "linear" / "1" / "model.onnx", seed=1)
     (root / "linear" / "config.toml").write_text(LINEAR_CONFIG)
     echo_model(root / "echo" / "model.onnx")
@@ -48,6 +50,10 @@ def repository(root: Path) -> tuple[Path, np.ndarray]:
     row_sum_model(root / "rowsum" / "model.onnx")
     (root / "rowsum" / "config.toml").write_text(
         'platform = "onnx"\nmax_batch_size = 4\ninstances = 1\n'
+    )
+    row_sum_model(root / "bounded" / "model.onnx")
+    (root / "bounded" / "config.toml").write_text(
+        'platform = "onnx"\nmax_batch_size = 4\ninstances = 1\nmax_queue = 4\n'
     )
     tiny_classifier(root / "colours" / "model.onnx")
     (root / "colours" / "labels.txt").write_text("red\ngreen\nblue\n")
@@ -309,6 +315,32 @@ async def test_requests_of_other_widths_are_batched_apart(http: httpx.AsyncClien
     for x, response in zip(xs, responses, strict=True):
         assert response.status_code == 200, response.text
         assert response.json()["outputs"][0]["data"] == x.sum(axis=1).tolist()
+
+
+async def test_a_full_queue_is_503_with_retry_after(http: httpx.AsyncClient) -> None:
+    def rows(count: int) -> dict[str, Any]:
+        return {"inputs": [tensor("x", np.ones((count, 2)).tolist())]}
+
+    assert (await http.post("/v2/models/bounded/infer", json=rows(1))).status_code == 200
+    transport = http._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    dispatcher = transport.app.state.services.dispatcher  # type: ignore[attr-defined]
+    assert isinstance(dispatcher, LocalDispatcher)
+    slots = dispatcher.lane("bounded").slots
+    await slots.acquire()  # a model call is running
+    try:
+        waiting = asyncio.create_task(http.post("/v2/models/bounded/infer", json=rows(3)))
+        await asyncio.sleep(0.2)  # its three rows are queued
+        refused = await http.post("/v2/models/bounded/infer", json=rows(2))
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"].isdigit()
+        assert "queue is full" in refused.json()["error"]
+    finally:
+        slots.release()
+    assert (await waiting).status_code == 200
+    too_many = await http.post("/v2/models/bounded/infer", json=rows(5))
+    assert too_many.status_code == 400
+    assert "queues at most 4" in too_many.json()["error"]
 
 
 async def test_an_image_classifier_gives_every_class_probability(http: httpx.AsyncClient) -> None:

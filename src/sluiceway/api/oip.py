@@ -354,6 +354,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     body = _decompressed(body, request.headers.get("content-encoding"), services.settings)
     header, tail = _split(body, request.headers.get(HEADER_LENGTH))
     parsed = _InferRequest.parse(header, tail, form)
+    rows = _rows(parsed.tensors) if form.batched else 1
+    if rows > record.policy.max_queue:
+        # One job per row: more rows than the queue holds could never be accepted whole.
+        raise BadInput(
+            f"the request has {rows} rows; model {name!r} queues at most "
+            f"{record.policy.max_queue}: send them in smaller requests"
+        )
     if parsed.timeout_s is not None:
         deadline = min(deadline, time.time() + parsed.timeout_s)
     outputs = await form.run(parsed.tensors, deadline, services)
@@ -578,19 +585,24 @@ def _stats(services: Services, entry: ModelEntry) -> dict[str, Any]:
 
 
 async def _submit_all(dispatcher: Dispatcher, jobs: list[Job]) -> list[Any]:
-    """Every job's result in order; the first failure once all have finished.
+    """Every job's result in order; at the first failure the others are cancelled (a job not
+    yet run is then skipped) and the failure raised.
 
     All jobs are queued before any batcher runs, so a request's rows fill a batch together.
     """
     if len(jobs) == 1:
         return [await dispatcher.submit(jobs[0])]
-    results = await asyncio.gather(
-        *(dispatcher.submit(job) for job in jobs), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
+    tasks = [asyncio.ensure_future(dispatcher.submit(job)) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            error = task.exception() if task.done() else None
+            if error is not None:
+                raise error
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _rows(tensors: dict[str, np.ndarray]) -> int:
