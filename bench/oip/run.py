@@ -13,7 +13,11 @@ One run measures, one after the other on the same machine:
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed).
 
-The one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
+Triton's ``perf_analyzer`` would be the natural load generator, but no wheel installable here
+ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-analyzer``
+2.60.0 (which does carry the binary) is built for glibc 2.38, newer than this Debian 12's 2.36
+(pip offers only a 2 KB placeholder, 0.1.0; the binary, run anyway, needs GLIBC_2.38).
+So the one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
 prepared image (the chelsea photo) every request. Every server's answer is checked once (the
 class must be the ceiling's) and every load answer must be 200 with the output in it.
 Writes ``bench/oip/REPORT.md``, ``oip.png`` and ``results.json``.
