@@ -263,8 +263,8 @@ def wrk(
     expected: str = '"logits"',
 ) -> dict[str, float]:
     command = [
-        "wrk", f"-c{concurrency}", f"-t{min(2, concurrency)}", f"-d{seconds}s", "--timeout", "30s",
-        "-s", str(HERE / "load.lua"), url, "--", str(body),
+        "wrk", f"-c{concurrency}", f"-t{min(2, concurrency)}", f"-d{round(seconds)}s",
+        "--timeout", "30s", "-s", str(HERE / "load.lua"), url, "--", str(body),
         str(header_length) if header_length is not None else "", expected,
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -373,7 +373,7 @@ def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, float
         concurrency = args.overhead_clients
         seconds = args.duration
         ping = subprocess.run(
-            ["wrk", f"-c{concurrency}", "-t2", f"-d{seconds}s", f"{base}/ping"],
+            ["wrk", f"-c{concurrency}", "-t2", f"-d{round(seconds)}s", f"{base}/ping"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         ping_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", ping).group(1))  # type: ignore[union-attr]
