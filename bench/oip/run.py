@@ -401,7 +401,15 @@ def main() -> None:
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
     parser.add_argument("--only", nargs="*", default=None, help="server names to run")
     parser.add_argument("--overhead-clients", type=int, default=8)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite REPORT.md and the plot from results.json",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        rewrite_report(args)
+        return
     started = dt.datetime.now(dt.UTC)
     ceiling_rates, expected = ceiling(args.ceiling_s)
     print(f"ceiling: batch 1 {ceiling_rates.batch1_images_s:.1f}/s, "
@@ -440,6 +448,24 @@ def main() -> None:
     report(started, ceiling_rates, runs, overhead, args)
 
 
+def rewrite_report(args: argparse.Namespace) -> None:
+    """REPORT.md and the plot again from ``results.json`` (no measurement)."""
+    saved = json.loads((HERE / "results.json").read_text())
+    runs = [
+        ServerRun(
+            server["name"],
+            server["setup"],
+            server["encoding"],
+            [Level(**level) for level in server["levels"]],
+            server["error"],
+        )
+        for server in saved["servers"]
+    ]
+    args.duration = saved["duration_s_per_level"]
+    started = dt.datetime.fromisoformat(saved["started"])
+    report(started, Ceiling(**saved["ceiling"]), runs, saved["protocol_overhead"], args)
+
+
 def report(
     started: dt.datetime,
     ceiling: Ceiling,
@@ -449,6 +475,7 @@ def report(
 ) -> None:
     results = {
         "date": started.date().isoformat(),
+        "started": started.isoformat(),
         "machine": machine(),
         "shared_machine": True,
         "duration_s_per_level": args.duration,
@@ -457,6 +484,7 @@ def report(
         "protocol_overhead": overhead,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    best = max(ceiling.batch1_images_s, ceiling.batch8_images_s)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
         if not run.levels:
@@ -495,7 +523,9 @@ def report(
     lines += [f"| {run.name} | {run.setup} | {run.encoding} |" for run in runs]
     lines += [
         "",
-        "| server | clients | req/s | x ceiling (b8) | p50 ms | p95 ms | p99 ms | failures "
+        f"x ceiling: against the better of the two ({best:.1f} images/s).",
+        "",
+        "| server | clients | req/s | x ceiling | p50 ms | p95 ms | p99 ms | failures "
         "| CPU ms/req | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -505,7 +535,7 @@ def report(
         for level in run.levels:
             lines.append(
                 f"| {run.name} | {level.concurrency} | {level.rps:.1f} | "
-                f"{level.rps / ceiling.batch8_images_s:.2f} | {level.p50_ms:.1f} | "
+                f"{level.rps / best:.2f} | {level.p50_ms:.1f} | "
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
                 f"{level.cpu_ms_per_request:.1f} | {level.rss_mb:.0f} |"
             )
