@@ -10,7 +10,7 @@ WHEELS ?= /opt/wheels
 PIP_FIND := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
 .PHONY: run test install-run install-test system-deps lint typecheck pytest clean \
-	bench-kiosk bench-images bench-web bench-captions bench-scaleout
+	bench-kiosk bench-images bench-web bench-captions bench-scaleout bench-oip
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-captions: install-test
 
 bench-scaleout: install-test system-deps
 	$(BIN)/python -m bench.scaleout.run
+
+bench-oip: install-test
+	flock /tmp/sluiceway-bench.lock $(BIN)/python -m bench.oip.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

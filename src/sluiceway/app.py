@@ -16,6 +16,7 @@ from sluiceway.api import (
     classifiers,
     errors,
     kiosk,
+    oip,
     openapi,
     ops,
     predict,
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(root.router)
     app.include_router(predict.router)
     app.include_router(repository.router)
+    app.include_router(oip.router)
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)

@@ -13,7 +13,7 @@ from starlette.types import Message
 from sluiceway.app import create_app
 from tests.conftest import app_client, fast_settings
 
-SAMPLES = {"model": "birds", "name": "0" * 64 + ".png", "path": "style.css"}
+SAMPLES = {"model": "birds", "name": "0" * 64 + ".png", "path": "style.css", "version": "1"}
 """A value for each path parameter of the OpenAPI document."""
 
 

@@ -112,15 +112,19 @@ async def test_a_stalled_redis_holds_no_request_past_its_deadline(redis: RedisSe
     freeze_at, thaw_at, end_at = 1.0, 4.0, 9.0
 
     in_flight = [0]
+    asking = asyncio.Event()  # set while some kiosk's request is in flight
 
     async def kiosk(http: httpx.AsyncClient) -> None:
         while time.monotonic() - began < end_at:
             sent = time.monotonic()
             in_flight[0] += 1
+            asking.set()
             response = await http.post(
                 "/classify", json=BODY, headers={"X-Request-Timeout": str(TIMEOUT_S)}
             )
             in_flight[0] -= 1
+            if not in_flight[0]:
+                asking.clear()
             outcomes.append((sent - began, response.status_code, time.monotonic() - sent))
             await asyncio.sleep(0.02)
 
@@ -128,8 +132,7 @@ async def test_a_stalled_redis_holds_no_request_past_its_deadline(redis: RedisSe
 
     async def operator() -> None:
         await asyncio.sleep(freeze_at)
-        while not in_flight[0]:  # the kiosks pause together: freeze while one is asking
-            await asyncio.sleep(0.001)
+        await asking.wait()  # the kiosks pause together: freeze while one is asking
         redis.freeze()
         frozen.append(time.monotonic() - began)
         await asyncio.sleep(thaw_at - freeze_at)

@@ -22,6 +22,10 @@ from sluiceway.runtime.errors import (
 logger = logging.getLogger(__name__)
 
 
+PROTOCOL_PREFIX = "/v2/"
+"""Routes of the Open Inference Protocol, whose errors are ``{"error": "..."}``."""
+
+
 class RequestError(Exception):
     """An edge-level problem with the request itself (status and a message saying what)."""
 
@@ -41,26 +45,30 @@ class ErrorResponses:
     def __init__(self, retry_after_s: int) -> None:
         self._retry = {"Retry-After": str(retry_after_s)}
 
-    def response_for(self, error: Exception) -> Response | None:
-        """The response for a known error type, or ``None`` for a bug (which becomes 500)."""
+    def response_for(self, error: Exception, *, key: str = "detail") -> Response | None:
+        """The response for a known error type, or ``None`` for a bug (which becomes 500).
+
+        The message goes under ``key``: ``detail`` (FastAPI's) by default, ``error`` on the
+        Open Inference Protocol's ``/v2`` routes.
+        """
         if isinstance(error, RequestError):
-            return _reply(error.status, error)
+            return _reply(error.status, error, key)
         if isinstance(error, BadInput):
-            return _reply(400, error)
+            return _reply(400, error, key)
         if isinstance(error, UnknownModel):
-            return _reply(404, error)
+            return _reply(404, error, key)
         if isinstance(error, ModelControlError):
-            return _reply(409, error)
+            return _reply(409, error, key)
         if isinstance(error, QuotaExceeded):
-            return _reply(429, error, self._retry)
+            return _reply(429, error, key, self._retry)
         if isinstance(error, Overloaded):
-            return _reply(503, error, self._retry)
+            return _reply(503, error, key, self._retry)
         if isinstance(error, ModelUnavailable):
             # An outage answers every request alike: logs.RepeatFilter writes it once per 10 s.
             logger.warning("model unavailable: %s", error)
-            return _reply(503, error, self._retry)
+            return _reply(503, error, key, self._retry)
         if isinstance(error, DeadlineExceeded):
-            return _reply(504, error)
+            return _reply(504, error, key)
         if isinstance(error, ClientGone):  # nobody reads it; 499 (nginx's) labels the metrics
             return Response(status_code=499)
         return None
@@ -68,8 +76,9 @@ class ErrorResponses:
     def install(self, app: FastAPI) -> None:
         """Register the table as ``app``'s exception handlers."""
 
-        async def handle(_: Request, error: Exception) -> Response:
-            response = self.response_for(error)
+        async def handle(request: Request, error: Exception) -> Response:
+            key = "error" if request.url.path.startswith(PROTOCOL_PREFIX) else "detail"
+            response = self.response_for(error, key=key)
             if response is None:  # registered types always map; this is a bug guard
                 raise error
             return response
@@ -79,8 +88,10 @@ class ErrorResponses:
         app.add_exception_handler(ClientGone, handle)
 
 
-def _reply(status: int, error: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
+def _reply(
+    status: int, error: Exception, key: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({key: str(error)}, status_code=status, headers=headers)
 
 
 def describe_validation(error: ValidationError) -> str:

@@ -420,6 +420,39 @@ def _model_control(action: str) -> dict[str, Any]:
     }
 
 
+def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[str, Any]:
+    """An Open Inference Protocol route: its errors are ``{"error": ...}``."""
+    error = (_JSON, _ref("ProtocolError"))
+    responses: dict[str, Any] = {"200": _answer(summary, (_JSON, {"type": "object"}))}
+    if model:
+        responses["404"] = _answer("no model (or version) of that name", error)
+    responses["503"] = _answer("not ready, or the queue is full (Retry-After)", error)
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        operation["requestBody"] = _body(
+            (_JSON, {"type": "object"}), ("application/octet-stream", {"type": "string"})
+        )
+        responses["200"] = _answer(
+            summary, (_JSON, {"type": "object"}), ("application/octet-stream", {"type": "string"})
+        )
+        responses["400"] = _answer(
+            "the request is not the protocol's, or the model refuses it", error
+        )
+        responses["413"] = _answer("body over its limit", error)
+        responses["504"] = _answer("the deadline (or the request's timeout) passed", error)
+    return operation
+
+
+OPERATIONS[("/v2", "get")] = _protocol("server metadata", model=False)
+OPERATIONS[("/v2/health/live", "get")] = _protocol("live", model=False)
+OPERATIONS[("/v2/health/ready", "get")] = _protocol("ready", model=False)
+OPERATIONS[("/v2/models/stats", "get")] = _protocol("every model's statistics", model=False)
+for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    OPERATIONS[(_prefix, "get")] = _protocol("model metadata")
+    OPERATIONS[(f"{_prefix}/ready", "get")] = _protocol("the model is ready")
+    OPERATIONS[(f"{_prefix}/config", "get")] = _protocol("the model's configuration")
+    OPERATIONS[(f"{_prefix}/stats", "get")] = _protocol("the model's statistics")
+    OPERATIONS[(f"{_prefix}/infer", "post")] = _protocol("the model's outputs", body=True)
 OPERATIONS[("/v2/repository/models/{name}/load", "post")] = _model_control("load")
 OPERATIONS[("/v2/repository/models/{name}/unload", "post")] = _model_control("unload")
 

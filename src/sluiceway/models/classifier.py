@@ -27,8 +27,13 @@ class Prediction(NamedTuple):
     score: float
 
 
+ALL_SCORES = -1
+"""``Pixels.k`` asking for every class's probability, in class order (the tensor protocol)."""
+
+
 class Pixels(NamedTuple):
-    """A job's payload: one prepared image and how many top classes the caller wants."""
+    """A job's payload: one prepared image and how many top classes the caller wants
+    (``ALL_SCORES``: the whole probability vector instead of ranked classes)."""
 
     array: np.ndarray
     k: int
@@ -78,7 +83,10 @@ class Classifier(ThreadedModel):
         if good:
             probabilities = self.probabilities(np.stack([pixels.array for _, pixels in good]))
             for row, (index, pixels) in enumerate(good):
-                results[index] = self.top(probabilities[row], pixels.k)
+                if pixels.k == ALL_SCORES:
+                    results[index] = probabilities[row]
+                else:
+                    results[index] = self.top(probabilities[row], pixels.k)
         return results
 
     def top(self, probabilities: np.ndarray, k: int) -> list[Prediction]:

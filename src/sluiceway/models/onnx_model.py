@@ -90,6 +90,9 @@ class OnnxModel(ThreadedModel):
                 + (f"missing {missing}" if missing else f"unknown {extra}")
             )
         feed = {spec.name: spec.check(np.asarray(request[spec.name])) for spec in self.inputs}
+        for spec in self.inputs:
+            if spec.datatype == "BYTES":
+                feed[spec.name] = _as_text(spec.name, feed[spec.name])
         if self.batched and len({array.shape[0] for array in feed.values()}) > 1:
             raise BadInput("every input of a request needs the same batch size (first dimension)")
         return feed
@@ -142,6 +145,17 @@ class OnnxModelKind(ModelKind):
         )
         nbytes = self.path.stat().st_size * 2  # weights plus optimised copies, roughly
         return OnnxModel(session, inputs, outputs, batched=self.batched, nbytes=nbytes)
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX strings are text: ONNX Runtime would feed ``bytes`` objects as their ``repr``."""
+    try:
+        text: np.ndarray = np.vectorize(
+            lambda item: item.decode() if isinstance(item, bytes) else str(item), otypes=[object]
+        )(array)
+    except UnicodeDecodeError:
+        raise BadInput(f"input {name!r}: an ONNX string must be UTF-8 text") from None
+    return text
 
 
 def _declared_or_read(

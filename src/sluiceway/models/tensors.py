@@ -118,3 +118,113 @@ def split_rows(
         {name: array[bounds[i] : bounds[i + 1]] for name, array in outputs.items()}
         for i in range(len(rows))
     ]
+
+
+def tensor_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
+    """A JSON tensor (``data`` nested or flat, row-major) as an array of ``shape``.
+
+    ``BYTES`` elements are strings (kept as their UTF-8 bytes); ``BadInput`` names what does
+    not fit: a value the datatype cannot hold, or a count of elements that is not the shape's.
+    """
+    dtype = _dtype_of(name, datatype)
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=np.object_).ravel()
+            array = np.array([_as_bytes(name, item) for item in flat], dtype=np.object_)
+        else:
+            if datatype == "BOOL" and not _all_bools(data):
+                raise BadInput(f"input {name!r} is BOOL: its data must be true or false")
+            array = np.asarray(data, dtype=dtype).ravel()
+    except (ValueError, TypeError, OverflowError) as error:
+        raise BadInput(f"input {name!r}: the data are not {datatype} values ({error})") from None
+    return _shaped(name, array, shape)
+
+
+def tensor_from_bytes(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """A tensor sent as raw bytes (Triton's binary extension): little-endian, row-major;
+    ``BYTES`` elements each prefixed with their length as a 4-byte little-endian integer."""
+    dtype = _dtype_of(name, datatype)
+    if datatype != "BYTES":
+        wire = dtype.newbyteorder("<")
+        if len(raw) % wire.itemsize:
+            raise BadInput(
+                f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values"
+            )
+        array = np.frombuffer(raw, dtype=wire).astype(dtype, copy=False)
+        return _shaped(name, array, shape)
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadInput(f"input {name!r}: a BYTES element's 4-byte length is cut short")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(raw):
+            raise BadInput(f"input {name!r}: a BYTES element runs past the end of its data")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    return _shaped(name, np.array(items, dtype=np.object_), shape)
+
+
+def tensor_to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """An output tensor as raw bytes, the inverse of ``tensor_from_bytes``."""
+    if datatype != "BYTES":
+        wire = DATATYPES[datatype].newbyteorder("<")
+        return np.ascontiguousarray(array, dtype=wire).tobytes()
+    parts: list[bytes] = []
+    for item in np.asarray(array, dtype=np.object_).ravel():
+        value = _encoded(item)
+        parts.append(len(value).to_bytes(4, "little"))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def tensor_to_json(array: np.ndarray, datatype: str) -> list[Any]:
+    """An output tensor's ``data``: flat, row-major; ``BYTES`` as text (undecodable bytes
+    replaced, which is why a client wanting exact bytes asks for binary outputs)."""
+    if datatype == "BYTES":
+        return [
+            _encoded(item).decode("utf-8", "replace")
+            for item in np.asarray(array, dtype=np.object_).ravel()
+        ]
+    flat: list[Any] = np.asarray(array, dtype=DATATYPES[datatype]).ravel().tolist()
+    return flat
+
+
+def _dtype_of(name: str, datatype: str) -> np.dtype[Any]:
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise BadInput(
+            f"input {name!r}: unknown datatype {datatype!r}; the protocol's are {sorted(DATATYPES)}"
+        )
+    return dtype
+
+
+def _shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    expected = int(np.prod(shape)) if len(shape) else 1
+    if flat.size != expected:
+        raise BadInput(
+            f"input {name!r} has {flat.size} elements; its shape {list(shape)} needs {expected}"
+        )
+    return flat.reshape(tuple(shape))
+
+
+def _all_bools(data: Any) -> bool:
+    if isinstance(data, list):
+        return all(_all_bools(item) for item in data)
+    return isinstance(data, bool)
+
+
+def _as_bytes(name: str, item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, bytes):
+        return item
+    raise BadInput(f"input {name!r} is BYTES: its data must be strings, got {item!r}")
+
+
+def _encoded(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    return str(item).encode()

@@ -17,6 +17,7 @@ from sluiceway.runtime.cache import ModelCache
 from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.stats import Statistics
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class LocalDispatcher:
 
     def __init__(self, kinds: Iterable[ModelKind], cache_budget_bytes: int, metrics: Metrics):
         self._metrics = metrics
+        self.statistics = Statistics(metrics)
         self._kinds = {kind.name: kind for kind in kinds}
         self._cache: ModelCache[Model] = ModelCache(cache_budget_bytes, metrics)
         self._lanes = {
@@ -94,6 +96,9 @@ class LocalDispatcher:
 
     async def submit(self, job: Job) -> Any:
         """Run ``job``; cancelling the caller withdraws it unrun if it is still queued."""
+        return await self.statistics.measure(job, self._submit(job))
+
+    async def _submit(self, job: Job) -> Any:
         lane = self._lane_for(job)
         ticket = lane.submit(job)
         loop = asyncio.get_running_loop()
@@ -183,7 +188,8 @@ class LocalDispatcher:
             self._load_errors.pop(kind.name, None)
             return model
 
-        return await self._cache.get_or_load(kind.name, key, load)
+        model = await self._cache.get_or_load(kind.name, key, load)
+        return self.statistics.timed(job.model, model)
 
 
 def _cache_key(model: str, generation: int, key: str) -> str:

@@ -53,6 +53,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.compute_seconds = Histogram(
+            "sluiceway_compute_duration_seconds",
+            "Time of the model call a job ran in",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "sluiceway_queue_depth", "Jobs waiting for a compute slot", ["model"], registry=r
         )

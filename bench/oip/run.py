@@ -1,0 +1,556 @@
+"""Open Inference Protocol benchmark: the ImageNet ONNX model over the protocol, against peers.
+
+    flock /tmp/sluiceway-bench.lock .venv/bin/python -m bench.oip.run [--duration 8]
+
+One run measures, one after the other on the same machine:
+
+- the ceiling: the model called in a tight loop on both cores (two threads, one ONNX Runtime
+  thread each), the tensor already in memory, at batch 1 and batch 8;
+- Sluiceway serving the ONNX file from a model repository (binary tensors), with dynamic
+  batching (max batch 8, 2 compute slots) and with batching off (max batch 1), and with JSON
+  tensors (batching on) to compare with MLServer on the same encoding;
+- KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
+  on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
+  with pinned versions; never committed).
+
+Triton's ``perf_analyzer`` would be the natural load generator, but no wheel installable here
+ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-analyzer``
+2.60.0 (which does carry the binary) is built for glibc 2.38, newer than this Debian 12's 2.36
+(pip offers only a 2 KB placeholder, 0.1.0; the binary, run anyway, needs GLIBC_2.38).
+So the one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
+prepared image (the chelsea photo) every request. Every server's answer is checked once (the
+class must be the ceiling's) and every load answer must be 200 with the output in it.
+Writes ``bench/oip/REPORT.md``, ``oip.png`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import matplotlib
+import numpy as np
+import onnxruntime as ort
+import skimage
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.loadtest import REPO, ProcessWatch, free_port, machine, stop
+from sluiceway.inputs.pixels import prepare_image
+from sluiceway.models.onnx_classifier import IMAGENET_INPUT, imagenet_model_path
+
+HERE = Path(__file__).resolve().parent
+MODEL = "mobilenet"
+# uvloop 0.22 dropped what MLServer 1.7.1's inference workers call at start-up
+# (asyncio.get_event_loop() outside a running loop): they die at once with a newer one.
+PEERS = {"kserve": ["kserve==0.21.0"], "mlserver": ["mlserver==1.7.1", "uvloop<0.22"]}
+PEER_COMMON = ["onnxruntime==1.32.0", "numpy<3"]
+LEVELS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class Level:
+    """One concurrency level of one server."""
+
+    concurrency: int
+    requests: int
+    rps: float
+    failures: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float
+    rss_mb: float
+
+
+@dataclass
+class ServerRun:
+    """One server: how it was set up and what each level measured."""
+
+    name: str
+    setup: str
+    encoding: str
+    levels: list[Level] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Ceiling:
+    batch1_images_s: float
+    batch8_images_s: float
+
+
+def prepared_image() -> np.ndarray:
+    data = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
+    pixels: np.ndarray = prepare_image(data, IMAGENET_INPUT, 40_000_000)[None]
+    return pixels
+
+
+def bodies(folder: Path, pixels: np.ndarray) -> tuple[Path, int, Path]:
+    """The binary request (and its header length) and the JSON request, written to files."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(pixels.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary = folder / "binary.body"
+    binary.write_bytes(header + pixels.astype("<f4").tobytes())
+    as_json = folder / "json.body"
+    data = [round(float(v), 5) for v in pixels.ravel()]
+    body = {
+        "inputs": [{"name": "input", "shape": list(pixels.shape), "datatype": "FP32", "data": data}]
+    }
+    as_json.write_text(json.dumps(body))
+    return binary, len(header), as_json
+
+
+def ceiling(seconds: float) -> tuple[Ceiling, int]:
+    """Images/s of the model in a tight loop on two threads, at batch 1 and 8; its class."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(imagenet_model_path()), options)
+    pixels = prepared_image()
+    (logits,) = session.run(None, {"input": pixels})
+    expected = int(np.argmax(logits))
+
+    def rate(batch: int) -> float:
+        feed = {"input": np.repeat(pixels, batch, axis=0)}
+        session.run(None, feed)
+        counts = [0, 0]
+        end = time.perf_counter() + seconds
+
+        def loop(slot: int) -> None:
+            while time.perf_counter() < end:
+                session.run(None, feed)
+                counts[slot] += batch
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(counts) / (time.perf_counter() - started)
+
+    return Ceiling(rate(1), rate(8)), expected
+
+
+def peer_python(venvs: Path, peer: str) -> str:
+    """The peer's virtualenv interpreter, creating the virtualenv on first use."""
+    folder = venvs / peer
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *PEERS[peer], *PEER_COMMON], check=True
+        )
+    return str(python)
+
+
+def sluiceway_server(folder: Path, max_batch: int, port: int) -> tuple[list[str], dict[str, str]]:
+    repository = folder / f"repository-{max_batch}"
+    model = repository / MODEL
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "model.onnx").write_bytes(imagenet_model_path().read_bytes())
+    (model / "config.toml").write_text(
+        f'platform = "onnx"\nmax_batch_size = {max_batch}\ninstances = 2\nthreads = 1\n'
+        "max_queue = 4096\n"
+        '[[inputs]]\nname = "input"\ndatatype = "FP32"\ndims = [3, 224, 224]\n'
+        '[[outputs]]\nname = "logits"\ndatatype = "FP32"\ndims = [1000]\n[warmup]\n'
+    )
+    command = [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)]
+    env = {"SLUICEWAY_MODEL_REPOSITORY": str(repository), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    return command, env
+
+
+def kserve_server(venvs: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    command = [
+        peer_python(venvs, "kserve"), str(HERE / "servers" / "kserve_app.py"),
+        "--model_name", MODEL, "--model_path", str(imagenet_model_path()),
+        "--http_port", str(port), "--workers", "2", "--threads", "1",
+        "--configure_logging", "false",
+    ]  # fmt: skip
+    return command, {}
+
+
+def mlserver_server(venvs: Path, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    root = folder / "mlserver"
+    (root / MODEL).mkdir(parents=True, exist_ok=True)
+    settings = {
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": 2,
+        "debug": False,
+    }
+    (root / "settings.json").write_text(json.dumps(settings))
+    model_settings = {
+        "name": MODEL,
+        "implementation": "mlserver_runtime.OnnxImageNet",
+        "max_batch_size": 8,
+        "max_batch_time": 0.005,
+        "parameters": {"uri": str(imagenet_model_path())},
+    }
+    (root / MODEL / "model-settings.json").write_text(json.dumps(model_settings))
+    python = peer_python(venvs, "mlserver")
+    command = [str(Path(python).parent / "mlserver"), "start", str(root)]
+    return command, {"PYTHONPATH": str(HERE / "servers")}
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} while starting")
+        try:
+            if httpx.get(f"{base}/v2/models/{MODEL}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"not ready after {timeout_s} s")
+
+
+def check_answer(base: str, body: Path, header_length: int | None, expected: int) -> None:
+    """One request, read fully: the top class must be the ceiling's."""
+    headers = {"Content-Type": "application/json"}
+    if header_length is not None:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_length),
+        }
+    response = httpx.post(
+        f"{base}/v2/models/{MODEL}/infer", content=body.read_bytes(), headers=headers, timeout=60
+    )
+    response.raise_for_status()
+    length = response.headers.get("inference-header-content-length")
+    if length is not None:
+        logits = np.frombuffer(response.content[int(length) :], "<f4")
+    else:
+        logits = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32)
+    if int(np.argmax(logits)) != expected:
+        raise AssertionError(f"top class {int(np.argmax(logits))}, expected {expected}")
+
+
+def wrk(
+    url: str,
+    body: Path,
+    header_length: int | None,
+    concurrency: int,
+    seconds: float,
+    expected: str = '"logits"',
+) -> dict[str, float]:
+    command = [
+        "wrk", f"-c{concurrency}", f"-t{min(2, concurrency)}", f"-d{round(seconds)}s",
+        "--timeout", "30s", "-s", str(HERE / "load.lua"), url, "--", str(body),
+        str(header_length) if header_length is not None else "", expected,
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"WRK_JSON (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(f"wrk printed no summary: {output[-500:]}")
+    result: dict[str, float] = json.loads(match.group(1))
+    return result
+
+
+def measure(
+    run: ServerRun,
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    body: Path,
+    header_length: int | None,
+    expected: int,
+    args: argparse.Namespace,
+) -> None:
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(base, process)
+        check_answer(base, body, header_length, expected)
+        url = f"{base}/v2/models/{MODEL}/infer"
+        wrk(url, body, header_length, 4, 2)  # warm-up, not counted
+        for concurrency in args.levels:
+            with ProcessWatch(process.pid, interval_s=0.5) as watch:
+                result = wrk(url, body, header_length, concurrency, args.duration)
+            seconds = result["duration_us"] / 1e6
+            failures = int(
+                result["not_200"] + result["wrong"] + result["socket_errors"] + result["timeouts"]
+            )
+            good = max(1, int(result["requests"]) - failures)
+            level = Level(
+                concurrency=concurrency,
+                requests=int(result["requests"]),
+                rps=result["requests"] / seconds,
+                failures=failures,
+                p50_ms=result["p50_ms"],
+                p95_ms=result["p95_ms"],
+                p99_ms=result["p99_ms"],
+                cpu_ms_per_request=watch.cpu_s * 1000 / good,
+                rss_mb=watch.peak_rss_mb,
+            )
+            run.levels.append(level)
+            print(f"{run.name} c={concurrency}: {level.rps:.1f} req/s p95 {level.p95_ms} ms "
+                  f"failures {failures}", flush=True)  # fmt: skip
+    except Exception as error:  # a peer that cannot run is reported, the others still run
+        run.error = f"{type(error).__name__}: {error}"
+        print(f"{run.name}: {run.error}", flush=True)
+    finally:
+        stop(process)
+
+
+def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    """A 1-element request to a trivial ONNX model (Identity) against ``GET /ping``, same server."""
+    from onnx import TensorProto, helper, save
+
+    model = folder / "trivial-repository" / "trivial"
+    model.mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "trivial",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    save(onnx_model, str(model / "model.onnx"))
+    (model / "config.toml").write_text(
+        'platform = "onnx"\nmax_batch_size = 8\ninstances = 1\n'
+        '[[inputs]]\nname = "x"\ndatatype = "FP32"\ndims = [1]\n'
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\ndims = [1]\n'
+    )
+    body = folder / "trivial.body"
+    body.write_text(
+        json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.5]}]})
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"SLUICEWAY_MODEL_REPOSITORY": str(model.parent), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v2/models/trivial/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        concurrency = args.overhead_clients
+        seconds = args.duration
+        ping = subprocess.run(
+            ["wrk", f"-c{concurrency}", "-t2", f"-d{round(seconds)}s", f"{base}/ping"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        ping_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", ping).group(1))  # type: ignore[union-attr]
+        ping_bad = re.search(r"Non-2xx or 3xx responses: (\d+)", ping)
+        infer = wrk(f"{base}/v2/models/trivial/infer", body, None, concurrency, seconds, '"y"')
+        failures = infer["not_200"] + infer["wrong"] + infer["socket_errors"] + infer["timeouts"]
+        infer_rps = infer["requests"] / (infer["duration_us"] / 1e6)
+    finally:
+        stop(process)
+    return {
+        "clients": concurrency,
+        "ping_rps": ping_rps,
+        "ping_failures": float(ping_bad.group(1)) if ping_bad else 0.0,
+        "infer_rps": infer_rps,
+        "infer_failures": failures,
+        "ratio": infer_rps / ping_rps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per level")
+    parser.add_argument("--ceiling-s", type=float, default=5.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
+    parser.add_argument("--only", nargs="*", default=None, help="server names to run")
+    parser.add_argument("--overhead-clients", type=int, default=8)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite REPORT.md and the plot from results.json",
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        rewrite_report(args)
+        return
+    started = dt.datetime.now(dt.UTC)
+    ceiling_rates, expected = ceiling(args.ceiling_s)
+    print(f"ceiling: batch 1 {ceiling_rates.batch1_images_s:.1f}/s, "
+          f"batch 8 {ceiling_rates.batch8_images_s:.1f}/s", flush=True)  # fmt: skip
+    runs: list[ServerRun] = []
+    with tempfile.TemporaryDirectory(prefix="oip-bench-") as tmp:
+        folder = Path(tmp)
+        binary, header_length, as_json = bodies(folder, prepared_image())
+        plans = [
+            ("sluiceway", "max batch 8, 2 slots x 1 ORT thread, 1 process", "binary",
+             lambda p: sluiceway_server(folder, 8, p)),
+            ("sluiceway-unbatched", "max batch 1, 2 slots x 1 ORT thread", "binary",
+             lambda p: sluiceway_server(folder, 1, p)),
+            ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", "binary",
+             lambda p: kserve_server(args.venvs, p)),
+            ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 "
+             "ORT thread", "json", lambda p: mlserver_server(args.venvs, folder, p)),
+            ("sluiceway-json", "as sluiceway, JSON tensors", "json",
+             lambda p: sluiceway_server(folder, 8, p)),
+        ]  # fmt: skip
+        for name, setup, encoding, build in plans:
+            if args.only and name not in args.only:
+                continue
+            run = ServerRun(name, setup, encoding)
+            runs.append(run)
+            port = free_port()
+            try:
+                command, env = build(port)
+            except Exception as error:
+                run.error = f"{type(error).__name__}: {error}"
+                continue
+            body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
+            measure(run, command, env, port, body, length, expected, args)
+        overhead = protocol_overhead(folder, args)
+        print(f"overhead: {overhead}", flush=True)
+    report(started, ceiling_rates, runs, overhead, args)
+
+
+def rewrite_report(args: argparse.Namespace) -> None:
+    """REPORT.md and the plot again from ``results.json`` (no measurement)."""
+    saved = json.loads((HERE / "results.json").read_text())
+    runs = [
+        ServerRun(
+            server["name"],
+            server["setup"],
+            server["encoding"],
+            [Level(**level) for level in server["levels"]],
+            server["error"],
+        )
+        for server in saved["servers"]
+    ]
+    args.duration = saved["duration_s_per_level"]
+    started = dt.datetime.fromisoformat(saved["started"])
+    report(started, Ceiling(**saved["ceiling"]), runs, saved["protocol_overhead"], args)
+
+
+def report(
+    started: dt.datetime,
+    ceiling: Ceiling,
+    runs: list[ServerRun],
+    overhead: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    results = {
+        "date": started.date().isoformat(),
+        "started": started.isoformat(),
+        "machine": machine(),
+        "shared_machine": True,
+        "duration_s_per_level": args.duration,
+        "ceiling": asdict(ceiling),
+        "servers": [asdict(run) for run in runs],
+        "protocol_overhead": overhead,
+    }
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    best = max(ceiling.batch1_images_s, ceiling.batch8_images_s)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run in runs:
+        if not run.levels:
+            continue
+        xs = [level.concurrency for level in run.levels]
+        left.plot(xs, [level.rps for level in run.levels], marker="o", label=run.name)
+        right.plot(xs, [level.p95_ms for level in run.levels], marker="o", label=run.name)
+    left.axhline(ceiling.batch8_images_s, color="grey", linestyle="--", label="ceiling (batch 8)")
+    left.axhline(ceiling.batch1_images_s, color="grey", linestyle=":", label="ceiling (batch 1)")
+    for axis, title in ((left, "images/s"), (right, "p95 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(HERE / "oip.png", dpi=110)
+    lines = [
+        "# Open Inference Protocol benchmark",
+        "",
+        f"{started:%Y-%m-%d %H:%M} UTC, {machine()}. The machine was shared with other work "
+        "(other benchmarks wait on the same lock, but builds and tests may run): read ratios "
+        "within this run, not absolute numbers. Generated by `bench/oip/run.py`.",
+        "",
+        "The ImageNet MobileNetV2 ONNX file, one prepared 224x224 image per request, over "
+        f"`POST /v2/models/{MODEL}/infer`; `wrk` closed loop, {args.duration:g} s per level.",
+        "",
+        f"Ceiling (tight loop, two threads, tensor in memory): batch 1 "
+        f"**{ceiling.batch1_images_s:.1f}** images/s, batch 8 **{ceiling.batch8_images_s:.1f}** "
+        f"images/s (batching gains {ceiling.batch8_images_s / ceiling.batch1_images_s:.2f}x).",
+        "",
+        "| server | setup | encoding |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {run.name} | {run.setup} | {run.encoding} |" for run in runs]
+    lines += [
+        "",
+        f"x ceiling: against the better of the two ({best:.1f} images/s).",
+        "",
+        "| server | clients | req/s | x ceiling | p50 ms | p95 ms | p99 ms | failures "
+        "| CPU ms/req | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        if run.error:
+            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | |")
+        for level in run.levels:
+            lines.append(
+                f"| {run.name} | {level.concurrency} | {level.rps:.1f} | "
+                f"{level.rps / best:.2f} | {level.p50_ms:.1f} | "
+                f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
+                f"{level.cpu_ms_per_request:.1f} | {level.rss_mb:.0f} |"
+            )
+    lines += [
+        "",
+        f"Protocol overhead ({overhead['clients']:g} clients, one Sluiceway server): a 1-element "
+        f"JSON request to a trivial ONNX model (Identity) answered at {overhead['infer_rps']:.0f} "
+        f"req/s ({overhead['infer_failures']:g} failures), `GET /ping` at "
+        f"{overhead['ping_rps']:.0f} req/s: **{overhead['ratio']:.2f}x**.",
+        "",
+        "![throughput and p95](oip.png)",
+        "",
+    ]
+    (HERE / "REPORT.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

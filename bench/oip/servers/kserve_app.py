@@ -1,0 +1,73 @@
+"""The ImageNet ONNX model on KServe's own Python model server (``kserve`` on PyPI).
+
+Run in its own virtualenv by ``bench/oip/run.py``; Sluiceway is not imported. Written the way
+KServe's custom-model documentation shows it: a ``kserve.Model`` whose ``predict`` takes a v2
+``InferRequest`` and returns an ``InferResponse`` (binary outputs when asked). KServe's Python
+server has no batcher for the v2 protocol; for throughput on a CPU it runs several uvicorn
+worker processes (``--workers``), here one per core with one ONNX Runtime thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve import model_server as kserve_model_server
+
+
+class OnnxImageNet(Model):
+    """The ONNX file in an ONNX Runtime session; one request per ``run``."""
+
+    def __init__(self, name: str, path: str, threads: int) -> None:
+        super().__init__(name)
+        self.path = path
+        self.threads = threads
+        self.load()
+
+    def __getstate__(self) -> dict[str, object]:
+        # With several workers KServe pickles the model into each process: a session cannot
+        # be pickled, so each process opens its own.
+        state = dict(self.__dict__)
+        state.pop("session", None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.load()
+
+    def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.ready = True
+        return True
+
+    def predict(
+        self, payload: InferRequest, headers: dict[str, str] | None = None
+    ) -> InferResponse:
+        batch = payload.inputs[0].as_numpy()
+        (logits,) = self.session.run(None, {self.input: batch})
+        output = InferOutput("logits", list(logits.shape), "FP32")
+        output.set_data_from_numpy(logits, binary_data=True)
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=[output],
+            use_binary_outputs=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(parents=[kserve_model_server.parser])
+    parser.add_argument("--model_path", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args, _ = parser.parse_known_args()
+    model = OnnxImageNet(args.model_name, args.model_path, args.threads)
+    ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False).start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Per-model inference statistics: Triton's statistics extension and two latency histograms.
+
+Every job submitted to an in-process dispatcher is counted as a success or a failure with the
+time it took; a job that ran also has its queue time (submission to the start of its model
+call) and compute time (that call's duration), and every call is counted by its batch size.
+The counts are jobs: a request that the edge splits into one job per row (the Open Inference
+Protocol does) counts once per row, as ``inference_count`` does in Triton.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sluiceway.models.base import Model
+from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.metrics import Metrics
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Duration:
+    """A count of events and their total time, in nanoseconds (Triton's ``{count, ns}``)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class ModelStatistics:
+    """One model's counters since the process started."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute: Duration = field(default_factory=Duration)
+    batches: dict[int, Duration] = field(default_factory=dict)
+    """Model calls by batch size (jobs per call) and their compute time."""
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+
+    def as_triton(self, name: str, version: str) -> dict[str, Any]:
+        """This model's entry of ``GET /v2/models/stats`` in Triton's shape."""
+        zero = Duration().as_json()
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                # Inputs are made model-ready at the edge and outputs shaped there, so the
+                # whole call is inference; the input and output phases are zero.
+                "compute_input": zero,
+                "compute_infer": self.compute.as_json(),
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": {"count": calls.count, "ns": 0},
+                    "compute_infer": calls.as_json(),
+                    "compute_output": {"count": calls.count, "ns": 0},
+                }
+                for size, calls in sorted(self.batches.items())
+            ],
+        }
+
+
+class Statistics:
+    """The statistics of every model of one process, and the histograms beside them."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._models: dict[str, ModelStatistics] = {}
+        # Jobs being measured, by their payload's identity: the model call a job ran in is
+        # written here by the timed model, since the batcher hands models payloads, not jobs.
+        self._calls: dict[int, tuple[float, float] | None] = {}
+
+    def of(self, model: str) -> ModelStatistics:
+        """``model``'s counters (all zero before its first job)."""
+        stats = self._models.get(model)
+        if stats is None:
+            stats = self._models[model] = ModelStatistics()
+        return stats
+
+    def timed(self, model: str, loaded: Model) -> Model:
+        """``loaded`` with each of its calls counted and timed."""
+        return _TimedModel(loaded, self.of(model), self._calls)
+
+    async def measure(self, job: Job, result: Awaitable[T]) -> T:
+        """Await ``job``'s ``result`` and count it as a success or a failure, with its times."""
+        key = id(job.payload)
+        watched = key not in self._calls  # two jobs sharing one payload: time the first only
+        if watched:
+            self._calls[key] = None
+        submitted = time.perf_counter()
+        succeeded = False
+        try:
+            value = await result
+            succeeded = True
+            return value
+        finally:
+            call = self._calls.pop(key, None) if watched else None
+            self._record(job.model, submitted, call, succeeded)
+
+    def _record(
+        self, model: str, submitted: float, call: tuple[float, float] | None, succeeded: bool
+    ) -> None:
+        stats = self.of(model)
+        elapsed = time.perf_counter() - submitted
+        (stats.success if succeeded else stats.fail).add(elapsed)
+        if call is None:
+            return
+        started, finished = call
+        queued = max(0.0, started - submitted)
+        stats.queue.add(queued)
+        stats.compute.add(finished - started)
+        # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
+        self._metrics.compute_seconds.labels(model).observe(finished - started)
+
+
+class _TimedModel(Model):
+    """A model whose calls are counted by batch size and whose jobs learn when they ran."""
+
+    def __init__(
+        self,
+        model: Model,
+        stats: ModelStatistics,
+        calls: dict[int, tuple[float, float] | None],
+    ) -> None:
+        self._model = model
+        self._stats = stats
+        self._calls = calls
+
+    @property
+    def nbytes(self) -> int:
+        return self._model.nbytes
+
+    async def infer(self, inputs: Sequence[Any]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return await self._model.infer(inputs)
+        finally:
+            finished = time.perf_counter()
+            stats = self._stats
+            calls = self._calls
+            for item in inputs:
+                if id(item) in calls:
+                    calls[id(item)] = (started, finished)
+            size = len(inputs)
+            batch = stats.batches.get(size)
+            if batch is None:
+                batch = stats.batches[size] = Duration()
+            batch.add(finished - started)
+            stats.inference_count += size
+            stats.execution_count += 1
+            stats.last_inference_ms = int(time.time() * 1000)

@@ -1,0 +1,112 @@
+"""Triton's own Python client (``tritonclient[http]`` from PyPI) against a real Sluiceway server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from tests.api.test_oip import linear, repository
+from tests.fixtures.live_server import live_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, np.ndarray]]:
+    root, weights = repository(tmp_path_factory.mktemp("oip") / "models")
+    with live_server({"SLUICEWAY_MODEL_REPOSITORY": str(root)}) as url:
+        yield url.removeprefix("http://"), weights
+
+
+@pytest.fixture
+def client(server: tuple[str, np.ndarray]) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server[0], concurrency=4)
+    yield client
+    client.close()
+
+
+def x_input(x: np.ndarray, *, binary: bool) -> triton.InferInput:
+    item = triton.InferInput("x", list(x.shape), "FP32")
+    item.set_data_from_numpy(x, binary_data=binary)
+    return item
+
+
+def test_live_ready_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("linear")
+    assert client.is_model_ready("linear", "1")
+    assert not client.is_model_ready("linear", "2")
+    assert not client.is_model_ready("broken")
+    assert not client.is_model_ready("nope")
+    assert client.get_server_metadata()["name"] == "sluiceway"
+    metadata = client.get_model_metadata("linear")
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    config = client.get_model_config("linear")
+    assert config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_numpy_arrays(
+    client: triton.InferenceServerClient, server: tuple[str, np.ndarray], binary: bool
+) -> None:
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    result = client.infer(
+        "linear",
+        [x_input(x, binary=binary)],
+        outputs=[triton.InferRequestedOutput("y", binary_data=binary)],
+        request_id="r1",
+    )
+    y = result.as_numpy("y")
+    assert y is not None
+    np.testing.assert_allclose(y, linear(server[1], x), rtol=1e-5)
+    assert result.get_response()["id"] == "r1"
+    # Without outputs named, tritonclient asks for every output in binary.
+    everything = client.infer("linear", [x_input(x, binary=binary)], model_version="1")
+    np.testing.assert_array_equal(everything.as_numpy("y"), y)
+
+
+def test_async_infer(client: triton.InferenceServerClient, server: tuple[str, np.ndarray]) -> None:
+    xs = [np.full((1, 4), float(i), dtype=np.float32) for i in range(8)]
+    pending = [client.async_infer("linear", [x_input(x, binary=True)]) for x in xs]
+    for x, request in zip(xs, pending, strict=True):
+        y = request.get_result().as_numpy("y")
+        np.testing.assert_allclose(y, linear(server[1], x), rtol=1e-5)
+
+
+async def test_the_asyncio_client(server: tuple[str, np.ndarray]) -> None:
+    async with triton_aio.InferenceServerClient(server[0]) as client:
+        assert await client.is_server_ready()
+        x = np.ones((2, 4), dtype=np.float32)
+        result = await client.infer("linear", [x_input(x, binary=True)])
+        np.testing.assert_allclose(result.as_numpy("y"), linear(server[1], x), rtol=1e-5)
+
+
+def test_error_paths_raise_with_the_servers_reason(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+        client.get_model_metadata("nope")
+    wrong = np.ones((1, 3), dtype=np.float32)
+    with pytest.raises(InferenceServerException, match="has 3 in dimension 1") as raised:
+        client.infer("linear", [x_input(wrong, binary=True)])
+    assert raised.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="no tensor form"):
+        client.infer("knn", [x_input(wrong, binary=False)])
+    with pytest.raises(InferenceServerException, match="deadline") as late:
+        client.infer("linear", [x_input(np.ones((1, 4), np.float32), binary=True)], timeout=1)
+    assert late.value.status() == "504"
+
+
+def test_statistics(client: triton.InferenceServerClient) -> None:
+    client.infer("linear", [x_input(np.ones((2, 4), np.float32), binary=True)])
+    [entry] = client.get_inference_statistics("linear")["model_stats"]
+    assert entry["name"] == "linear" and entry["inference_count"] >= 2
+    assert entry["inference_stats"]["success"]["count"] >= 2
+
+
+def test_the_repository_extension(client: triton.InferenceServerClient) -> None:
+    index = {model["name"]: model["state"] for model in client.get_model_repository_index()}
+    assert index["linear"] == "READY" and index["broken"] == "UNAVAILABLE"
