@@ -264,9 +264,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     """Name, versions, platform and tensors of a model; whether and how it takes tensors."""
     services = services_of(request)
     entry = _entry(services, name, version)
-    record = entry.record
-    if record is None:
-        raise ModelUnavailable(f"model {name!r} is unavailable: {entry.reason}")
+    record = _record_of(entry)
     form = form_of(record, services.settings)
     body: dict[str, Any] = {
         "name": name,
@@ -307,9 +305,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
     """The model's configuration in the shape of Triton's ``config.pbtxt`` (as JSON)."""
     services = services_of(request)
     entry = _entry(services, name, version)
-    record = entry.record
-    if record is None:
-        raise ModelUnavailable(f"model {name!r} is unavailable: {entry.reason}")
+    record = _record_of(entry)
     form = form_of(record, services.settings)
     tensors = form if isinstance(form, TensorForm) else None
     batched = record.batched and tensors is not None
@@ -576,6 +572,13 @@ def _entry(services: Services, name: str, version: str | None) -> ModelEntry:
         served = f"it serves version {entry.version}" if entry.version else "it has no version"
         raise UnknownModel(f"model {name!r} has no version {version!r}; {served}")
     return entry
+
+
+def _record_of(entry: ModelEntry) -> ModelRecord:
+    """The entry's record; ``ModelUnavailable`` with the reason when it could not be read."""
+    if entry.record is None:
+        raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
+    return entry.record
 
 
 def _stats(services: Services, entry: ModelEntry) -> dict[str, Any]:
