@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     fair_wait_calls: float = Field(
         2.0, ge=0, description="a key waiting this many of its call's cost goes first; 0 = off"
     )
+    inline_call_us: float = Field(
+        300.0,
+        ge=0,
+        description="a model call expected to be shorter runs on the event loop: no thread hop",
+    )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
     knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.routing import Route
 
 from sluiceway import __version__
 from sluiceway.api.bodies import read_body
@@ -336,6 +337,25 @@ async def model_config(request: Request, name: str, version: str | None = None) 
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model on the request's tensors; answer its outputs, as JSON or binary."""
+    return await _infer(request, name, version)
+
+
+async def _fast_infer(request: Request) -> Response:
+    """``infer`` served straight from ASGI (``api/fastpath.py``): the same function, without
+    the framework's routing and dependency solving around it."""
+    params = request.path_params
+    return await _infer(request, params["name"], params.get("version"))
+
+
+fast_routes = [
+    Route("/v2/models/{name}/infer", _fast_infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", _fast_infer, methods=["POST"]),
+]
+"""The inference routes for ``FastRoutes``; the router's copies document them (OpenAPI) and
+answer whatever the fast path passes on."""
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     services = services_of(request)
     entry = _entry(services, name, version)
     if entry.state is not ModelState.READY or entry.record is None:
