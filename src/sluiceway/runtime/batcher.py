@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.models.costs import CallCost, LearnedCost
+from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_ratio
 from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
@@ -125,6 +125,28 @@ class Lane:
         self._splits = metrics.splits.labels(model)
         self._cancelled = metrics.cancelled.labels(model)
         self.expired = metrics.expired.labels(model)
+
+    def batch_limit(self) -> int:
+        """The most jobs one call takes now: the policy's max batch, or 1 while the learned
+        cost says batching gains (almost) nothing (``costs.NO_GAIN``). Calls of one use the
+        free slots at once instead of stacking jobs on one, so latency is that of batching
+        off. Once the window of observed calls holds a single size again the cost is not
+        known and batches form again, so the gain is measured afresh every window of calls."""
+        max_batch = self.policy.max_batch
+        if max_batch > 1:
+            ratio = per_item_ratio(self.cost, max_batch)
+            if ratio is not None and ratio >= NO_GAIN:
+                return 1
+        return max_batch
+
+    def waiting(self) -> list[Job]:
+        """The queued jobs, key by key, each key's in the order its calls take them."""
+        return [
+            ticket.job
+            for batcher in self._batchers.values()
+            for ticket in batcher._queue
+            if ticket.state == _QUEUED
+        ]
 
     @property
     def depth(self) -> int:
@@ -330,7 +352,7 @@ class Batcher:
         """Pop up to ``calls`` batches of live jobs, as even as can be, most urgent first;
         answer expired ones 504 and drop withdrawn ones."""
         lane = self.lane
-        limit = calls * lane.policy.max_batch
+        limit = calls * lane.batch_limit()
         taken: list[Ticket] = []
         now = time.time()
         started = time.monotonic()
