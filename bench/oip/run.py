@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,9 @@ class Level:
     p99_ms: float
     cpu_ms_per_request: float
     rss_mb: float
+    wrk_cpu_share: float = 0.0
+    """wrk's CPU time over the level's wall time times the cores: the share of the machine
+    the load generator itself took from the server."""
 
 
 @dataclass
@@ -267,11 +271,14 @@ def wrk(
         "--timeout", "30s", "-s", str(HERE / "load.lua"), url, "--", str(body),
         str(header_length) if header_length is not None else "", expected,
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     match = re.search(r"WRK_JSON (\{.*\})", output)
     if match is None:
         raise RuntimeError(f"wrk printed no summary: {output[-500:]}")
     result: dict[str, float] = json.loads(match.group(1))
+    result["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return result
 
 
@@ -316,6 +323,7 @@ def measure(
                 p99_ms=result["p99_ms"],
                 cpu_ms_per_request=watch.cpu_s * 1000 / good,
                 rss_mb=watch.peak_rss_mb,
+                wrk_cpu_share=result["cpu_s"] / (seconds * (os.cpu_count() or 1)),
             )
             run.levels.append(level)
             print(f"{run.name} c={concurrency}: {level.rps:.1f} req/s p95 {level.p95_ms} ms "
@@ -399,7 +407,12 @@ def main() -> None:
     parser.add_argument("--ceiling-s", type=float, default=5.0)
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
-    parser.add_argument("--only", nargs="*", default=None, help="server names to run")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="server names to run ('overhead': the pair)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="where REPORT.md, oip.png, results.json go"
+    )
     parser.add_argument("--overhead-clients", type=int, default=8)
     parser.add_argument(
         "--report-only",
@@ -443,14 +456,16 @@ def main() -> None:
                 continue
             body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
             measure(run, command, env, port, body, length, expected, args)
-        overhead = protocol_overhead(folder, args)
-        print(f"overhead: {overhead}", flush=True)
+        overhead: dict[str, float] = {}
+        if not args.only or "overhead" in args.only:
+            overhead = protocol_overhead(folder, args)
+            print(f"overhead: {overhead}", flush=True)
     report(started, ceiling_rates, runs, overhead, args)
 
 
 def rewrite_report(args: argparse.Namespace) -> None:
     """REPORT.md and the plot again from ``results.json`` (no measurement)."""
-    saved = json.loads((HERE / "results.json").read_text())
+    saved = json.loads((args.out / "results.json").read_text())
     runs = [
         ServerRun(
             server["name"],
@@ -483,7 +498,8 @@ def report(
         "servers": [asdict(run) for run in runs],
         "protocol_overhead": overhead,
     }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     best = max(ceiling.batch1_images_s, ceiling.batch8_images_s)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
@@ -502,7 +518,7 @@ def report(
     right.set_yscale("log")
     left.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(HERE / "oip.png", dpi=110)
+    figure.savefig(args.out / "oip.png", dpi=110)
     lines = [
         "# Open Inference Protocol benchmark",
         "",
@@ -539,17 +555,20 @@ def report(
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
                 f"{level.cpu_ms_per_request:.1f} | {level.rss_mb:.0f} |"
             )
+    if overhead:
+        lines += [
+            "",
+            f"Protocol overhead ({overhead['clients']:g} clients, one Sluiceway server): a "
+            f"1-element JSON request to a trivial ONNX model (Identity) answered at "
+            f"{overhead['infer_rps']:.0f} req/s ({overhead['infer_failures']:g} failures), "
+            f"`GET /ping` at {overhead['ping_rps']:.0f} req/s: **{overhead['ratio']:.2f}x**.",
+        ]
     lines += [
-        "",
-        f"Protocol overhead ({overhead['clients']:g} clients, one Sluiceway server): a 1-element "
-        f"JSON request to a trivial ONNX model (Identity) answered at {overhead['infer_rps']:.0f} "
-        f"req/s ({overhead['infer_failures']:g} failures), `GET /ping` at "
-        f"{overhead['ping_rps']:.0f} req/s: **{overhead['ratio']:.2f}x**.",
         "",
         "![throughput and p95](oip.png)",
         "",
     ]
-    (HERE / "REPORT.md").write_text("\n".join(lines))
+    (args.out / "REPORT.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
