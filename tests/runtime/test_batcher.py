@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
-from sluiceway.models.costs import CallCost, DeclaredCost
+from sluiceway.models.costs import CallCost, DeclaredCost, LearnedCost
+from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
@@ -425,3 +426,23 @@ async def test_a_model_that_gains_nothing_from_batching_runs_one_job_per_call() 
     batched, kind = make(BatchPolicy(slots=1, max_batch=8), cost_s=0.01, declared=KIOSK_COST)
     await asyncio.gather(*(batched.submit(job(i)) for i in range(12)))
     assert max(len(batch) for batch in kind.batches) > 1
+
+
+def test_a_model_without_gain_is_probed_again_with_calls_of_two() -> None:
+    async def resolve(job: Job) -> Model:
+        raise AssertionError("not called")
+
+    lane = Lane("double", BatchPolicy(slots=2, max_batch=8), resolve, Metrics(), LearnedCost())
+    assert lane.batch_limit() == 8  # nothing measured: batch
+    lane.cost.observe(1, 0.006)
+    lane.cost.observe(8, 0.054)  # a CPU image model: 8 cost more than 8 alone
+    assert lane.batch_limit() == 1
+    for _ in range(64):  # the window forgets the call of 8
+        lane.cost.observe(1, 0.006)
+    assert lane.batch_limit() == 2  # a probe, not a full batch
+    lane.cost.observe(2, 0.012)
+    assert lane.batch_limit() == 1
+    for _ in range(64):
+        lane.cost.observe(1, 0.006)
+    lane.cost.observe(2, 0.007)  # now a call of two costs little more than one
+    assert lane.batch_limit() == 8

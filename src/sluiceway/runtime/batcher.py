@@ -110,6 +110,7 @@ class Lane:
         self.inline_below_s = inline_below_s
         """A call whose expected cost is below this runs on the event loop's thread, when the
         model can (``Model.runs_inline``): a hop to a worker thread and back costs more."""
+        self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
         self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
@@ -131,11 +132,15 @@ class Lane:
         cost says batching gains (almost) nothing (``costs.NO_GAIN``). Calls of one use the
         free slots at once instead of stacking jobs on one, so latency is that of batching
         off. Once the window of observed calls holds a single size again the cost is not
-        known and batches form again, so the gain is measured afresh every window of calls."""
+        known again, and the gain is measured afresh by a call of two (a probe, so that a
+        full batch does not hold its jobs back every window of calls)."""
         max_batch = self.policy.max_batch
         if max_batch > 1:
             ratio = per_item_ratio(self.cost, max_batch)
-            if ratio is not None and ratio >= NO_GAIN:
+            if ratio is None:
+                return 2 if self._unbatched else max_batch
+            self._unbatched = ratio >= NO_GAIN
+            if self._unbatched:
                 return 1
         return max_batch
 
