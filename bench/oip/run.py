@@ -539,21 +539,25 @@ def report(
     lines += [f"| {run.name} | {run.setup} | {run.encoding} |" for run in runs]
     lines += [
         "",
-        f"x ceiling: against the better of the two ({best:.1f} images/s).",
+        f"x ceiling: against the better of the two ({best:.1f} images/s). wrk %: the share of the "
+        "machine's CPU the load generator itself used (the ceiling had both cores to itself); "
+        "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left.",
         "",
-        "| server | clients | req/s | x ceiling | p50 ms | p95 ms | p99 ms | failures "
-        "| CPU ms/req | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | req/s | x ceiling | x ceiling w/o wrk | p50 ms | p95 ms | p99 ms "
+        "| failures | CPU ms/req | wrk % | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         if run.error:
-            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | |")
+            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | | | |")
         for level in run.levels:
+            left = best * max(1e-9, 1 - level.wrk_cpu_share)
             lines.append(
                 f"| {run.name} | {level.concurrency} | {level.rps:.1f} | "
-                f"{level.rps / best:.2f} | {level.p50_ms:.1f} | "
+                f"{level.rps / best:.2f} | {level.rps / left:.2f} | {level.p50_ms:.1f} | "
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
-                f"{level.cpu_ms_per_request:.1f} | {level.rss_mb:.0f} |"
+                f"{level.cpu_ms_per_request:.1f} | {100 * level.wrk_cpu_share:.1f} | "
+                f"{level.rss_mb:.0f} |"
             )
     if overhead:
         lines += [
