@@ -415,6 +415,11 @@ def main() -> None:
     )
     parser.add_argument("--overhead-clients", type=int, default=8)
     parser.add_argument(
+        "--ceiling-again",
+        action="store_true",
+        help="with --report-only: measure the ceiling now and keep the higher",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite REPORT.md and the plot from results.json",
@@ -460,6 +465,7 @@ def main() -> None:
         if not args.only or "overhead" in args.only:
             overhead = protocol_overhead(folder, args)
             print(f"overhead: {overhead}", flush=True)
+    ceiling_rates = higher(ceiling_rates, ceiling(args.ceiling_s)[0])
     report(started, ceiling_rates, runs, overhead, args)
 
 
@@ -478,7 +484,19 @@ def rewrite_report(args: argparse.Namespace) -> None:
     ]
     args.duration = saved["duration_s_per_level"]
     started = dt.datetime.fromisoformat(saved["started"])
-    report(started, Ceiling(**saved["ceiling"]), runs, saved["protocol_overhead"], args)
+    ceiling_rates = Ceiling(**saved["ceiling"])
+    if args.ceiling_again:  # the end-of-run ceiling, for a run made before it was measured
+        ceiling_rates = higher(ceiling_rates, ceiling(args.ceiling_s)[0])
+    report(started, ceiling_rates, runs, saved["protocol_overhead"], args)
+
+
+def higher(first: Ceiling, last: Ceiling) -> Ceiling:
+    """The higher ceiling of two measurements: other work on a shared machine can only lower
+    one, and a lowered ceiling would flatter every server."""
+    return Ceiling(
+        max(first.batch1_images_s, last.batch1_images_s),
+        max(first.batch8_images_s, last.batch8_images_s),
+    )
 
 
 def report(
@@ -529,7 +547,8 @@ def report(
         "The ImageNet MobileNetV2 ONNX file, one prepared 224x224 image per request, over "
         f"`POST /v2/models/{MODEL}/infer`; `wrk` closed loop, {args.duration:g} s per level.",
         "",
-        f"Ceiling (tight loop, two threads, tensor in memory): batch 1 "
+        "Ceiling (tight loop, two threads, tensor in memory; measured at the start and at the "
+        "end of the run, the higher of the two kept, as other work can only lower it): batch 1 "
         f"**{ceiling.batch1_images_s:.1f}** images/s, batch 8 **{ceiling.batch8_images_s:.1f}** "
         f"images/s (batching gains {ceiling.batch8_images_s / ceiling.batch1_images_s:.2f}x).",
         "",
