@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     fair_wait_calls: float = Field(
         2.0, ge=0, description="a key waiting this many of its call's cost goes first; 0 = off"
     )
+    image_client_quota: int = Field(
+        0,
+        ge=0,
+        description="images one client address may have queued per built-in image classifier "
+        "before 429; 0 = off",
+    )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
     knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")

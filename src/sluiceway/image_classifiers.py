@@ -64,11 +64,13 @@ class ImageClassifiers:
         *,
         deadline: float | None = None,
         formats: frozenset[str] | None = None,
+        client: str | None = None,
     ) -> list[Prediction]:
         """The ``k`` best classes of one encoded image by ``model``, best first.
 
         ``formats`` (``sniff`` names such as ``png``) narrows the accepted file types;
-        ``BadInput`` says why an image was refused.
+        ``BadInput`` says why an image was refused. ``client`` (its address) is whom the
+        model's admission quota counts the image against; ``QuotaExceeded`` when it is over.
         """
         spec = self.input_of(model)
         if formats is not None and sniff(data) not in formats:
@@ -80,6 +82,7 @@ class ImageClassifiers:
             model=model,
             payload=Pixels(pixels, k),
             deadline=deadline if deadline is not None else time.time() + self.timeout_s,
+            tenant=client,
         )
         return ranked(await self.dispatcher.submit(job))
 

@@ -85,7 +85,12 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             kind="tflite-classifier",
             source=ModelSource(SourceKind.URL, s.birds_model_url, s.birds_model_sha256),
             policy=_policy(
-                s, s.birds_slots, s.birds_max_batch, s.birds_max_delay_ms, s.birds_max_queue
+                s,
+                s.birds_slots,
+                s.birds_max_batch,
+                s.birds_max_delay_ms,
+                s.birds_max_queue,
+                s.image_client_quota,
             ),
             inputs=(TensorSpec("image", "UINT8", (-1, *BIRDS_INPUT.shape)),),
             outputs=(TensorSpec("probabilities", "FP32", (-1, 965)),),
@@ -103,6 +108,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
                 s.imagenet_max_batch,
                 s.imagenet_max_delay_ms,
                 s.imagenet_max_queue,
+                s.image_client_quota,
             ),
             inputs=(TensorSpec("image", "FP32", (-1, *IMAGENET_INPUT.shape)),),
             outputs=(TensorSpec("probabilities", "FP32", (-1, 1000)),),

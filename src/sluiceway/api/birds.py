@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
 )
 
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.image_classifiers import ImageClassifiers
@@ -84,11 +85,12 @@ async def classify_url(
     k: int,
     deadline: float,
     share: Share | None = None,
+    client: str | None = None,
 ) -> list[dict[str, Any]]:
     """Download one image (within the request's ``share`` of download slots) and return its
-    top ``k`` birds in the contract's shape."""
+    top ``k`` birds in the contract's shape; ``client`` is whom the model's quota counts."""
     data = await fetcher.fetch(url, share)
-    predictions = await images.classify(BIRDS, data, k, deadline=deadline)
+    predictions = await images.classify(BIRDS, data, k, deadline=deadline, client=client)
     return [{"bird_name": p.label, "score": p.score} for p in predictions]
 
 
@@ -123,11 +125,12 @@ async def bird_api(request: Request, body: bytes, started: float) -> Response:
     deadline = deadline_of(request, settings.request_timeout_s)
     fetcher = fetcher_of(request)
     share = fetcher.share()
+    client = client_address(request)
     try:
         async with asyncio.timeout(max(0.0, deadline - time.time())):
             outcomes = await asyncio.gather(
                 *(
-                    classify_url(services.images, fetcher, url, parsed.k, deadline, share)
+                    classify_url(services.images, fetcher, url, parsed.k, deadline, share, client)
                     for url in urls
                 ),
                 return_exceptions=True,

@@ -17,6 +17,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from sluiceway.api.bodies import read_upload
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.kinds import IMAGENET
@@ -69,6 +70,7 @@ async def predict(request: Request) -> Response:
             upload.data,
             1,
             deadline=deadline_of(request, settings.request_timeout_s),
+            client=client_address(request),
             formats=ACCEPTED_FORMATS,
         )
     except RequestError as error:
