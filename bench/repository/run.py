@@ -10,6 +10,10 @@
 2. Memory. Ten copies of MobileNetV2 in a repository whose files add up to more than the cache
    budget, called round-robin; the same server with an empty repository gives the process's
    fixed size in the same go. Reported: peak RSS against budget + fixed size, loads, evictions.
+3. The arena's price. Repository models run without ONNX Runtime's CPU memory arena (so an
+   evicted model's memory can go back to the system); CPU per image of the packaged MobileNetV2
+   and per row of the MLP, with and without the arena, at batch 1 and 8, interleaved in this
+   process.
 
 Writes ``bench/repository/REPORT.md``, ``repository.png`` and ``results.json``.
 """
@@ -80,6 +84,16 @@ class Phase:
     p99_ms: float = 0.0
     rps: float = 0.0
     control_ops: int = 0
+
+
+@dataclass
+class ArenaCost:
+    """CPU per item of one session with and without the arena, at one batch size."""
+
+    model: str
+    batch: int
+    arena_ms: float
+    lean_ms: float
 
 
 @dataclass
@@ -274,7 +288,45 @@ def memory_run(args: argparse.Namespace, root: Path) -> Memory:
     return memory
 
 
-def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> None:
+def arena_costs(root: Path, repeats: int) -> list[ArenaCost]:
+    """Median CPU ms per item, arena on vs off, the two sessions called in turn."""
+    import onnxruntime as ort
+
+    from sluiceway.models.onnx_model import session_options
+
+    mlp(root / "arena" / "mlp.onnx")
+    models = {
+        "MobileNetV2 (image)": (imagenet_model_path(), (3, 224, 224)),
+        "MLP (256 floats)": (root / "arena" / "mlp.onnx", (256,)),
+    }
+    costs: list[ArenaCost] = []
+    for label, (path, shape) in models.items():
+        sessions = {
+            arena: ort.InferenceSession(
+                str(path),
+                session_options(1, memory_arena=arena),
+                providers=["CPUExecutionProvider"],
+            )
+            for arena in (True, False)
+        }
+        name = sessions[True].get_inputs()[0].name
+        for batch in (1, 8):
+            feed = {name: np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(repeats + 2):
+                for arena, session in sessions.items():
+                    started = time.process_time()
+                    session.run(None, feed)
+                    times[arena].append((time.process_time() - started) / batch * 1000)
+            on, off = (statistics.median(times[arena][2:]) for arena in (True, False))
+            costs.append(ArenaCost(label, batch, on, off))
+            print(costs[-1], flush=True)
+    return costs
+
+
+def report(
+    phases: list[Phase], memory: Memory, costs: list[ArenaCost], args: argparse.Namespace
+) -> None:
     quiet = [p for p in phases if p.name.startswith("quiet")]
     churn = [p for p in phases if p.name.startswith("churn")]
     quiet_p99 = statistics.median(p.p99_ms for p in quiet)
@@ -287,6 +339,7 @@ def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> Non
         "args": vars(args),
         "phases": [asdict(p) for p in phases],
         "memory": asdict(memory),
+        "arena": [asdict(c) for c in costs],
         "churn_p99_over_quiet": churn_p99 / quiet_p99,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -311,6 +364,11 @@ def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> Non
     figure.tight_layout()
     figure.savefig(HERE / "repository.png", dpi=110)
 
+    arena_rows = "\n".join(
+        f"| {c.model} | {c.batch} | {c.arena_ms:.2f} | {c.lean_ms:.2f} | "
+        f"{c.lean_ms / c.arena_ms:.2f} |"
+        for c in costs
+    )
     rows = "\n".join(
         f"| {p.name} | {p.requests} | {p.failures} | {p.rps:.0f} | {p.p50_ms:.1f} | "
         f"{p.p99_ms:.1f} | {p.control_ops} |"
@@ -339,10 +397,13 @@ Churn p99 / quiet p99 (medians over rounds): **{churn_p99:.1f} / {quiet_p99:.1f}
 
 ## Ten models over the cache budget
 
-Ten copies of MobileNetV2 ({file_mb:.0f} MB files, counted at twice their size) in one repository,
-budget {memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures).
-Fixed size (same server, empty repository, one built-in ImageNet call, same run):
-{memory.fixed_rss_mb:.0f} MB.
+Ten copies of MobileNetV2 ({file_mb:.0f} MB files) in one repository, budget
+{memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures), so
+every call finds its model evicted. Repository sessions run without ONNX Runtime's memory arena
+and are counted at 1.1 times their file (their weights; a call's activations are freed when it
+returns), and the model cache gives an evicted model's memory back to the system
+(`malloc_trim`, `runtime/memory.py`). Fixed size (same server, empty repository, one built-in
+ImageNet call, same run): {memory.fixed_rss_mb:.0f} MB.
 
 | | MB |
 | --- | ---: |
@@ -357,6 +418,19 @@ Peak RSS is {"within" if memory.peak_rss_mb <= limit else "over"} fixed size + b
 ({memory.peak_rss_mb - limit:+.0f} MB).
 
 ![repository](repository.png)
+
+## The arena's price
+
+CPU milliseconds per item (median of {args.arena_repeats} calls each, the two sessions called in
+turn, one intra-op thread, in the benchmark's own process):
+
+| model | batch | arena | no arena | ratio |
+| --- | ---: | ---: | ---: | ---: |
+{arena_rows}
+
+The packaged ImageNet model keeps its arena (it is served all the time, and its batches are
+the image figures of `bench/images` and `bench/web`); repository models go without, so that the
+budget holds.
 """
     (HERE / "REPORT.md").write_text(text)
     print(text)
@@ -369,12 +443,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--budget-mb", type=float, default=100.0)
     parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--arena-repeats", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         phases = control_under_load(args, root)
         memory = memory_run(args, root)
-    report(phases, memory, args)
+        costs = arena_costs(root, args.arena_repeats)
+    report(phases, memory, costs, args)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             image=IMAGENET_INPUT,
             threads=s.imagenet_threads,
             builtin=True,
+            memory_arena=True,
         ),
         ModelRecord(
             name=CAPTION,
@@ -167,6 +168,7 @@ def _onnx_classifier(record: ModelRecord, settings: Settings, progress: bool) ->
         input_spec=record.image,
         logits=record.logits,
         threads=record.threads,
+        memory_arena=record.memory_arena,
     )
 
 
@@ -179,6 +181,7 @@ def _onnx(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
         outputs=record.outputs,
         batched=record.batched,
         threads=record.threads,
+        memory_arena=record.memory_arena,
     )
 
 

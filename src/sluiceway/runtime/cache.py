@@ -2,7 +2,9 @@
 
 Each model's size is read once, when it is loaded, and the cache keeps the running total, so a
 load costs the same at 12 000 cached models as at 10: eviction pops from the old end of an
-``OrderedDict`` until the total fits, never summing or scanning the entries.
+``OrderedDict`` until the total fits, never summing or scanning the entries. Whenever models
+are dropped, their freed memory is given back to the system (``runtime/memory.py``), so the
+process's RSS follows the budget instead of its high-water mark.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
+from sluiceway.runtime.memory import release_freed_memory
 from sluiceway.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+RELEASE_AFTER_BYTES = 8 * 1024 * 1024
+"""Give memory back once this much was dropped: a trim walks every heap (milliseconds), and the
+kiosk's tenant models are kilobytes each, evicted by the thousand."""
 
 
 class Sized(Protocol):
@@ -43,6 +50,7 @@ class ModelCache(Generic[M]):
         self._ready: OrderedDict[str, tuple[str, M, int]] = OrderedDict()
         self._loading: dict[str, asyncio.Task[M]] = {}
         self._total = 0
+        self._dropped = 0  # bytes dropped since memory was last given back
 
     def __len__(self) -> int:
         return len(self._ready)
@@ -68,7 +76,10 @@ class ModelCache(Generic[M]):
         """Forget the model cached under ``key`` (it is no longer served)."""
         entry = self._ready.pop(key, None)
         if entry is not None:
-            self._total -= entry[2]
+            size = entry[2]
+            del entry  # the cache's reference goes before the memory is given back
+            self._total -= size
+            self._release(size)
 
     def discard_prefix(self, prefix: str) -> None:
         """Forget every model whose key starts with ``prefix`` (an unloaded model's); the work
@@ -111,3 +122,21 @@ class ModelCache(Generic[M]):
             self._total -= size
             self._metrics.model_evictions.labels(model).inc()
             logger.debug("evicted %s to stay within %d bytes", key, self._budget)
+            self._release(size)
+
+    def _release(self, dropped: int) -> None:
+        """Give dropped models' memory back, off the event loop, once enough was dropped.
+
+        The release runs after the caller returns, when the cache's reference is gone; a model a
+        running batch still holds is freed later and given back at a later release.
+        """
+        self._dropped += dropped
+        if self._dropped < RELEASE_AFTER_BYTES:
+            return
+        self._dropped = 0
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # dropped outside a loop (tests, shutdown): release here
+            release_freed_memory()
+            return
+        loop.run_in_executor(None, release_freed_memory)
