@@ -17,7 +17,8 @@ from tests.fixtures.external import BIRDS_MODEL, require
 
 
 @pytest.mark.parametrize(
-    ("kind", "slots", "max_batch"), [("onnx", 2, 8), ("tflite", 2, 8), ("tflite", 1, 2)]
+    ("kind", "slots", "max_batch"),
+    [("onnx", 2, 8), ("onnx-lean", 2, 8), ("tflite", 2, 8), ("tflite", 1, 2)],
 )
 def test_nbytes_is_within_a_quarter_of_rss(kind: str, slots: int, max_batch: int) -> None:
     command = [
