@@ -266,7 +266,7 @@ def memory_run(args: argparse.Namespace, root: Path) -> Memory:
     base = f"http://127.0.0.1:{server.port}"
     try:
         asyncio.run(wait_ready(base, "mobilenet9"))
-        with ProcessWatch(process.pid, 0.5) as watch, httpx.Client(timeout=120) as http:
+        with ProcessWatch(process.pid, 0.1) as watch, httpx.Client(timeout=120) as http:
             http.post(f"{base}/v1/models/imagenet/classify", json={"images": [png_b64(0)]})
             for round_ in range(args.memory_rounds):
                 for index in range(10):
@@ -289,10 +289,14 @@ def memory_run(args: argparse.Namespace, root: Path) -> Memory:
 
 
 def arena_costs(root: Path, repeats: int) -> list[ArenaCost]:
-    """Median CPU ms per item, arena on vs off, the two sessions called in turn."""
+    """Median CPU ms per item, arena on vs off, the two sessions called in turn, with large
+    blocks mapped on their own as in a server with a model repository."""
     import onnxruntime as ort
 
     from sluiceway.models.onnx_model import session_options
+    from sluiceway.runtime.memory import map_large_blocks
+
+    map_large_blocks()
 
     mlp(root / "arena" / "mlp.onnx")
     models = {
@@ -401,8 +405,9 @@ Ten copies of MobileNetV2 ({file_mb:.0f} MB files) in one repository, budget
 {memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures), so
 every call finds its model evicted. Repository sessions run without ONNX Runtime's memory arena
 and are counted at 1.1 times their file (their weights; a call's activations are freed when it
-returns), and the model cache gives an evicted model's memory back to the system
-(`malloc_trim`, `runtime/memory.py`). Fixed size (same server, empty repository, one built-in
+returns); the server maps large blocks on their own and the model cache trims the heaps after
+an eviction (`mallopt`, `malloc_trim`: `runtime/memory.py`), so an evicted model's memory goes
+back to the system. Fixed size (same server, empty repository, one built-in
 ImageNet call, same run): {memory.fixed_rss_mb:.0f} MB.
 
 | | MB |
@@ -442,7 +447,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--budget-mb", type=float, default=100.0)
-    parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--memory-rounds", type=int, default=10)
     parser.add_argument("--arena-repeats", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:

@@ -1,9 +1,12 @@
-"""Give freed heap memory back to the operating system after a model is dropped.
+"""Give dropped models' memory back to the operating system (glibc only; elsewhere a no-op).
 
-glibc keeps freed memory in its heaps for reuse, and a dropped model's pages (weights, buffers of
-many sizes, spread over one heap per thread that allocated them) rarely free a whole heap top, so
-the process's RSS keeps a dropped model's size for good. ``malloc_trim(0)`` releases every free
-page of every heap. Elsewhere (musl, macOS) there is nothing to call, and nothing is done.
+glibc keeps freed memory in its heaps for reuse, and raises the size above which it maps a
+block of its own each time such a block is freed, so after a model or two most of a model's
+buffers (weights, a file read whole while its session is built) live in the heaps, among other
+allocations, and a dropped model's pages rarely go back: RSS keeps its high-water mark. A
+process whose models come and go (a model repository) therefore maps every large block of its
+own (``map_large_blocks``: freed, it goes back at once) and trims the heaps after dropping a
+model (``release_freed_memory``). Elsewhere (musl, macOS) there is nothing to call.
 """
 
 from __future__ import annotations
@@ -12,25 +15,44 @@ import ctypes
 import ctypes.util
 import logging
 import platform
-from collections.abc import Callable
 from functools import cache
 
 logger = logging.getLogger(__name__)
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h); setting it stops glibc raising it
+LARGE_BLOCK_BYTES = 1024 * 1024
+"""Blocks this large or larger are mapped on their own: a model's weights and file buffers,
+a batch's activations; an image's pixels and a request's body stay below."""
+
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (``mallopt``, ``malloc_trim``), else None."""
     if platform.libc_ver()[0] != "glibc":
         return None
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both must exist)
     except (OSError, AttributeError):
         return None
-    return trim
+    return libc
+
+
+def map_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
+    """Map every block of ``threshold`` bytes or more on its own, for the rest of the process.
+
+    Costs a system call and fresh pages per such block (measured in ``bench/repository``), so
+    only processes serving a model repository do it; False where not available.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    logger.debug("blocks of %d bytes or more are mapped on their own: %s", threshold, done)
+    return done
 
 
 def release_freed_memory() -> bool:
@@ -39,8 +61,8 @@ def release_freed_memory() -> bool:
     Takes a few milliseconds per hundred MB of heap and holds the heaps' locks meanwhile, so
     callers run it off the event loop, and only after dropping a model.
     """
-    trim = _malloc_trim()
-    if trim is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     return True
