@@ -22,7 +22,7 @@ import onnxruntime as ort
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.models.onnx_model import session_options
+from sluiceway.models.onnx_model import build_peak_nbytes, session_options
 from sluiceway.runtime.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,9 @@ class OnnxClassifierKind(ModelKind):
         self.logits = logits
         self.threads = threads
         self.memory_arena = memory_arena
+
+    def load_peak_nbytes(self) -> int:
+        return build_peak_nbytes(self.path)
 
     async def load(self, spec: Any) -> OnnxClassifier:
         """Open the session in a thread (graph optimisation takes a moment)."""

@@ -87,14 +87,26 @@ class ModelCache(Generic[M]):
         for key in [key for key in self._ready if key.startswith(prefix)]:
             self.discard(key)
 
-    async def get_or_load(self, model: str, key: str, load: Callable[[], Awaitable[M]]) -> M:
-        """Return the model cached under ``key``, loading it once if it is missing."""
+    async def get_or_load(
+        self,
+        model: str,
+        key: str,
+        load: Callable[[], Awaitable[M]],
+        load_peak: Callable[[], int] | None = None,
+    ) -> M:
+        """Return the model cached under ``key``, loading it once if it is missing.
+
+        ``load_peak`` says how much memory the load will take at its peak: that much room is
+        made first (least recently used models evicted), so the load fits in the budget too.
+        """
         hit = self._ready.get(key)
         if hit is not None:
             self._ready.move_to_end(key)
             return hit[1]
         task = self._loading.get(key)
         if task is None:
+            if load_peak is not None:
+                self._evict(room=load_peak())
             task = asyncio.create_task(self._load(model, key, load), name=f"load {key}")
             self._loading[key] = task
         # Shielded: a caller that gives up (deadline, disconnect) must not cancel a load that
@@ -114,10 +126,13 @@ class ModelCache(Generic[M]):
         logger.debug("loaded %s (%d bytes), %d models cached", key, size, len(self))
         return loaded
 
-    def _evict(self) -> None:
+    def _evict(self, room: int = 0) -> None:
+        """Drop least recently used models until they fit with ``room`` to spare; after a load
+        (no room asked) the newest model stays even if it alone is over the budget."""
         # Each pass pops one entry from the old end: the work is the number evicted (amortised
         # one per load), whatever the number cached.
-        while self._total > self._budget and len(self._ready) > 1:
+        keep = 0 if room else 1
+        while self._total + room > self._budget and len(self._ready) > keep:
             key, (model, _, size) = self._ready.popitem(last=False)
             self._total -= size
             self._metrics.model_evictions.labels(model).inc()
