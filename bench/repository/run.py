@@ -405,9 +405,10 @@ Ten copies of MobileNetV2 ({file_mb:.0f} MB files) in one repository, budget
 {memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures), so
 every call finds its model evicted. Repository sessions run without ONNX Runtime's memory arena
 and are counted at 1.1 times their file (their weights; a call's activations are freed when it
-returns); the server maps large blocks on their own and the model cache trims the heaps after
-an eviction (`mallopt`, `malloc_trim`: `runtime/memory.py`), so an evicted model's memory goes
-back to the system. Fixed size (same server, empty repository, one built-in
+returns); a load first evicts enough to fit its build (2.7 times the file at its peak); the
+server maps large blocks on their own and the model cache trims the heaps after an eviction
+(`mallopt`, `malloc_trim`: `runtime/memory.py`), so an evicted model's memory goes back to the
+system. RSS sampled every 0.1 s. Fixed size (same server, empty repository, one built-in
 ImageNet call, same run): {memory.fixed_rss_mb:.0f} MB.
 
 | | MB |
@@ -427,7 +428,8 @@ Peak RSS is {"within" if memory.peak_rss_mb <= limit else "over"} fixed size + b
 ## The arena's price
 
 CPU milliseconds per item (median of {args.arena_repeats} calls each, the two sessions called in
-turn, one intra-op thread, in the benchmark's own process):
+turn, one intra-op thread, in the benchmark's own process, large blocks mapped on their own as
+in a server with a model repository):
 
 | model | batch | arena | no arena | ratio |
 | --- | ---: | ---: | ---: | ---: |

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h); setting it stops glibc raising it
 LARGE_BLOCK_BYTES = 1024 * 1024
 """Blocks this large or larger are mapped on their own: a model's weights and file buffers,
-a batch's activations; an image's pixels and a request's body stay below."""
+a batch's activations; an image's pixels and a request's body stay below. At 4 MiB, a model's
+memory went back only some of the time (``tests/fixtures/model_memory.py``)."""
 
 
 @cache
