@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
-    knn: KnnSettings = Field(default_factory=lambda: KnnSettings(), description="the kiosk KNN")
+    knn: KnnSettings = Field(default_factory=KnnSettings, description="the kiosk KNN")
 
     # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
     # busy while image decoding (also threaded) interleaves; see models/classifier.py.
@@ -182,10 +182,10 @@ class Settings(BaseSettings):
         "~/.cache/sluiceway/models", description="downloaded model files, verified by sha256"
     )
     birds: BirdsSettings = Field(
-        default_factory=lambda: BirdsSettings(), description="the AIY birds classifier"
+        default_factory=BirdsSettings, description="the AIY birds classifier"
     )
     imagenet: ImagenetSettings = Field(
-        default_factory=lambda: ImagenetSettings(), description="the ImageNet MobileNetV2"
+        default_factory=ImagenetSettings, description="the ImageNet MobileNetV2"
     )
     classify_max_k: int = Field(20, ge=1, description="largest k of the native classify API")
     classify_max_images: int = Field(64, ge=1, description="images per native classify call")
@@ -205,7 +205,7 @@ class Settings(BaseSettings):
 
     # Image captions (models/captioner.py, api/captions.py; needs the ``captions`` extra).
     caption: CaptionSettings = Field(
-        default_factory=lambda: CaptionSettings(), description="the GIT captioner"
+        default_factory=CaptionSettings, description="the GIT captioner"
     )
 
     # Image downloads for the bird API.
