@@ -145,3 +145,26 @@ async def test_discarded_models_leave_the_running_total() -> None:
     assert cache.keys() == ["n#1:c"] and cache.nbytes == 100
     cache.discard("n#1:c")
     assert len(cache) == 0 and cache.nbytes == 0
+
+
+async def test_a_load_that_says_its_peak_gets_room_before_it_runs() -> None:
+    cache: ModelCache[Blob] = ModelCache(100, Metrics())
+    calls: list[str] = []
+    for name in "abc":
+        await cache.get_or_load("m", name, loader(name, 30, calls))
+    seen: list[list[str]] = []
+
+    async def load() -> Blob:
+        seen.append(cache.keys())  # what is still held while the new model loads
+        return Blob("d", 30)
+
+    await cache.get_or_load("m", "d", load, load_peak=lambda: 50)
+    assert seen == [["c"]], "30 + 50 fits in 100; 60 + 50 would not"
+    assert cache.keys() == ["c", "d"] and cache.nbytes == 60
+
+
+async def test_a_load_peak_over_the_budget_empties_the_cache_and_still_loads() -> None:
+    cache: ModelCache[Blob] = ModelCache(100, Metrics())
+    await cache.get_or_load("m", "a", loader("a", 30, []))
+    blob = await cache.get_or_load("m", "b", loader("b", 40, []), load_peak=lambda: 500)
+    assert blob.name == "b" and cache.keys() == ["b"]

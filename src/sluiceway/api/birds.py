@@ -117,7 +117,7 @@ async def bird_api(request: Request, body: bytes, started: float) -> Response:
         parsed = BirdRequest.model_validate_json(body or b"{}")
     except ValidationError as error:
         raise RequestError(422, describe_validation(error)) from None
-    problem = validation_error(parsed, settings.birds_max_images, settings.birds_max_k)
+    problem = validation_error(parsed, settings.birds.max_images, settings.birds.max_k)
     if problem is not None:
         return _reply(started, errors=[problem])
     assert parsed.images is not None

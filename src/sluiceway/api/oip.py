@@ -176,8 +176,8 @@ class _Captioner(TensorForm):
         self.inputs = (TensorSpec("image", "BYTES", (-1,)),)
         self.outputs = (TensorSpec("title", "BYTES", (-1,)),)
         self.description = "an encoded picture (JPEG, PNG, ...) per element; out: its title"
-        self._shape = CaptionInput(max_side=settings.caption_max_side)
-        self._max_bytes = settings.caption_max_image_bytes
+        self._shape = CaptionInput(max_side=settings.caption.max_side)
+        self._max_bytes = settings.caption.max_image_bytes
         self._max_pixels = settings.max_image_pixels
 
     async def run(

@@ -138,7 +138,9 @@ class LocalDispatcher:
         name = kind.name
         generation = self._generations.get(name, 0) + 1
         key = _cache_key(name, generation, "")
-        model = await self._cache.get_or_load(name, key, lambda: kind.load(None))
+        model = await self._cache.get_or_load(
+            name, key, lambda: kind.load(None), kind.load_peak_nbytes
+        )
         if warmup is not None:
             try:
                 (result,) = await model.infer([warmup])
@@ -188,7 +190,7 @@ class LocalDispatcher:
             self._load_errors.pop(kind.name, None)
             return model
 
-        model = await self._cache.get_or_load(kind.name, key, load)
+        model = await self._cache.get_or_load(kind.name, key, load, kind.load_peak_nbytes)
         return self.statistics.timed(job.model, model)
 
 
