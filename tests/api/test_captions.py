@@ -22,6 +22,7 @@ from sluiceway.models.captioner import CaptionInput, GitCaptioning
 from sluiceway.runtime.dispatch import LocalDispatcher
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.tiny_git import png_bytes, swatches
+from tests.fixtures.waiting import eventually
 
 PATH = "/api/v1/predictions"
 
@@ -233,7 +234,12 @@ async def test_a_full_queue_is_503_with_retry_after(tiny_git: Path) -> None:
         await slots.acquire()
         try:
             waiting = [asyncio.create_task(http.post(PATH, json={"image": data})) for _ in range(2)]
-            await asyncio.sleep(0.3)  # both decoded and queued
+            queued = 'sluiceway_queue_depth{model="caption"}'
+
+            async def both_queued() -> bool:
+                return metric((await http.get("/metrics")).text, queued) == 2
+
+            await eventually(both_queued)  # decoded and waiting for the held slot
             refused = await http.post(PATH, json={"image": data})
             assert refused.status_code == 503
             assert refused.headers["retry-after"].isdigit()
