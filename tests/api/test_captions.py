@@ -15,12 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from sluiceway.app import create_app
 from sluiceway.inputs.encoded import MAX_IMAGE_BYTES
-from sluiceway.models.base import BatchPolicy
-from sluiceway.models.captioner import CaptionInput, GitCaptioning
 from sluiceway.runtime.dispatch import LocalDispatcher
-from tests.conftest import app_client, fast_settings
+from tests.fixtures.captions import caption_app, expected_titles
 from tests.fixtures.tiny_git import png_bytes, swatches
 from tests.fixtures.waiting import eventually
 
@@ -54,22 +51,6 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-async def expected_titles(folder: Path, pictures: list[bytes]) -> list[str]:
-    """Each picture captioned alone, straight through the model kind (no HTTP, no batching)."""
-    captioner = await GitCaptioning(BatchPolicy(1, 1), source=str(folder)).load(None)
-    shape = CaptionInput()
-    titles = []
-    for data in pictures:
-        array = shape.prepare(Image.open(io.BytesIO(data)).convert("RGB"))
-        titles.append(captioner.predict_batch([array])[0])
-    return titles
-
-
-def caption_app(folder: Path, **overrides: object) -> app_client:
-    settings = {"caption_model": str(folder), "caption_max_delay_ms": 50.0, **overrides}
-    return app_client(create_app(fast_settings(**settings)))
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 import skimage
 from PIL import Image
-from sklearn.neighbors import KNeighborsClassifier
 
-from sluiceway.api.kiosk import training_key
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import served_kinds
 from sluiceway.models.captioner import CaptionInput
@@ -36,13 +34,14 @@ from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.runtime.worker import Worker, select_kinds
-from tests.api.test_captions import expected_titles
 from tests.conftest import fast_settings
+from tests.fixtures.captions import expected_titles
+from tests.fixtures.kiosk import expected, knn_job, restaurant
+from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model
 from tests.fixtures.tiny_git import png_bytes, swatches
 from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer
-from tests.test_repository import LINEAR_CONFIG
 
 
 @dataclass
@@ -110,29 +109,6 @@ def start(request: pytest.FixtureRequest) -> Start:
     if request.param == "local":
         return _local
     return _redis(request.getfixturevalue("redis_server"))
-
-
-def restaurant(seed: int, rows: int = 10) -> np.ndarray:
-    """Training rows like the kiosk's: two features in [-10, 10), a label in [0, 3)."""
-    rng = np.random.default_rng(seed)
-    features = rng.integers(-10, 10, size=(rows, 2))
-    labels = rng.integers(0, 3, size=(rows, 1))
-    return np.hstack([features, labels]).astype(np.int64)
-
-
-def knn_job(training: np.ndarray, queries: np.ndarray, timeout_s: float = 5.0) -> Job:
-    return Job(
-        model="knn",
-        key=training_key(training),
-        spec=training,
-        payload=queries,
-        deadline=time.time() + timeout_s,
-    )
-
-
-def expected(training: np.ndarray, queries: np.ndarray) -> list[int]:
-    classifier = KNeighborsClassifier(n_neighbors=3).fit(training[:, :-1], training[:, -1])
-    return [int(label) for label in classifier.predict(queries)]
 
 
 async def test_ready_and_serves_knn(start: Start) -> None:

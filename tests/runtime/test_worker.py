@@ -22,9 +22,9 @@ from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.runtime.wire import JobRecord, ResultRecord, WorkerRecord
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.conftest import fast_settings
+from tests.fixtures.kiosk import expected, knn_job, restaurant
 from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import expected, knn_job, restaurant
 
 
 def cluster_settings(server: RedisServer, **overrides: object) -> Settings:
