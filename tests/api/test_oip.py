@@ -31,6 +31,7 @@ from tests.fixtures.onnx_models import (
     ECHO_TYPES,
 )
 from tests.fixtures.tiny_git import png_bytes, swatches
+from tests.fixtures.waiting import eventually
 
 CHELSEA = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 
@@ -295,7 +296,7 @@ async def test_a_full_queue_is_503_with_retry_after(http: httpx.AsyncClient) -> 
     await slots.acquire()  # a model call is running
     try:
         waiting = asyncio.create_task(http.post("/v2/models/bounded/infer", json=rows(3)))
-        await asyncio.sleep(0.2)  # its three rows are queued
+        await eventually(lambda: dispatcher.lane("bounded").depth == 3)  # its rows are queued
         refused = await http.post("/v2/models/bounded/infer", json=rows(2))
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"].isdigit()

@@ -8,6 +8,7 @@ import pytest
 
 from sluiceway.runtime.cache import ModelCache
 from sluiceway.runtime.metrics import Metrics
+from tests.fixtures.waiting import eventually
 
 
 class Blob:
@@ -42,7 +43,7 @@ async def test_a_caller_giving_up_does_not_cancel_the_shared_load() -> None:
     calls: list[str] = []
     impatient = asyncio.ensure_future(cache.get_or_load("m", "k", loader("k", 1, calls, 0.05)))
     patient = asyncio.ensure_future(cache.get_or_load("m", "k", loader("k", 1, calls, 0.05)))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: calls == ["k"])  # one load under way, both callers waiting on it
     impatient.cancel()
     assert (await patient).name == "k"
     assert calls == ["k"]

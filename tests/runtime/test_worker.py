@@ -212,10 +212,11 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                     )
                 )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
-                for _ in range(100):  # its entry is acknowledged right after
-                    if await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0:
-                        break
-                    await asyncio.sleep(0.02)
+
+                async def acknowledged() -> bool:  # its entry is acknowledged right after
+                    return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0
+
+                await eventually(acknowledged)
                 assert await queued(redis, keys) == 0
                 assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
             finally:
