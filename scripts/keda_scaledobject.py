@@ -6,9 +6,9 @@ KEDA builds takes the largest of its triggers' replica counts, not their sum; so
 gets a trigger of its own and ``advanced.scalingModifiers`` adds them into one metric. The
 trigger measures ``XLEN``: a worker deletes a job from its stream when it acknowledges it
 (XACK + XDEL), so a stream's length is its jobs waiting or running, exactly what admission
-counts against ``SLUICEWAY_BROKER_MAX_QUEUE``. (A consumer group's lag is not used: Redis
-cannot compute it once entries inside the read range are deleted, and pending entries count
-only jobs a worker has already read.) deploy/README.md says why and when to use it.
+counts against ``SLUICEWAY_BROKER_MAX_QUEUE``: the group's lag (jobs no worker has read yet)
+plus its pending entries (read, not yet answered). Either alone misses the other: a worker
+reads up to ``SLUICEWAY_WORKER_PREFETCH`` jobs ahead. deploy/README.md says why and when.
 
 The stream names come from ``Keys`` and the defaults from ``Settings``, so a change to either
 shows up in tests/test_deploy.py, which compares the committed file with this output.
