@@ -21,8 +21,8 @@ from sluiceway.logs import RepeatFilter
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.worker import Worker, select_kinds
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.kiosk import restaurant
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import restaurant
 
 TIMEOUT_S = 2.0
 BODY = {
