@@ -20,6 +20,7 @@ from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.metrics import Metrics
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.images import encoded
+from tests.fixtures.waiting import eventually
 
 
 class _Gate:
@@ -112,11 +113,13 @@ async def test_a_client_over_its_image_quota_gets_429_while_another_is_served() 
 
             # Every flood image ends up refused (answered at once, the gate being shut), waiting in
             # the queue, or in the one call that holds the only slot.
-            for _ in range(3000):
-                settled = sum(f.done() for f in flood) + queued_now() == len(flood) - 1
-                if gate.calls == 1 and settled:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: (
+                    gate.calls == 1
+                    and sum(f.done() for f in flood) + queued_now() == len(flood) - 1
+                ),
+                timeout_s=30,
+            )
             refused_early = [f for f in flood if f.done()]
             assert len(refused_early) >= 3, "at most one running and two queued"
             assert all(f.result().status_code == 429 for f in refused_early)
@@ -125,20 +128,14 @@ async def test_a_client_over_its_image_quota_gets_429_while_another_is_served() 
             while queued_now() < 2:
                 before = queued_now()
                 flood.append(asyncio.ensure_future(upload(flooder, next(spare))))
-                for _ in range(3000):
-                    if queued_now() > before:
-                        break
-                    await asyncio.sleep(0.01)
+                await eventually(lambda b=before: queued_now() > b, timeout_s=30)
             # ...so its next image is refused at once.
             over = await upload(flooder, next(spare))
             assert over.status_code == 429
             # The other client is not counted against the flooder's quota: it is admitted...
             before = queued_now()
             served = asyncio.ensure_future(upload(calm, next(spare)))
-            for _ in range(3000):
-                if queued_now() == before + 1:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: queued_now() == before + 1 or served.done(), timeout_s=30)
             assert queued_now() == before + 1 and not served.done()
         finally:
             gate.opened.set()  # a failed check must not leave calls held
