@@ -191,6 +191,24 @@ class Run:
     """When each workload was measured (``--keep`` carries some over from the last report)."""
 
 
+def load_run(path: Path) -> Run:
+    """A run as its ``results.json`` keeps it."""
+    saved = json.loads(path.read_text())
+
+    def costs(key: str) -> dict[int, float]:
+        return {int(batch): ms for batch, ms in saved.get(key, {}).items()}
+
+    return Run(
+        saved["date"],
+        saved["machine"],
+        [Measure(**row) for row in saved["measures"]],
+        costs("model_cost_ms"),
+        costs("bird_model_cost_ms"),
+        saved.get("image_server_cpu_ms_per_request", {}),
+        saved.get("workload_dates", {}),
+    )
+
+
 def keep_earlier(run: Run, measured: list[str]) -> None:
     """Carry over the last report's figures of the workloads not measured now, with their date."""
     path = HERE / "results.json"
@@ -569,6 +587,9 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload", "birds"])
     parser.add_argument("--rounds", type=int, default=1, help="each in reverse order of the last")
     parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from results.json"
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the last report's figures of the workloads not measured now (dated)",
@@ -580,6 +601,9 @@ def main() -> None:
         "--venvs", type=Path, default=Path(tempfile.gettempdir()) / "sluiceway-peers"
     )
     args = parser.parse_args()
+    if args.report_only:
+        report(load_run(HERE / "results.json"), args)
+        return
     run = Run(dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), machine())
     if "upload" in args.workloads:
         run.model_cost_ms = model_cost_ms()
