@@ -19,6 +19,12 @@ from PIL import Image
 from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.api.kiosk import training_key
+from sluiceway.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import served_kinds
 from sluiceway.models.captioner import CaptionInput
@@ -26,16 +32,11 @@ from sluiceway.models.classifier import Pixels, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.models.tensors import shape_key
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
-from sluiceway.runtime.errors import (
-    DeadlineExceeded,
-    ModelUnavailable,
-    Overloaded,
-    SluicewayError,
-)
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
-from sluiceway.runtime.worker import Worker, select_kinds
+from sluiceway.split.command import select_kinds
+from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.worker import Worker
 from tests.api.test_captions import expected_titles
 from tests.conftest import fast_settings
 from tests.fixtures.onnx_models import linear_model
