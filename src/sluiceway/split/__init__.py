@@ -4,7 +4,7 @@
 - ``worker.py``: a worker's loop (read, run, answer), ``command.py`` the command that runs one;
 - ``membership.py``: heartbeats, consumer groups and owned partitions;
 - ``claims.py``: jobs dead or stuck workers left, and dead letters; ``answers.py``: a worker's
-  answers and acknowledgements;
+  answers and acknowledgements; ``cancels.py``: jobs whose requesters left;
 - ``connection.py``: the broker connection (redis-py's pool and the pipelined line);
   ``line.py`` the line itself, ``outbox.py`` a loop turn's writes, ``subscription.py`` a Pub/Sub
   channel held open, ``reader.py`` a worker's blocking group read;

@@ -5,12 +5,8 @@ a ``LocalDispatcher``: the same batchers and model cache as embedded mode. Becau
 restaurant's jobs always land in one partition, they meet in one batcher on one worker, and
 its model is fitted there once. Each job's answer and acknowledgement go out together, one
 pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
-cannot run is dead-lettered (``claims.py``).
-
-A job whose requester left is named on the cancel channel (``dispatcher.py``); the worker
-listens, withdraws it unrun if it is queued here (a call already started runs on) and
-remembers it until its deadline, so that one still in a stream is skipped when read. Either
-way it is acknowledged without an answer, since nobody waits for one.
+cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
+(``cancels.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from sluiceway.models.base import ModelKind
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.split.answers import Answers, Finished
+from sluiceway.split.cancels import Cancels
 from sluiceway.split.claims import Claims
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
 from sluiceway.split.keys import GROUP, Keys
@@ -40,8 +37,7 @@ from sluiceway.split.membership import Membership
 from sluiceway.split.probes import Probes
 from sluiceway.split.reader import GroupReader, entry_field
 from sluiceway.split.scripts import FINISH
-from sluiceway.split.subscription import Subscription
-from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError, decode_cancels
+from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +71,13 @@ class Worker:
         self._claims = Claims(
             settings, self._broker, self.id, self._answers, metrics, self._model_of
         )
-        self._cancels = Subscription(self._broker, keys.cancels, self._heard)
+        self._cancels = Cancels(self._broker, keys)
         # The blocking read has a connection of its own, so it can be told to stop waiting.
         self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
         self._probes: Probes | None = None
         if settings.worker_port is not None:
             self._probes = Probes(self.ready, metrics.registry, settings.host, settings.worker_port)
         self._running: set[asyncio.Future[Any]] = set()
-        self._queued: dict[str, asyncio.Future[Any]] = {}  # job id → its result, while here
-        self._gone: dict[str, float] = {}  # job id → deadline: its requester left
         self._room = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -167,8 +161,7 @@ class Worker:
     async def _beat(self) -> None:
         """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
         now = time.time()
-        if self._gone:  # a cancelled job past its deadline is skipped as expired anyway
-            self._gone = {job_id: until for job_id, until in self._gone.items() if until > now}
+        self._cancels.expire(now)
         owned = self._membership.owned
         try:
             live = await self._membership.beat()
@@ -184,20 +177,6 @@ class Worker:
 
     def _room_left(self) -> int:
         return self._settings.worker_prefetch - len(self._running)
-
-    # Cancellations: requesters that left.
-
-    def _heard(self, message: bytes) -> None:
-        try:
-            cancels = decode_cancels(message)
-        except WireError:
-            logger.exception("dropped an undecodable cancel")
-            return
-        for job_id, deadline in cancels:
-            self._gone[job_id] = deadline
-            future = self._queued.get(job_id)
-            if future is not None:
-                future.cancel()  # the batcher drops it unrun unless its call has started
 
     # Read, run, answer.
 
@@ -249,7 +228,7 @@ class Worker:
             self._metrics.expired.labels(model).inc()
             self._answers.finish(Finished(stream, model, entry_id))
             return
-        if self._gone and self._gone.pop(job.id, None) is not None:  # its requester left
+        if self._cancels.gone(job.id):  # its requester left
             self._metrics.cancelled.labels(model).inc()
             self._answers.finish(Finished(stream, model, entry_id))
             return
@@ -264,7 +243,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + remaining, future.cancel)
         self._running.add(future)
-        self._queued[job.id] = future
+        self._cancels.track(job.id, future)
         future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job.id))
 
     def _ran(
@@ -277,9 +256,9 @@ class Worker:
     ) -> None:
         timer.cancel()
         self._running.discard(future)
-        self._queued.pop(job_id, None)
+        self._cancels.untrack(job_id)
         self._room.set()
-        if future.cancelled() and self._gone.pop(job_id, None) is not None:
+        if future.cancelled() and self._cancels.gone(job_id):
             self._answers.finish(Finished(finished.stream, finished.model, finished.entry_id))
         elif future.cancelled():
             deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
