@@ -88,10 +88,9 @@ class RedisDispatcher:
         self._metrics = metrics
         self._keys = Keys(settings.broker_prefix, settings.broker_partitions)
         self.node = node or uuid.uuid4().hex[:12]
+        self._reply = self._keys.reply(self.node)
         self._broker = Broker(settings.broker_url, [ADMIT], self._lost, f"API node {self.node}")
-        self._replies = Subscription(
-            self._broker, self._keys.reply(self.node), self._resolve, self._lost_replies
-        )
+        self._replies = Subscription(self._broker, self._reply, self._resolve, self._lost_replies)
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._admissions: Outbox[_Admission] = Outbox(self._send_admissions)
         self._cancels: Outbox[tuple[str, float]] = Outbox(self._send_cancels)
@@ -162,7 +161,7 @@ class RedisDispatcher:
         remaining = job.remaining()
         if remaining <= 0:
             raise DeadlineExceeded(f"deadline passed before {job.model} was asked")
-        data = JobRecord(job, self._keys.reply(self.node)).encode()
+        data = JobRecord(job, self._reply).encode()
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Registered before the job is sent: the result may come back before XADD's reply.
         self._waiting[job.id] = answer
