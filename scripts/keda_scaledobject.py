@@ -23,7 +23,7 @@ import yaml
 
 from sluiceway.config import Settings
 from sluiceway.kinds import BIRDS, CAPTION, IMAGENET, KNN
-from sluiceway.runtime.keys import Keys
+from sluiceway.split.keys import Keys
 
 MODELS = (KNN, BIRDS, IMAGENET, CAPTION)
 """What the worker Deployment of deploy/k8s/worker.yaml serves: every built-in model."""

@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     )
     fetch_max_redirects: int = Field(5, ge=0, description="each target re-checked")
 
-    # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).
+    # Split mode: API nodes and model workers over Redis (the split/ package).
     broker_url: str | None = Field(None, description="redis://host:port/db; unset = embedded")
     broker_prefix: str = Field("sluiceway", description="namespace of every Redis key")
     broker_partitions: int = Field(16, ge=1, description="job streams per model (affinity)")

@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.inputs.images import sniff
 from sluiceway.inputs.pixels import ImageInput, prepare_image
 from sluiceway.kinds import builtin_records
 from sluiceway.models.classifier import Pixels, Prediction, ranked
 from sluiceway.runtime.dispatch import Dispatcher
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from sluiceway.runtime.jobs import Job
 
 _FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WebP", "bmp": "BMP"}

@@ -22,18 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.config import Settings
+from sluiceway.errors import (
+    ModelControlError,
+    ModelUnavailable,
+    SluicewayError,
+    UnknownModel,
+)
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
-from sluiceway.runtime.errors import (
-    ModelControlError,
-    ModelUnavailable,
-    SluicewayError,
-    UnknownModel,
-)
 from sluiceway.runtime.memory import map_large_blocks
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sluiceway.app import create_app
-from sluiceway.runtime.keys import GROUP, Keys
+from sluiceway.split.keys import GROUP, Keys
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.kiosk import expected, restaurant
 from tests.redis_server import RedisServer, free_port

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model, ModelKind
 from sluiceway.models.costs import CallCost, DeclaredCost
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from tests.fixtures.waiting import eventually

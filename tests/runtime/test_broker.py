@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sluiceway.runtime.broker import GroupReader, connect, entry_field
+from sluiceway.split.connection import connect
+from sluiceway.split.reader import GroupReader, entry_field
 from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer
 

@@ -17,6 +17,12 @@ import pytest
 import skimage
 from PIL import Image
 
+from sluiceway.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import served_kinds
 from sluiceway.models.captioner import CaptionInput
@@ -24,16 +30,11 @@ from sluiceway.models.classifier import Pixels, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.models.tensors import shape_key
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
-from sluiceway.runtime.errors import (
-    DeadlineExceeded,
-    ModelUnavailable,
-    Overloaded,
-    SluicewayError,
-)
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
-from sluiceway.runtime.worker import Worker, select_kinds
+from sluiceway.split.command import select_kinds
+from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
 from tests.fixtures.captions import expected_titles
 from tests.fixtures.kiosk import expected, knn_job, restaurant

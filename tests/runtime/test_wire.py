@@ -9,9 +9,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from sluiceway.runtime.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
+from sluiceway.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
-from sluiceway.runtime.wire import (
+from sluiceway.split.wire import (
     ErrorRecord,
     JobRecord,
     ResultRecord,

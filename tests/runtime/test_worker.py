@@ -14,13 +14,14 @@ import pytest
 from redis.asyncio import Redis
 
 from sluiceway.config import Settings
+from sluiceway.errors import DeadlineExceeded, ModelUnavailable
 from sluiceway.kinds import build_kinds
-from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable
-from sluiceway.runtime.keys import GROUP, Keys
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
-from sluiceway.runtime.wire import JobRecord, ResultRecord, WorkerRecord
-from sluiceway.runtime.worker import Worker, select_kinds
+from sluiceway.split.command import select_kinds
+from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.keys import GROUP, Keys
+from sluiceway.split.wire import JobRecord, ResultRecord, WorkerRecord
+from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
 from tests.fixtures.kiosk import expected, knn_job, restaurant
 from tests.fixtures.waiting import eventually

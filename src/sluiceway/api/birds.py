@@ -31,10 +31,10 @@ from pydantic import (
 from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.errors import BadInput, DeadlineExceeded
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher, Share
 from sluiceway.kinds import BIRDS
-from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import services_of
 
 logger = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.api.ratelimit import RateLimiter
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput
 from sluiceway.inputs.encoded import TOO_LARGE, decode_base64_image, encoded_limit
 from sluiceway.inputs.images import decode_image
 from sluiceway.kinds import CAPTION
 from sluiceway.models.captioner import CaptionInput
-from sluiceway.runtime.errors import BadInput
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 

@@ -20,8 +20,8 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.errors import BadInput
 from sluiceway.inputs.encoded import decode_base64_image
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 
 router = APIRouter(tags=["classifiers"])

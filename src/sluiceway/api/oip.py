@@ -36,6 +36,7 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.inputs.images import decode_image
 from sluiceway.models.captioner import CaptionInput
 from sluiceway.models.classifier import ALL_SCORES, Pixels
@@ -51,7 +52,6 @@ from sluiceway.models.tensors import (
 )
 from sluiceway.registry import ModelEntry, ModelState
 from sluiceway.runtime.dispatch import Dispatcher
-from sluiceway.runtime.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.stats import ModelStatistics
 from sluiceway.services import Services, services_of

@@ -20,9 +20,9 @@ from sluiceway.api.bodies import read_upload
 from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
+from sluiceway.errors import BadInput
 from sluiceway.kinds import IMAGENET
 from sluiceway.models.onnx_classifier import keras_name
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 
 logger = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.api.predict import ACCEPTED_FORMATS, UPLOAD_MODEL
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput
 from sluiceway.models.classifier import Prediction
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 from sluiceway.stores.feedback import FeedbackError, FeedbackLog, FeedbackReport
 from sluiceway.stores.uploads import StoredUpload, UploadStore, is_upload_name

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
 from sluiceway.models.onnx_model import build_peak_nbytes, session_options
-from sluiceway.runtime.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

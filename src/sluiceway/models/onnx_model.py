@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.models.base import BatchPolicy, ModelKind, ThreadedModel
 from sluiceway.models.tensors import ONNX_TYPES, TensorSpec, rows_of, split_rows
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
+from sluiceway.errors import DeadlineExceeded, ModelUnavailable
 from sluiceway.models.base import Model, ModelKind
 from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.cache import ModelCache
-from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.stats import Statistics

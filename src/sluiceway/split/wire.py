@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from sluiceway.runtime.errors import (
+from sluiceway.errors import (
     BadInput,
     DeadlineExceeded,
     ModelUnavailable,
