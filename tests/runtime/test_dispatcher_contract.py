@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,6 +164,27 @@ async def test_jobs_whose_callers_left_are_not_run(start: Start) -> None:
         inputs, calls = harness.batches()
         assert (inputs, calls) == (1, 1), "only the last caller's job ran"
         assert harness.sample("sluiceway_cancelled_total") == 20
+
+
+async def test_a_higher_priority_job_runs_before_those_queued_earlier(start: Start) -> None:
+    training = restaurant(8)
+    # One slot, held by the 1 s fit, and one query per call: the jobs queue behind the fit,
+    # in split mode on the worker that read them from the stream.
+    async with start(knn_slots=1, knn_max_batch=1, knn_fit_cost_s=1.0) as harness:
+        finished: list[str] = []
+
+        def submit(name: str, priority: int = 0) -> asyncio.Future[Any]:
+            job = knn_job(training, np.full((1, 2), float(len(finished))), timeout_s=10)
+            job.priority = priority
+            future = asyncio.ensure_future(harness.dispatcher.submit(job))
+            future.add_done_callback(lambda _: finished.append(name))
+            return future
+
+        waiting = [submit(f"low{i}") for i in range(4)] + [submit("urgent", priority=5)]
+        await eventually(lambda: harness.sample("sluiceway_queue_depth") == 5)
+        assert harness.loads() == 0, "the fit must still hold the slot"
+        await asyncio.gather(*waiting)
+        assert finished[0] == "urgent", finished
 
 
 async def test_unknown_model_is_unavailable(start: Start) -> None:
