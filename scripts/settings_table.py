@@ -22,8 +22,8 @@ def shown(value: object) -> str:
 def main() -> None:
     print("| variable | default | meaning |")
     print("| --- | --- | --- |")
-    for name, field in Settings.model_fields.items():
-        print(f"| `SLUICEWAY_{name.upper()}` | `{shown(field.default)}` | {field.description} |")
+    for variable, field in Settings.variables():
+        print(f"| `{variable}` | `{shown(field.default)}` | {field.description} |")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,22 @@ def test_different_warnings_and_lower_levels_are_not_held_back(
         "WARNING slot 1 lost", "INFO same info", "DEBUG same debug",
         "WARNING slot 2 lost", "INFO same info", "DEBUG same debug",
     ]  # fmt: skip
+
+
+def test_each_download_is_a_detail_not_an_essential() -> None:
+    """httpx's one INFO line per request it sends shows only when details are asked for."""
+    from sluiceway.logs import configure
+
+    httpx_logger = logging.getLogger("httpx")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure("INFO")
+        assert not httpx_logger.isEnabledFor(logging.INFO)
+        assert logging.getLogger("sluiceway").isEnabledFor(logging.INFO)
+        configure("DEBUG")
+        assert httpx_logger.isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = handlers, level
+        httpx_logger.setLevel(logging.NOTSET)
+        logging.getLogger("httpcore").setLevel(logging.NOTSET)

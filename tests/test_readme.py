@@ -10,11 +10,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme() -> None:
-    missing = [
-        f"SLUICEWAY_{name.upper()}"
-        for name in Settings.model_fields
-        if f"`SLUICEWAY_{name.upper()}`" not in README
-    ]
+    missing = [variable for variable, _ in Settings.variables() if f"`{variable}`" not in README]
     assert not missing, f"regenerate the table with scripts/settings_table.py: {missing}"
 
 

@@ -10,25 +10,8 @@ import pytest
 from sluiceway.models.records import SourceKind
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
+from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
-
-LINEAR_CONFIG = """
-platform = "onnx"
-max_batch_size = 16
-max_queue_delay_ms = 2.5
-instances = 2
-max_queue = 100
-
-[[inputs]]
-name = "x"
-datatype = "FP32"
-dims = [4]
-
-[[outputs]]
-name = "y"
-datatype = "FP32"
-dims = [3]
-"""
 
 
 def add_model(root: Path, name: str, config: str, versions: tuple[int, ...] = ()) -> Path:

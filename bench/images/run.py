@@ -271,8 +271,8 @@ def report(
         f"and k=3, {args.concurrency} in flight, {CALL_TIMEOUT_S:g} s timeout per call. Images: "
         f"{args.variants} distinct re-encodings (random crop, 480–1600 px, JPEG q70–95, every "
         "tenth PNG) of the two shipped bird photos, served by a local uvicorn process.",
-        f"- Sluiceway: `sluiceway serve` defaults (birds: {defaults.birds_slots} slots × "
-        f"{defaults.birds_threads} LiteRT thread, batches up to {defaults.birds_max_batch}, "
+        f"- Sluiceway: `sluiceway serve` defaults (birds: {defaults.birds.slots} slots × "
+        f"{defaults.birds.threads} LiteRT thread, batches up to {defaults.birds.max_batch}, "
         "no fill delay), model downloaded from the local server and sha256-checked on first "
         "use; both classifiers loaded before the run (one bird call, one /predict).",
         "- Naive: same contract, preprocessing and model file; a sync endpoint downloads and "

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+PER_REQUEST = 5  # image URLs per bird request (workloads.BIRDS_PER_REQUEST)
+
 
 def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> None:
     """``REPORT.md``, ``peers.png`` and ``results.json`` for ``run``."""
@@ -23,6 +25,10 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
                 "date": run.date,
                 "machine": run.machine,
                 "kiosk_bound_rps": kiosk_bound,
+                "model_cost_ms": run.model_cost_ms,
+                "bird_model_cost_ms": run.bird_model_cost_ms,
+                "image_server_cpu_ms_per_request": run.image_server_cpu_ms_per_request,
+                "workload_dates": run.workload_dates,
                 "measures": [asdict(m) for m in measures],
             },
             indent=1,
@@ -31,8 +37,9 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
     )
     kiosk = _medians([m for m in measures if m.workload == "kiosk"])
     upload = _medians([m for m in measures if m.workload == "upload"])
-    rounds = max((len(m.rounds) for m in kiosk + upload), default=1)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    birds = _medians([m for m in measures if m.workload == "birds"])
+    rounds = max((len(m.rounds) for m in kiosk + upload + birds), default=1)
+    figure, (left, right, third) = plt.subplots(1, 3, figsize=(18, 4.8))
     if kiosk:
         names = [m.server for m in kiosk]
         left.bar(names, [m.rps for m in kiosk], color="C0")
@@ -50,6 +57,19 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
     right.set_title("upload: POST /predict, MobileNetV2 (wrk)")
     if upload:
         right.legend()
+    for server in dict.fromkeys(m.server for m in birds):
+        points = [m for m in birds if m.server == server]
+        third.plot(
+            [m.connections for m in points],
+            [m.rps * PER_REQUEST for m in points],
+            "o-",
+            label=server,
+        )
+    third.set_xlabel("connections")
+    third.set_ylabel("images/s")
+    third.set_title(f"birds: POST /, {PER_REQUEST} URLs per request (wrk)")
+    if birds:
+        third.legend()
     figure.tight_layout()
     figure.savefig(folder / "peers.png", dpi=110)
 
@@ -91,6 +111,38 @@ def write(run: Any, peers: dict[str, Any], kiosk_bound: float, folder: Path) -> 
             )
         return "\n".join(lines)
 
+    bird_section = ""
+    if birds:
+        image_cpu = ", ".join(
+            f"{name} {ms:.2f}" for name, ms in run.image_server_cpu_ms_per_request.items()
+        )
+        per_image = "\n".join(
+            f"- {m.server}, {m.connections} connections: {m.rps * PER_REQUEST:.0f} images/s, "
+            f"{m.server_cpu_ms_per_request / PER_REQUEST:.2f} ms server CPU per image "
+            f"({m.server_cpu_ms_per_request / PER_REQUEST / run.bird_model_cost_ms[1]:.2f}× "
+            "the model's own at batch 1)"
+            for m in birds
+            if run.bird_model_cost_ms
+        )
+        bird_section = f"""## Bird API (MISSION.md §2): `POST /` with {PER_REQUEST} image URLs, k=3
+
+{_when(run, "birds")}
+The photos are variants of the shipped bird photo on a local image server (uvicorn, one
+process, sharing the two cores; its CPU ms per bird request, by server under test:
+{image_cpu}); every URL is unique, so nothing is answered from a cache. A request counts as good
+only with no failed image and the expected bird first. The model's own cost on ready pixels
+(LiteRT, one thread): {_costs(run.bird_model_cost_ms)}.
+
+{table(birds, None)}
+
+{against_best_peer(birds)}
+
+Per image:
+
+{per_image}
+
+"""
+
     how = "\n".join(
         f"- **{name}**: {peer.settings} ([docs]({peer.docs}))"
         for name, peer in peers.items()
@@ -110,6 +162,7 @@ share of the two cores is in the last column: it shares them with the server.
 
 ## Kiosk (MISSION.md §1): 250 kiosks at once, 10–20 ms think time
 
+{_when(run, "kiosk")}
 Physical bound: 250 / (0.2 s call + 15 ms think) = {kiosk_bound:.0f} requests/s.
 
 {table(kiosk, kiosk_bound)}
@@ -118,6 +171,7 @@ Physical bound: 250 / (0.2 s call + 15 ms think) = {kiosk_bound:.0f} requests/s.
 
 ## Upload page's `/predict`: JPEG in, ImageNet MobileNetV2, top-1
 
+{_when(run, "upload")}
 The model's own cost, measured in the same run on a ready tensor (ONNX Runtime, one thread):
 {_costs(run.model_cost_ms)}. A server's CPU per request over it is what decoding, resizing, HTTP
 and hand-offs add.
@@ -126,7 +180,7 @@ and hand-offs add.
 
 {against_best_peer(upload)}
 
-![peers](peers.png)
+{bird_section}![peers](peers.png)
 """
     (folder / "REPORT.md").write_text(text)
     print(text)
@@ -148,3 +202,11 @@ def _medians(rows: list[Any]) -> list[Any]:
 
 def _costs(costs: dict[Any, float]) -> str:
     return ", ".join(f"{ms:.1f} ms CPU per image at batch {batch}" for batch, ms in costs.items())
+
+
+def _when(run: Any, workload: str) -> str:
+    """Where a workload's figures come from an earlier run than the report's date, say so."""
+    date = run.workload_dates.get(workload, run.date)
+    if date == run.date:
+        return ""
+    return f"Measured {date} (an earlier run, kept with `--keep`).\n"

@@ -1,14 +1,17 @@
 """Sluiceway side by side with the servers users would pick instead, on the same machine.
 
-    python -m bench.peers.run [--only sluiceway fastapi ...] [--kiosk-s 60] [--upload-s 20]
+    python -m bench.peers.run [--only sluiceway fastapi ...] [--workloads kiosk upload birds]
 
-Two workloads (``workloads.py``), each served by Sluiceway, LitServe, BentoML, Ray Serve and a
+Three workloads (``workloads.py``), each served by Sluiceway, LitServe, BentoML, Ray Serve and a
 plain FastAPI server, one after another in one run, driven by ``wrk`` (C, one thread per core)
 with ``load.lua``, which checks every answer:
 
 - kiosk: 250 connections opened at once, 10–20 ms think time, the seed's cost model; the
   physical bound is 250 / (0.2 + 0.015) ≈ 1163 requests/s;
-- upload: ``POST /predict`` with a JPEG, at 8, 32 and 64 connections, no think time.
+- upload: ``POST /predict`` with a JPEG, at 8, 32 and 64 connections, no think time;
+- birds: the bird API, ``POST /`` with five image URLs and k=3 (the seed's shape), at 4 and 16
+  connections; the photos come from a local image server (its CPU is reported too). Needs the
+  bird model from ``../shared/models`` (or ``SLUICEWAY_TEST_MODELS``); skipped without it.
 
 Each peer runs in its own virtualenv (``--venvs``, created on first use from PyPI) so its pins
 never touch ours, configured as its documentation recommends (``servers/``; the report says how).
@@ -43,8 +46,15 @@ KIOSK_CONNECTIONS = 250
 THINK_MS = (10, 20)
 KIOSK_BOUND_RPS = KIOSK_CONNECTIONS / (0.2 + sum(THINK_MS) / 2 / 1000)
 UPLOAD_CONNECTIONS = (8, 32, 64)
+BIRD_CONNECTIONS = (4, 16)
 # The same model libraries as Sluiceway's own environment, so only the servers differ.
-COMMON = ["numpy==2.4.6", "scikit-learn==1.9.1", "onnxruntime==1.32.0", "pillow==13.0.0"]
+COMMON = [
+    "numpy==2.4.6",
+    "scikit-learn==1.9.1",
+    "onnxruntime==1.32.0",
+    "pillow==13.0.0",
+    "ai-edge-litert==2.3.0",
+]
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,11 @@ PEERS = {
     "sluiceway": Peer(
         "sluiceway",
         (),
-        "as shipped: `sluiceway serve`, defaults (256 KNN slots; ImageNet 2 slots × 1 thread, "
-        "batches up to 8, JPEGs decoded at reduced scale)",
+        "as shipped: `sluiceway serve`, defaults (256 KNN slots; ImageNet and birds 2 slots × 1 "
+        "thread, batches up to 8, JPEGs decoded at reduced scale); for the bird workload the "
+        "local image server is allowed (`SLUICEWAY_FETCH_ALLOW_HOSTS=127.0.0.1:*`) and its "
+        "per-host download cap raised to 64 (`SLUICEWAY_FETCH_PER_HOST`): the one local host "
+        "stands in for the many hosts real URLs point at",
         "README.md",
     ),
     "sluiceway-2w": Peer(
@@ -172,6 +185,50 @@ class Run:
     machine: str
     measures: list[Measure] = field(default_factory=list)
     model_cost_ms: dict[int, float] = field(default_factory=dict)
+    bird_model_cost_ms: dict[int, float] = field(default_factory=dict)
+    image_server_cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    workload_dates: dict[str, str] = field(default_factory=dict)
+    """When each workload was measured (``--keep`` carries some over from the last report)."""
+
+
+def load_run(path: Path) -> Run:
+    """A run as its ``results.json`` keeps it."""
+    saved = json.loads(path.read_text())
+
+    def costs(key: str) -> dict[int, float]:
+        return {int(batch): ms for batch, ms in saved.get(key, {}).items()}
+
+    return Run(
+        saved["date"],
+        saved["machine"],
+        [Measure(**row) for row in saved["measures"]],
+        costs("model_cost_ms"),
+        costs("bird_model_cost_ms"),
+        saved.get("image_server_cpu_ms_per_request", {}),
+        saved.get("workload_dates", {}),
+    )
+
+
+def keep_earlier(run: Run, measured: list[str]) -> None:
+    """Carry over the last report's figures of the workloads not measured now, with their date."""
+    path = HERE / "results.json"
+    if not path.exists():
+        return
+    earlier = json.loads(path.read_text())
+    dates = earlier.get("workload_dates", {})
+    for row in earlier["measures"]:
+        if row["workload"] not in measured:
+            run.measures.append(Measure(**row))
+            run.workload_dates.setdefault(
+                row["workload"], dates.get(row["workload"], earlier["date"])
+            )
+    if "upload" not in measured:
+        run.model_cost_ms = {int(k): v for k, v in earlier.get("model_cost_ms", {}).items()}
+    if "birds" not in measured:
+        run.bird_model_cost_ms = {
+            int(k): v for k, v in earlier.get("bird_model_cost_ms", {}).items()
+        }
+        run.image_server_cpu_ms_per_request = earlier.get("image_server_cpu_ms_per_request", {})
 
 
 def venv_python(peer: Peer, venvs: Path) -> str:
@@ -369,6 +426,79 @@ def prepare(folder: Path) -> tuple[Load, Load, dict[str, str]]:
     )
 
 
+@dataclass
+class BirdSetup:
+    """The bird workload's load, the environment its servers read, and the image server."""
+
+    load: Load
+    env: dict[str, str]
+    image_server: subprocess.Popen[bytes]
+
+
+def prepare_birds(folder: Path, models: Path) -> BirdSetup:
+    """Photo variants and the model on a local image server; the bodies naming them."""
+    images = folder / "bird-images"
+    images.mkdir()
+    model = models / workloads.BIRDS_MODEL
+    model_name = model.name
+    (images / model_name).write_bytes(model.read_bytes())
+    variants = workloads.bird_variants((models / workloads.BIRDS_PHOTO).read_bytes())
+    names = []
+    for index, data in enumerate(variants):
+        names.append(f"bird-{index}.jpg")
+        (images / names[-1]).write_bytes(data)
+    expected = workloads.expected_bird(model, variants)
+    labels = folder / "bird-labels.json"
+    labels.write_text(json.dumps(workloads.bird_labels(model.read_bytes())))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.images.imageserver", str(images), "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wait_for_port(port)
+    base = f"http://127.0.0.1:{port}"
+    lines = []
+    for index in range(len(names)):
+        path = folder / f"birds-{index}.json"
+        path.write_bytes(workloads.bird_body(base, names, index))
+        lines.append(f"POST / application/json {path}")
+    requests = folder / "birds.txt"
+    requests.write_text("\n".join(lines) + "\n")
+    env = {
+        "PEER_BIRDS_MODEL": str(images / model_name),
+        "PEER_BIRDS_LABELS": str(labels),
+        "SLUICEWAY_BIRDS_MODEL_URL": f"{base}/{model_name}",
+        "SLUICEWAY_BIRDS_MODEL_SHA256": workloads.BIRDS_MODEL_SHA256,
+        "SLUICEWAY_MODEL_CACHE_DIR": str(folder / "sluiceway-model-cache"),
+        "SLUICEWAY_FETCH_ALLOW_HOSTS": "127.0.0.1:*",
+        "SLUICEWAY_FETCH_PER_HOST": "64",
+    }
+    load = Load(requests, f'"bird_name":"{expected}"||"failed_results":[]', (0, 0))
+    return BirdSetup(load, env, server)
+
+
+def serve_birds(
+    peer: Peer, python: str, env: dict[str, str], birds: BirdSetup, args: Any, run: Run
+) -> list[Measure]:
+    port, process = start(peer, python, "birds", {**env, **birds.env})
+    try:
+        wait_answering(port, birds.load.requests)
+        measure(peer.name, "birds", process, port, birds.load, 4, 5)
+        images = psutil.Process(birds.image_server.pid)
+        before = sum(images.cpu_times()[:2])
+        measures = [
+            measure(peer.name, "birds", process, port, birds.load, connections, args.upload_s)
+            for connections in BIRD_CONNECTIONS
+        ]
+        spent = sum(images.cpu_times()[:2]) - before
+        served = sum(m.requests for m in measures)
+        run.image_server_cpu_ms_per_request[peer.name] = spent * 1000 / max(1, served)
+        return measures
+    finally:
+        stop_tree(process)
+
+
 def serve_kiosk(
     peer: Peer, python: str, env: dict[str, str], load: Load, args: Any
 ) -> list[Measure]:
@@ -424,13 +554,46 @@ def model_cost_ms() -> dict[int, float]:
     return costs
 
 
+def bird_model_cost_ms(models: Path) -> dict[int, float]:
+    """The bird model's own CPU per image on ready pixels (LiteRT, one thread), by batch size."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(models / workloads.BIRDS_MODEL), num_threads=1)
+    source = interpreter.get_input_details()[0]["index"]
+    costs = {}
+    for batch in (1, 8):
+        interpreter.resize_tensor_input(source, [batch, 224, 224, 3])
+        interpreter.allocate_tensors()
+        pixels = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        interpreter.set_tensor(source, pixels)
+        interpreter.invoke()
+        best = float("inf")
+        for _ in range(5):
+            started = time.thread_time()
+            for _ in range(max(1, 16 // batch)):
+                interpreter.set_tensor(source, pixels)
+                interpreter.invoke()
+            best = min(best, (time.thread_time() - started) / (max(1, 16 // batch) * batch))
+        costs[batch] = best * 1000
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--only", nargs="*", default=[name for name in PEERS if name != "sluiceway-2w"]
     )
-    parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload"])
+    parser.add_argument("--workloads", nargs="*", default=["kiosk", "upload", "birds"])
     parser.add_argument("--rounds", type=int, default=1, help="each in reverse order of the last")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from results.json"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the last report's figures of the workloads not measured now (dated)",
+    )
     parser.add_argument("--kiosk-s", type=float, default=60)
     parser.add_argument("--kiosk-warmup-s", type=float, default=10)
     parser.add_argument("--upload-s", type=float, default=20)
@@ -438,20 +601,43 @@ def main() -> None:
         "--venvs", type=Path, default=Path(tempfile.gettempdir()) / "sluiceway-peers"
     )
     args = parser.parse_args()
+    if args.report_only:
+        report(load_run(HERE / "results.json"), args)
+        return
     run = Run(dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), machine())
-    run.model_cost_ms = model_cost_ms()
+    if "upload" in args.workloads:
+        run.model_cost_ms = model_cost_ms()
+    models = workloads.shared_models()
+    if "birds" in args.workloads and models is None:
+        print("birds: skipped, the bird model is not in ../shared/models or SLUICEWAY_TEST_MODELS")
+        args.workloads.remove("birds")
+    if "birds" in args.workloads and models is not None:
+        run.bird_model_cost_ms = bird_model_cost_ms(models)
+    for workload in args.workloads:
+        run.workload_dates[workload] = run.date
+    if args.keep:
+        keep_earlier(run, args.workloads)
     pythons = {name: venv_python(PEERS[name], args.venvs) for name in args.only}
     with tempfile.TemporaryDirectory() as folder:
         kiosk, upload, env = prepare(Path(folder))
-        order = list(args.only)
-        for round_ in range(args.rounds):
-            # Alternate the order, so a machine getting busier or quieter favours nobody.
-            for name in order if round_ % 2 == 0 else reversed(order):
-                peer = PEERS[name]
-                if "kiosk" in args.workloads:
-                    run.measures += serve_kiosk(peer, pythons[name], env, kiosk, args)
-                if "upload" in args.workloads:
-                    run.measures += serve_upload(peer, pythons[name], env, upload, args)
+        birds = None
+        if "birds" in args.workloads and models is not None:
+            birds = prepare_birds(Path(folder), models)
+        try:
+            order = list(args.only)
+            for round_ in range(args.rounds):
+                # Alternate the order, so a machine getting busier or quieter favours nobody.
+                for name in order if round_ % 2 == 0 else reversed(order):
+                    peer = PEERS[name]
+                    if "kiosk" in args.workloads:
+                        run.measures += serve_kiosk(peer, pythons[name], env, kiosk, args)
+                    if "upload" in args.workloads:
+                        run.measures += serve_upload(peer, pythons[name], env, upload, args)
+                    if birds is not None:
+                        run.measures += serve_birds(peer, pythons[name], env, birds, args, run)
+        finally:
+            if birds is not None:
+                stop(birds.image_server)
     report(run, args)
 
 

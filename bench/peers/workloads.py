@@ -10,12 +10,16 @@ built so that every correct answer is the same text, and any mix-up shows:
 - Upload: ``POST /predict`` with a JPEG, ImageNet MobileNetV2. Every photo is a variant (crop,
   quality) of one cat that the model ranks first as the same class in every variant; the check
   is that class's name in the answer.
+- Birds (MISSION.md §2): ``POST /`` with five image URLs and ``k=3``; the photos are variants of
+  the shipped bird photo that the AIY model ranks first as the same bird; the check is that
+  bird's name in the answer and no failed image.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from PIL import Image
 
 from bench.kiosk.scenario import answer_key, training_sets
 
+REPO = Path(__file__).resolve().parents[2]
 EXPECTED_KIOSK_LABEL = 1
 UPLOAD_BOUNDARY = "sluicewaybenchboundary"
 
@@ -122,3 +127,82 @@ def multipart(data: bytes, name: str = "cat.jpg") -> bytes:
         + data
         + f"\r\n--{UPLOAD_BOUNDARY}--\r\n".encode()
     )
+
+
+# The bird API (MISSION.md §2): ``POST /`` with image URLs and ``k``. The photos are variants of
+# the shipped bird photo served by a local image server; every URL carries a counter that wrk
+# fills in (``@N@``), so no two requests name the same image and nothing can be answered from a
+# cache. The check: no failed image, and the name every variant ranks first.
+BIRDS_PER_REQUEST = 5
+BIRDS_K = 3
+BIRDS_MODEL = "birds_v1/lite-model_aiy_vision_classifier_birds_V1_3.tflite"
+BIRDS_MODEL_SHA256 = "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093"
+BIRDS_PHOTO = "birds_v1/bird.jpg"
+
+
+def shared_models() -> Path | None:
+    """``../shared/models`` (or ``SLUICEWAY_TEST_MODELS``) when the bird files are there."""
+    for folder in (os.environ.get("SLUICEWAY_TEST_MODELS"), REPO.parent / "shared" / "models"):
+        if folder and (Path(folder) / BIRDS_MODEL).is_file():
+            return Path(folder)
+    return None
+
+
+def bird_variants(photo: bytes, count: int = 16, seed: int = 13) -> list[bytes]:
+    """JPEG variants of ``photo``: random crops of 85-100 %, sizes 480-1024 px, quality 75-95."""
+    source = Image.open(io.BytesIO(photo)).convert("RGB")
+    rng = random.Random(seed)
+    width, height = source.size
+    variants = []
+    for _ in range(count):
+        scale = rng.uniform(0.85, 1.0)
+        w, h = int(width * scale), int(height * scale)
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        crop = source.crop((left, top, left + w, top + h))
+        side = rng.randint(480, 1024)
+        crop = crop.resize((side, round(side * h / w)), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        crop.save(buffer, format="JPEG", quality=rng.randint(75, 95))
+        variants.append(buffer.getvalue())
+    return variants
+
+
+def expected_bird(model: Path, variants: list[bytes]) -> str:
+    """The bird name Sluiceway's labels give the class every variant ranks first, with both
+    Sluiceway's preparation and the peers' (a plain resize): the two must agree."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from bench.peers.servers.common import Birds
+    from sluiceway.inputs.pixels import prepare_image
+    from sluiceway.models.tflite_classifier import BIRDS_INPUT
+
+    data = model.read_bytes()
+    labels = bird_labels(data)
+    interpreter = Interpreter(model_content=data, num_threads=1)
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    tops = set()
+    for variant in variants:
+        for pixels in (prepare_image(variant, BIRDS_INPUT, 40_000_000), Birds.preprocess(variant)):
+            interpreter.set_tensor(source["index"], pixels[None])
+            interpreter.invoke()
+            tops.add(int(interpreter.get_tensor(target["index"])[0].argmax()))
+    if len(tops) != 1:
+        raise ValueError(f"the bird variants disagree on the top class: {sorted(tops)}")
+    return str(labels[tops.pop()])
+
+
+def bird_labels(model: bytes) -> list[str]:
+    """The class names Sluiceway gives the model (its embedded list), for the peers to use too."""
+    from sluiceway.models.tflite_classifier import embedded_labels
+
+    return embedded_labels(model, "probability-labels-en.txt")
+
+
+def bird_body(base_url: str, names: list[str], first: int) -> bytes:
+    """A bird API body naming ``BIRDS_PER_REQUEST`` photos from ``first`` on, each URL unique
+    per request once wrk replaces ``@N@``."""
+    urls = [
+        f"{base_url}/{names[(first + i) % len(names)]}?r=@N@-{i}" for i in range(BIRDS_PER_REQUEST)
+    ]
+    return json.dumps({"images": urls, "k": BIRDS_K}, separators=(",", ":")).encode()

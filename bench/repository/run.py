@@ -10,6 +10,10 @@
 2. Memory. Ten copies of MobileNetV2 in a repository whose files add up to more than the cache
    budget, called round-robin; the same server with an empty repository gives the process's
    fixed size in the same go. Reported: peak RSS against budget + fixed size, loads, evictions.
+3. The arena's price. Repository models run without ONNX Runtime's CPU memory arena (so an
+   evicted model's memory can go back to the system); CPU per image of the packaged MobileNetV2
+   and per row of the MLP, with and without the arena, at batch 1 and 8, interleaved in this
+   process.
 
 Writes ``bench/repository/REPORT.md``, ``repository.png`` and ``results.json``.
 """
@@ -80,6 +84,16 @@ class Phase:
     p99_ms: float = 0.0
     rps: float = 0.0
     control_ops: int = 0
+
+
+@dataclass
+class ArenaCost:
+    """CPU per item of one session with and without the arena, at one batch size."""
+
+    model: str
+    batch: int
+    arena_ms: float
+    lean_ms: float
 
 
 @dataclass
@@ -252,7 +266,7 @@ def memory_run(args: argparse.Namespace, root: Path) -> Memory:
     base = f"http://127.0.0.1:{server.port}"
     try:
         asyncio.run(wait_ready(base, "mobilenet9"))
-        with ProcessWatch(process.pid, 0.5) as watch, httpx.Client(timeout=120) as http:
+        with ProcessWatch(process.pid, 0.1) as watch, httpx.Client(timeout=120) as http:
             http.post(f"{base}/v1/models/imagenet/classify", json={"images": [png_b64(0)]})
             for round_ in range(args.memory_rounds):
                 for index in range(10):
@@ -274,7 +288,49 @@ def memory_run(args: argparse.Namespace, root: Path) -> Memory:
     return memory
 
 
-def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> None:
+def arena_costs(root: Path, repeats: int) -> list[ArenaCost]:
+    """Median CPU ms per item, arena on vs off, the two sessions called in turn, with large
+    blocks mapped on their own as in a server with a model repository."""
+    import onnxruntime as ort
+
+    from sluiceway.models.onnx_model import session_options
+    from sluiceway.runtime.memory import map_large_blocks
+
+    map_large_blocks()
+
+    mlp(root / "arena" / "mlp.onnx")
+    models = {
+        "MobileNetV2 (image)": (imagenet_model_path(), (3, 224, 224)),
+        "MLP (256 floats)": (root / "arena" / "mlp.onnx", (256,)),
+    }
+    costs: list[ArenaCost] = []
+    for label, (path, shape) in models.items():
+        sessions = {
+            arena: ort.InferenceSession(
+                str(path),
+                session_options(1, memory_arena=arena),
+                providers=["CPUExecutionProvider"],
+            )
+            for arena in (True, False)
+        }
+        name = sessions[True].get_inputs()[0].name
+        for batch in (1, 8):
+            feed = {name: np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(repeats + 2):
+                for arena, session in sessions.items():
+                    started = time.process_time()
+                    session.run(None, feed)
+                    times[arena].append((time.process_time() - started) / batch * 1000)
+            on, off = (statistics.median(times[arena][2:]) for arena in (True, False))
+            costs.append(ArenaCost(label, batch, on, off))
+            print(costs[-1], flush=True)
+    return costs
+
+
+def report(
+    phases: list[Phase], memory: Memory, costs: list[ArenaCost], args: argparse.Namespace
+) -> None:
     quiet = [p for p in phases if p.name.startswith("quiet")]
     churn = [p for p in phases if p.name.startswith("churn")]
     quiet_p99 = statistics.median(p.p99_ms for p in quiet)
@@ -287,6 +343,7 @@ def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> Non
         "args": vars(args),
         "phases": [asdict(p) for p in phases],
         "memory": asdict(memory),
+        "arena": [asdict(c) for c in costs],
         "churn_p99_over_quiet": churn_p99 / quiet_p99,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -311,6 +368,11 @@ def report(phases: list[Phase], memory: Memory, args: argparse.Namespace) -> Non
     figure.tight_layout()
     figure.savefig(HERE / "repository.png", dpi=110)
 
+    arena_rows = "\n".join(
+        f"| {c.model} | {c.batch} | {c.arena_ms:.2f} | {c.lean_ms:.2f} | "
+        f"{c.lean_ms / c.arena_ms:.2f} |"
+        for c in costs
+    )
     rows = "\n".join(
         f"| {p.name} | {p.requests} | {p.failures} | {p.rps:.0f} | {p.p50_ms:.1f} | "
         f"{p.p99_ms:.1f} | {p.control_ops} |"
@@ -339,10 +401,15 @@ Churn p99 / quiet p99 (medians over rounds): **{churn_p99:.1f} / {quiet_p99:.1f}
 
 ## Ten models over the cache budget
 
-Ten copies of MobileNetV2 ({file_mb:.0f} MB files, counted at twice their size) in one repository,
-budget {memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures).
-Fixed size (same server, empty repository, one built-in ImageNet call, same run):
-{memory.fixed_rss_mb:.0f} MB.
+Ten copies of MobileNetV2 ({file_mb:.0f} MB files) in one repository, budget
+{memory.budget_mb:.0f} MB, {memory.calls} calls round-robin ({memory.failures} failures), so
+every call finds its model evicted. Repository sessions run without ONNX Runtime's memory arena
+and are counted at 1.1 times their file (their weights; a call's activations are freed when it
+returns); a load first evicts enough to fit its build (2.7 times the file at its peak); the
+server maps large blocks on their own and the model cache trims the heaps after an eviction
+(`mallopt`, `malloc_trim`: `runtime/memory.py`), so an evicted model's memory goes back to the
+system. RSS sampled every 0.1 s. Fixed size (same server, empty repository, one built-in
+ImageNet call, same run): {memory.fixed_rss_mb:.0f} MB.
 
 | | MB |
 | --- | ---: |
@@ -357,6 +424,20 @@ Peak RSS is {"within" if memory.peak_rss_mb <= limit else "over"} fixed size + b
 ({memory.peak_rss_mb - limit:+.0f} MB).
 
 ![repository](repository.png)
+
+## The arena's price
+
+CPU milliseconds per item (median of {args.arena_repeats} calls each, the two sessions called in
+turn, one intra-op thread, in the benchmark's own process, large blocks mapped on their own as
+in a server with a model repository):
+
+| model | batch | arena | no arena | ratio |
+| --- | ---: | ---: | ---: | ---: |
+{arena_rows}
+
+The packaged ImageNet model keeps its arena (it is served all the time, and its batches are
+the image figures of `bench/images` and `bench/web`); repository models go without, so that the
+budget holds.
 """
     (HERE / "REPORT.md").write_text(text)
     print(text)
@@ -368,13 +449,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--budget-mb", type=float, default=100.0)
-    parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--memory-rounds", type=int, default=10)
+    parser.add_argument("--arena-repeats", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         phases = control_under_load(args, root)
         memory = memory_run(args, root)
-    report(phases, memory, args)
+        costs = arena_costs(root, args.arena_repeats)
+    report(phases, memory, costs, args)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from sluiceway.kinds import build_kinds
 from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
 from sluiceway.services import Services
+from sluiceway.split.dispatcher import RedisDispatcher
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput, SluicewayError
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import BIRDS, image_kinds
 from sluiceway.models.classifier import Prediction
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.errors import BadInput, SluicewayError
 from sluiceway.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def _worker(args: argparse.Namespace) -> int:
     import uvloop
 
     from sluiceway.kinds import served_kinds
-    from sluiceway.runtime.worker import select_kinds, serve_until_signalled
+    from sluiceway.split.command import select_kinds, serve_until_signalled
 
     for name, value in (
         ("BROKER_URL", args.broker),

@@ -5,14 +5,124 @@ The defaults run on one machine with nothing else installed.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    """Every knob of a Sluiceway process; ``SLUICEWAY_<NAME>`` overrides each field."""
+class ModelSettings(BaseModel):
+    """A built-in model's settings: ``SLUICEWAY_<MODEL>_<NAME>`` overrides each field.
 
-    model_config = SettingsConfigDict(env_prefix="SLUICEWAY_", extra="ignore")
+    Every model has a batch policy; each model's class gives it its own defaults and adds what
+    only that model has. ``Settings`` holds one of each, under the model's name.
+    """
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    slots: int = Field(1, ge=1)
+    max_batch: int = Field(1, ge=1)
+    max_delay_ms: float = Field(0.0, ge=0)
+    max_queue: int = Field(1, ge=1)
+
+
+class KnnSettings(ModelSettings):
+    """The kiosks' tenant KNN and the seed's simulated compute cost (``SLUICEWAY_KNN_*``)."""
+
+    neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")
+    fit_cost_s: float = Field(2.0, ge=0, description="simulated cost of one fit")
+    infer_base_cost_s: float = Field(0.2, ge=0, description="simulated cost of a call")
+    infer_per_query_cost_s: float = Field(
+        0.05, ge=0, description="simulated cost of each further query vector in a call"
+    )
+    slots: int = Field(256, ge=1, description="compute slots (simulated GPUs) for the KNN")
+    max_batch: int = Field(256, ge=1, description="query vectors per inference call")
+    max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
+    tenant_quota: int = Field(0, ge=0, description="queued jobs per restaurant before 429; 0 = off")
+    max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
+    max_queries: int = Field(10_000, ge=1, description="query vectors per request")
+    inline_parse_bytes: int = Field(
+        64 * 1024, ge=0, description="larger kiosk bodies are parsed off the event loop"
+    )
+
+
+class BirdsSettings(ModelSettings):
+    """The AIY birds classifier, downloaded on first use (``SLUICEWAY_BIRDS_*``)."""
+
+    model_url: str = Field(
+        "https://storage.googleapis.com/download.tensorflow.org/models/tflite/task_library/"
+        "image_classifier/android/lite-model_aiy_vision_classifier_birds_V1_3.tflite",
+        description="where the birds model is downloaded from on first use",
+    )
+    model_sha256: str = Field(
+        "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093",
+        description="the downloaded file must have this sha256",
+    )
+    download_timeout_s: float = Field(120.0, gt=0, description="whole model download")
+    threads: int = Field(1, ge=1, description="LiteRT threads per compute slot")
+    slots: int = Field(2, ge=1, description="bird model calls running at once")
+    # XNNPACK's cost per image does not fall with batch size, while each batch size held by an
+    # interpreter keeps its own arena (batch 16 ≈ +28 MB per slot): 8 batches enough.
+    max_batch: int = Field(8, ge=1, description="images per bird model call")
+    max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    max_queue: int = Field(1024, ge=1, description="queued images before 503")
+    max_images: int = Field(10, ge=1, description="images per bird API call")
+    max_k: int = Field(10, ge=0, description="largest k the bird API accepts")
+
+
+class ImagenetSettings(ModelSettings):
+    """The packaged ImageNet MobileNetV2 (``SLUICEWAY_IMAGENET_*``)."""
+
+    threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
+    slots: int = Field(2, ge=1, description="ImageNet model calls running at once")
+    max_batch: int = Field(8, ge=1, description="images per ImageNet model call")
+    max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    max_queue: int = Field(1024, ge=1, description="queued images before 503")
+
+
+class CaptionSettings(ModelSettings):
+    """The GIT captioner (``SLUICEWAY_CAPTION_*``; needs the ``captions`` extra).
+
+    One slot with one torch thread: a caption call is seconds of compute, and on 2 shared cores
+    a second intra-op thread fights the other models and HTTP for the CPU (measured 3x slower
+    per caption under contention); the other core stays free for them.
+    """
+
+    model: str = Field(
+        "microsoft/git-base-textcaps",
+        description="a folder written by save_pretrained, or a hub id (needs the internet)",
+    )
+    max_new_tokens: int = Field(20, ge=1, le=256, description="greedy tokens per title")
+    threads: int = Field(1, ge=1, description="torch intra-op threads")
+    slots: int = Field(1, ge=1, description="caption calls running at once")
+    max_batch: int = Field(8, ge=1, description="pictures per generate call")
+    max_delay_ms: float = Field(10.0, ge=0, description="wait this long to fill a batch")
+    max_queue: int = Field(32, ge=1, description="queued pictures before 503")
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1, description="decoded image cap")
+    max_side: int = Field(448, ge=16, description="shorter side kept at the edge")
+    hub_timeout_s: float = Field(5.0, gt=0, description="hub reachability check")
+    rate_per_s: float = Field(0.0, ge=0, description="per-client requests/s; 0 = off")
+    rate_burst: int = Field(10, ge=1, description="requests a client may send at once")
+
+
+class Settings(BaseSettings):
+    """Every knob of a Sluiceway process; ``SLUICEWAY_<NAME>`` overrides each field.
+
+    A built-in model's settings are one ``ModelSettings`` field named after the model, and
+    ``SLUICEWAY_<MODEL>_<NAME>`` sets its fields: the first ``_`` after the model's name splits
+    the variable, so ``SLUICEWAY_KNN_MAX_BATCH`` is ``settings.knn.max_batch``. Keyword
+    arguments take the same flat names (``Settings(knn_slots=1)``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICEWAY_",
+        extra="ignore",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+    )
 
     host: str = Field("127.0.0.1", description="bind address of `sluiceway serve`")
     port: int = Field(8000, ge=0, le=65535, description="port of `sluiceway serve`")
@@ -67,56 +177,27 @@ class Settings(BaseSettings):
         ge=0,
         description="a model call expected to be shorter runs on the event loop: no thread hop",
     )
+    image_client_quota: int = Field(
+        0,
+        ge=0,
+        description="images one client address may have queued per built-in image classifier "
+        "before 429; 0 = off",
+    )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.
-    knn_neighbors: int = Field(3, ge=1, description="k of the kiosk KNN")
-    knn_fit_cost_s: float = Field(2.0, ge=0, description="simulated cost of one fit")
-    knn_infer_base_cost_s: float = Field(0.2, ge=0, description="simulated cost of a call")
-    knn_infer_per_query_cost_s: float = Field(
-        0.05, ge=0, description="simulated cost of each further query vector in a call"
-    )
-    knn_slots: int = Field(256, ge=1, description="compute slots (simulated GPUs) for the KNN")
-    knn_max_batch: int = Field(256, ge=1, description="query vectors per inference call")
-    knn_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
-    knn_max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
-    knn_tenant_quota: int = Field(
-        0, ge=0, description="queued jobs per restaurant before 429; 0 = off"
-    )
-    knn_max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
-    knn_max_queries: int = Field(10_000, ge=1, description="query vectors per request")
-    knn_inline_parse_bytes: int = Field(
-        64 * 1024, ge=0, description="larger kiosk bodies are parsed off the event loop"
-    )
+    knn: KnnSettings = Field(default_factory=KnnSettings, description="the kiosk KNN")
 
     # Image classifiers. On 2 cores one compute thread per slot and two slots keeps both cores
     # busy while image decoding (also threaded) interleaves; see models/classifier.py.
     model_cache_dir: str = Field(
         "~/.cache/sluiceway/models", description="downloaded model files, verified by sha256"
     )
-    birds_model_url: str = Field(
-        "https://storage.googleapis.com/download.tensorflow.org/models/tflite/task_library/"
-        "image_classifier/android/lite-model_aiy_vision_classifier_birds_V1_3.tflite",
-        description="where the birds model is downloaded from on first use",
+    birds: BirdsSettings = Field(
+        default_factory=BirdsSettings, description="the AIY birds classifier"
     )
-    birds_model_sha256: str = Field(
-        "95f59df4cff9053355abcd0b6e5e7e740f6eae19ed8cded32e2c3e8068195093",
-        description="the downloaded file must have this sha256",
+    imagenet: ImagenetSettings = Field(
+        default_factory=ImagenetSettings, description="the ImageNet MobileNetV2"
     )
-    birds_download_timeout_s: float = Field(120.0, gt=0, description="whole model download")
-    birds_threads: int = Field(1, ge=1, description="LiteRT threads per compute slot")
-    birds_slots: int = Field(2, ge=1, description="bird model calls running at once")
-    # XNNPACK's cost per image does not fall with batch size, while each batch size held by an
-    # interpreter keeps its own arena (batch 16 ≈ +28 MB per slot): 8 batches enough.
-    birds_max_batch: int = Field(8, ge=1, description="images per bird model call")
-    birds_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
-    birds_max_queue: int = Field(1024, ge=1, description="queued images before 503")
-    birds_max_images: int = Field(10, ge=1, description="images per bird API call")
-    birds_max_k: int = Field(10, ge=0, description="largest k the bird API accepts")
-    imagenet_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
-    imagenet_slots: int = Field(2, ge=1, description="ImageNet model calls running at once")
-    imagenet_max_batch: int = Field(8, ge=1, description="images per ImageNet model call")
-    imagenet_max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
-    imagenet_max_queue: int = Field(1024, ge=1, description="queued images before 503")
     classify_max_k: int = Field(20, ge=1, description="largest k of the native classify API")
     classify_max_images: int = Field(64, ge=1, description="images per native classify call")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
@@ -134,24 +215,9 @@ class Settings(BaseSettings):
     )
 
     # Image captions (models/captioner.py, api/captions.py; needs the ``captions`` extra).
-    # One slot with one torch thread: a caption call is seconds of compute, and on 2 shared
-    # cores a second intra-op thread fights the other models and HTTP for the CPU (measured
-    # 3x slower per caption under contention); the other core stays free for them.
-    caption_model: str = Field(
-        "microsoft/git-base-textcaps",
-        description="a folder written by save_pretrained, or a hub id (needs the internet)",
+    caption: CaptionSettings = Field(
+        default_factory=CaptionSettings, description="the GIT captioner"
     )
-    caption_max_new_tokens: int = Field(20, ge=1, le=256, description="greedy tokens per title")
-    caption_threads: int = Field(1, ge=1, description="torch intra-op threads")
-    caption_slots: int = Field(1, ge=1, description="caption calls running at once")
-    caption_max_batch: int = Field(8, ge=1, description="pictures per generate call")
-    caption_max_delay_ms: float = Field(10.0, ge=0, description="wait this long to fill a batch")
-    caption_max_queue: int = Field(32, ge=1, description="queued pictures before 503")
-    caption_max_image_bytes: int = Field(5 * 1024 * 1024, ge=1, description="decoded image cap")
-    caption_max_side: int = Field(448, ge=16, description="shorter side kept at the edge")
-    caption_hub_timeout_s: float = Field(5.0, gt=0, description="hub reachability check")
-    caption_rate_per_s: float = Field(0.0, ge=0, description="per-client requests/s; 0 = off")
-    caption_rate_burst: int = Field(10, ge=1, description="requests a client may send at once")
 
     # Image downloads for the bird API.
     fetch_allow_hosts: str = Field(
@@ -172,7 +238,7 @@ class Settings(BaseSettings):
     )
     fetch_max_redirects: int = Field(5, ge=0, description="each target re-checked")
 
-    # Split mode: API nodes and model workers over Redis (runtime/redis_dispatch.py, worker.py).
+    # Split mode: API nodes and model workers over Redis (the split/ package).
     broker_url: str | None = Field(None, description="redis://host:port/db; unset = embedded")
     broker_prefix: str = Field("sluiceway", description="namespace of every Redis key")
     broker_partitions: int = Field(16, ge=1, description="job streams per model (affinity)")
@@ -198,3 +264,45 @@ class Settings(BaseSettings):
         le=65535,
         description="health/metrics; if taken, the next free port above; 0 = any; unset=off",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_names(cls, data: Any) -> Any:
+        """``knn_slots=1`` as a keyword is ``knn={"slots": 1}``, as its variable would be."""
+        if not isinstance(data, dict):
+            return data
+        folded = dict(data)
+        for model in _model_fields():
+            prefix = f"{model}_"
+            flat = {k[len(prefix) :]: folded.pop(k) for k in list(folded) if k.startswith(prefix)}
+            if not flat:
+                continue
+            given = folded.get(model, {})
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            folded[model] = {**given, **flat}
+        return folded
+
+    @classmethod
+    def variables(cls) -> Iterator[tuple[str, FieldInfo]]:
+        """Every ``SLUICEWAY_*`` variable with the field it sets, in declaration order."""
+        for name, info in cls.model_fields.items():
+            model = _settings_class(info)
+            if model is None:
+                yield f"SLUICEWAY_{name.upper()}", info
+                continue
+            for field, nested in model.model_fields.items():
+                yield f"SLUICEWAY_{name.upper()}_{field.upper()}", nested
+
+
+def _settings_class(info: FieldInfo) -> type[ModelSettings] | None:
+    """The model's settings class a field holds, or None for a plain setting."""
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, ModelSettings):
+        return annotation
+    return None
+
+
+def _model_fields() -> list[str]:
+    """The names of the fields that hold a model's settings (``knn``, ``birds``...)."""
+    return [name for name, info in Settings.model_fields.items() if _settings_class(info)]

@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.inputs.images import sniff
 from sluiceway.inputs.pixels import ImageInput, prepare_image
 from sluiceway.kinds import builtin_records
 from sluiceway.models.classifier import Pixels, Prediction, ranked
 from sluiceway.runtime.dispatch import Dispatcher
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from sluiceway.runtime.jobs import Job
 
 _FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WebP", "bmp": "BMP"}
@@ -64,11 +64,13 @@ class ImageClassifiers:
         *,
         deadline: float | None = None,
         formats: frozenset[str] | None = None,
+        client: str | None = None,
     ) -> list[Prediction]:
         """The ``k`` best classes of one encoded image by ``model``, best first.
 
         ``formats`` (``sniff`` names such as ``png``) narrows the accepted file types;
-        ``BadInput`` says why an image was refused.
+        ``BadInput`` says why an image was refused. ``client`` (its address) is whom the
+        model's admission quota counts the image against; ``QuotaExceeded`` when it is over.
         """
         spec = self.input_of(model)
         if formats is not None and sniff(data) not in formats:
@@ -80,6 +82,7 @@ class ImageClassifiers:
             model=model,
             payload=Pixels(pixels, k),
             deadline=deadline if deadline is not None else time.time() + self.timeout_s,
+            tenant=client,
         )
         return ranked(await self.dispatcher.submit(job))
 

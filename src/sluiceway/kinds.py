@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from sluiceway.config import Settings
+from sluiceway.config import ModelSettings, Settings
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.captioner import GitCaptioning
 from sluiceway.models.knn import TenantKNN
@@ -40,20 +40,13 @@ CAPTION = "caption"
 """The GIT captioner (transformers): the captions API."""
 
 
-def _policy(
-    settings: Settings,
-    slots: int,
-    max_batch: int,
-    max_delay_ms: float,
-    max_queue: int,
-    tenant_quota: int = 0,
-) -> BatchPolicy:
+def _policy(settings: Settings, model: ModelSettings, tenant_quota: int = 0) -> BatchPolicy:
     """A built-in model's batch policy, with the scheduler's shared settings."""
     return BatchPolicy(
-        slots=slots,
-        max_batch=max_batch,
-        max_delay_s=max_delay_ms / 1000,
-        max_queue=max_queue,
+        slots=model.slots,
+        max_batch=model.max_batch,
+        max_delay_s=model.max_delay_ms / 1000,
+        max_queue=model.max_queue,
         split=settings.split_batches,
         fair_wait_calls=settings.fair_wait_calls,
         tenant_quota=tenant_quota,
@@ -61,21 +54,15 @@ def _policy(
 
 
 def builtin_records(settings: Settings) -> list[ModelRecord]:
-    """The four models every Sluiceway serves, declared like repository models."""
+    """The four models every Sluiceway serves, declared like repository models; each reads its
+    own settings class (``settings.knn``, ``settings.birds``...)."""
     s = settings
     return [
         ModelRecord(
             name=KNN,
             kind="knn",
             source=ModelSource(SourceKind.PACKAGED, "fitted per restaurant from its request"),
-            policy=_policy(
-                s,
-                s.knn_slots,
-                s.knn_max_batch,
-                s.knn_max_delay_ms,
-                s.knn_max_queue,
-                s.knn_tenant_quota,
-            ),
+            policy=_policy(s, s.knn, s.knn.tenant_quota),
             inputs=(TensorSpec("query_input", "FP32", (-1, -1)),),
             outputs=(TensorSpec("classification_result", "INT64", (-1,)),),
             builtin=True,
@@ -83,44 +70,35 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
         ModelRecord(
             name=BIRDS,
             kind="tflite-classifier",
-            source=ModelSource(SourceKind.URL, s.birds_model_url, s.birds_model_sha256),
-            policy=_policy(
-                s, s.birds_slots, s.birds_max_batch, s.birds_max_delay_ms, s.birds_max_queue
-            ),
+            source=ModelSource(SourceKind.URL, s.birds.model_url, s.birds.model_sha256),
+            policy=_policy(s, s.birds, s.image_client_quota),
             inputs=(TensorSpec("image", "UINT8", (-1, *BIRDS_INPUT.shape)),),
             outputs=(TensorSpec("probabilities", "FP32", (-1, 965)),),
             image=BIRDS_INPUT,
-            threads=s.birds_threads,
+            threads=s.birds.threads,
             builtin=True,
         ),
         ModelRecord(
             name=IMAGENET,
             kind="onnx-classifier",
             source=ModelSource(SourceKind.PACKAGED, str(imagenet_model_path())),
-            policy=_policy(
-                s,
-                s.imagenet_slots,
-                s.imagenet_max_batch,
-                s.imagenet_max_delay_ms,
-                s.imagenet_max_queue,
-            ),
+            policy=_policy(s, s.imagenet, s.image_client_quota),
             inputs=(TensorSpec("image", "FP32", (-1, *IMAGENET_INPUT.shape)),),
             outputs=(TensorSpec("probabilities", "FP32", (-1, 1000)),),
             labels=tuple(imagenet_labels()),
             image=IMAGENET_INPUT,
-            threads=s.imagenet_threads,
+            threads=s.imagenet.threads,
             builtin=True,
+            memory_arena=True,
         ),
         ModelRecord(
             name=CAPTION,
             kind="captioner",
-            source=ModelSource(SourceKind.HUB, s.caption_model),
-            policy=_policy(
-                s, s.caption_slots, s.caption_max_batch, s.caption_max_delay_ms, s.caption_max_queue
-            ),
+            source=ModelSource(SourceKind.HUB, s.caption.model),
+            policy=_policy(s, s.caption),
             inputs=(TensorSpec("image", "BYTES", (-1,)),),
             outputs=(TensorSpec("title", "BYTES", (-1,)),),
-            threads=s.caption_threads,
+            threads=s.caption.threads,
             builtin=True,
         ),
     ]
@@ -132,10 +110,10 @@ KindBuilder = Callable[[ModelRecord, Settings, bool], ModelKind]
 def _knn(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
     return TenantKNN(
         record.policy,
-        neighbors=settings.knn_neighbors,
-        fit_cost_s=settings.knn_fit_cost_s,
-        base_cost_s=settings.knn_infer_base_cost_s,
-        per_query_cost_s=settings.knn_infer_per_query_cost_s,
+        neighbors=settings.knn.neighbors,
+        fit_cost_s=settings.knn.fit_cost_s,
+        base_cost_s=settings.knn.infer_base_cost_s,
+        per_query_cost_s=settings.knn.infer_per_query_cost_s,
     )
 
 
@@ -152,7 +130,8 @@ def _tflite_classifier(record: ModelRecord, settings: Settings, progress: bool) 
         store=ArtifactStore(settings.model_cache_dir),
         input_spec=record.image,
         threads=record.threads,
-        download_timeout_s=settings.birds_download_timeout_s,
+        # A folder's file is never downloaded; a URL's takes the birds model's allowance.
+        download_timeout_s=settings.birds.download_timeout_s,
         progress=progress,
     )
 
@@ -167,6 +146,7 @@ def _onnx_classifier(record: ModelRecord, settings: Settings, progress: bool) ->
         input_spec=record.image,
         logits=record.logits,
         threads=record.threads,
+        memory_arena=record.memory_arena,
     )
 
 
@@ -179,6 +159,7 @@ def _onnx(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
         outputs=record.outputs,
         batched=record.batched,
         threads=record.threads,
+        memory_arena=record.memory_arena,
     )
 
 
@@ -186,9 +167,9 @@ def _captioner(record: ModelRecord, settings: Settings, progress: bool) -> Model
     return GitCaptioning(
         record.policy,
         source=record.source.location,
-        max_new_tokens=settings.caption_max_new_tokens,
+        max_new_tokens=settings.caption.max_new_tokens,
         threads=record.threads,
-        hub_timeout_s=settings.caption_hub_timeout_s,
+        hub_timeout_s=settings.caption.hub_timeout_s,
     )
 
 

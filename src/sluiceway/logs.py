@@ -68,3 +68,9 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request it sends at INFO: one line per downloaded image, which under the
+    # bird API's load cost ~5 % of the server's CPU (py-spy, bench/peers birds workload) and
+    # buries the essentials. Its lines are details: they show at DEBUG.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)

@@ -23,18 +23,19 @@ from pathlib import Path
 from typing import Any, cast
 
 from sluiceway.config import Settings
+from sluiceway.errors import (
+    ModelControlError,
+    ModelUnavailable,
+    SluicewayError,
+    UnknownModel,
+)
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
-from sluiceway.runtime.errors import (
-    ModelControlError,
-    ModelUnavailable,
-    SluicewayError,
-    UnknownModel,
-)
+from sluiceway.runtime.memory import map_large_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ class ModelRegistry:
         """Load every repository model; a broken one is listed as unavailable, with its reason."""
         if self.repository is None:
             return
+        if self.controllable:
+            # Models will come and go here: their memory must go back when they do.
+            map_large_blocks()
         records = []
         for found in scan(self.repository):
             if found.name in self._builtin_names():
@@ -138,7 +142,10 @@ class ModelRegistry:
                 self._entries[record.name] = entry
                 self._publish(entry)
             return
-        await asyncio.gather(*(self._load_quietly(record.name) for record in records))
+        # One after another: ten sessions built at once hold ten times a build's working
+        # memory over the cache budget (bench/repository), and two cores gain little from more.
+        for record in records:
+            await self._load_quietly(record.name)
 
     def entries(self) -> list[ModelEntry]:
         """Every model, by name."""

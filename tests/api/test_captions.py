@@ -15,13 +15,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from sluiceway.app import create_app
 from sluiceway.inputs.encoded import MAX_IMAGE_BYTES
-from sluiceway.models.base import BatchPolicy
-from sluiceway.models.captioner import CaptionInput, GitCaptioning
 from sluiceway.runtime.dispatch import LocalDispatcher
-from tests.conftest import app_client, fast_settings
+from tests.fixtures.captions import caption_app, expected_titles
 from tests.fixtures.tiny_git import png_bytes, swatches
+from tests.fixtures.waiting import eventually
 
 PATH = "/api/v1/predictions"
 
@@ -53,22 +51,6 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-async def expected_titles(folder: Path, pictures: list[bytes]) -> list[str]:
-    """Each picture captioned alone, straight through the model kind (no HTTP, no batching)."""
-    captioner = await GitCaptioning(BatchPolicy(1, 1), source=str(folder)).load(None)
-    shape = CaptionInput()
-    titles = []
-    for data in pictures:
-        array = shape.prepare(Image.open(io.BytesIO(data)).convert("RGB"))
-        titles.append(captioner.predict_batch([array])[0])
-    return titles
-
-
-def caption_app(folder: Path, **overrides: object) -> app_client:
-    settings = {"caption_model": str(folder), "caption_max_delay_ms": 50.0, **overrides}
-    return app_client(create_app(fast_settings(**settings)))
 
 
 @pytest.fixture
@@ -233,7 +215,12 @@ async def test_a_full_queue_is_503_with_retry_after(tiny_git: Path) -> None:
         await slots.acquire()
         try:
             waiting = [asyncio.create_task(http.post(PATH, json={"image": data})) for _ in range(2)]
-            await asyncio.sleep(0.3)  # both decoded and queued
+            queued = 'sluiceway_queue_depth{model="caption"}'
+
+            async def both_queued() -> bool:
+                return metric((await http.get("/metrics")).text, queued) == 2
+
+            await eventually(both_queued)  # decoded and waiting for the held slot
             refused = await http.post(PATH, json={"image": data})
             assert refused.status_code == 503
             assert refused.headers["retry-after"].isdigit()

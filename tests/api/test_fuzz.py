@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sluiceway.app import create_app
-from sluiceway.runtime.errors import BadInput
+from sluiceway.errors import BadInput
 from tests.conftest import fast_settings
 
 MAX_EXAMPLES = 25

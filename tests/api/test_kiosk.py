@@ -16,6 +16,7 @@ from sluiceway.api import kiosk
 from sluiceway.app import create_app
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.live_server import live_server
+from tests.fixtures.waiting import eventually
 
 
 def restaurant(seed: int, rows: int = 10) -> list[list[int]]:
@@ -142,10 +143,13 @@ async def test_deadline_passes_504_and_the_work_is_not_done() -> None:
             "/classify", json=body(restaurant(4), [1, 1]), headers={"x-request-timeout": "0.05"}
         )
         assert response.status_code == 504
-        await asyncio.sleep(0.4)  # the fit finishes; the expired query must not run after it
+        # The next query of that restaurant waits for the same fit and runs after it: had the
+        # expired one stayed queued, it would have run first (or in the same call).
+        after = await http.post("/classify", json=body(restaurant(4), [2, 2]))
+        assert after.status_code == 200
         text = (await http.get("/metrics")).text
         assert metric(text, 'sluiceway_expired_total{model="knn"}') == 1
-        assert 'sluiceway_batch_size_count{model="knn"} 0.0' in text
+        assert 'sluiceway_batch_size_sum{model="knn"} 1.0' in text, "only the later query ran"
 
 
 async def test_bad_timeout_header_is_400(client: httpx.AsyncClient) -> None:
@@ -251,10 +255,15 @@ async def test_kiosks_that_hang_up_while_queued_leave_no_work_behind() -> None:
         for _, writer in connections:
             writer.write(request)
             await writer.drain()
-        await asyncio.sleep(0.3)  # parsed and queued, the fit still running
-        for _, writer in connections:
-            writer.close()
         async with httpx.AsyncClient(base_url=url) as http:
+            depth = 'sluiceway_queue_depth{model="knn"}'
+
+            async def all_queued() -> bool:
+                return metric((await http.get("/metrics")).text, depth) == 100
+
+            await eventually(all_queued)  # parsed and queued, the fit still running
+            for _, writer in connections:
+                writer.close()
             answered = await http.request("GET", "/classify", json=body(restaurant(5), [3, 4]))
             assert answered.status_code == 200, "the fit went on: the next kiosk is served"
             text = (await http.get("/metrics")).text

@@ -17,12 +17,12 @@ from sluiceway.app import create_app
 from sluiceway.kinds import served_kinds
 from sluiceway.models.tflite_classifier import embedded_labels
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.worker import Worker
+from sluiceway.split.worker import Worker
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.external import BIRD_PHOTO, BIRDS_MODEL, require
+from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
 from tests.redis_server import RedisServer
-from tests.test_repository import LINEAR_CONFIG
 
 TOKEN = "let-me-in"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -25,49 +25,16 @@ from sluiceway.app import create_app
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.runtime.dispatch import LocalDispatcher
-from tests.api.test_captions import caption_app, expected_titles
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.captions import caption_app, expected_titles
+from tests.fixtures.model_repository import linear, repository
 from tests.fixtures.onnx_models import (
     ECHO_TYPES,
-    echo_model,
-    linear_model,
-    row_sum_model,
-    tiny_classifier,
 )
 from tests.fixtures.tiny_git import png_bytes, swatches
-from tests.test_repository import LINEAR_CONFIG
+from tests.fixtures.waiting import eventually
 
 CHELSEA = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
-
-
-def repository(root: Path) -> tuple[Path, np.ndarray]:
-    """linear (declared tensors, max batch 16), echo (every datatype, tensors read from the
-    file), rowsum (any width, max batch 4), bounded (rowsum queueing at most 4 rows), colours
-    (an image classifier), broken."""
-    weights = linear_model(root / "linear" / "1" / "model.onnx", seed=1)
-    (root / "linear" / "config.toml").write_text(LINEAR_CONFIG)
-    echo_model(root / "echo" / "model.onnx")
-    (root / "echo" / "config.toml").write_text('platform = "onnx"\n')
-    row_sum_model(root / "rowsum" / "model.onnx")
-    (root / "rowsum" / "config.toml").write_text(
-        'platform = "onnx"\nmax_batch_size = 4\ninstances = 1\n'
-    )
-    row_sum_model(root / "bounded" / "model.onnx")
-    (root / "bounded" / "config.toml").write_text(
-        'platform = "onnx"\nmax_batch_size = 4\ninstances = 1\nmax_queue = 4\n'
-    )
-    tiny_classifier(root / "colours" / "model.onnx")
-    (root / "colours" / "labels.txt").write_text("red\ngreen\nblue\n")
-    (root / "colours" / "config.toml").write_text(
-        'platform = "onnx"\nlabels = "labels.txt"\n[image]\nsize = 16\nfit = "stretch"\n'
-    )
-    row_sum_model(root / "single" / "model.onnx")
-    (root / "single" / "config.toml").write_text(
-        'platform = "onnx"\nmax_batch_size = 1\ninstances = 1\n'
-    )
-    (root / "broken").mkdir()
-    (root / "broken" / "config.toml").write_text('platform = "onnx"\n')
-    return root, weights
 
 
 @pytest.fixture
@@ -80,11 +47,6 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, np.nd
 @pytest.fixture
 def http(served: tuple[httpx.AsyncClient, np.ndarray]) -> httpx.AsyncClient:
     return served[0]
-
-
-def linear(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    result: np.ndarray = x @ weights[:-1] + weights[-1]
-    return result
 
 
 def tensor(name: str, data: Any, datatype: str = "FP32", shape: list[int] | None = None) -> Any:
@@ -335,7 +297,7 @@ async def test_a_full_queue_is_503_with_retry_after(http: httpx.AsyncClient) -> 
     await slots.acquire()  # a model call is running
     try:
         waiting = asyncio.create_task(http.post("/v2/models/bounded/infer", json=rows(3)))
-        await asyncio.sleep(0.2)  # its three rows are queued
+        await eventually(lambda: dispatcher.lane("bounded").depth == 3)  # its rows are queued
         refused = await http.post("/v2/models/bounded/infer", json=rows(2))
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"].isdigit()

@@ -10,8 +10,8 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from tests.api.test_oip import linear, repository
 from tests.fixtures.live_server import live_server
+from tests.fixtures.model_repository import linear, repository
 
 
 @pytest.fixture(scope="module")

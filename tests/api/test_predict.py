@@ -12,7 +12,7 @@ from PIL import Image
 
 from sluiceway.api.predict import ACCEPTED_FORMATS, ERROR_HEADER, UPLOAD_MODEL
 from sluiceway.app import create_app
-from sluiceway.runtime.errors import BadInput
+from sluiceway.errors import BadInput
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.images import encoded, png_bomb, truncated_jpeg
 

@@ -19,10 +19,11 @@ from sluiceway.config import Settings
 from sluiceway.kinds import build_kinds
 from sluiceway.logs import RepeatFilter
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.worker import Worker, select_kinds
+from sluiceway.split.command import select_kinds
+from sluiceway.split.worker import Worker
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.kiosk import restaurant
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import restaurant
 
 TIMEOUT_S = 2.0
 BODY = {

@@ -23,10 +23,10 @@ import pytest
 from redis.asyncio import Redis
 
 from sluiceway.app import create_app
-from sluiceway.runtime.keys import Keys
+from sluiceway.split.keys import Keys
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.kiosk import restaurant
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import restaurant
 
 _PROBES = re.compile(rb"worker (\S+) serving .*; probes on [\d.]+:(\d+)")
 

@@ -17,10 +17,10 @@ import pytest
 from redis.asyncio import Redis
 
 from sluiceway.app import create_app
-from sluiceway.runtime.keys import GROUP, Keys
+from sluiceway.split.keys import GROUP, Keys
 from tests.conftest import app_client, fast_settings
+from tests.fixtures.kiosk import expected, restaurant
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import expected, restaurant
 
 REQUESTS = 400
 CONCURRENCY = 40

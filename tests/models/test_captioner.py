@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.captioner import DEFAULT_MODEL, Captioner, CaptionInput, GitCaptioning
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from tests.fixtures.tiny_git import swatches
 
 POLICY = BatchPolicy(slots=1, max_batch=8)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.onnx_model import OnnxModel, OnnxModelKind
 from sluiceway.models.tensors import TensorSpec, shape_key
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 from tests.fixtures.onnx_models import linear_model
 
 POLICY = BatchPolicy(slots=1, max_batch=8)

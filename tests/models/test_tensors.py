@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sluiceway.errors import BadInput
 from sluiceway.models.tensors import (
     DATATYPES,
     tensor_from_bytes,
@@ -14,7 +15,6 @@ from sluiceway.models.tensors import (
     tensor_to_bytes,
     tensor_to_json,
 )
-from sluiceway.runtime.errors import BadInput
 
 NUMERIC = [name for name in DATATYPES if name not in ("BYTES", "BOOL")]
 

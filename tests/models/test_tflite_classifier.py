@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.classifier import Pixels, Prediction, ranked
@@ -17,8 +18,7 @@ from sluiceway.models.tflite_classifier import (
     TfliteClassifierKind,
     embedded_labels,
 )
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
-from sluiceway.runtime.wire import pack, unpack
+from sluiceway.split.wire import pack, unpack
 from sluiceway.stores.artifacts import ArtifactStore
 from tests.fixtures.external import BIRDS_FILES, BIRDS_MODEL, require
 from tests.fixtures.fileserver import FileServer

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
+from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
 from sluiceway.models.costs import CallCost, DeclaredCost, LearnedCost
 from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
+from tests.fixtures.waiting import eventually
 
 
 class Doubler(Model):
@@ -111,7 +112,7 @@ async def test_each_caller_gets_its_own_result_in_order() -> None:
 async def test_batches_grow_while_slots_are_busy_and_respect_max_batch() -> None:
     dispatcher, kind = make(BatchPolicy(slots=1, max_batch=8))
     first = asyncio.ensure_future(dispatcher.submit(job(0)))
-    await asyncio.sleep(0.005)
+    await eventually(lambda: kind.running == 1)
     await asyncio.gather(first, *(dispatcher.submit(job(i)) for i in range(1, 30)))
     sizes = [len(batch) for batch in kind.batches]
     assert sizes[0] == 1, "work-conserving: the first job runs at once, alone"
@@ -147,21 +148,22 @@ async def test_fill_delay_gathers_a_batch_from_a_trickle() -> None:
 async def test_expired_jobs_are_answered_504_and_never_computed() -> None:
     dispatcher, kind = make(BatchPolicy(slots=1, max_batch=1), cost_s=0.2)
     first = asyncio.ensure_future(dispatcher.submit(job("slow")))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: kind.running == 1)
     with pytest.raises(DeadlineExceeded):
         await dispatcher.submit(job("late", timeout=0.05))
     assert await first == "slowslow"
-    await asyncio.sleep(0.05)
+    # One key, one job a call: had "late" stayed queued, it would run before "next".
+    assert await dispatcher.submit(job("next")) == "nextnext"
     assert ["late"] not in kind.batches
     assert dispatcher.lane("double").depth == 0
 
 
 async def test_full_queue_is_refused_fast() -> None:
-    dispatcher, _ = make(BatchPolicy(slots=1, max_batch=1, max_queue=3), cost_s=0.1)
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=1, max_queue=3), cost_s=0.1)
     accepted = [asyncio.ensure_future(dispatcher.submit(job(0)))]
-    await asyncio.sleep(0.01)  # job 0 is running; the next three fill the queue
+    await eventually(lambda: kind.running == 1)  # job 0 runs; the next three fill the queue
     accepted += [asyncio.ensure_future(dispatcher.submit(job(i))) for i in range(1, 4)]
-    await asyncio.sleep(0)
+    await eventually(lambda: dispatcher.lane("double").depth == 3)
     started = time.perf_counter()
     with pytest.raises(Overloaded):
         await dispatcher.submit(job(99))
@@ -192,9 +194,9 @@ async def test_a_failed_load_fails_its_jobs_and_is_retried_next_time() -> None:
 
 
 async def test_a_load_holds_a_slot() -> None:
-    dispatcher, _ = make(BatchPolicy(slots=1, max_batch=8), load_s=0.1, cost_s=0.01)
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=8), load_s=0.1, cost_s=0.01)
     loading = asyncio.ensure_future(dispatcher.submit(job(1, key="a")))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: kind.loads == 1)
     started = time.perf_counter()
     await dispatcher.submit(job(2, key="b-already-loaded-never"))
     # key "b" needs its own load, which waits for the slot "a" is loading in.
@@ -203,9 +205,11 @@ async def test_a_load_holds_a_slot() -> None:
 
 
 async def test_close_drains_accepted_work() -> None:
-    dispatcher, _ = make(BatchPolicy(slots=1, max_batch=2), cost_s=0.02)
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=2), cost_s=0.02)
     pending = [asyncio.ensure_future(dispatcher.submit(job(i))) for i in range(6)]
-    await asyncio.sleep(0)
+    lane = dispatcher.lane("double")
+    # All six accepted: queued, or taken into a call.
+    await eventually(lambda: lane.depth + sum(len(batch) for batch in kind.batches) == 6)
     await dispatcher.close()
     assert not dispatcher.ready()
     assert [p.result() for p in pending] == [0, 2, 4, 6, 8, 10]
@@ -217,9 +221,10 @@ async def test_a_busy_slot_goes_next_to_the_key_with_most_waiting() -> None:
         await dispatcher.submit(job(-1, key=key))
     kind.batches.clear()
     first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
-    await asyncio.sleep(0.01)  # the only slot is taken
+    await eventually(lambda: kind.running == 1)  # the only slot is taken
     lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
-    await asyncio.sleep(0.005)  # "lone" asks for the slot first...
+    slots = dispatcher.lane("double").slots
+    await eventually(lambda: slots.waiting == 1)  # "lone" asks for the slot first...
     crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
     await asyncio.gather(first, lone, *crowd)
     assert kind.batches[1] == [200, 201, 202, 203, 204], "...but the crowd's batch is larger"
@@ -284,13 +289,14 @@ async def test_jobs_withdrawn_while_queued_never_run_and_are_counted() -> None:
     metrics = Metrics()
     dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64), metrics, cost_s=0.05)
     running = asyncio.ensure_future(dispatcher.submit(job(0)))
-    await asyncio.sleep(0.01)  # job 0 holds the only slot
+    await eventually(lambda: kind.running == 1)  # job 0 holds the only slot
     callers = [asyncio.ensure_future(dispatcher.submit(job(i))) for i in range(1, 11)]
-    await asyncio.sleep(0.01)
+    lane = dispatcher.lane("double")
+    await eventually(lambda: lane.depth == 10)
     for caller in callers[:7]:  # their clients hang up while the jobs are queued
         caller.cancel()
-    await asyncio.sleep(0)
-    assert dispatcher.lane("double").depth == 3, "withdrawn at once, not at batch formation"
+    await eventually(lambda: lane.depth == 3)
+    assert not running.done(), "withdrawn at once, not at batch formation"
     assert await running == 0
     assert await asyncio.gather(*callers[7:]) == [16, 18, 20]
     assert kind.batches == [[0], [8, 9, 10]]
@@ -302,7 +308,7 @@ async def test_a_started_call_runs_on_when_its_caller_leaves() -> None:
     metrics = Metrics()
     dispatcher, kind = make(BatchPolicy(slots=1, max_batch=64), metrics, cost_s=0.05)
     caller = asyncio.ensure_future(dispatcher.submit(job(5)))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: kind.running == 1)
     caller.cancel()
     await dispatcher.close()
     assert kind.batches == [[5]]
@@ -315,7 +321,7 @@ async def test_priority_goes_first_within_a_key_and_across_keys() -> None:
         await dispatcher.submit(job(-1, key=key))
     kind.batches.clear()
     first = asyncio.ensure_future(dispatcher.submit(job(0, key="a")))
-    await asyncio.sleep(0.005)  # the slot is busy; everything below queues
+    await eventually(lambda: kind.running == 1)  # the slot is busy; everything below queues
     crowd = [dispatcher.submit(job(10 + i, key="a")) for i in range(4)]
     urgent_in_a = dispatcher.submit(job(20, key="a", priority=3))
     urgent_b = dispatcher.submit(job(30, key="b", priority=5))
@@ -333,9 +339,9 @@ async def test_an_overdue_key_goes_before_a_larger_batch() -> None:
         await dispatcher.submit(job(-1, key=key))
     kind.batches.clear()
     first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
-    await asyncio.sleep(0.01)  # the only slot is taken for 0.05 s
+    await eventually(lambda: kind.running == 1)  # the only slot is taken for 0.05 s
     lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
-    await asyncio.sleep(0.02)  # "lone" is overdue when the slot frees
+    await asyncio.sleep(0.02)  # time passes, not synchronisation: "lone" turns overdue
     crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
     await asyncio.gather(first, lone, *crowd)
     assert kind.batches[1] == [100]
@@ -349,9 +355,9 @@ async def test_fairness_off_lets_the_larger_batch_go_first() -> None:
         await dispatcher.submit(job(-1, key=key))
     kind.batches.clear()
     first = asyncio.ensure_future(dispatcher.submit(job(0, key="busy")))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: kind.running == 1)
     lone = asyncio.ensure_future(dispatcher.submit(job(100, key="lone")))
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # time passes: "lone" would be overdue, were fairness on
     crowd = [dispatcher.submit(job(200 + i, key="crowd")) for i in range(5)]
     await asyncio.gather(first, lone, *crowd)
     assert kind.batches[1:] == [[200, 201, 202, 203, 204], [100]]
@@ -360,11 +366,11 @@ async def test_fairness_off_lets_the_larger_batch_go_first() -> None:
 async def test_a_tenant_over_its_quota_is_refused_and_others_are_not() -> None:
     metrics = Metrics()
     policy = BatchPolicy(slots=1, max_batch=64, tenant_quota=2)
-    dispatcher, _ = make(policy, metrics, cost_s=0.05)
+    dispatcher, kind = make(policy, metrics, cost_s=0.05)
     running = asyncio.ensure_future(dispatcher.submit(job(0, key="other")))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: kind.running == 1)
     queued = [asyncio.ensure_future(dispatcher.submit(job(i, key="flood"))) for i in (1, 2)]
-    await asyncio.sleep(0)
+    await eventually(lambda: dispatcher.lane("double").depth == 2)
     with pytest.raises(QuotaExceeded):
         await dispatcher.submit(job(3, key="flood"))
     assert await dispatcher.submit(job(4, key="calm")) == 8

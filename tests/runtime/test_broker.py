@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sluiceway.runtime.broker import GroupReader, connect, entry_field
+from sluiceway.split.connection import connect
+from sluiceway.split.reader import GroupReader, entry_field
+from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer
 
 
@@ -50,8 +52,15 @@ async def test_unblocking_the_readers_connection_cuts_its_wait_short(
     try:
         assert len(await reader.read([stream], 1)) == 1  # connected; now nothing is left
         waiting = asyncio.create_task(reader.read([stream], 1))
-        await asyncio.sleep(0.1)
         assert reader.id is not None
+        reader_id = reader.id
+
+        async def blocked() -> bool:
+            # Redis flags a client blocked in XREADGROUP "b": the read is waiting now.
+            (client,) = await redis.client_list(client_id=[reader_id])
+            return "b" in client["flags"]
+
+        await eventually(blocked)
         await redis.client_unblock(reader.id)
         assert await asyncio.wait_for(waiting, 1) == []
     finally:

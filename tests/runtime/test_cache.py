@@ -8,6 +8,7 @@ import pytest
 
 from sluiceway.runtime.cache import ModelCache
 from sluiceway.runtime.metrics import Metrics
+from tests.fixtures.waiting import eventually
 
 
 class Blob:
@@ -34,7 +35,7 @@ async def test_concurrent_callers_share_one_load() -> None:
     )
     assert calls == ["k"]
     assert all(blob is blobs[0] for blob in blobs)
-    assert metrics.model_loads.labels("m")._value.get() == 1
+    assert metrics.registry.get_sample_value("sluiceway_model_loads_total", {"model": "m"}) == 1
 
 
 async def test_a_caller_giving_up_does_not_cancel_the_shared_load() -> None:
@@ -42,7 +43,7 @@ async def test_a_caller_giving_up_does_not_cancel_the_shared_load() -> None:
     calls: list[str] = []
     impatient = asyncio.ensure_future(cache.get_or_load("m", "k", loader("k", 1, calls, 0.05)))
     patient = asyncio.ensure_future(cache.get_or_load("m", "k", loader("k", 1, calls, 0.05)))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: calls == ["k"])  # one load under way, both callers waiting on it
     impatient.cancel()
     assert (await patient).name == "k"
     assert calls == ["k"]
@@ -60,7 +61,8 @@ async def test_least_recently_used_is_evicted_first() -> None:
     assert cache.nbytes == 200
     await cache.get_or_load("m", "b", loader("b", 100, calls))
     assert calls == ["a", "b", "c", "b"], "an evicted model is loaded again when needed"
-    assert metrics.model_evictions.labels("m")._value.get() == 2
+    evictions = {"model": "m"}
+    assert metrics.registry.get_sample_value("sluiceway_model_evictions_total", evictions) == 2
 
 
 async def test_failed_load_is_not_cached() -> None:
@@ -122,7 +124,7 @@ async def test_the_budget_holds_across_many_loads_of_mixed_sizes() -> None:
     kept = cache.keys()
     assert cache.nbytes == sum(sizes[int(key[1:])] for key in kept)
     assert "never" not in calls
-    evicted = metrics.model_evictions.labels("m")._value.get()
+    evicted = metrics.registry.get_sample_value("sluiceway_model_evictions_total", {"model": "m"})
     assert evicted == len(sizes) - len(kept)
 
 
@@ -145,3 +147,26 @@ async def test_discarded_models_leave_the_running_total() -> None:
     assert cache.keys() == ["n#1:c"] and cache.nbytes == 100
     cache.discard("n#1:c")
     assert len(cache) == 0 and cache.nbytes == 0
+
+
+async def test_a_load_that_says_its_peak_gets_room_before_it_runs() -> None:
+    cache: ModelCache[Blob] = ModelCache(100, Metrics())
+    calls: list[str] = []
+    for name in "abc":
+        await cache.get_or_load("m", name, loader(name, 30, calls))
+    seen: list[list[str]] = []
+
+    async def load() -> Blob:
+        seen.append(cache.keys())  # what is still held while the new model loads
+        return Blob("d", 30)
+
+    await cache.get_or_load("m", "d", load, load_peak=lambda: 50)
+    assert seen == [["c"]], "30 + 50 fits in 100; 60 + 50 would not"
+    assert cache.keys() == ["c", "d"] and cache.nbytes == 60
+
+
+async def test_a_load_peak_over_the_budget_empties_the_cache_and_still_loads() -> None:
+    cache: ModelCache[Blob] = ModelCache(100, Metrics())
+    await cache.get_or_load("m", "a", loader("a", 30, []))
+    blob = await cache.get_or_load("m", "b", loader("b", 40, []), load_peak=lambda: 500)
+    assert blob.name == "b" and cache.keys() == ["b"]

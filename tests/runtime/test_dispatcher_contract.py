@@ -11,14 +11,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import skimage
 from PIL import Image
-from sklearn.neighbors import KNeighborsClassifier
 
-from sluiceway.api.kiosk import training_key
+from sluiceway.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    SluicewayError,
+)
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.kinds import served_kinds
 from sluiceway.models.captioner import CaptionInput
@@ -26,22 +31,19 @@ from sluiceway.models.classifier import Pixels, ranked
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
 from sluiceway.models.tensors import shape_key
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
-from sluiceway.runtime.errors import (
-    DeadlineExceeded,
-    ModelUnavailable,
-    Overloaded,
-    SluicewayError,
-)
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
-from sluiceway.runtime.worker import Worker, select_kinds
-from tests.api.test_captions import expected_titles
+from sluiceway.split.command import select_kinds
+from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
+from tests.fixtures.captions import expected_titles
+from tests.fixtures.kiosk import expected, knn_job, restaurant
+from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model
 from tests.fixtures.tiny_git import png_bytes, swatches
+from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer
-from tests.test_repository import LINEAR_CONFIG
 
 
 @dataclass
@@ -51,13 +53,17 @@ class Harness:
     dispatcher: Dispatcher
     compute_metrics: Metrics
 
+    def sample(self, name: str) -> float:
+        """A KNN metric of the compute process, read from its registry (0 before any)."""
+        value = self.compute_metrics.registry.get_sample_value(name, {"model": "knn"})
+        return 0.0 if value is None else value
+
     def loads(self) -> float:
-        return self.compute_metrics.model_loads.labels("knn")._value.get()
+        return self.sample("sluiceway_model_loads_total")
 
     def batches(self) -> tuple[float, float]:
-        """(model calls, inputs) of the KNN so far."""
-        histogram = self.compute_metrics.batch_size.labels("knn")
-        return histogram._sum.get(), sum(b.get() for b in histogram._buckets)
+        """(inputs, model calls) of the KNN so far."""
+        return self.sample("sluiceway_batch_size_sum"), self.sample("sluiceway_batch_size_count")
 
 
 Start = Callable[..., AbstractAsyncContextManager[Harness]]
@@ -107,29 +113,6 @@ def start(request: pytest.FixtureRequest) -> Start:
     return _redis(request.getfixturevalue("redis_server"))
 
 
-def restaurant(seed: int, rows: int = 10) -> np.ndarray:
-    """Training rows like the kiosk's: two features in [-10, 10), a label in [0, 3)."""
-    rng = np.random.default_rng(seed)
-    features = rng.integers(-10, 10, size=(rows, 2))
-    labels = rng.integers(0, 3, size=(rows, 1))
-    return np.hstack([features, labels]).astype(np.int64)
-
-
-def knn_job(training: np.ndarray, queries: np.ndarray, timeout_s: float = 5.0) -> Job:
-    return Job(
-        model="knn",
-        key=training_key(training),
-        spec=training,
-        payload=queries,
-        deadline=time.time() + timeout_s,
-    )
-
-
-def expected(training: np.ndarray, queries: np.ndarray) -> list[int]:
-    classifier = KNeighborsClassifier(n_neighbors=3).fit(training[:, :-1], training[:, -1])
-    return [int(label) for label in classifier.predict(queries)]
-
-
 async def test_ready_and_serves_knn(start: Start) -> None:
     async with start() as harness:
         assert harness.dispatcher.ready()
@@ -169,18 +152,39 @@ async def test_jobs_whose_callers_left_are_not_run(start: Start) -> None:
             asyncio.ensure_future(harness.dispatcher.submit(knn_job(training, np.zeros((1, 2)))))
             for _ in range(20)
         ]
-        await asyncio.sleep(0.1)
+        await eventually(lambda: harness.sample("sluiceway_queue_depth") == 20)
         for caller in callers:
             caller.cancel()
         await asyncio.gather(*callers, return_exceptions=True)
-        await asyncio.sleep(0.4)  # the fit is over: nothing of theirs may run after it
+        # Each withdrawn unrun, counted where the model runs; the fit goes on meanwhile.
+        await eventually(lambda: harness.sample("sluiceway_cancelled_total") == 20)
         assert await harness.dispatcher.submit(knn_job(training, np.ones((1, 2)))) == expected(
             training, np.ones((1, 2))
         )
         inputs, calls = harness.batches()
         assert (inputs, calls) == (1, 1), "only the last caller's job ran"
-        cancelled = harness.compute_metrics.cancelled.labels("knn")._value.get()
-        assert cancelled == 20
+        assert harness.sample("sluiceway_cancelled_total") == 20
+
+
+async def test_a_higher_priority_job_runs_before_those_queued_earlier(start: Start) -> None:
+    training = restaurant(8)
+    # One slot, held by the 1 s fit, and one query per call: the jobs queue behind the fit,
+    # in split mode on the worker that read them from the stream.
+    async with start(knn_slots=1, knn_max_batch=1, knn_fit_cost_s=1.0) as harness:
+        finished: list[str] = []
+
+        def submit(name: str, priority: int = 0) -> asyncio.Future[Any]:
+            job = knn_job(training, np.full((1, 2), float(len(finished))), timeout_s=10)
+            job.priority = priority
+            future = asyncio.ensure_future(harness.dispatcher.submit(job))
+            future.add_done_callback(lambda _: finished.append(name))
+            return future
+
+        waiting = [submit(f"low{i}") for i in range(4)] + [submit("urgent", priority=5)]
+        await eventually(lambda: harness.sample("sluiceway_queue_depth") == 5)
+        assert harness.loads() == 0, "the fit must still hold the slot"
+        await asyncio.gather(*waiting)
+        assert finished[0] == "urgent", finished
 
 
 async def test_unknown_model_is_unavailable(start: Start) -> None:
@@ -195,8 +199,11 @@ async def test_a_passed_deadline_is_exceeded_and_never_computed(start: Start) ->
         job = knn_job(restaurant(2), np.zeros((1, 2)), timeout_s=-1)
         with pytest.raises(DeadlineExceeded):
             await harness.dispatcher.submit(job)
-        await asyncio.sleep(0.3)
-        assert harness.batches() == (0, 0)
+        # The same restaurant's next job lands in the same queue (and partition) after it:
+        # once it is answered, the expired one would have run before it, or with it.
+        later = knn_job(restaurant(2), np.zeros((1, 2)))
+        assert await harness.dispatcher.submit(later) == expected(restaurant(2), np.zeros((1, 2)))
+        assert harness.batches() == (1, 1), "only the later job was computed"
 
 
 async def test_a_slow_answer_fails_at_the_deadline(start: Start) -> None:

@@ -16,8 +16,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from sluiceway.runtime.broker import BROKER_ERRORS, connect
-from sluiceway.runtime.redis_line import RedisLine, pack, tls_context
+from sluiceway.split.connection import BROKER_ERRORS, connect
+from sluiceway.split.line import RedisLine, pack, tls_context
 from tests.redis_server import RedisServer, free_port
 
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from sluiceway.runtime.slots import ComputeSlots
+from tests.fixtures.waiting import eventually
 
 
 async def test_free_slots_are_taken_at_once_then_callers_wait() -> None:
@@ -15,7 +16,7 @@ async def test_free_slots_are_taken_at_once_then_callers_wait() -> None:
     await slots.acquire()
     assert slots.free == 0
     waiter = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0.01)
+    await eventually(lambda: slots.waiting == 1)
     assert not waiter.done()
     slots.release()
     await asyncio.wait_for(waiter, 1)
@@ -34,7 +35,7 @@ async def test_a_freed_slot_goes_to_the_largest_waiting_batch() -> None:
         slots.release()
 
     asking = [asyncio.ensure_future(ask(name)) for name in ["small", "large", "medium"]]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: slots.waiting == 3)
     slots.release()
     await asyncio.gather(*asking)
     assert order == ["large", "medium", "small"]
@@ -58,7 +59,7 @@ async def test_earliest_asker_wins_a_tie_and_loads_come_first() -> None:
         asyncio.ensure_future(ask(name, size))
         for name, size in [("first", 3.0), ("second", 3.0), ("load", None)]
     ]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: slots.waiting == 3)
     slots.release()
     await asyncio.gather(*asking)
     assert order == ["load", "first", "second"]
@@ -69,7 +70,7 @@ async def test_a_cancelled_waiter_never_loses_a_slot() -> None:
     await slots.acquire()
     gone = asyncio.ensure_future(slots.acquire(lambda: (0.0, 0.0, 100.0)))
     stays = asyncio.ensure_future(slots.acquire(lambda: (0.0, 0.0, 1.0)))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: slots.waiting == 2)
     slots.release()  # handed to "gone", which is cancelled before it runs
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -85,7 +86,7 @@ async def test_take_free_takes_only_slots_nobody_waits_for() -> None:
     assert slots.take_free(10) == 3, "at most the free ones"
     assert slots.free == 0
     waiter = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0.01)
+    await eventually(lambda: slots.waiting == 1)
     slots.release()  # handed straight to the waiter, never left free
     await asyncio.wait_for(waiter, 1)
     assert slots.take_free(1) == 0

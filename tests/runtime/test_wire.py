@@ -9,9 +9,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from sluiceway.runtime.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
+from sluiceway.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
-from sluiceway.runtime.wire import (
+from sluiceway.split.wire import (
     ErrorRecord,
     JobRecord,
     ResultRecord,
@@ -35,6 +35,30 @@ def test_a_kiosk_job_round_trips_with_its_arrays() -> None:
     assert np.array_equal(got.payload, queries)
     assert got.spec.dtype == np.int64 and np.array_equal(got.spec, training)
     got.payload[0, 0] = 1.0  # models may write into their inputs, as in embedded mode
+
+
+def test_priority_and_tenant_travel_with_the_job() -> None:
+    job = Job(
+        model="imagenet", payload=b"x", deadline=time.time() + 3, priority=2, tenant="10.0.0.7"
+    )
+    got = JobRecord.decode(JobRecord(job, "r").encode()).job
+    assert (got.priority, got.tenant) == (2, "10.0.0.7")
+
+
+def test_a_job_without_priority_or_tenant_keeps_the_eight_fields_older_workers_read() -> None:
+    job = Job(model="knn", key="k", payload=b"q", deadline=time.time() + 3)
+    data = JobRecord(job, "r").encode()
+    assert len(unpack(data)) == 8
+    got = JobRecord.decode(data).job
+    assert (got.priority, got.tenant) == (0, None)
+
+
+def test_a_job_record_with_a_bad_priority_is_refused() -> None:
+    job = Job(model="knn", payload=b"q", deadline=1.0, priority=1)
+    fields = unpack(JobRecord(job, "r").encode())
+    fields[8] = "high"
+    with pytest.raises(WireError):
+        JobRecord.decode(pack(fields))
 
 
 def test_images_travel_as_raw_bytes_not_lists() -> None:

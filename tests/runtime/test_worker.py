@@ -14,16 +14,18 @@ import pytest
 from redis.asyncio import Redis
 
 from sluiceway.config import Settings
+from sluiceway.errors import DeadlineExceeded, ModelUnavailable
 from sluiceway.kinds import build_kinds
-from sluiceway.runtime.errors import DeadlineExceeded, ModelUnavailable
-from sluiceway.runtime.keys import GROUP, Keys
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.redis_dispatch import RedisDispatcher
-from sluiceway.runtime.wire import JobRecord, ResultRecord, WorkerRecord
-from sluiceway.runtime.worker import Worker, select_kinds
+from sluiceway.split.command import select_kinds
+from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.keys import GROUP, Keys
+from sluiceway.split.wire import JobRecord, ResultRecord, WorkerRecord
+from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
+from tests.fixtures.kiosk import expected, knn_job, restaurant
+from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer, free_port
-from tests.runtime.test_dispatcher_contract import expected, knn_job, restaurant
 
 
 def cluster_settings(server: RedisServer, **overrides: object) -> Settings:
@@ -67,15 +69,6 @@ async def redis_client(server: RedisServer) -> AsyncIterator[Redis]:
 async def queued(redis: Redis, keys: Keys) -> int:
     """The KNN's admitted and unfinished jobs, by the queue-bound counter."""
     return int(await redis.get(keys.queued("knn")) or 0)
-
-
-async def eventually(check: object, timeout_s: float = 5.0) -> None:
-    """Wait until ``check()`` is true, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true after {timeout_s} s: {check}")
-        await asyncio.sleep(0.02)
 
 
 async def test_each_restaurant_is_fitted_once_on_one_worker(redis_server: RedisServer) -> None:
@@ -172,9 +165,11 @@ async def test_a_job_that_crashed_workers_too_often_is_dead_lettered(
                     assert await submitted == expected(training, np.zeros((1, 2)))
                     assert await redis.xlen(keys.dead_letters("knn")) == 0
                 assert await queued(redis, keys) == 0
-                assert metrics.reclaimed._value.get() == 1
-                buried = metrics.dead_letters.labels("knn")._value.get()
-                assert buried == (1 if max_deliveries == 1 else 0)
+                assert metrics.registry.get_sample_value("sluiceway_reclaimed_jobs_total") == 1
+                buried = metrics.registry.get_sample_value(
+                    "sluiceway_dead_letters_total", {"model": "knn"}
+                )
+                assert (buried or 0) == (1 if max_deliveries == 1 else 0)
             finally:
                 await worker.close()
 
@@ -209,13 +204,20 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
             worker = new_worker(settings, metrics)
             await worker.start()
             try:
-                expired = metrics.expired.labels("knn")
-                await eventually(lambda: expired._value.get() == 1)
+                await eventually(
+                    lambda: (
+                        metrics.registry.get_sample_value(
+                            "sluiceway_expired_total", {"model": "knn"}
+                        )
+                        == 1
+                    )
+                )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
-                for _ in range(100):  # its entry is acknowledged right after
-                    if await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0:
-                        break
-                    await asyncio.sleep(0.02)
+
+                async def acknowledged() -> bool:  # its entry is acknowledged right after
+                    return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0
+
+                await eventually(acknowledged)
                 assert await queued(redis, keys) == 0
                 assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
             finally:
@@ -236,20 +238,15 @@ async def test_jobs_still_run_after_redis_forgets_the_scripts(redis_server: Redi
             assert await api.submit(knn_job(training, queries)) == expected(training, queries)
             await redis.script_flush()
             assert await api.submit(knn_job(training, queries)) == expected(training, queries)
+
             # The worker's acknowledgement ran too: nothing is left counted or pending.
-            await eventually_async(lambda: queued(redis, keys), 0)
+            async def drained() -> bool:
+                return await queued(redis, keys) == 0
+
+            await eventually(drained)
             assert sum([await redis.xlen(stream) for stream in keys.all_jobs("knn")]) == 0
     finally:
         await worker.close()
-
-
-async def eventually_async(read: object, expected_value: object, timeout_s: float = 5.0) -> None:
-    """Wait until ``await read()`` gives ``expected_value``, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while (value := await read()) != expected_value:  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"{value!r} after {timeout_s} s, wanted {expected_value!r}")
-        await asyncio.sleep(0.02)
 
 
 async def test_an_api_node_is_ready_only_while_a_worker_serves_each_routed_model(

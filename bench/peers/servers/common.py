@@ -17,6 +17,8 @@ import json
 import os
 import threading
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -146,3 +148,92 @@ class ImageNet:
             {"success": True, "prediction": self.labels[i], "score": round(float(p[i]), 4)}
             for i, p in zip(best, probabilities, strict=True)
         ]
+
+
+_DOWNLOADS = ThreadPoolExecutor(16)
+
+
+class Birds:
+    """The AIY birds model on LiteRT (the bird API, MISSION.md §2), written the obvious way:
+    download with the standard library, decode and resize with Pillow (the model card's plain
+    224×224 resize, no crop), one interpreter call per batch, top-k names and scores."""
+
+    def __init__(self, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(
+            model_path=os.environ["PEER_BIRDS_MODEL"], num_threads=threads
+        )
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = 1
+        self.lock = threading.Lock()  # an interpreter runs one call at a time
+        with open(os.environ["PEER_BIRDS_LABELS"], encoding="utf-8") as file:
+            self.labels: list[str] = json.load(file)
+
+    @staticmethod
+    def download(url: str) -> bytes | None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data: bytes = response.read()
+                return data
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def preprocess(data: bytes) -> np.ndarray:
+        image = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.BILINEAR)
+        return np.asarray(image, np.uint8)
+
+    @classmethod
+    def load(cls, url: str) -> np.ndarray | None:
+        """One URL's pixels, or None if it cannot be downloaded or decoded."""
+        data = cls.download(url)
+        try:
+            return None if data is None else cls.preprocess(data)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def fetch(cls, urls: list[str]) -> tuple[list[str], list[np.ndarray], list[str]]:
+        """(URLs that decoded, their pixels, URLs that failed); a request's downloads run
+        at once in a small thread pool, as a user would write it."""
+        good, pixels, failed = [], [], []
+        for url, loaded in zip(urls, _DOWNLOADS.map(cls.load, urls), strict=True):
+            if loaded is None:
+                failed.append(url)
+            else:
+                good.append(url)
+                pixels.append(loaded)
+        return good, pixels, failed
+
+    def top_k(self, batch: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """Each image's ``k`` best birds, the scores the model's uint8 output over 256."""
+        if len(batch) == 0:
+            return []
+        with self.lock:
+            if len(batch) != self.batch:
+                self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
+                self.interpreter.allocate_tensors()
+                self.batch = len(batch)
+            self.interpreter.set_tensor(self.input["index"], batch)
+            self.interpreter.invoke()
+            scores = self.interpreter.get_tensor(self.output["index"]).astype(np.float32) / 256
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [
+            [{"bird_name": self.labels[i], "score": float(row[i])} for i in picks]
+            for picks, row in zip(best, scores, strict=True)
+        ]
+
+
+def bird_answer(
+    good: list[str], results: list[list[dict[str, Any]]], failed: list[str], started: float
+) -> dict[str, Any]:
+    """The bird API's answer (MISSION.md §2)."""
+    return {
+        "successful_results": dict(zip(good, results, strict=True)),
+        "failed_results": failed,
+        "time_taken": time.perf_counter() - started,
+        "errors": [],
+    }

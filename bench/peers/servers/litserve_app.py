@@ -1,6 +1,6 @@
 """LitServe, as its documentation recommends for throughput on a CPU machine.
 
-    python -m bench.peers.servers.litserve_app --port PORT --workload kiosk|upload
+    python -m bench.peers.servers.litserve_app --port PORT --workload kiosk|upload|birds
 
 - ``accelerator="cpu", workers_per_device=2`` (the LitServer docs: on CPU, as many workers as
   cores); LitServe's own batching (``max_batch_size``, ``batch_timeout`` on the LitAPI). LitServe
@@ -11,18 +11,28 @@
   models per worker (LitServe documents no tenant idiom). Queue timeout raised above the 2 s fit.
 - Upload: decode in ``decode_request`` (per request), the default ``batch`` stacks the arrays,
   one ONNX Runtime call per batch with one thread per worker (two workers on two cores).
+- Birds: downloads and decoding in ``decode_request`` (a request's URLs at once in a small
+  thread pool), batches of up to 2 requests (10 images) per LiteRT call, one thread per worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import litserve as ls
 import numpy as np
 
-from bench.peers.servers.common import SLOTS, ImageNet, ThreadTenants, parse_kiosk
+from bench.peers.servers.common import (
+    SLOTS,
+    Birds,
+    ImageNet,
+    ThreadTenants,
+    bird_answer,
+    parse_kiosk,
+)
 
 
 class KioskAPI(ls.LitAPI):
@@ -76,15 +86,41 @@ class UploadAPI(ls.LitAPI):
         return output
 
 
+class BirdAPI(ls.LitAPI):
+    def setup(self, device: str) -> None:
+        self.model = Birds(threads=1)
+
+    def decode_request(self, request):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        good, pixels, failed = Birds.fetch(request["images"])
+        return started, good, pixels, failed, int(request.get("k", 3))
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        pixels = [p for _, _, images, _, _ in batch for p in images]
+        k = max(item[4] for item in batch)
+        results = self.model.top_k(np.stack(pixels) if pixels else np.empty((0,)), k)
+        answers, start = [], 0
+        for started, good, images, failed, wanted in batch:
+            mine = [row[:wanted] for row in results[start : start + len(images)]]
+            start += len(images)
+            answers.append(bird_answer(good, mine, failed, started))
+        return answers
+
+    def encode_response(self, output: dict[str, Any]) -> dict[str, Any]:
+        return output
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workload", choices=("kiosk", "upload"), required=True)
+    parser.add_argument("--workload", choices=("kiosk", "upload", "birds"), required=True)
     args = parser.parse_args()
     if args.workload == "kiosk":
         api: ls.LitAPI = KioskAPI(max_batch_size=256, batch_timeout=0.005, api_path="/classify")
-    else:
+    elif args.workload == "upload":
         api = UploadAPI(max_batch_size=8, batch_timeout=0.005, api_path="/predict")
+    else:
+        api = BirdAPI(max_batch_size=2, batch_timeout=0.005, api_path="/")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=2, timeout=60)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 

@@ -1,6 +1,6 @@
 """Ray Serve, as its documentation recommends for throughput on a CPU machine.
 
-    python -m bench.peers.servers.ray_app --port PORT --workload kiosk|upload
+    python -m bench.peers.servers.ray_app --port PORT --workload kiosk|upload|birds
 
 - A local Ray with both cores (``ray.init(num_cpus=2, include_dashboard=False)``), two replicas
   reserving one CPU each (the performance guide: reserve cores per replica), and
@@ -11,6 +11,9 @@
   a header the kiosk does not send; using it would need a second, ingress deployment.)
 - Upload: a FastAPI ingress taking ``UploadFile``, decoding per request, and a ``@serve.batch``
   of up to 8 arrays per ONNX Runtime call, one thread per replica.
+- Birds: a FastAPI ingress taking the bird body; a request's downloads at once in a small thread
+  pool (off the replica's event loop); each image joins a ``@serve.batch`` of up to 8 images per
+  LiteRT call, one thread per replica.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see ``UploadFile`` itself inside the
@@ -18,6 +21,7 @@
 import argparse
 import asyncio
 import os
+import time
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -28,9 +32,10 @@ from fastapi import FastAPI, File, UploadFile
 from ray import serve
 from starlette.requests import Request
 
-from bench.peers.servers.common import AsyncTenants, ImageNet, parse_kiosk
+from bench.peers.servers.common import AsyncTenants, Birds, ImageNet, bird_answer, parse_kiosk
 
 upload_app = FastAPI()
+birds_app = FastAPI()
 
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
@@ -79,14 +84,35 @@ class Upload:
         return self.model.top1(np.stack(images))
 
 
+@serve.deployment(num_replicas=2, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.ingress(birds_app)
+class BirdAPI:
+    def __init__(self) -> None:
+        self.model = Birds(threads=1)
+
+    @birds_app.post("/")
+    async def classify(self, request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = await request.json()
+        good, pixels, failed = await asyncio.to_thread(Birds.fetch, body["images"])
+        k = int(body.get("k", 3))
+        results = await asyncio.gather(*(self.infer(p) for p in pixels))
+        return bird_answer(good, [row[:k] for row in results], failed, started)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def infer(self, images: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+        return self.model.top_k(np.stack(images), 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workload", choices=("kiosk", "upload"), required=True)
+    parser.add_argument("--workload", choices=("kiosk", "upload", "birds"), required=True)
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    app = Kiosk.bind() if args.workload == "kiosk" else Upload.bind()
+    apps = {"kiosk": Kiosk, "upload": Upload, "birds": BirdAPI}
+    app = apps[args.workload].bind()
     serve.run(app, route_prefix="/", blocking=True)
 
 

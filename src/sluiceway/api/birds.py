@@ -28,12 +28,13 @@ from pydantic import (
     ValidationError,
 )
 
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.errors import BadInput, DeadlineExceeded
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher, Share
 from sluiceway.kinds import BIRDS
-from sluiceway.runtime.errors import BadInput, DeadlineExceeded
 from sluiceway.services import services_of
 
 logger = logging.getLogger(__name__)
@@ -84,11 +85,12 @@ async def classify_url(
     k: int,
     deadline: float,
     share: Share | None = None,
+    client: str | None = None,
 ) -> list[dict[str, Any]]:
     """Download one image (within the request's ``share`` of download slots) and return its
-    top ``k`` birds in the contract's shape."""
+    top ``k`` birds in the contract's shape; ``client`` is whom the model's quota counts."""
     data = await fetcher.fetch(url, share)
-    predictions = await images.classify(BIRDS, data, k, deadline=deadline)
+    predictions = await images.classify(BIRDS, data, k, deadline=deadline, client=client)
     return [{"bird_name": p.label, "score": p.score} for p in predictions]
 
 
@@ -115,7 +117,7 @@ async def bird_api(request: Request, body: bytes, started: float) -> Response:
         parsed = BirdRequest.model_validate_json(body or b"{}")
     except ValidationError as error:
         raise RequestError(422, describe_validation(error)) from None
-    problem = validation_error(parsed, settings.birds_max_images, settings.birds_max_k)
+    problem = validation_error(parsed, settings.birds.max_images, settings.birds.max_k)
     if problem is not None:
         return _reply(started, errors=[problem])
     assert parsed.images is not None
@@ -123,11 +125,12 @@ async def bird_api(request: Request, body: bytes, started: float) -> Response:
     deadline = deadline_of(request, settings.request_timeout_s)
     fetcher = fetcher_of(request)
     share = fetcher.share()
+    client = client_address(request)
     try:
         async with asyncio.timeout(max(0.0, deadline - time.time())):
             outcomes = await asyncio.gather(
                 *(
-                    classify_url(services.images, fetcher, url, parsed.k, deadline, share)
+                    classify_url(services.images, fetcher, url, parsed.k, deadline, share, client)
                     for url in urls
                 ),
                 return_exceptions=True,

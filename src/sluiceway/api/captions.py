@@ -22,11 +22,11 @@ from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.api.ratelimit import RateLimiter
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput
 from sluiceway.inputs.encoded import TOO_LARGE, decode_base64_image, encoded_limit
 from sluiceway.inputs.images import decode_image
 from sluiceway.kinds import CAPTION
 from sluiceway.models.captioner import CaptionInput
-from sluiceway.runtime.errors import BadInput
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 
@@ -85,15 +85,15 @@ def prepare_picture(text: str, *, max_bytes: int, max_pixels: int, shape: Captio
 
 
 def build_router(settings: Settings) -> APIRouter:
-    """The captions router, with its own rate limiter when ``caption_rate_per_s`` is set."""
+    """The captions router, with its own rate limiter when ``caption.rate_per_s`` is set."""
     router = APIRouter(tags=["captions"])
     limiter = (
-        RateLimiter(settings.caption_rate_per_s, settings.caption_rate_burst)
-        if settings.caption_rate_per_s > 0
+        RateLimiter(settings.caption.rate_per_s, settings.caption.rate_burst)
+        if settings.caption.rate_per_s > 0
         else None
     )
-    shape = CaptionInput(max_side=settings.caption_max_side)
-    max_bytes = settings.caption_max_image_bytes
+    shape = CaptionInput(max_side=settings.caption.max_side)
+    max_bytes = settings.caption.max_image_bytes
     body_limit = int(encoded_limit(max_bytes) * _BODY_SLACK) + _JSON_SLACK
 
     @router.post(PATH)

@@ -17,10 +17,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from sluiceway.api.bodies import read_body
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
+from sluiceway.errors import BadInput
 from sluiceway.inputs.encoded import decode_base64_image
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 
 router = APIRouter(tags=["classifiers"])
@@ -54,11 +55,14 @@ async def classify(model: str, request: Request) -> Response:
     if not 1 <= parsed.k <= settings.classify_max_k:
         raise RequestError(422, f"k must be between 1 and {settings.classify_max_k}")
     deadline = deadline_of(request, settings.request_timeout_s)
+    client = client_address(request)
 
     async def one(text: str) -> dict[str, Any]:
         try:
             data = decode_base64_image(text, settings.max_upload_bytes)
-            predictions = await images.classify(model, data, parsed.k, deadline=deadline)
+            predictions = await images.classify(
+                model, data, parsed.k, deadline=deadline, client=client
+            )
         except BadInput as error:
             return {"error": str(error)}
         return {"predictions": [{"label": p.label, "score": p.score} for p in predictions]}

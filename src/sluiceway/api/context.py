@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluiceway.edge import EDGE_STATUS
@@ -22,6 +22,13 @@ UNMATCHED = "unmatched"
 
 CLIENT_CLOSED = 499
 """Status counted for a request whose client went away before its answer (nginx's code)."""
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """Who sent a request, for per-client limits and quotas: the peer's address (the forwarded
+    one when uvicorn trusts the proxy, ``--forwarded-allow-ips``)."""
+    return connection.client.host if connection.client else "unknown"
+
 
 _REQUEST_ID = re.compile(rb"[!-~]{1,64}")
 """A caller's request id is echoed only if it is 1-64 visible ASCII characters: it goes into a

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
-from sluiceway.runtime.errors import (
+from sluiceway.errors import (
     BadInput,
     DeadlineExceeded,
     ModelControlError,

@@ -99,7 +99,7 @@ def training_key(training: np.ndarray) -> str:
 def _read_classify(body: bytes, settings: Settings) -> tuple[np.ndarray, np.ndarray, str]:
     """Training rows, query matrix and training key of a kiosk body."""
     training, queries = parse_classify(
-        body, settings.knn_neighbors, settings.knn_max_training_rows, settings.knn_max_queries
+        body, settings.knn.neighbors, settings.knn.max_training_rows, settings.knn.max_queries
     )
     return training, queries, training_key(training)
 
@@ -109,7 +109,7 @@ async def classify(request: Request) -> Response:
     services = services_of(request)
     settings = services.settings
     body = await read_body(request, settings.max_body_bytes)
-    if len(body) > settings.knn_inline_parse_bytes:
+    if len(body) > settings.knn.inline_parse_bytes:
         # Parsing and checking cost grows with the body (1.5 MB: ~0.1 s); in a thread the
         # event loop keeps answering everyone else meanwhile. Small bodies, the kiosks'
         # usual, stay inline: a thread hop would cost more than their parse.

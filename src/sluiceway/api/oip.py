@@ -38,6 +38,7 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.inputs.images import decode_image
 from sluiceway.models.captioner import CaptionInput
 from sluiceway.models.classifier import ALL_SCORES, Pixels
@@ -53,7 +54,6 @@ from sluiceway.models.tensors import (
 )
 from sluiceway.registry import ModelEntry, ModelState
 from sluiceway.runtime.dispatch import Dispatcher
-from sluiceway.runtime.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.stats import ModelStatistics
 from sluiceway.services import Services, services_of
@@ -192,8 +192,8 @@ class _Captioner(TensorForm):
         self.inputs = (TensorSpec("image", "BYTES", (-1,)),)
         self.outputs = (TensorSpec("title", "BYTES", (-1,)),)
         self.description = "an encoded picture (JPEG, PNG, ...) per element; out: its title"
-        self._shape = CaptionInput(max_side=settings.caption_max_side)
-        self._max_bytes = settings.caption_max_image_bytes
+        self._shape = CaptionInput(max_side=settings.caption.max_side)
+        self._max_bytes = settings.caption.max_image_bytes
         self._max_pixels = settings.max_image_pixels
 
     async def run(

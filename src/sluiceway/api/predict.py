@@ -17,11 +17,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from sluiceway.api.bodies import read_upload
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
+from sluiceway.errors import BadInput
 from sluiceway.kinds import IMAGENET
 from sluiceway.models.onnx_classifier import keras_name
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ async def predict(request: Request) -> Response:
             upload.data,
             1,
             deadline=deadline_of(request, settings.request_timeout_s),
+            client=client_address(request),
             formats=ACCEPTED_FORMATS,
         )
     except RequestError as error:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from sluiceway.api.context import client_address
+
 
 @dataclass(slots=True)
 class _Bucket:
@@ -67,8 +69,7 @@ class RateLimiter:
 
     def check(self, request: Request) -> None:
         """Raise 429 with ``Retry-After`` (whole seconds, at least 1) if the client is over."""
-        client = request.client.host if request.client else "unknown"
-        wait = self.take(client)
+        wait = self.take(client_address(request))
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise HTTPException(

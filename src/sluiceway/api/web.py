@@ -30,12 +30,13 @@ from starlette.datastructures import FormData
 from starlette.staticfiles import StaticFiles
 
 from sluiceway.api.bodies import Upload, read_form, read_upload, size_text
+from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.api.predict import ACCEPTED_FORMATS, UPLOAD_MODEL
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput
 from sluiceway.models.classifier import Prediction
-from sluiceway.runtime.errors import BadInput
 from sluiceway.services import services_of
 from sluiceway.stores.feedback import FeedbackError, FeedbackLog, FeedbackReport
 from sluiceway.stores.uploads import StoredUpload, UploadStore, is_upload_name
@@ -123,7 +124,12 @@ class WebPage:
         if not upload.data:
             raise BadInput("the file is empty")
         predictions = await services_of(request).images.classify(
-            UPLOAD_MODEL, upload.data, TOP_K, deadline=deadline, formats=ACCEPTED_FORMATS
+            UPLOAD_MODEL,
+            upload.data,
+            TOP_K,
+            deadline=deadline,
+            formats=ACCEPTED_FORMATS,
+            client=client_address(request),
         )
         stored = await asyncio.to_thread(self.uploads.save, upload.data, ACCEPTED_FORMATS)
         logger.debug("upload %s classified as %s", stored.name, predictions[0].label)

@@ -34,8 +34,8 @@ import httpcore
 import httpx
 
 from sluiceway.config import Settings
+from sluiceway.errors import BadInput
 from sluiceway.inputs.images import sniff
-from sluiceway.runtime.errors import BadInput
 
 logger = logging.getLogger(__name__)
 

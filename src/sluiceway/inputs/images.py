@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sluiceway.runtime.errors import BadInput
+from sluiceway.errors import BadInput
 
 # Magic numbers of the formats we accept; the file name or declared type is never trusted.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (

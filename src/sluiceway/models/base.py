@@ -91,6 +91,14 @@ class ModelKind(ABC):
         """What one call of n items costs; by default learned online from measured calls."""
         return LearnedCost()
 
+    def load_peak_nbytes(self) -> int:
+        """Memory one load may take at its peak, known before loading; 0 = unknown.
+
+        The model cache makes that much room first, so loading a model does not take the
+        process over its budget while the models it will evict are still held.
+        """
+        return 0
+
     @abstractmethod
     async def load(self, spec: Any) -> Model:
         """Load or fit one model. May be slow; the cache makes sure it runs once per key."""

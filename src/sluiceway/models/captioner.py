@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.models.base import BatchPolicy, ModelKind, ThreadedModel
-from sluiceway.runtime.errors import BadInput, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sluiceway.errors import BadInput
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.models.base import ThreadedModel
-from sluiceway.runtime.errors import BadInput
 
 
 class Prediction(NamedTuple):

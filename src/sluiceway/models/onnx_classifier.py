@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.models.onnx_model import session_options
-from sluiceway.runtime.errors import ModelUnavailable
+from sluiceway.models.onnx_model import build_peak_nbytes, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class OnnxClassifierKind(ModelKind):
         input_spec: ImageInput,
         logits: bool = True,
         threads: int = 1,
+        memory_arena: bool = True,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -120,6 +121,10 @@ class OnnxClassifierKind(ModelKind):
         self.input_spec = input_spec
         self.logits = logits
         self.threads = threads
+        self.memory_arena = memory_arena
+
+    def load_peak_nbytes(self) -> int:
+        return build_peak_nbytes(self.path)
 
     async def load(self, spec: Any) -> OnnxClassifier:
         """Open the session in a thread (graph optimisation takes a moment)."""
@@ -128,7 +133,9 @@ class OnnxClassifierKind(ModelKind):
     def _build(self) -> OnnxClassifier:
         try:
             session = ort.InferenceSession(
-                str(self.path), session_options(self.threads), providers=["CPUExecutionProvider"]
+                str(self.path),
+                session_options(self.threads, memory_arena=self.memory_arena),
+                providers=["CPUExecutionProvider"],
             )
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise ModelUnavailable(f"{self.name} model cannot be loaded: {error}") from error
@@ -136,14 +143,19 @@ class OnnxClassifierKind(ModelKind):
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelUnavailable(f"{self.name}: {classes} classes but {len(self.labels)} labels")
         logger.info("%s: %d classes from %s", self.name, len(self.labels), self.path)
-        nbytes = onnx_nbytes(self.path.stat().st_size, self.input_spec.size, self.policy)
+        nbytes = onnx_nbytes(
+            self.path.stat().st_size,
+            self.input_spec.size,
+            self.policy,
+            memory_arena=self.memory_arena,
+        )
         return OnnxClassifier(
             session, self.labels, self.input_spec, logits=self.logits, nbytes=nbytes
         )
 
 
 def imagenet_kind(
-    policy: BatchPolicy, threads: int = 1, name: str = "imagenet"
+    policy: BatchPolicy, threads: int = 1, name: str = "imagenet", *, memory_arena: bool = True
 ) -> OnnxClassifierKind:
     """The upload page's ImageNet MobileNetV2, from the packaged ONNX file."""
     return OnnxClassifierKind(
@@ -153,6 +165,7 @@ def imagenet_kind(
         labels=imagenet_labels(),
         input_spec=IMAGENET_INPUT,
         threads=threads,
+        memory_arena=memory_arena,
     )
 
 
@@ -160,11 +173,18 @@ def imagenet_kind(
 # open (its optimised graph, prepacked weights and buffers: 3.4 times the file), then about
 # 11.5 MB more for every image a slot has run in one call, which ONNX Runtime's CPU arena keeps
 # for good (2 slots x 8 images: 239 MB in all). Activations scale with the input's pixels.
+# Without the arena, a session holds its prepacked weights (measured 1.07 times the file once
+# freed memory is given back) and a call's activations are freed when it returns.
 _SESSION_PER_FILE_BYTE = 3.4
 _ARENA_PER_INPUT_PIXEL = 230
+_LEAN_SESSION_PER_FILE_BYTE = 1.1
 
 
-def onnx_nbytes(file_bytes: int, input_side: int, policy: BatchPolicy) -> int:
+def onnx_nbytes(
+    file_bytes: int, input_side: int, policy: BatchPolicy, *, memory_arena: bool = True
+) -> int:
     """Memory a loaded session holds once every slot has run a full batch."""
+    if not memory_arena:
+        return int(file_bytes * _LEAN_SESSION_PER_FILE_BYTE)
     arena = policy.slots * policy.max_batch * input_side * input_side * _ARENA_PER_INPUT_PIXEL
     return int(file_bytes * _SESSION_PER_FILE_BYTE) + arena

@@ -57,6 +57,13 @@ class ModelRecord:
     warmup: dict[str, Any] | None = None
     """A request (input name → array) run once after loading, before the model is ready."""
     builtin: bool = False
+    memory_arena: bool = False
+    """Whether its runtime keeps a memory arena per session (ONNX Runtime's CPU arena).
+
+    An arena makes full batches about a quarter cheaper in CPU but keeps the largest batch's
+    activations for good (about 85 MB per MobileNetV2 session after a batch of 8), so only the
+    packaged models have one. Repository models live in the cache under its budget and must
+    give their memory back when evicted (``bench/repository``)."""
 
     @property
     def is_image_classifier(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sluiceway.runtime.errors import BadInput
+from sluiceway.errors import BadInput
 
 DATATYPES: Mapping[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.runtime.errors import ModelUnavailable
 from sluiceway.stores.artifacts import ArtifactError, ArtifactStore
 
 logger = logging.getLogger(__name__)

@@ -44,9 +44,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model
 from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_ratio
-from sluiceway.runtime.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.slots import Claim, ComputeSlots

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
+from sluiceway.errors import ModelUnavailable
 from sluiceway.models.base import Model, ModelKind
 from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.cache import ModelCache
-from sluiceway.runtime.errors import ModelUnavailable
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.stats import Statistics
@@ -154,7 +154,9 @@ class LocalDispatcher:
         name = kind.name
         generation = self._generations.get(name, 0) + 1
         key = _cache_key(name, generation, "")
-        model = await self._cache.get_or_load(name, key, lambda: kind.load(None))
+        model = await self._cache.get_or_load(
+            name, key, lambda: kind.load(None), kind.load_peak_nbytes
+        )
         if warmup is not None:
             try:
                 (result,) = await model.infer([warmup])
@@ -204,7 +206,7 @@ class LocalDispatcher:
             self._load_errors.pop(kind.name, None)
             return model
 
-        model = await self._cache.get_or_load(kind.name, key, load)
+        model = await self._cache.get_or_load(kind.name, key, load, kind.load_peak_nbytes)
         return self.statistics.timed(job.model, model)
 
 

@@ -41,6 +41,11 @@ class ComputeSlots:
         """Slots nobody holds."""
         return self._free
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a slot now."""
+        return len(self._waiting)
+
     async def acquire(self, priority: Priority = load_first) -> None:
         """Take a slot; when none is free, wait to be chosen by ``priority`` (larger first)."""
         if self._free > 0 and not self._waiting:

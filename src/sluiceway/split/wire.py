@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from sluiceway.runtime.errors import (
+from sluiceway.errors import (
     BadInput,
     DeadlineExceeded,
     ModelUnavailable,
@@ -97,20 +97,39 @@ class JobRecord:
     reply: str
 
     def encode(self) -> bytes:
-        """Bytes for the stream entry."""
+        """Bytes for the stream entry.
+
+        A job's ``priority`` and ``tenant`` follow the eight base fields only when either is
+        set, so workers of the release before them still read every job that does not use them
+        (a rolling upgrade); a job that does is read by this release's workers only.
+        """
         job = self.job
-        return pack(
-            [VERSION, job.id, job.model, job.key, job.deadline, self.reply, job.payload, job.spec]
-        )
+        fields = [VERSION, job.id, job.model, job.key, job.deadline, self.reply, job.payload]
+        fields.append(job.spec)
+        if job.priority or job.tenant is not None:
+            fields += [job.priority, job.tenant]
+        return pack(fields)
 
     @staticmethod
     def decode(data: bytes) -> JobRecord:
         """Parse a stream entry; raise ``WireError`` if it is not a job of this version."""
         fields = unpack(data)
-        if not isinstance(fields, list) or len(fields) != 8 or fields[0] != VERSION:
+        if not isinstance(fields, list) or len(fields) not in (8, 10) or fields[0] != VERSION:
             raise WireError(f"not a job record of wire version {VERSION}")
-        _, job_id, model, key, deadline, reply, payload, spec = fields
-        job = Job(model=model, payload=payload, deadline=deadline, key=key, spec=spec, id=job_id)
+        _, job_id, model, key, deadline, reply, payload, spec = fields[:8]
+        priority, tenant = fields[8:] if len(fields) == 10 else (0, None)
+        if not isinstance(priority, int) or not (tenant is None or isinstance(tenant, str)):
+            raise WireError("a job record's priority must be an integer, its tenant text")
+        job = Job(
+            model=model,
+            payload=payload,
+            deadline=deadline,
+            key=key,
+            spec=spec,
+            id=job_id,
+            priority=priority,
+            tenant=tenant,
+        )
         return JobRecord(job, reply)
 
 

@@ -1,0 +1,69 @@
+"""Give dropped models' memory back to the operating system (glibc only; elsewhere a no-op).
+
+glibc keeps freed memory in its heaps for reuse, and raises the size above which it maps a
+block of its own each time such a block is freed, so after a model or two most of a model's
+buffers (weights, a file read whole while its session is built) live in the heaps, among other
+allocations, and a dropped model's pages rarely go back: RSS keeps its high-water mark. A
+process whose models come and go (a model repository) therefore maps every large block of its
+own (``map_large_blocks``: freed, it goes back at once) and trims the heaps after dropping a
+model (``release_freed_memory``). Elsewhere (musl, macOS) there is nothing to call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import platform
+from functools import cache
+
+logger = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h); setting it stops glibc raising it
+LARGE_BLOCK_BYTES = 1024 * 1024
+"""Blocks this large or larger are mapped on their own: a model's weights and file buffers,
+a batch's activations; an image's pixels and a request's body stay below. At 4 MiB, a model's
+memory went back only some of the time (``tests/fixtures/model_memory.py``)."""
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (``mallopt``, ``malloc_trim``), else None."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both must exist)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def map_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
+    """Map every block of ``threshold`` bytes or more on its own, for the rest of the process.
+
+    Costs a system call and fresh pages per such block (measured in ``bench/repository``), so
+    only processes serving a model repository do it; False where not available.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    logger.debug("blocks of %d bytes or more are mapped on their own: %s", threshold, done)
+    return done
+
+
+def release_freed_memory() -> bool:
+    """Return free heap pages to the system; False where that is not available.
+
+    Takes a few milliseconds per hundred MB of heap and holds the heaps' locks meanwhile, so
+    callers run it off the event loop, and only after dropping a model.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

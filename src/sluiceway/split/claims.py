@@ -1,0 +1,123 @@
+"""Jobs other workers left unanswered, taken over; jobs that cannot run, dead-lettered.
+
+Delivery is at least once. A worker acknowledges a job only after writing its answer; the jobs
+of a worker that stopped heartbeating are claimed at once by the partition's new owner, those
+of a live worker after the visibility timeout. A job delivered ``broker_max_deliveries`` times
+without an answer goes to the dead-letter stream, and so does a job the model itself failed on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from sluiceway.config import Settings
+from sluiceway.errors import ModelUnavailable
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.split.answers import Answers, DeadLetter, Finished
+from sluiceway.split.connection import Broker
+from sluiceway.split.keys import GROUP
+from sluiceway.split.reader import Entry, as_text, entry_field
+from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError, WorkerRecord
+
+logger = logging.getLogger(__name__)
+
+
+class Claims:
+    """Claims what dead or stuck workers hold in this worker's partitions, and buries jobs
+    delivered too often (and any job a caller hands over) as dead letters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        worker: str,
+        answers: Answers,
+        metrics: Metrics,
+        model_of: dict[str, str],
+    ) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._worker = worker
+        self._answers = answers
+        self._metrics = metrics
+        self._model_of = model_of
+
+    async def claim(
+        self,
+        owned: list[str],
+        live: dict[str, WorkerRecord],
+        room: Callable[[], int],
+        run: Callable[[str, bytes, Any], None],
+    ) -> None:
+        """Take over the unanswered jobs of dead workers (at once) and stuck ones (after the
+        visibility timeout) in ``owned``, up to ``room()`` of them; ``run`` each one claimed."""
+        redis = self._broker.redis
+        visibility_ms = int(self._settings.broker_visibility_timeout_s * 1000)
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream in owned:
+                pipe.xpending(stream, GROUP)
+            summaries = await pipe.execute()
+        for stream, summary in zip(owned, summaries, strict=True):
+            left = room()
+            if left <= 0:
+                return
+            if not summary["pending"]:
+                continue
+            for consumer in summary["consumers"]:
+                name = as_text(consumer["name"])
+                if name == self._worker:
+                    continue
+                dead = name not in live
+                rows = cast(
+                    list[dict[str, Any]],
+                    await redis.xpending_range(
+                        stream, GROUP, "-", "+", left, name, None if dead else visibility_ms
+                    ),
+                )
+                if not rows:
+                    continue
+                # Claim only entries still as idle as we saw them: if another worker claimed
+                # one meanwhile its idle time restarted, and this claim skips it.
+                min_idle = min(row["time_since_delivered"] for row in rows)
+                ids = [row["message_id"] for row in rows]
+                deliveries = {row["message_id"]: row["times_delivered"] for row in rows}
+                claimed = cast(
+                    list[Entry], await redis.xclaim(stream, GROUP, self._worker, min_idle, ids)
+                )
+                logger.warning(
+                    "worker %s claimed %d jobs of %s worker %s on %s",
+                    self._worker, len(claimed), "dead" if dead else "stuck", name, stream,
+                )  # fmt: skip
+                for entry_id, fields in claimed:
+                    if deliveries.get(entry_id, 0) >= self._settings.broker_max_deliveries:
+                        self._bury(stream, entry_id, fields, deliveries[entry_id])
+                    else:
+                        run(stream, entry_id, fields)
+                self._metrics.reclaimed.inc(len(claimed))
+                left -= len(claimed)
+                if dead and len(rows) == consumer["pending"]:
+                    await redis.xgroup_delconsumer(stream, GROUP, name)
+
+    def letter(self, data: bytes, error: str) -> DeadLetter:
+        """The dead letter of a job (its bytes as read) that failed with ``error``."""
+        return {"job": data, "error": error, "worker": self._worker, "at": time.time()}
+
+    def _bury(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int
+    ) -> None:
+        """Dead-letter a job that was delivered too often without an answer."""
+        model = self._model_of[stream]
+        data = entry_field(fields, b"j") or b""
+        reason = f"delivered {deliveries} times without an answer (workers crashed or stalled)"
+        logger.error("dead-lettering job %s of %s: %s", entry_id.decode(), model, reason)
+        finished = Finished(stream, model, entry_id, dead_letter=self.letter(data, reason))
+        with contextlib.suppress(WireError):
+            record = JobRecord.decode(data)
+            finished.reply = record.reply
+            error = ErrorRecord.of(ModelUnavailable(f"{model} could not run this job: {reason}"))
+            finished.result = ResultRecord(record.job.id, error=error).encode()
+        self._answers.finish(finished)

@@ -1,0 +1,118 @@
+"""A worker's membership of the cluster: heartbeats in the registry, the partitions it owns.
+
+Every worker writes its heartbeat record to one hash and reads everyone's; the live set
+decides, by rendezvous hashing (``keys.owner``), which worker owns each partition stream of
+each model. Every worker computes the same answer from the same live set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import cast
+
+from sluiceway.config import Settings
+from sluiceway.split.connection import Broker
+from sluiceway.split.keys import GROUP, Keys, owner
+from sluiceway.split.wire import WorkerRecord, live_workers
+
+logger = logging.getLogger(__name__)
+
+
+class Membership:
+    """One worker's heartbeat, consumer groups and owned partitions."""
+
+    def __init__(
+        self, settings: Settings, keys: Keys, broker: Broker, worker: str, models: Sequence[str]
+    ) -> None:
+        self.worker = worker
+        self._settings = settings
+        self._keys = keys
+        self._broker = broker
+        self._models = tuple(models)
+        self.model_of = {stream: model for model in models for stream in keys.all_jobs(model)}
+        """The model of each partition stream this worker can serve."""
+        self.owned: list[str] = []
+        """The partition streams this worker reads now (replaced, never changed in place)."""
+        self.joined = False
+        """In every consumer group since the broker connection was last made."""
+        self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
+
+    async def beat(self) -> dict[str, WorkerRecord]:
+        """Connect if need be, say we are alive, and recompute the owned partitions.
+
+        Returns the live workers. Raises ``BROKER_ERRORS`` when Redis is lost and
+        ``ResponseError`` when it lost the groups (NOGROUP): the caller marks the broker lost,
+        and the next beat connects and joins again.
+        """
+        redis = self._broker.redis
+        if not self._broker.connected:
+            self.joined = False
+            await self._broker.connect()
+        now = time.time()
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._keys.workers, self.worker, WorkerRecord(self._models, now).encode())
+            pipe.hgetall(self._keys.workers)
+            _, registry = await pipe.execute()
+        if not self.joined:
+            await self._join_groups()
+            self.joined = True
+        registry = cast(dict[bytes, bytes], registry)
+        live = live_workers(registry, now, self._settings.worker_dead_after_s)
+        await self._forget_departed(registry, live, now)
+        self._take_ownership(live, now)
+        return live
+
+    async def leave(self) -> None:
+        """Leave the registry, so others take over this worker's partitions at once."""
+        await self._broker.redis.hdel(self._keys.workers, self.worker)
+
+    async def _join_groups(self) -> None:
+        async with self._broker.redis.pipeline(transaction=False) as pipe:
+            for stream in self.model_of:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                    raise reply
+
+    async def _forget_departed(
+        self, registry: dict[bytes, bytes], live: dict[str, WorkerRecord], now: float
+    ) -> None:
+        """Drop registry entries of workers silent for ten times the dead-after delay."""
+        horizon = 10 * self._settings.worker_dead_after_s
+        departed = []
+        for worker, data in registry.items():
+            record = WorkerRecord.decode(data)
+            if worker.decode() not in live and (record is None or now - record.seen > horizon):
+                departed.append(worker)
+        if departed:
+            await self._broker.redis.hdel(self._keys.workers, *departed)
+
+    def _take_ownership(self, live: dict[str, WorkerRecord], now: float) -> None:
+        """Read the partitions this worker wins now, after a hand-over delay for new ones.
+
+        A partition won from another worker is read only after two heartbeats, by when its
+        previous owner has seen the change and stopped reading it: one partition, one reader,
+        so a restaurant is never fitted on two workers at once. A partition lost is dropped at
+        once (the worker cuts its blocking read short when ``owned`` changes).
+        """
+        alone = True
+        won: list[str] = []
+        for model in self._models:
+            serving = sorted(w for w, record in live.items() if model in record.models)
+            if self.worker not in serving:
+                serving.append(self.worker)
+            alone = alone and len(serving) == 1
+            for partition in range(self._keys.partitions):
+                if owner(model, partition, serving) == self.worker:
+                    won.append(self._keys.jobs(model, partition))
+        handover = 2 * self._settings.worker_heartbeat_s
+        self._winning = {
+            stream: self._winning.get(stream, now + (0 if alone else handover))
+            for stream in won
+            if stream not in self.owned
+        }
+        owned = [s for s in won if s in self.owned or self._winning[s] <= now]
+        if set(owned) != set(self.owned):
+            self.owned = owned

@@ -1,0 +1,294 @@
+"""The model worker of split mode: read jobs, run them on the embedded runtime, answer.
+
+A worker reads the partitions it owns (``membership.py``) in batches with XREADGROUP and feeds
+a ``LocalDispatcher``: the same batchers and model cache as embedded mode. Because a
+restaurant's jobs always land in one partition, they meet in one batcher on one worker, and
+its model is fitted there once. Each job's answer and acknowledgement go out together, one
+pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
+cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
+(``cancels.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from sluiceway.config import Settings
+from sluiceway.errors import DeadlineExceeded, SluicewayError
+from sluiceway.models.base import ModelKind
+from sluiceway.runtime.dispatch import LocalDispatcher
+from sluiceway.runtime.metrics import Metrics
+from sluiceway.split.answers import Answers, Finished
+from sluiceway.split.cancels import Cancels
+from sluiceway.split.claims import Claims
+from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
+from sluiceway.split.keys import GROUP, Keys
+from sluiceway.split.membership import Membership
+from sluiceway.split.probes import Probes
+from sluiceway.split.reader import GroupReader, entry_field
+from sluiceway.split.scripts import FINISH
+from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError
+
+logger = logging.getLogger(__name__)
+
+_READ_BLOCK_MS = 500
+
+
+class Worker:
+    """Serves ``kinds`` from the job streams of the broker in ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kinds: Sequence[ModelKind],
+        metrics: Metrics,
+        worker_id: str | None = None,
+    ) -> None:
+        if not settings.broker_url:
+            raise ValueError("a worker needs settings.broker_url")
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._settings = settings
+        self._metrics = metrics
+        keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        budget = int(settings.model_cache_budget_mb * 1024 * 1024)
+        self._local = LocalDispatcher(kinds, budget, metrics)
+        models = tuple(kind.name for kind in kinds)
+        self._models = models
+        self._broker = Broker(settings.broker_url, [FINISH], name=f"worker {self.id}")
+        self._membership = Membership(settings, keys, self._broker, self.id, models)
+        self._model_of = self._membership.model_of
+        self._answers = Answers(settings, keys, self._broker, metrics)
+        self._claims = Claims(
+            settings, self._broker, self.id, self._answers, metrics, self._model_of
+        )
+        self._cancels = Cancels(self._broker, keys)
+        # The blocking read has a connection of its own, so it can be told to stop waiting.
+        self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
+        self._probes: Probes | None = None
+        if settings.worker_port is not None:
+            self._probes = Probes(self.ready, metrics.registry, settings.host, settings.worker_port)
+        self._running: set[asyncio.Future[Any]] = set()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._reading: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
+
+    @property
+    def dispatcher(self) -> LocalDispatcher:
+        """The embedded runtime this worker feeds (for inspection and tests)."""
+        return self._local
+
+    @property
+    def owned(self) -> list[str]:
+        """The partition streams this worker reads now."""
+        return list(self._membership.owned)
+
+    def ready(self) -> bool:
+        """Connected to the broker and taking jobs."""
+        return self._broker.connected and self._membership.joined and not self._stopping
+
+    @property
+    def health_port(self) -> int | None:
+        """The port the probes answer on (``None`` when they are off)."""
+        return self._probes.port if self._probes is not None else None
+
+    async def start(self) -> None:
+        """Connect, join the consumer groups, and start reading, replying and heartbeating.
+
+        The probe port is bound first, so a worker that cannot start never registers; one that
+        fails later in start-up leaves the registry again before the error propagates.
+        """
+        await self._local.start()
+        try:
+            if self._probes is not None:
+                await self._probes.start()
+            await self._beat()
+            self._reading = asyncio.create_task(self._read(), name="worker read")
+            self._beating = asyncio.create_task(self._heartbeat(), name="worker heartbeat")
+            self._cancels.start()
+        except BaseException:
+            await self.close()
+            raise
+        probes = f"; probes on {self._settings.host}:{self.health_port}" if self._probes else ""
+        logger.info("worker %s serving %s%s", self.id, ", ".join(self._models), probes)
+
+    async def close(self) -> None:
+        """Stop reading, answer what was read, leave the registry so others take over."""
+        self._stopping = True
+        if self._probes is not None:
+            await self._probes.close()
+        self._stopped.set()
+        self._room.set()
+        if self._reading is not None:
+            # Jobs delivered to a read cut short stay pending; others claim them once we leave.
+            await stop_tasks([self._reading], _READ_BLOCK_MS / 1000 + 1)
+            self._reading = None
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=self._settings.request_timeout_s)
+        await self._local.close()
+        await self._cancels.close()
+        if self._beating is not None:
+            await stop_tasks([self._beating], _READ_BLOCK_MS / 1000 + 1)
+            self._beating = None
+        await self._answers.drain()  # the last answers and acknowledgements
+        with contextlib.suppress(*BROKER_ERRORS):
+            await self._membership.leave()
+        await self._broker.close()
+        self._reader.reset()
+        logger.info("worker %s stopped", self.id)
+
+    # Membership, ownership and claiming, once a heartbeat.
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
+            pause = self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), pause)
+            if not self._stopping:
+                await self._beat()
+
+    async def _beat(self) -> None:
+        """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
+        now = time.time()
+        self._cancels.expire(now)
+        owned = self._membership.owned
+        try:
+            live = await self._membership.beat()
+            if self._membership.owned is not owned and self._reader.id is not None:
+                # Cut the blocking read short: it restarts on the new set.
+                await self._broker.redis.client_unblock(self._reader.id)
+            await self._claims.claim(self._membership.owned, live, self._room_left, self._accept)
+        except BROKER_ERRORS as error:
+            self._broker.lost(error)
+        except ResponseError as error:  # NOGROUP: Redis restarted and lost the groups
+            logger.warning("job broker error: %s; rejoining", error)
+            self._broker.lost(error)
+
+    def _room_left(self) -> int:
+        return self._settings.worker_prefetch - len(self._running)
+
+    # Read, run, answer.
+
+    async def _read(self) -> None:
+        reader = self._reader
+        while not self._stopping:
+            room = self._room_left()
+            owned = self._membership.owned
+            if not self.ready() or not owned:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), RECONNECT_S)
+                continue
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            count = min(self._settings.worker_read_count, max(1, room // len(owned)))
+            try:
+                entries = await reader.read(owned, count)
+            except BROKER_ERRORS as error:
+                self._broker.lost(error)
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            except ResponseError as error:  # NOGROUP: the heartbeat rejoins the groups
+                logger.warning("job broker error: %s; rejoining", error)
+                self._broker.lost(error)
+                continue
+            for stream, entry_id, fields in entries:
+                self._accept(stream, entry_id, fields)
+            if entries:
+                await _let_started_jobs_run()
+
+    def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
+        model = self._model_of[stream]
+        data = entry_field(fields, b"j")
+        if data is None:  # deleted meanwhile: nothing to run, nothing to answer
+            self._answers.finish(Finished(stream, model, entry_id))
+            return
+        try:
+            record = JobRecord.decode(data)
+        except WireError as error:
+            logger.error("dead-lettering an undecodable job on %s: %s", stream, error)
+            letter = self._claims.letter(data, str(error))
+            self._answers.finish(Finished(stream, model, entry_id, dead_letter=letter))
+            return
+        job = record.job
+        remaining = job.remaining()
+        if remaining <= 0:  # its caller has had its 504: no dead work
+            self._metrics.expired.labels(model).inc()
+            self._answers.finish(Finished(stream, model, entry_id))
+            return
+        if self._cancels.gone(job.id):  # its requester left
+            self._metrics.cancelled.labels(model).inc()
+            self._answers.finish(Finished(stream, model, entry_id))
+            return
+        finished = Finished(stream, model, entry_id, reply=record.reply)
+        try:
+            future = self._local.enqueue(job)
+        except SluicewayError as error:
+            self._fail(finished, data, job.id, error)
+            return
+        # A callback, not a task per job: at thousands of jobs a second the tasks cost more
+        # than the model. The timer gives up on a job still queued at its deadline.
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + remaining, future.cancel)
+        self._running.add(future)
+        self._cancels.track(job.id, future)
+        future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job.id))
+
+    def _ran(
+        self,
+        future: asyncio.Future[Any],
+        timer: asyncio.TimerHandle,
+        finished: Finished,
+        data: bytes,
+        job_id: str,
+    ) -> None:
+        timer.cancel()
+        self._running.discard(future)
+        self._cancels.untrack(job_id)
+        self._room.set()
+        if future.cancelled() and self._cancels.gone(job_id):
+            self._answers.finish(Finished(finished.stream, finished.model, finished.entry_id))
+        elif future.cancelled():
+            deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            self._fail(finished, data, job_id, deadline)
+        elif (error := future.exception()) is not None:
+            self._fail(finished, data, job_id, error)
+        else:
+            self._reply(finished, ResultRecord(job_id, future.result()))
+
+    def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
+        """Answer a job with its error; one the model itself raised is also kept for a look."""
+        failure = ErrorRecord.of(error)
+        if not isinstance(error, SluicewayError):
+            finished.dead_letter = self._claims.letter(data, failure.message)
+        self._reply(finished, ResultRecord(job_id, error=failure))
+
+    def _reply(self, finished: Finished, result: ResultRecord) -> None:
+        try:
+            finished.result = result.encode()
+        except WireError as error:
+            finished.result = ResultRecord(result.job_id, error=ErrorRecord.of(error)).encode()
+        self._answers.finish(finished)
+
+
+async def _let_started_jobs_run() -> None:
+    """Yield until the jobs just accepted have reached their model, before the next read.
+
+    A batcher takes two loop turns to start a model call (its driver step, then the batch's
+    task); without this the next XREADGROUP is packed and sent first, which put ~0.1 ms on
+    every job's latency at light load.
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
