@@ -50,7 +50,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         dispatcher = RedisDispatcher(settings, metrics, routes=routes)
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
-        dispatcher = LocalDispatcher(build_kinds(settings), budget, metrics)
+        dispatcher = LocalDispatcher(
+            build_kinds(settings), budget, metrics, inline_below_s=settings.inline_call_us / 1e6
+        )
     registry = ModelRegistry(dispatcher, settings)
     services = Services(
         settings=settings,
@@ -93,6 +95,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
     openapi.install(app)
-    app.add_middleware(FastRoutes, routes=kiosk.routes, errors=error_responses)
+    app.add_middleware(FastRoutes, routes=[*kiosk.routes, *oip.fast_routes], errors=error_responses)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     return app

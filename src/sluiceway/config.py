@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     fair_wait_calls: float = Field(
         2.0, ge=0, description="a key waiting this many of its call's cost goes first; 0 = off"
     )
+    inline_call_us: float = Field(
+        300.0,
+        ge=0,
+        description="a model call expected to be shorter runs on the event loop: no thread hop",
+    )
     image_client_quota: int = Field(
         0,
         ge=0,

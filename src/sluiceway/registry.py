@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sluiceway.config import Settings
 from sluiceway.errors import (
@@ -111,9 +112,10 @@ class ModelRegistry:
         """What each ready image classifier takes, kept current as models load and unload."""
         return self._image_inputs
 
-    @property
+    @functools.cached_property
     def controllable(self) -> bool:
         """Whether models can be loaded and unloaded here (not yet on split-mode API nodes)."""
+        # Read on every inference request; a runtime-checkable protocol's isinstance is slow.
         return isinstance(self._dispatcher, ModelHost)
 
     async def start(self) -> None:
@@ -278,8 +280,8 @@ class ModelRegistry:
         return self._dispatcher
 
     def _load_error(self, name: str) -> str | None:
-        if isinstance(self._dispatcher, ModelHost):
-            return self._dispatcher.load_error(name)
+        if self.controllable:
+            return cast(ModelHost, self._dispatcher).load_error(name)
         return None
 
 

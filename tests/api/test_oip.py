@@ -20,6 +20,7 @@ import pytest
 import skimage
 import tritonclient.http as triton
 
+from sluiceway.api.fastpath import FastRoutes
 from sluiceway.app import create_app
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
@@ -425,9 +426,89 @@ async def test_a_passed_timeout_is_504_and_counted_as_a_failure(http: httpx.Asyn
     assert counted["inference_stats"]["success"]["count"] == 0
 
 
-async def test_priority_is_accepted(http: httpx.AsyncClient) -> None:
-    body = {"inputs": [tensor("x", [[1, 2, 3, 4]])], "parameters": {"priority": 3}}
-    assert (await http.post("/v2/models/linear/infer", json=body)).status_code == 200
+async def test_priority_orders_the_waiting_requests_as_triton_does(
+    http: httpx.AsyncClient,
+) -> None:
+    dispatcher = _dispatcher(http)
+    lane = dispatcher.lane("single")
+    await lane.slots.acquire()  # a model call is running: what comes next waits
+    levels = [0, 2, 1, 3, 0]  # 1 first, then 2, 3; the default level (0) last
+    try:
+        waiting = []
+        for index, level in enumerate(levels):
+            body = {
+                "inputs": [tensor("x", [[float(index), 0.0]])],
+                "parameters": {"priority": level} if level else {},
+            }
+            waiting.append(asyncio.create_task(http.post("/v2/models/single/infer", json=body)))
+            await asyncio.sleep(0.05)
+        order = [int(job.payload["x"][0, 0]) for job in lane.waiting()]
+        assert order == [2, 1, 3, 0, 4]
+    finally:
+        lane.slots.release()
+    answers = await asyncio.gather(*waiting)
+    assert [answer.json()["outputs"][0]["data"] for answer in answers] == [[i] for i in range(5)]
+    too_high = {"inputs": [tensor("x", [[1.0, 2.0]])], "parameters": {"priority": 2**31}}
+    refused = await http.post("/v2/models/single/infer", json=too_high)
+    assert refused.status_code == 400 and "priority" in refused.json()["error"]
+
+
+def _dispatcher(http: httpx.AsyncClient) -> LocalDispatcher:
+    transport = http._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    dispatcher = transport.app.state.services.dispatcher  # type: ignore[attr-defined]
+    assert isinstance(dispatcher, LocalDispatcher)
+    return dispatcher
+
+
+async def test_the_fast_path_answers_as_the_framework_route(tmp_path: Path) -> None:
+    """Inference is served straight from ASGI; without that fast path the framework's route
+    answers: the two must give the same answers, errors included."""
+    root, _ = repository(tmp_path / "models")
+    settings = fast_settings(model_repository=str(root), max_body_bytes=64 * 1024)
+    fast = create_app(settings)
+    routed = create_app(settings)
+    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not FastRoutes]
+    x = tensor("x", [[1.0, 2.0, 3.0, 4.0]])
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32",
+                 "parameters": {"binary_data_size": 16}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )  # fmt: skip
+    binary = {"Inference-Header-Content-Length": str(len(header))}
+    bad_timeout = {"X-Request-Timeout": "x"}
+    requests: list[tuple[str, str, bytes, dict[str, str]]] = [
+        ("POST", "/v2/models/linear/infer", orjson.dumps({"id": "a", "inputs": [x]}), {}),
+        ("POST", "/v2/models/linear/versions/1/infer", orjson.dumps({"inputs": [x]}), {}),
+        ("POST", "/v2/models/linear/infer", header + np.ones(4, "<f4").tobytes(), binary),
+        ("POST", "/v2/models/linear/infer", header + b"\0" * 8, binary),
+        ("POST", "/v2/models/linear/infer", b"{", {}),
+        ("POST", "/v2/models/linear/versions/9/infer", orjson.dumps({"inputs": [x]}), {}),
+        ("POST", "/v2/models/nope/infer", orjson.dumps({"inputs": [x]}), {}),
+        ("POST", "/v2/models/broken/infer", orjson.dumps({"inputs": [x]}), {}),
+        ("POST", "/v2/models/knn/infer", orjson.dumps({"inputs": [x]}), {}),
+        ("POST", "/v2/models/linear/infer", b" " * (65 * 1024), {}),
+        ("POST", "/v2/models/linear/infer", orjson.dumps({"inputs": [x]}), bad_timeout),
+        ("GET", "/v2/models/linear/infer", b"", {}),
+        ("POST", "/v2/models/linear/infer/", orjson.dumps({"inputs": [x]}), {}),
+    ]  # fmt: skip
+    async with app_client(fast) as one, app_client(routed) as other:
+        for method, path, content, headers in requests:
+            answers = [
+                await client.request(method, path, content=content, headers=headers)
+                for client in (one, other)
+            ]
+            first, second = answers
+            assert first.status_code == second.status_code, (path, first.text, second.text)
+            assert first.content == second.content, path
+            for name in ("content-type", "inference-header-content-length", "retry-after"):
+                assert first.headers.get(name) == second.headers.get(name), (path, name)
+        metrics = (await one.get("/metrics")).text
+        assert 'route="/v2/models/{name}/infer"' in metrics
 
 
 async def test_statistics_in_tritons_shape_and_histograms(http: httpx.AsyncClient) -> None:

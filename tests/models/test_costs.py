@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sluiceway.kinds import build_kinds
-from sluiceway.models.costs import DeclaredCost, LearnedCost
+from sluiceway.models.costs import NO_GAIN, DeclaredCost, LearnedCost, per_item_ratio
 from sluiceway.runtime.batcher import plan_calls
 from tests.conftest import fast_settings
 
@@ -53,3 +53,20 @@ def test_plan_calls_makes_the_fewest_calls_that_end_soonest(
     per_call: float, per_item: float, n: int, slots: int, calls: int
 ) -> None:
     assert plan_calls(DeclaredCost(per_call, per_item), n, slots) == calls
+
+
+def test_the_gain_of_batching_is_known_once_two_sizes_were_seen() -> None:
+    cost = LearnedCost()
+    assert per_item_ratio(cost, 8) is None  # a guess: the scheduler keeps batching
+    for _ in range(4):
+        cost.observe(1, 0.006)
+    assert per_item_ratio(cost, 8) is None
+    cost.observe(8, 0.054)  # 8 items cost more than 8 alone (a CPU image model)
+    ratio = per_item_ratio(cost, 8)
+    assert ratio is not None and ratio >= NO_GAIN
+    flat = LearnedCost()
+    for size in (1, 8, 1, 8):
+        flat.observe(size, 0.01 + 0.001 * size)
+    ratio = per_item_ratio(flat, 8)
+    assert ratio is not None and ratio < 0.5
+    assert per_item_ratio(DeclaredCost(0.0, 0.001), 8) == pytest.approx(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
-from sluiceway.models.base import BatchPolicy, Model, ModelKind
-from sluiceway.models.costs import CallCost, DeclaredCost
+from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
+from sluiceway.models.costs import CallCost, DeclaredCost, LearnedCost
+from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
@@ -375,3 +377,78 @@ async def test_a_tenant_over_its_quota_is_refused_and_others_are_not() -> None:
     assert await asyncio.gather(running, *queued) == [0, 2, 4]
     assert await dispatcher.submit(job(5, key="flood")) == 10, "its quota frees as jobs run"
     assert counted(metrics, "sluiceway_quota_rejected_total") == 1
+
+
+class ThreadRecorder(ThreadedModel):
+    """A blocking model (as ONNX Runtime is) that records the thread of each call."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    @property
+    def nbytes(self) -> int:
+        return 100
+
+    def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
+        self.threads.append(threading.get_ident())
+        return [x * 2 for x in inputs]
+
+
+class RecorderKind(ModelKind):
+    name = "double"
+
+    def __init__(self) -> None:
+        self.policy = BatchPolicy(slots=1, max_batch=4)
+        self.model = ThreadRecorder()
+
+    async def load(self, spec: Any) -> Model:
+        return self.model
+
+
+@pytest.mark.parametrize("inline_below_s", [0.0, 0.005])
+async def test_a_call_known_to_be_tiny_runs_on_the_event_loop(inline_below_s: float) -> None:
+    kind = RecorderKind()
+    dispatcher = LocalDispatcher([kind], 10**9, Metrics(), inline_below_s=inline_below_s)
+    for value in range(4):
+        assert await dispatcher.submit(job(value)) == value * 2
+    loop_thread = threading.get_ident()
+    first, *later = kind.model.threads
+    # Unknown at first (a guessed 10 ms per item), so the first call goes to a thread; once its
+    # cost is measured (microseconds here), calls under the threshold run on the loop's thread.
+    assert first != loop_thread
+    if inline_below_s:
+        assert later == [loop_thread] * 3
+    else:
+        assert loop_thread not in later
+
+
+async def test_a_model_that_gains_nothing_from_batching_runs_one_job_per_call() -> None:
+    proportional = DeclaredCost(0.0, 0.001)
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=8), cost_s=0.01, declared=proportional)
+    assert await asyncio.gather(*(dispatcher.submit(job(i)) for i in range(12))) == [
+        i * 2 for i in range(12)
+    ]
+    assert [len(batch) for batch in kind.batches] == [1] * 12
+    batched, kind = make(BatchPolicy(slots=1, max_batch=8), cost_s=0.01, declared=KIOSK_COST)
+    await asyncio.gather(*(batched.submit(job(i)) for i in range(12)))
+    assert max(len(batch) for batch in kind.batches) > 1
+
+
+def test_a_model_without_gain_is_probed_again_with_calls_of_two() -> None:
+    async def resolve(job: Job) -> Model:
+        raise AssertionError("not called")
+
+    lane = Lane("double", BatchPolicy(slots=2, max_batch=8), resolve, Metrics(), LearnedCost())
+    assert lane.batch_limit() == 8  # nothing measured: batch
+    lane.cost.observe(1, 0.006)
+    lane.cost.observe(8, 0.054)  # a CPU image model: 8 cost more than 8 alone
+    assert lane.batch_limit() == 1
+    for _ in range(64):  # the window forgets the call of 8
+        lane.cost.observe(1, 0.006)
+    assert lane.batch_limit() == 2  # a probe, not a full batch
+    lane.cost.observe(2, 0.012)
+    assert lane.batch_limit() == 1
+    for _ in range(64):
+        lane.cost.observe(1, 0.006)
+    lane.cost.observe(2, 0.007)  # now a call of two costs little more than one
+    assert lane.batch_limit() == 8

@@ -26,6 +26,11 @@ PROTOCOL_PREFIX = "/v2/"
 """Routes of the Open Inference Protocol, whose errors are ``{"error": "..."}``."""
 
 
+def error_key(path: str) -> str:
+    """Where a route's error message goes: ``error`` on the protocol's routes, else ``detail``."""
+    return "error" if path.startswith(PROTOCOL_PREFIX) else "detail"
+
+
 class RequestError(Exception):
     """An edge-level problem with the request itself (status and a message saying what)."""
 
@@ -77,8 +82,7 @@ class ErrorResponses:
         """Register the table as ``app``'s exception handlers."""
 
         async def handle(request: Request, error: Exception) -> Response:
-            key = "error" if request.url.path.startswith(PROTOCOL_PREFIX) else "detail"
-            response = self.response_for(error, key=key)
+            response = self.response_for(error, key=error_key(request.url.path))
             if response is None:  # registered types always map; this is a bug guard
                 raise error
             return response

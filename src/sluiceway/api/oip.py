@@ -11,8 +11,9 @@ and runs on the same dispatcher and batchers as every other contract: a request 
 one job per row of its batch, so rows of concurrent requests share model calls and a request
 larger than the model's max batch is run in several calls and put back together.
 
-Request parameters: ``timeout`` (microseconds) shortens the request's deadline; ``priority`` is
-accepted and has no effect yet (jobs of a model are served in arrival order);
+Request parameters: ``timeout`` (microseconds) shortens the request's deadline; ``priority``
+(Triton's: 1 first, then 2...; 0 or none, the default level, last) orders the model's waiting
+jobs (``job_priority``);
 ``binary_data_output`` and each output's ``binary_data`` ask for binary outputs, and an
 output's ``classification`` (Triton's classification extension) for its top classes as
 ``"score:index[:label]"`` strings.
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.routing import Route
 
 from sluiceway import __version__
 from sluiceway.api.bodies import read_body
@@ -91,7 +93,7 @@ class TensorForm:
     """Whether the first dimension of every input is the request's batch (rows)."""
 
     async def run(
-        self, tensors: dict[str, np.ndarray], deadline: float, services: Services
+        self, tensors: dict[str, np.ndarray], deadline: float, services: Services, priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Run one request's tensors; its outputs by name."""
         raise NotImplementedError
@@ -108,18 +110,27 @@ class _TensorModel(TensorForm):
         self.batched = record.batched
 
     async def run(
-        self, tensors: dict[str, np.ndarray], deadline: float, services: Services
+        self, tensors: dict[str, np.ndarray], deadline: float, services: Services, priority: int = 0
     ) -> dict[str, np.ndarray]:
         name = self.record.name
         if not self.record.batched:
-            job = Job(model=name, payload=tensors, key=shape_key(tensors), deadline=deadline)
+            job = Job(
+                model=name,
+                payload=tensors,
+                key=shape_key(tensors),
+                deadline=deadline,
+                priority=priority,
+            )
             result: dict[str, np.ndarray] = await services.dispatcher.submit(job)
             return result
         rows = [
             {key: array[i : i + 1] for key, array in tensors.items()} for i in range(_rows(tensors))
         ]
         key = shape_key(rows[0])  # every row has the same shape
-        jobs = [Job(model=name, payload=row, key=key, deadline=deadline) for row in rows]
+        jobs = [
+            Job(model=name, payload=row, key=key, deadline=deadline, priority=priority)
+            for row in rows
+        ]
         results = await _submit_all(services.dispatcher, jobs)
         return {
             output: np.concatenate([np.asarray(result[output]) for result in results])
@@ -156,11 +167,16 @@ class _ImageClassifier(TensorForm):
         )
 
     async def run(
-        self, tensors: dict[str, np.ndarray], deadline: float, services: Services
+        self, tensors: dict[str, np.ndarray], deadline: float, services: Services, priority: int = 0
     ) -> dict[str, np.ndarray]:
         (images,) = tensors.values()
         jobs = [
-            Job(model=self.record.name, payload=Pixels(image, ALL_SCORES), deadline=deadline)
+            Job(
+                model=self.record.name,
+                payload=Pixels(image, ALL_SCORES),
+                deadline=deadline,
+                priority=priority,
+            )
             for image in images
         ]
         results = await _submit_all(services.dispatcher, jobs)
@@ -181,13 +197,16 @@ class _Captioner(TensorForm):
         self._max_pixels = settings.max_image_pixels
 
     async def run(
-        self, tensors: dict[str, np.ndarray], deadline: float, services: Services
+        self, tensors: dict[str, np.ndarray], deadline: float, services: Services, priority: int = 0
     ) -> dict[str, np.ndarray]:
         (pictures,) = tensors.values()
         arrays = await asyncio.gather(
             *(asyncio.to_thread(self._prepare, bytes(item)) for item in pictures.ravel())
         )
-        jobs = [Job(model=self.record.name, payload=pixels, deadline=deadline) for pixels in arrays]
+        jobs = [
+            Job(model=self.record.name, payload=pixels, deadline=deadline, priority=priority)
+            for pixels in arrays
+        ]
         titles = await _submit_all(services.dispatcher, jobs)
         return {"title": np.array([str(title).encode() for title in titles], dtype=np.object_)}
 
@@ -336,6 +355,25 @@ async def model_config(request: Request, name: str, version: str | None = None) 
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model on the request's tensors; answer its outputs, as JSON or binary."""
+    return await _infer(request, name, version)
+
+
+async def _fast_infer(request: Request) -> Response:
+    """``infer`` served straight from ASGI (``api/fastpath.py``): the same function, without
+    the framework's routing and dependency solving around it."""
+    params = request.path_params
+    return await _infer(request, params["name"], params.get("version"))
+
+
+fast_routes = [
+    Route("/v2/models/{name}/infer", _fast_infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", _fast_infer, methods=["POST"]),
+]
+"""The inference routes for ``FastRoutes``; the router's copies document them (OpenAPI) and
+answer whatever the fast path passes on."""
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     services = services_of(request)
     entry = _entry(services, name, version)
     if entry.state is not ModelState.READY or entry.record is None:
@@ -359,7 +397,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         )
     if parsed.timeout_s is not None:
         deadline = min(deadline, time.time() + parsed.timeout_s)
-    outputs = await form.run(parsed.tensors, deadline, services)
+    outputs = await form.run(parsed.tensors, deadline, services, parsed.priority)
     return _answer(name, record, form, parsed, outputs)
 
 
@@ -380,9 +418,11 @@ class _InferRequest:
     outputs: list[_OutputRequest] | None
     binary_output: bool
     timeout_s: float | None
+    priority: int
+    """``Job.priority`` (higher first) of the request's level: ``job_priority``."""
 
     @classmethod
-    def parse(cls, header: bytes, tail: bytes, form: TensorForm) -> _InferRequest:
+    def parse(cls, header: bytes, tail: memoryview, form: TensorForm) -> _InferRequest:
         try:
             body = orjson.loads(header)
         except orjson.JSONDecodeError as error:
@@ -396,7 +436,7 @@ class _InferRequest:
         binary_output = parameters.get("binary_data_output", False)
         if not isinstance(binary_output, bool):
             raise BadInput("'binary_data_output' must be true or false")
-        _check_priority(parameters.get("priority", 0))
+        priority = job_priority(parameters.get("priority", 0))
         if "sequence_id" in parameters and parameters["sequence_id"] not in (0, ""):
             raise BadInput("sequences (sequence_id) are not supported: every request stands alone")
         tensors = _inputs(body.get("inputs"), tail, form.inputs)
@@ -408,10 +448,11 @@ class _InferRequest:
             outputs=_outputs(body.get("outputs")),
             binary_output=binary_output,
             timeout_s=_timeout(parameters.get("timeout")),
+            priority=priority,
         )
 
 
-def _inputs(given: Any, tail: bytes, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def _inputs(given: Any, tail: memoryview, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     if not isinstance(given, list) or not given:
         raise BadInput("'inputs' must be a non-empty list of tensors")
     by_name = {spec.name: spec for spec in specs}
@@ -612,10 +653,13 @@ def _rows(tensors: dict[str, np.ndarray]) -> int:
     return int(next(iter(tensors.values())).shape[0])
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON header and the binary tail of a body (all JSON without the length header)."""
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tail of a body (all JSON without the length header).
+
+    The tail is a view: an image's 600 KB go from the body to the model's input uncopied.
+    """
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     if not header_length.isdigit() or int(header_length) > len(body):
         raise RequestError(
             400,
@@ -623,7 +667,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
             f"{len(body)} bytes, got {header_length!r}",
         )
     length = int(header_length)
-    return body[:length], body[length:]
+    return body[:length], memoryview(body)[length:]
 
 
 def _decompressed(body: bytes, encoding: str | None, settings: Settings) -> bytes:
@@ -661,9 +705,20 @@ def _timeout(given: Any) -> float | None:
     return given / 1e6 if given else None
 
 
-def _check_priority(given: Any) -> None:
-    if not isinstance(given, int) or isinstance(given, bool) or given < 0:
-        raise BadInput("'priority' must be a non-negative integer")
+PRIORITY_LEVELS = 2**31 - 1
+"""Triton's ``priority`` levels accepted: 1 (first) to this; 0 is the default level."""
+
+
+def job_priority(level: Any) -> int:
+    """The ``priority`` parameter as Triton means it, as a ``Job.priority`` (higher first).
+
+    Level 1 is served first, then 2, and so on; 0 (or no parameter) is the default level,
+    after every explicit one: Triton with its default level set to the lowest. Every other
+    contract's jobs are at the default level too.
+    """
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= PRIORITY_LEVELS:
+        raise BadInput(f"'priority' must be an integer from 0 (default) to {PRIORITY_LEVELS}")
+    return PRIORITY_LEVELS + 1 - level if level else 0
 
 
 def _datatype(array: np.ndarray) -> str:

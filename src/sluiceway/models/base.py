@@ -44,11 +44,22 @@ class Model(ABC):
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         """Run the model on a batch of model-ready inputs."""
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether ``infer_inline`` may be called: the compute is one blocking call, which the
+        runtime makes on the event loop's own thread when it is known to be very short."""
+        return False
+
+    def infer_inline(self, inputs: Sequence[Any]) -> list[Any]:
+        """``infer`` as a blocking call on the caller's thread (only if ``runs_inline``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run inline")
+
 
 class ThreadedModel(Model):
     """A model whose compute is a blocking call that releases the GIL (ONNX Runtime, LiteRT).
 
-    ``predict_batch`` runs in a worker thread so the event loop stays free.
+    ``predict_batch`` runs in a worker thread so the event loop stays free; a call the runtime
+    knows to be shorter than a thread hop (a tiny model) it may make inline instead.
     """
 
     @abstractmethod
@@ -57,6 +68,13 @@ class ThreadedModel(Model):
 
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         return await asyncio.to_thread(self.predict_batch, inputs)
+
+    @property
+    def runs_inline(self) -> bool:
+        return True
+
+    def infer_inline(self, inputs: Sequence[Any]) -> list[Any]:
+        return self.predict_batch(inputs)
 
 
 class ModelKind(ABC):

@@ -24,6 +24,22 @@ class CallCost(Protocol):
         """A call of ``n`` items took ``seconds``."""
 
 
+NO_GAIN = 0.95
+"""A model whose cost per item at its max batch is above this share of its cost at batch 1
+gains (almost) nothing from batching: the scheduler runs its jobs one per call."""
+
+
+def per_item_ratio(cost: CallCost, n: int) -> float | None:
+    """The cost of one item in a call of ``n`` over its cost alone (below 1: batching pays);
+    ``None`` while the cost has not been seen at more than one batch size."""
+    if not getattr(cost, "known", True):
+        return None
+    alone = cost.seconds(1)
+    if alone <= 0:
+        return None
+    return cost.seconds(n) / n / alone
+
+
 class DeclaredCost:
     """A cost the kind knows exactly (the kiosk's simulated sleeps); observations are ignored."""
 
@@ -50,6 +66,12 @@ class LearnedCost:
         self._calls: deque[tuple[int, float]] = deque(maxlen=window)
         self.per_call_s = 0.0
         self.per_item_s = per_item_s
+
+    @property
+    def known(self) -> bool:
+        """Whether the window holds calls of two sizes or more (a fitted line, not a guess)."""
+        sizes = {size for size, _ in self._calls}
+        return len(sizes) > 1
 
     def seconds(self, n: int) -> float:
         return self.per_call_s + self.per_item_s * n

@@ -84,7 +84,7 @@ class OnnxModel(ThreadedModel):
                 results[index] = error
         if not good:
             return results
-        if not self.batched:
+        if not self.batched or len(good) == 1:  # nothing to join: no copy of the inputs
             for index, feed in good:
                 results[index] = self._run(feed)
             return results

@@ -140,7 +140,9 @@ def tensor_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) 
     return _shaped(name, array, shape)
 
 
-def tensor_from_bytes(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+def tensor_from_bytes(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview
+) -> np.ndarray:
     """A tensor sent as raw bytes (Triton's binary extension): little-endian, row-major;
     ``BYTES`` elements each prefixed with their length as a 4-byte little-endian integer."""
     dtype = _dtype_of(name, datatype)

@@ -46,7 +46,7 @@ from typing import Any
 
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.models.costs import CallCost, LearnedCost
+from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_ratio
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.slots import Claim, ComputeSlots
@@ -102,10 +102,15 @@ class Lane:
         resolve: Resolver,
         metrics: Metrics,
         cost: CallCost | None = None,
+        inline_below_s: float = 0.0,
     ):
         self.model = model
         self.policy = policy
         self.cost: CallCost = cost if cost is not None else LearnedCost()
+        self.inline_below_s = inline_below_s
+        """A call whose expected cost is below this runs on the event loop's thread, when the
+        model can (``Model.runs_inline``): a hop to a worker thread and back costs more."""
+        self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
         self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
@@ -121,6 +126,32 @@ class Lane:
         self._splits = metrics.splits.labels(model)
         self._cancelled = metrics.cancelled.labels(model)
         self.expired = metrics.expired.labels(model)
+
+    def batch_limit(self) -> int:
+        """The most jobs one call takes now: the policy's max batch, or 1 while the learned
+        cost says batching gains (almost) nothing (``costs.NO_GAIN``). Calls of one use the
+        free slots at once instead of stacking jobs on one, so latency is that of batching
+        off. Once the window of observed calls holds a single size again the cost is not
+        known again, and the gain is measured afresh by a call of two (a probe, so that a
+        full batch does not hold its jobs back every window of calls)."""
+        max_batch = self.policy.max_batch
+        if max_batch > 1:
+            ratio = per_item_ratio(self.cost, max_batch)
+            if ratio is None:
+                return 2 if self._unbatched else max_batch
+            self._unbatched = ratio >= NO_GAIN
+            if self._unbatched:
+                return 1
+        return max_batch
+
+    def waiting(self) -> list[Job]:
+        """The queued jobs, key by key, each key's in the order its calls take them."""
+        return [
+            ticket.job
+            for batcher in self._batchers.values()
+            for ticket in batcher._queue
+            if ticket.state == _QUEUED
+        ]
 
     @property
     def depth(self) -> int:
@@ -162,6 +193,16 @@ class Lane:
         self._leave(ticket, expired)
         if not ticket.future.done():
             ticket.future.cancel()
+
+    def expire(self, ticket: Ticket) -> None:
+        """Its deadline passed: a queued job is removed unrun and counted as expired; its
+        caller gets ``DeadlineExceeded`` either way (a call already started runs on)."""
+        if ticket.state == _QUEUED:
+            self._leave(ticket, True)
+        if not ticket.future.done():
+            ticket.future.set_exception(
+                DeadlineExceeded(f"{self.model} did not answer before the deadline")
+            )
 
     def _leave(self, ticket: Ticket, expired: bool | None = None) -> None:
         """A ticket stops being queued: taken into a call (``expired=None``) or dropped."""
@@ -271,7 +312,10 @@ class Batcher:
                 calls = self._calls()
                 batches = self._take(calls)
                 for batch in batches:
-                    lane._spawn(self._run(model, batch), f"batch {lane.model}")
+                    if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
+                        self._run_inline(model, batch)
+                    else:
+                        lane._spawn(self._run(model, batch), f"batch {lane.model}")
                 for _ in range(calls - len(batches)):
                     lane.slots.release()
         except Exception as error:  # a bug here must not leave callers waiting forever
@@ -313,7 +357,7 @@ class Batcher:
         """Pop up to ``calls`` batches of live jobs, as even as can be, most urgent first;
         answer expired ones 504 and drop withdrawn ones."""
         lane = self.lane
-        limit = calls * lane.policy.max_batch
+        limit = calls * lane.batch_limit()
         taken: list[Ticket] = []
         now = time.time()
         started = time.monotonic()
@@ -359,19 +403,45 @@ class Batcher:
                 ticket.future.set_exception(error)
 
     async def _run(self, model: Model, batch: list[Ticket]) -> None:
-        lane = self.lane
+        """One model call; a blocking model's call goes to a worker thread, timed there, so its
+        cost is the compute alone and not the hop (which decides ``_run_inline``)."""
+        payloads = [ticket.job.payload for ticket in batch]
         started = time.perf_counter()
-        results: list[Any]
+        results: list[Any] | Exception
+        took: float | None = None
         try:
-            results = await model.infer([ticket.job.payload for ticket in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
+            if model.runs_inline:
+                results, took = await asyncio.to_thread(_timed, model.infer_inline, payloads)
+            else:
+                results = await model.infer(payloads)
         except Exception as error:
-            logger.exception("%s failed on a batch of %d", lane.model, len(batch))
-            results = [error] * len(batch)
+            results = error
         finally:
-            lane.slots.release()
-        took = time.perf_counter() - started
+            self.lane.slots.release()
+        self._finish(batch, results, time.perf_counter() - started if took is None else took)
+
+    def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
+        """``_run`` on the event loop's thread, for a call expected to be shorter than a hop to
+        a worker thread and back (``Lane.inline_below_s``)."""
+        started = time.perf_counter()
+        results: list[Any] | Exception
+        try:
+            results = model.infer_inline([ticket.job.payload for ticket in batch])
+        except Exception as error:
+            results = error
+        finally:
+            self.lane.slots.release()
+        self._finish(batch, results, time.perf_counter() - started)
+
+    def _finish(self, batch: list[Ticket], results: list[Any] | Exception, took: float) -> None:
+        """Count a finished call (``took`` seconds) and hand each job its result."""
+        lane = self.lane
+        if not isinstance(results, Exception) and len(results) != len(batch):
+            results = RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
+        if isinstance(results, Exception):
+            error = results
+            logger.error("%s failed on a batch of %d", lane.model, len(batch), exc_info=error)
+            results = [error] * len(batch)
         lane._batch_seconds.observe(took)
         lane._batch_size.observe(len(batch))
         lane.cost.observe(len(batch), took)
@@ -382,3 +452,10 @@ class Batcher:
                 ticket.future.set_exception(result)
             else:
                 ticket.future.set_result(result)
+
+
+def _timed(call: Callable[[list[Any]], list[Any]], payloads: list[Any]) -> tuple[list[Any], float]:
+    """``call(payloads)`` and the seconds it took, measured on the thread that ran it."""
+    started = time.perf_counter()
+    results = call(payloads)
+    return results, time.perf_counter() - started

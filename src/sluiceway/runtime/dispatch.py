@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from sluiceway.errors import DeadlineExceeded, ModelUnavailable
+from sluiceway.errors import ModelUnavailable
 from sluiceway.models.base import Model, ModelKind
 from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.cache import ModelCache
@@ -59,15 +59,20 @@ class ModelHost(Protocol):
 class LocalDispatcher:
     """Runs jobs on this process's batchers and model cache."""
 
-    def __init__(self, kinds: Iterable[ModelKind], cache_budget_bytes: int, metrics: Metrics):
+    def __init__(
+        self,
+        kinds: Iterable[ModelKind],
+        cache_budget_bytes: int,
+        metrics: Metrics,
+        *,
+        inline_below_s: float = 0.0,
+    ):
         self._metrics = metrics
+        self._inline_below_s = inline_below_s
         self.statistics = Statistics(metrics)
         self._kinds = {kind.name: kind for kind in kinds}
         self._cache: ModelCache[Model] = ModelCache(cache_budget_bytes, metrics)
-        self._lanes = {
-            name: Lane(name, kind.policy, self._resolve, metrics, kind.call_cost())
-            for name, kind in self._kinds.items()
-        }
+        self._lanes = {name: self._lane(kind) for name, kind in self._kinds.items()}
         # A reinstalled model gets a new generation, so its cache keys never meet the old one's.
         self._generations: dict[str, int] = dict.fromkeys(self._kinds, 0)
         self._load_errors: dict[str, str] = {}
@@ -76,6 +81,16 @@ class LocalDispatcher:
     @property
     def cache(self) -> ModelCache[Model]:
         return self._cache
+
+    def _lane(self, kind: ModelKind) -> Lane:
+        return Lane(
+            kind.name,
+            kind.policy,
+            self._resolve,
+            self._metrics,
+            kind.call_cost(),
+            inline_below_s=self._inline_below_s,
+        )
 
     def lane(self, model: str) -> Lane:
         """The lane of a model (for inspection and tests)."""
@@ -102,15 +117,16 @@ class LocalDispatcher:
         lane = self._lane_for(job)
         ticket = lane.submit(job)
         loop = asyncio.get_running_loop()
+        # One timer that fails the job's future at its deadline: lighter than a timeout
+        # context per job, which counts on every inference request.
+        timer = loop.call_at(loop.time() + job.remaining(), lane.expire, ticket)
         try:
-            async with asyncio.timeout_at(loop.time() + job.remaining()):
-                return await ticket.future
-        except TimeoutError:
-            lane.withdraw(ticket, expired=True)
-            raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+            return await ticket.future
         except asyncio.CancelledError:  # the caller is gone (a client disconnect)
             lane.withdraw(ticket)
             raise
+        finally:
+            timer.cancel()
 
     def enqueue(self, job: Job) -> asyncio.Future[Any]:
         """Queue a job and return the future of its result, without waiting or a deadline.
@@ -151,7 +167,7 @@ class LocalDispatcher:
                 raise ModelUnavailable(f"{name}: the warm-up request failed: {result}")
         old_lane, old_generation = self._lanes.get(name), self._generations.get(name)
         self._kinds[name] = kind
-        self._lanes[name] = Lane(name, kind.policy, self._resolve, self._metrics, kind.call_cost())
+        self._lanes[name] = self._lane(kind)
         self._generations[name] = generation
         self._load_errors.pop(name, None)
         if old_lane is not None and old_generation is not None:

@@ -9,6 +9,7 @@ Protocol does) counts once per row, as ``inference_count`` does in Triton.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,10 @@ class Statistics:
             succeeded = True
             return value
         finally:
-            call = self._calls.pop(key, None) if watched else None
+            call = None
+            if watched:
+                with _COUNTING:  # a model call on a worker thread may be writing it
+                    call = self._calls.pop(key, None)
             self._record(job.model, submitted, call, succeeded)
 
     def _record(
@@ -153,14 +157,30 @@ class _TimedModel(Model):
     def nbytes(self) -> int:
         return self._model.nbytes
 
+    @property
+    def runs_inline(self) -> bool:
+        return self._model.runs_inline
+
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         started = time.perf_counter()
         try:
             return await self._model.infer(inputs)
         finally:
-            finished = time.perf_counter()
-            stats = self._stats
-            calls = self._calls
+            self._count(inputs, started)
+
+    def infer_inline(self, inputs: Sequence[Any]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return self._model.infer_inline(inputs)
+        finally:
+            self._count(inputs, started)
+
+    def _count(self, inputs: Sequence[Any], started: float) -> None:
+        finished = time.perf_counter()
+        stats = self._stats
+        calls = self._calls
+        # ``infer_inline`` may run on worker threads (two slots, two calls at once).
+        with _COUNTING:
             for item in inputs:
                 if id(item) in calls:
                     calls[id(item)] = (started, finished)
@@ -172,3 +192,6 @@ class _TimedModel(Model):
             stats.inference_count += size
             stats.execution_count += 1
             stats.last_inference_ms = int(time.time() * 1000)
+
+
+_COUNTING = threading.Lock()
