@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,15 +544,21 @@ def model_cost_ms() -> dict[int, float]:
     costs = {}
     for batch in (1, 8):
         tensor = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
-        session.run(None, {name: tensor})
-        best = float("inf")
-        for _ in range(5):
-            started = time.thread_time()
-            for _ in range(max(1, 16 // batch)):
-                session.run(None, {name: tensor})
-            best = min(best, (time.thread_time() - started) / (max(1, 16 // batch) * batch))
-        costs[batch] = best * 1000
+        costs[batch] = _cpu_ms_per_item(lambda t=tensor: session.run(None, {name: t}), batch)
     return costs
+
+
+def _cpu_ms_per_item(call: Callable[[], object], batch: int) -> float:
+    """The best of five rounds of ``call`` (one warm-up first), in thread CPU ms per item."""
+    call()
+    calls = max(1, 16 // batch)
+    best = float("inf")
+    for _ in range(5):
+        started = time.thread_time()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.thread_time() - started) / (calls * batch))
+    return best * 1000
 
 
 def bird_model_cost_ms(models: Path) -> dict[int, float]:
@@ -566,16 +573,12 @@ def bird_model_cost_ms(models: Path) -> dict[int, float]:
         interpreter.resize_tensor_input(source, [batch, 224, 224, 3])
         interpreter.allocate_tensors()
         pixels = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-        interpreter.set_tensor(source, pixels)
-        interpreter.invoke()
-        best = float("inf")
-        for _ in range(5):
-            started = time.thread_time()
-            for _ in range(max(1, 16 // batch)):
-                interpreter.set_tensor(source, pixels)
-                interpreter.invoke()
-            best = min(best, (time.thread_time() - started) / (max(1, 16 // batch) * batch))
-        costs[batch] = best * 1000
+
+        def call(p: np.ndarray = pixels) -> None:
+            interpreter.set_tensor(source, p)
+            interpreter.invoke()
+
+        costs[batch] = _cpu_ms_per_item(call, batch)
     return costs
 
 

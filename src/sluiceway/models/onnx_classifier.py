@@ -23,7 +23,7 @@ from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.models.onnx_model import build_peak_nbytes, session_options
+from sluiceway.models.onnx_model import build_peak_nbytes, open_session
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +131,7 @@ class OnnxClassifierKind(ModelKind):
         return await asyncio.to_thread(self._build)
 
     def _build(self) -> OnnxClassifier:
-        try:
-            session = ort.InferenceSession(
-                str(self.path),
-                session_options(self.threads, memory_arena=self.memory_arena),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as error:  # onnxruntime raises its own untyped errors
-            raise ModelUnavailable(f"{self.name} model cannot be loaded: {error}") from error
+        session = open_session(self.path, self.threads, self.memory_arena, f"{self.name} model")
         classes = session.get_outputs()[0].shape[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelUnavailable(f"{self.name}: {classes} classes but {len(self.labels)} labels")

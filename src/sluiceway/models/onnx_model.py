@@ -36,6 +36,19 @@ def build_peak_nbytes(path: Path) -> int:
         return 0
 
 
+def open_session(path: Path, threads: int, memory_arena: bool, owner: str) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU for ``path`` with ``session_options``; a file it
+    cannot load is ``ModelUnavailable``, naming ``owner``."""
+    try:
+        return ort.InferenceSession(
+            str(path),
+            session_options(threads, memory_arena=memory_arena),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise ModelUnavailable(f"{owner} cannot be loaded: {error}") from error
+
+
 def session_options(threads: int, *, memory_arena: bool = True) -> ort.SessionOptions:
     """One intra-op thread per slot by default, no spinning: slots run side by side.
 
@@ -153,16 +166,8 @@ class OnnxModelKind(ModelKind):
         return await asyncio.to_thread(self._build)
 
     def _build(self) -> OnnxModel:
-        try:
-            session = ort.InferenceSession(
-                str(self.path),
-                session_options(self.threads, memory_arena=self.memory_arena),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as error:  # onnxruntime raises its own untyped errors
-            raise ModelUnavailable(
-                f"{self.name}: {self.path.name} cannot be loaded: {error}"
-            ) from error
+        owner = f"{self.name}: {self.path.name}"
+        session = open_session(self.path, self.threads, self.memory_arena, owner)
         inputs = _declared_or_read(self.name, "input", self.inputs, session.get_inputs())
         outputs = _declared_or_read(self.name, "output", self.outputs, session.get_outputs())
         logger.info(
