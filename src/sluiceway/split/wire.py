@@ -104,8 +104,16 @@ class JobRecord:
         (a rolling upgrade); a job that does is read by this release's workers only.
         """
         job = self.job
-        fields = [VERSION, job.id, job.model, job.key, job.deadline, self.reply, job.payload]
-        fields.append(job.spec)
+        fields = [
+            VERSION,
+            job.id,
+            job.model,
+            job.key,
+            job.deadline,
+            self.reply,
+            job.payload,
+            job.spec,
+        ]
         if job.priority or job.tenant is not None:
             fields += [job.priority, job.tenant]
         return pack(fields)
