@@ -36,6 +36,7 @@ from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.services import Services
 from sluiceway.split.dispatcher import RedisDispatcher
+from sluiceway.split.fleet import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,20 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     """Build the app; without arguments, settings come from ``SLUICEWAY_*`` variables."""
     settings = settings or Settings()
     metrics = Metrics()
+    fleet = None
     if dispatcher is None and settings.broker_url:
         # Split mode: models run on workers; the node is ready once each model has one.
         routes = [kind.name for kind in build_kinds(settings)]
         dispatcher = RedisDispatcher(settings, metrics, routes=routes)
+        fleet = Fleet(
+            settings, dispatcher.refresh
+        )  # repository models: what workers report, loads and unloads
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
         dispatcher = LocalDispatcher(
             build_kinds(settings), budget, metrics, inline_below_s=settings.inline_call_us / 1e6
         )
-    registry = ModelRegistry(dispatcher, settings)
+    registry = ModelRegistry(dispatcher, settings, fleet)
     services = Services(
         settings=settings,
         dispatcher=dispatcher,
@@ -66,6 +71,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await services.dispatcher.start()
+        if fleet is not None:
+            await fleet.start()
         await services.registry.start()
         # Everything built so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise rescan it while requests wait (a latency tail).
@@ -78,6 +85,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             yield {STATE_KEY: Edge(EdgeLimits.from_settings(settings), metrics)}
         finally:
             await services.dispatcher.close()
+            if fleet is not None:
+                await fleet.close()
             await fetcher.aclose()
 
     app = FastAPI(title="Sluiceway", version=__version__, lifespan=lifespan)

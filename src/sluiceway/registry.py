@@ -29,6 +29,7 @@ from sluiceway.errors import (
     SluicewayError,
     UnknownModel,
 )
+from sluiceway.fleet_entries import FleetEntries, ModelFleet
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
 from sluiceway.models.records import ModelRecord
@@ -88,9 +89,14 @@ class ModelEntry:
 class ModelRegistry:
     """The models of one process and their states; loads and unloads repository models."""
 
-    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, settings: Settings, fleet: ModelFleet | None = None
+    ) -> None:
+        """``fleet``: on a split-mode API node, the workers' models and their control."""
         self._dispatcher = dispatcher
         self._settings = settings
+        self._fleet = fleet
+        self._builtins = {record.name for record in builtin_records(settings)}
         self.repository = (
             Path(settings.model_repository).expanduser() if settings.model_repository else None
         )
@@ -100,12 +106,15 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {
             record.name: ModelEntry(record.name, record, ModelState.READY)
             for record in builtin_records(settings)
-            if record.name in served or not self.controllable
+            if record.name in served or not self._hosts_models
         }
         self._image_inputs: dict[str, ImageInput] = {}
         for entry in self._entries.values():
             self._publish(entry)
         self._busy: dict[str, asyncio.Task[ModelEntry]] = {}
+        self._fleet_entries = (
+            FleetEntries(fleet, self.repository, self._entries, self._publish) if fleet else None
+        )
 
     @property
     def image_inputs(self) -> Mapping[str, ImageInput]:
@@ -113,8 +122,8 @@ class ModelRegistry:
         return self._image_inputs
 
     @functools.cached_property
-    def controllable(self) -> bool:
-        """Whether models can be loaded and unloaded here (not yet on split-mode API nodes)."""
+    def _hosts_models(self) -> bool:
+        """Whether models run in this process (else split-mode workers run them)."""
         # Read on every inference request; a runtime-checkable protocol's isinstance is slow.
         return isinstance(self._dispatcher, ModelHost)
 
@@ -122,7 +131,7 @@ class ModelRegistry:
         """Load every repository model; a broken one is listed as unavailable, with its reason."""
         if self.repository is None:
             return
-        if self.controllable:
+        if self._hosts_models:
             # Models will come and go here: their memory must go back when they do.
             map_large_blocks()
         records = []
@@ -135,7 +144,7 @@ class ModelRegistry:
                 )
             else:
                 records.append(found)
-        if not self.controllable:
+        if not self._hosts_models:
             # Split mode: workers serve these from the same folder and load them on first job.
             for record in records:
                 entry = ModelEntry(record.name, record, ModelState.READY)
@@ -149,7 +158,8 @@ class ModelRegistry:
 
     def entries(self) -> list[ModelEntry]:
         """Every model, by name."""
-        return [self.entry(name) for name in sorted(self._entries)]
+        names = set(self._entries) | (self._fleet.names() if self._fleet is not None else set())
+        return [self.entry(name) for name in sorted(names)]
 
     def entry(self, name: str) -> ModelEntry:
         """One model's entry; ``UnknownModel`` if there is none of that name.
@@ -159,11 +169,13 @@ class ModelRegistry:
         mode, a model no live worker serves shows as unavailable.
         """
         entry = self._entries.get(name)
+        if self._fleet_entries is not None and name not in self._builtins:
+            return self._fleet_entries.entry(name, entry)
         if entry is None:
             raise UnknownModel(f"no model named {name!r}; known: {sorted(self._entries)}")
         if entry.state is not ModelState.READY:
             return entry
-        if not self.controllable and name not in self._dispatcher.models():
+        if not self._hosts_models and name not in self._dispatcher.models():
             return ModelEntry(
                 name, entry.record, ModelState.UNAVAILABLE, "no live worker serves it"
             )
@@ -182,11 +194,13 @@ class ModelRegistry:
 
     async def load(self, name: str) -> ModelEntry:
         """Read ``name``'s folder again and (re)load it; the running version serves meanwhile."""
-        return await self._single_flight(name, self._load)
+        fleet = self._fleet_entries
+        return await self._single_flight(name, fleet.load if fleet is not None else self._load)
 
     async def unload(self, name: str) -> ModelEntry:
         """Stop serving ``name`` once its accepted requests are answered."""
-        return await self._single_flight(name, self._unload)
+        fleet = self._fleet_entries
+        return await self._single_flight(name, fleet.unload if fleet is not None else self._unload)
 
     async def _single_flight(self, name: str, action: Any) -> ModelEntry:
         self._check_controllable(name)
@@ -205,8 +219,8 @@ class ModelRegistry:
             raise ModelControlError(
                 "no model repository: start with SLUICEWAY_MODEL_REPOSITORY=<folder>"
             )
-        if not self.controllable:
-            raise ModelControlError("split-mode API nodes cannot load models yet")
+        if not self._hosts_models and self._fleet is None:
+            raise ModelControlError("this dispatcher's models cannot be loaded or unloaded")
 
     async def _load(self, name: str) -> ModelEntry:
         assert self.repository is not None
@@ -269,18 +283,14 @@ class ModelRegistry:
             self._image_inputs[entry.name] = entry.record.image
 
     def _builtin_names(self) -> set[str]:
-        return {
-            name
-            for name, entry in self._entries.items()
-            if entry.record is not None and entry.record.builtin
-        }
+        return self._builtins
 
     def _host(self) -> ModelHost:
         assert isinstance(self._dispatcher, ModelHost)
         return self._dispatcher
 
     def _load_error(self, name: str) -> str | None:
-        if self.controllable:
+        if self._hosts_models:
             return cast(ModelHost, self._dispatcher).load_error(name)
         return None
 

@@ -247,6 +247,10 @@ class RedisDispatcher:
                 logger.exception("broker watch failed")
                 self._broker.lost(error)
 
+    async def refresh(self) -> None:
+        """Read which models live workers serve now (model control: after a worker's load)."""
+        await self._refresh()
+
     async def _refresh(self) -> None:
         try:
             await self._broker.connect()

@@ -59,6 +59,26 @@ class Keys:
         """Hash of live workers: worker id → its heartbeat record."""
         return f"{self.prefix}:workers"
 
+    @property
+    def desired(self) -> str:
+        """Hash of the models operators loaded or unloaded: name → ``"<state>:<generation>"``."""
+        return f"{self.prefix}:models:desired"
+
+    @property
+    def generation(self) -> str:
+        """Counter of changes to the desired state: every load or unload takes the next one."""
+        return f"{self.prefix}:models:generation"
+
+    @property
+    def model_states(self) -> str:
+        """Hash of what each worker reports of its models: worker id → its model report."""
+        return f"{self.prefix}:models:states"
+
+    @property
+    def model_changes(self) -> str:
+        """The Pub/Sub channel saying the desired state or a worker's report changed."""
+        return f"{self.prefix}:models"
+
 
 def owner(model: str, partition: int, workers: list[str]) -> str | None:
     """The worker that owns a partition: rendezvous hashing over the live workers.

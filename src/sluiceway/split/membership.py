@@ -64,13 +64,29 @@ class Membership:
         self._take_ownership(live, now)
         return live
 
+    async def serve(self, model: str, serving: bool) -> None:
+        """Start or stop owning ``model``'s partitions from the next heartbeat on.
+
+        Model control (``convergence.py``) calls this when a model is loaded at runtime, or
+        fails to load, so that its jobs go only to workers that can run them. The streams stay
+        known (``model_of``): jobs already read are still answered.
+        """
+        if serving and model not in self._models:
+            streams = self._keys.all_jobs(model)
+            if self.joined:
+                await self._join_groups(streams)
+            self.model_of.update(dict.fromkeys(streams, model))
+            self._models = (*self._models, model)
+        elif not serving and model in self._models:
+            self._models = tuple(name for name in self._models if name != model)
+
     async def leave(self) -> None:
         """Leave the registry, so others take over this worker's partitions at once."""
         await self._broker.redis.hdel(self._keys.workers, self.worker)
 
-    async def _join_groups(self) -> None:
+    async def _join_groups(self, streams: Sequence[str] = ()) -> None:
         async with self._broker.redis.pipeline(transaction=False) as pipe:
-            for stream in self.model_of:
+            for stream in streams or self.model_of:
                 pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
             for reply in await pipe.execute(raise_on_error=False):
                 if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):

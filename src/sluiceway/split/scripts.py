@@ -63,3 +63,14 @@ if acked > 0 and redis.call('DECRBY', KEYS[2], acked) < 0 then
 end
 return acked
 """)
+
+# Set a model's desired state (an operator's load or unload) with the deployment's next
+# generation, and say so on the model channel, in one step: a worker that reads the hash after
+# the message always finds the change. KEYS: desired hash, generation counter.
+# ARGV: model, "loaded" or "unloaded", channel. Returns the generation.
+DESIRE = Script("""
+local generation = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. generation)
+redis.call('PUBLISH', ARGV[3], 'd' .. generation)
+return generation
+""")

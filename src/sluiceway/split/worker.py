@@ -32,6 +32,7 @@ from sluiceway.split.answers import Answers, Finished
 from sluiceway.split.cancels import Cancels
 from sluiceway.split.claims import Claims
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
+from sluiceway.split.convergence import Convergence
 from sluiceway.split.keys import GROUP, Keys
 from sluiceway.split.membership import Membership
 from sluiceway.split.probes import Probes
@@ -67,6 +68,7 @@ class Worker:
         self._broker = Broker(settings.broker_url, [FINISH], name=f"worker {self.id}")
         self._membership = Membership(settings, keys, self._broker, self.id, models)
         self._model_of = self._membership.model_of
+        self._convergence = Convergence(settings, keys, self._broker, self._local, self._membership)
         self._answers = Answers(settings, keys, self._broker, metrics)
         self._claims = Claims(
             settings, self._broker, self.id, self._answers, metrics, self._model_of
@@ -136,6 +138,7 @@ class Worker:
             self._reading = None
         if self._running:
             await asyncio.wait(set(self._running), timeout=self._settings.request_timeout_s)
+        await self._convergence.close()
         await self._local.close()
         await self._cancels.close()
         if self._beating is not None:
@@ -165,6 +168,7 @@ class Worker:
         owned = self._membership.owned
         try:
             live = await self._membership.beat()
+            await self._convergence.beat(live)  # models loaded or unloaded by operators
             if self._membership.owned is not owned and self._reader.id is not None:
                 # Cut the blocking read short: it restarts on the new set.
                 await self._broker.redis.client_unblock(self._reader.id)
