@@ -27,6 +27,8 @@ class FleetStatus(Protocol):
     def state(self) -> str: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def version(self) -> str: ...
 
 
 class ModelFleet(Protocol):
@@ -78,7 +80,7 @@ class FleetEntries:
                 return known
             reason = "no live worker serves it"
             return ModelEntry(name, known.record, ModelState.UNAVAILABLE, reason)
-        known = self._current(name, known)
+        known = self._current(name, known, status)
         state = ModelState(status.state)
         if state is ModelState.READY and (known is None or known.record is None):
             reason = "its folder is missing or broken on this API node"
@@ -102,13 +104,9 @@ class FleetEntries:
             self._entries[name] = entry
             return entry
         status = await self._fleet.load(name)
-        entry = ModelEntry(name, found, ModelState.READY)
-        self._entries[name] = entry
-        self._generations[name] = self._fleet.generation(name)
-        self._publish(entry)
         if status.state == ModelState.READY and status.reason:  # an older version serves
             raise ModelControlError(f"{name}: {status.reason}")
-        return self.entry(name, entry)
+        return self.entry(name, self._entries.get(name))
 
     async def unload(self, name: str) -> ModelEntry:
         """Have every worker unload ``name`` once its accepted requests are answered."""
@@ -116,8 +114,11 @@ class FleetEntries:
         await self._fleet.unload(name)
         return self.entry(name, current)
 
-    def _current(self, name: str, known: ModelEntry | None) -> ModelEntry | None:
-        """``known``, its record read again from the folder if the model changed since."""
+    def _current(
+        self, name: str, known: ModelEntry | None, status: FleetStatus
+    ) -> ModelEntry | None:
+        """``known``, its record read again from the folder if the model changed since (and
+        the workers serve the version now there)."""
         from sluiceway.registry import ModelEntry, ModelState
 
         generation = self._fleet.generation(name)
@@ -129,6 +130,8 @@ class FleetEntries:
         found = read_model(self._repository / name)
         if isinstance(found, BrokenModel):
             return known
+        if status.version and found.version != status.version and known is not None:
+            return known  # a newer version did not load: the workers serve the older one
         entry = ModelEntry(name, found, ModelState.READY)
         self._entries[name] = entry
         self._publish(entry)

@@ -25,7 +25,7 @@ from tests.conftest import app_client, fast_settings
 from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model
 from tests.fixtures.waiting import eventually
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 TOKEN = "let-me-in"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -173,3 +173,58 @@ async def test_model_control_errors_are_those_of_an_embedded_server(cluster: Clu
     assert off.status_code == 403 and "SLUICEWAY_ADMIN_TOKEN" in off.json()["error"]
     # None of these changed anything.
     await eventually(lambda: ready(cluster.b, "linear"))
+
+
+async def test_a_model_no_worker_can_load_is_unavailable_with_the_workers_reason(
+    cluster: Cluster,
+) -> None:
+    """The folder reads well on the API node, but the file is no ONNX model: every worker says
+    why, the node answers 400 with it, and the model's jobs are owned by no worker."""
+    folder = Path(cluster.settings.model_repository or "") / "garbage"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    (folder / "config.toml").write_text(LINEAR_CONFIG)
+
+    answer = await cluster.a.post("/v2/repository/models/garbage/load", headers=AUTH)
+
+    assert answer.status_code == 400, answer.text
+    assert "garbage did not load" in answer.json()["error"]
+    entry = (await index(cluster.b))["garbage"]
+    assert entry["state"] == "UNAVAILABLE" and entry["reason"]
+    assert all("garbage" not in worker.dispatcher.models() for worker in cluster.workers)
+    assert (await cluster.b.post("/v1/models/garbage/infer", json=ROWS)).status_code == 503
+
+
+async def test_a_failed_reload_keeps_the_running_version_on_every_worker(
+    cluster: Cluster,
+) -> None:
+    await eventually(lambda: ready(cluster.b, "linear"))
+    before = await cluster.b.post("/v1/models/linear/infer", json=ROWS)
+    folder = Path(cluster.settings.model_repository or "") / "linear"
+    (folder / "2").mkdir()
+    (folder / "2" / "model.onnx").write_bytes(b"not an onnx file")
+
+    answer = await cluster.a.post("/v2/repository/models/linear/load", headers=AUTH)
+
+    assert answer.status_code == 409, answer.text
+    assert "did not load" in answer.json()["error"] and "version 1" in answer.json()["error"]
+    assert await ready(cluster.b, "linear")
+    assert (await index(cluster.b))["linear"]["version"] == "1"
+    assert (await index(cluster.a))["linear"]["version"] == "1"
+    after = await cluster.b.post("/v1/models/linear/infer", json=ROWS)
+    assert after.status_code == 200 and after.json()["outputs"] == before.json()["outputs"]
+
+
+async def test_model_control_answers_503_while_redis_is_unreachable(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    linear_model(root / "linear" / "model.onnx", seed=1)
+    (root / "linear" / "config.toml").write_text(LINEAR_CONFIG)
+    settings = fast_settings(
+        model_repository=str(root),
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        worker_port=None,
+        admin_token=TOKEN,
+    )
+    async with app_client(create_app(settings)) as http:
+        answer = await http.post("/v2/repository/models/linear/load", headers=AUTH)
+    assert answer.status_code == 503 and "Redis" in answer.text

@@ -9,7 +9,9 @@
   ``line.py`` the line itself, ``outbox.py`` a loop turn's writes, ``subscription.py`` a Pub/Sub
   channel held open, ``reader.py`` a worker's blocking group read;
 - ``wire.py``: the records that cross Redis and their codec; ``keys.py``: every key;
-  ``scripts.py``: the Lua scripts; ``probes.py``: a worker's health, readiness and metrics.
+  ``scripts.py``: the Lua scripts; ``probes.py``: a worker's health, readiness and metrics;
+- model control: ``control.py`` the desired state, workers' reports and how they combine,
+  ``fleet.py`` the API node's side (load, unload, readiness), ``convergence.py`` the worker's.
 
 Imports point one way: this package uses ``runtime/`` (the batchers both modes share), never
 the reverse.

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from sluiceway.config import Settings
+from sluiceway.errors import ModelUnavailable
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
 from sluiceway.split.control import (
     LOADED,
@@ -104,12 +105,16 @@ class Fleet:
 
     async def _control(self, name: str, state: str) -> ModelStatus:
         keys = self._keys
-        await self._broker.connect()
-        generation = int(
-            await self._broker.redis.eval(
-                DESIRE.source, 2, keys.desired, keys.generation, name, state, keys.model_changes
+        try:
+            await self._broker.connect()
+            generation = int(
+                await self._broker.redis.eval(
+                    DESIRE.source, 2, keys.desired, keys.generation, name, state, keys.model_changes
+                )
             )
-        )
+        except BROKER_ERRORS as error:
+            self._broker.lost(error)
+            raise ModelUnavailable(f"the job broker (Redis) is unreachable: {error}") from None
         self._desired[name] = Desired(state, generation)
         self._combine()  # this node stops admitting an unloaded model at once
         await self.refresh()  # the workers that are live now: those to wait for
