@@ -228,3 +228,24 @@ async def test_model_control_answers_503_while_redis_is_unreachable(tmp_path: Pa
     async with app_client(create_app(settings)) as http:
         answer = await http.post("/v2/repository/models/linear/load", headers=AUTH)
     assert answer.status_code == 503 and "Redis" in answer.text
+
+
+async def test_workers_follow_control_again_after_redis_lost_the_desired_state(
+    cluster: Cluster,
+) -> None:
+    """A Redis restarted without persistence starts generations at 1 again: workers that had
+    acted on later ones must not take the new requests for old news."""
+    for _ in range(3):
+        answer = await cluster.a.post("/v2/repository/models/linear/load", headers=AUTH)
+        assert answer.status_code == 200, answer.text
+    keys = Keys(cluster.settings.broker_prefix, cluster.settings.broker_partitions)
+    redis = Redis.from_url(cluster.settings.broker_url or "")
+    try:
+        await redis.delete(keys.desired, keys.generation)
+    finally:
+        await redis.aclose()
+
+    answer = await cluster.b.post("/v2/repository/models/linear/unload", headers=AUTH)
+
+    assert answer.status_code == 200 and answer.json()["reason"] == "unloaded", answer.text
+    assert all("linear" not in worker.dispatcher.models() for worker in cluster.workers)

@@ -157,6 +157,12 @@ class Convergence:
             self._converge(read_desired(cast(dict[bytes, bytes], desired)))
 
     def _converge(self, desired: dict[str, Desired]) -> None:
+        if max((want.generation for want in desired.values()), default=0) < self._seen:
+            # Generations never go back unless Redis lost them (a restart without
+            # persistence): what was applied says nothing of the new ones.
+            logger.warning("the desired models went back a generation: reading them afresh")
+            self._applied.clear()
+            self._seen = 0
         self._desired = desired
         first, self._converged_once = not self._converged_once, True
         changed = False

@@ -65,6 +65,7 @@ class Fleet:
         self._read_again = False
         self._watching: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._refreshing = asyncio.Lock()  # one read at a time: a slow old one never wins
 
     async def start(self) -> None:
         """Read the state once (so a node beside a running cluster knows it at once), then
@@ -133,13 +134,18 @@ class Fleet:
         return status if status is not None else combine(self._desired.get(name), [])
 
     def _acted_on(self, name: str, generation: int) -> bool:
-        """Every live worker has read ``generation``, and none still acts on ``name``'s."""
+        """Every live worker has read ``generation``, and none still acts on ``name``'s.
+
+        A report of a generation above any in the desired state predates a Redis that lost
+        it (restarted without persistence): that worker has not read the new one yet.
+        """
+        top = max((desired.generation for desired in self._desired.values()), default=0)
         for report in self._reports.values():
-            if report.seen < generation:
+            if not generation <= report.seen <= top:
                 return False
             status = report.models.get(name)
             if status is not None and (
-                status.generation < generation or status.state in (LOADING, UNLOADING)
+                not generation <= status.generation <= top or status.state in (LOADING, UNLOADING)
             ):
                 return False
         return True
@@ -168,6 +174,10 @@ class Fleet:
 
     async def refresh(self) -> None:
         """Read the desired state and the live workers' reports; keep the last on failure."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         keys = self._keys
         try:
             await self._broker.connect()
