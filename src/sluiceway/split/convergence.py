@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,8 +63,11 @@ class Convergence:
         broker: Broker,
         local: LocalDispatcher,
         membership: Membership,
+        owned_changed: Callable[[], Awaitable[None]],
     ) -> None:
+        """``owned_changed``: the worker's reaction to a new set of owned partitions."""
         self._settings = settings
+        self._owned_changed = owned_changed
         self._keys = keys
         self._broker = broker
         self._local = local
@@ -227,7 +231,10 @@ class Convergence:
                 await self._membership.serve(name, True)
                 # Say so in the heartbeat record before reporting it ready: API nodes route
                 # only to models a live worker's record lists.
+                owned = self._membership.owned
                 await self._membership.beat()
+                if self._membership.owned is not owned:
+                    await self._owned_changed()
                 self._status[name] = ModelStatus(READY, "", generation, found.version)
                 logger.info("model %s version %s is ready", name, found.version)
                 return

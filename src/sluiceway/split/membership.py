@@ -111,10 +111,13 @@ class Membership:
         A partition won from another worker is read only after two heartbeats, by when its
         previous owner has seen the change and stopped reading it: one partition, one reader,
         so a restaurant is never fitted on two workers at once. A partition lost is dropped at
-        once (the worker cuts its blocking read short when ``owned`` changes).
+        once (the worker cuts its blocking read short when ``owned`` changes). A partition of
+        a model no other live worker serves (one just loaded at runtime) has no previous owner
+        and is read at once.
         """
         alone = True
         won: list[str] = []
+        unshared: set[str] = set()  # partitions of models no other live worker serves
         for model in self._models:
             serving = sorted(w for w, record in live.items() if model in record.models)
             if self.worker not in serving:
@@ -123,9 +126,13 @@ class Membership:
             for partition in range(self._keys.partitions):
                 if owner(model, partition, serving) == self.worker:
                     won.append(self._keys.jobs(model, partition))
+                    if len(serving) == 1:  # nobody else reads it: no hand-over to wait for
+                        unshared.add(won[-1])
         handover = 2 * self._settings.worker_heartbeat_s
         self._winning = {
-            stream: self._winning.get(stream, now + (0 if alone else handover))
+            stream: self._winning.get(
+                stream, now + (0 if alone or stream in unshared else handover)
+            )
             for stream in won
             if stream not in self.owned
         }

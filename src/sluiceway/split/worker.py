@@ -68,7 +68,9 @@ class Worker:
         self._broker = Broker(settings.broker_url, [FINISH], name=f"worker {self.id}")
         self._membership = Membership(settings, keys, self._broker, self.id, models)
         self._model_of = self._membership.model_of
-        self._convergence = Convergence(settings, keys, self._broker, self._local, self._membership)
+        self._convergence = Convergence(
+            settings, keys, self._broker, self._local, self._membership, self._cut_read_short
+        )
         self._answers = Answers(settings, keys, self._broker, metrics)
         self._claims = Claims(
             settings, self._broker, self.id, self._answers, metrics, self._model_of
@@ -169,15 +171,19 @@ class Worker:
         try:
             live = await self._membership.beat()
             await self._convergence.beat(live)  # models loaded or unloaded by operators
-            if self._membership.owned is not owned and self._reader.id is not None:
-                # Cut the blocking read short: it restarts on the new set.
-                await self._broker.redis.client_unblock(self._reader.id)
+            if self._membership.owned is not owned:
+                await self._cut_read_short()
             await self._claims.claim(self._membership.owned, live, self._room_left, self._accept)
         except BROKER_ERRORS as error:
             self._broker.lost(error)
         except ResponseError as error:  # NOGROUP: Redis restarted and lost the groups
             logger.warning("job broker error: %s; rejoining", error)
             self._broker.lost(error)
+
+    async def _cut_read_short(self) -> None:
+        """The owned partitions changed: end the blocking read, so it restarts on the new set."""
+        if self._reader.id is not None:
+            await self._broker.redis.client_unblock(self._reader.id)
 
     def _room_left(self) -> int:
         return self._settings.worker_prefetch - len(self._running)
