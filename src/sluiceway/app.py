@@ -50,9 +50,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         # Split mode: models run on workers; the node is ready once each model has one.
         routes = [kind.name for kind in build_kinds(settings)]
         dispatcher = RedisDispatcher(settings, metrics, routes=routes)
-        fleet = Fleet(
-            settings, dispatcher.refresh
-        )  # repository models: what workers report, loads and unloads
+        # Repository models: what the workers report of them, their loads and unloads.
+        fleet = Fleet(settings, dispatcher.saw_workers)
     if dispatcher is None:
         budget = int(settings.model_cache_budget_mb * 1024 * 1024)
         dispatcher = LocalDispatcher(

@@ -47,6 +47,7 @@ from sluiceway.split.wire import (
     JobRecord,
     ResultRecord,
     WireError,
+    WorkerRecord,
     encode_cancels,
     live_workers,
 )
@@ -247,9 +248,10 @@ class RedisDispatcher:
                 logger.exception("broker watch failed")
                 self._broker.lost(error)
 
-    async def refresh(self) -> None:
-        """Read which models live workers serve now (model control: after a worker's load)."""
-        await self._refresh()
+    def saw_workers(self, live: dict[str, WorkerRecord]) -> None:
+        """Live workers read by model control (``fleet.py``), which reads them as soon as a
+        worker has loaded a model: route to their models from now on."""
+        self._live_models = {model for record in live.values() for model in record.models}
 
     async def _refresh(self) -> None:
         try:

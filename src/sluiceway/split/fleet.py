@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import cast
 
 from sluiceway.config import Settings
@@ -37,7 +37,7 @@ from sluiceway.split.control import (
 from sluiceway.split.keys import Keys
 from sluiceway.split.scripts import DESIRE
 from sluiceway.split.subscription import Subscription
-from sluiceway.split.wire import live_workers
+from sluiceway.split.wire import WorkerRecord, live_workers
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ class Fleet:
     """The models split-mode workers serve, as one API node sees and controls them."""
 
     def __init__(
-        self, settings: Settings, follow: Callable[[], Awaitable[None]] | None = None
+        self, settings: Settings, follow: Callable[[dict[str, WorkerRecord]], None] | None = None
     ) -> None:
-        """``follow``: also run at each refresh (the node's dispatcher reads the live workers'
-        models then, so it routes to a model as soon as a worker says it is ready)."""
+        """``follow``: hears the live workers at each refresh (the node's dispatcher, so that it
+        routes to a model as soon as a worker says it is ready)."""
         if not settings.broker_url:
             raise ValueError("a fleet needs settings.broker_url")
         self._settings = settings
@@ -199,7 +199,7 @@ class Fleet:
             if report is not None and worker.decode() in live:
                 self._reports[worker.decode()] = report
         if self._follow is not None:
-            await self._follow()
+            self._follow(live)
         self._combine()
         self._refreshed.set()
         self._refreshed = asyncio.Event()
