@@ -39,6 +39,7 @@ from sluiceway.split.control import (
     READY,
     STATES_CHANGED,
     UNAVAILABLE,
+    UNLOADED,
     UNLOADING,
     Desired,
     ModelReport,
@@ -95,6 +96,7 @@ class Convergence:
         self._read_again = False
         self._writing: asyncio.Task[None] | None = None
         self._dirty = False
+        self._announce = False
         self._subscription = Subscription(broker, keys.model_changes, self._heard)
 
     async def beat(self, live: dict[str, WorkerRecord]) -> None:
@@ -109,13 +111,17 @@ class Convergence:
         if not self._started:
             self._started = True
             self._subscription.start()
+            # A worker starting takes no job of a model operators unloaded (quick: no model
+            # was loaded yet); loads asked before it started go on beside its jobs.
+            unloading = [
+                task for name, task in self._busy.items() if self._desired[name].state == UNLOADED
+            ]
+            await asyncio.gather(*unloading, return_exceptions=True)
+        self._report_soon(announce=False)
         worker = self._membership.worker
         departed = [w for w in reporters if w.decode() not in live and w.decode() != worker]
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self._keys.model_states, worker, self.report().encode())
-            if departed:
-                pipe.hdel(self._keys.model_states, *departed)
-            await pipe.execute()
+        if departed:
+            await redis.hdel(self._keys.model_states, *departed)
 
     async def close(self) -> None:
         """Stop listening and acting; take this worker's report away."""
@@ -254,25 +260,31 @@ class Convergence:
 
     # Reporting.
 
-    def _report_soon(self) -> None:
-        """Write the report and announce it, one write at a time (so the last one wins)."""
+    def _report_soon(self, announce: bool = True) -> None:
+        """Write the report (and announce a change), one write at a time: the last one wins.
+
+        The heartbeat rewrites it unannounced (a report of a worker no longer live is dropped;
+        API nodes read the reports at their own heartbeat anyway).
+        """
         self._dirty = True
+        self._announce = self._announce or announce
         if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._write(), name="report models")
 
     async def _write(self) -> None:
         while self._dirty:
-            self._dirty = False
+            announce, self._dirty, self._announce = self._announce, False, False
             if not self._broker.connected:
                 return  # the next heartbeat writes it
             try:
-                await self._publish(self.report())
+                await self._publish(self.report(), announce)
             except BROKER_ERRORS as error:
                 logger.warning("could not report the models: %s", error)
                 return
 
-    async def _publish(self, report: ModelReport) -> Any:
+    async def _publish(self, report: ModelReport, announce: bool) -> Any:
         async with self._broker.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._keys.model_states, self._membership.worker, report.encode())
-            pipe.publish(self._keys.model_changes, STATES_CHANGED)
+            if announce:
+                pipe.publish(self._keys.model_changes, STATES_CHANGED)
             return await pipe.execute()
