@@ -48,9 +48,10 @@ HERE = Path(__file__).resolve().parent
 NOTES = """\
 ## Reading the numbers
 
-- Where a served image's CPU goes (py-spy on the server under this load shape): LiteRT inference
-  ~45 %, JPEG decode + resize ~27 %, the httpx download ~12 % (~1.7 ms of client CPU per
-  150 KB image, measured alone), the rest HTTP handling and thread hand-offs. The ceiling pays
+- Where a served image's CPU goes (py-spy on the server under this load shape, 2026-11-24):
+  LiteRT inference ~45 %, JPEG decode + resize ~27 %, the httpx download ~12 % (~1.7 ms of
+  client CPU per 150 KB image, measured alone), the rest HTTP handling and thread hand-offs.
+  Downloads now use aiohttp's client, ~0.2 ms per photo (`bench/fetch`). The ceiling pays
   only the first two, so with both cores saturated the served rate tops out near
   ceiling × (ceiling CPU ms/image ÷ server CPU ms/image), before the load generator's and the
   image server's share of the same two cores.

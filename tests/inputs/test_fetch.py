@@ -362,3 +362,20 @@ async def test_waiting_for_a_busy_host_is_bounded_and_says_so(slow_host: FileSer
     finally:
         slow_host.release()
         await fetcher.aclose()
+
+
+async def test_a_proxy_from_the_environment_is_not_used(
+    photos_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy would resolve the host itself, past the address check: downloads go direct.
+    with FileServer({"photo.jpg": b"\x89PNG\r\n\x1a\n from the proxy"}) as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy.base)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        fetcher = ImageFetcher(allow=LOCAL)
+        try:
+            assert await fetcher.fetch(photos_server.url("files/photo.jpg")) == PHOTO
+        finally:
+            await fetcher.aclose()
+        assert sum(proxy.hits.values()) == 0
