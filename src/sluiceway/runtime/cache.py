@@ -87,14 +87,6 @@ class ModelCache(Generic[M]):
         for key in [key for key in self._ready if key.startswith(prefix)]:
             self.discard(key)
 
-    def get(self, key: str) -> M | None:
-        """The model cached under ``key`` (now the most recently used), or ``None``."""
-        hit = self._ready.get(key)
-        if hit is None:
-            return None
-        self._ready.move_to_end(key)
-        return hit[1]
-
     async def get_or_load(
         self,
         model: str,

@@ -90,7 +90,6 @@ class LocalDispatcher:
             self._metrics,
             kind.call_cost(),
             inline_below_s=self._inline_below_s,
-            loaded=self._loaded,
         )
 
     def lane(self, model: str) -> Lane:
@@ -188,12 +187,6 @@ class LocalDispatcher:
     def load_error(self, model: str) -> str | None:
         """Why ``model``'s last load failed (cleared by the next success), or ``None``."""
         return self._load_errors.get(model)
-
-    def _loaded(self, job: Job) -> Model | None:
-        """``job``'s model if it is cached (no load to wait for), else ``None``."""
-        model_key = job.key if job.spec is not None else ""
-        model = self._cache.get(_cache_key(job.model, self._generations[job.model], model_key))
-        return None if model is None else self.statistics.timed(job.model, model)
 
     async def _resolve(self, job: Job) -> Model:
         kind = self._kinds[job.model]

@@ -9,7 +9,6 @@ Protocol does) counts once per row, as ``inference_count`` does in Triton.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Sequence
@@ -175,12 +174,6 @@ class _TimedModel(Model):
             return self._model.infer_inline(inputs)
         finally:
             self._count(inputs, started)
-
-    def begin(self, inputs: Sequence[Any]) -> asyncio.Future[list[Any]]:
-        started = time.perf_counter()
-        call = self._model.begin(inputs)
-        call.add_done_callback(lambda _: self._count(inputs, started))
-        return call
 
     def _count(self, inputs: Sequence[Any], started: float) -> None:
         finished = time.perf_counter()
