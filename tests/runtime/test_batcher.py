@@ -36,7 +36,10 @@ class Doubler(Model):
         kind.running += 1
         kind.peak = max(kind.peak, kind.running)
         try:
-            await asyncio.sleep(kind.cost_s)
+            if kind.gate is not None:
+                await kind.gate.wait()
+            else:
+                await asyncio.sleep(kind.cost_s)
         finally:
             kind.running -= 1
         return [ValueError(f"odd {x}") if x == "bad" else x * 2 for x in inputs]
@@ -60,13 +63,20 @@ class DoublerKind(ModelKind):
         self.running = 0
         self.peak = 0
         self.loads = 0
+        # Set, calls (or loads) wait for it instead of taking their cost: the test decides when
+        # they end, so what it asserts in between holds however slow the machine is.
+        self.gate: asyncio.Event | None = None
+        self.load_gate: asyncio.Event | None = None
 
     def call_cost(self) -> CallCost:
         return self.declared if self.declared is not None else super().call_cost()
 
     async def load(self, spec: Any) -> Model:
         self.loads += 1
-        await asyncio.sleep(self.load_s)
+        if self.load_gate is not None:
+            await self.load_gate.wait()
+        else:
+            await asyncio.sleep(self.load_s)
         if spec == "broken":
             raise RuntimeError("cannot load a broken spec")
         return Doubler(self)
@@ -158,16 +168,19 @@ async def test_expired_jobs_are_answered_504_and_never_computed() -> None:
     assert dispatcher.lane("double").depth == 0
 
 
-async def test_full_queue_is_refused_fast() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=1, max_queue=3), cost_s=0.1)
+async def test_a_full_queue_refuses_without_waiting_for_room() -> None:
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=1, max_queue=3))
+    kind.gate = asyncio.Event()  # job 0's call runs until the gate opens
     accepted = [asyncio.ensure_future(dispatcher.submit(job(0)))]
     await eventually(lambda: kind.running == 1)  # job 0 runs; the next three fill the queue
     accepted += [asyncio.ensure_future(dispatcher.submit(job(i))) for i in range(1, 4)]
     await eventually(lambda: dispatcher.lane("double").depth == 3)
-    started = time.perf_counter()
+    # No room can appear while the gate is shut: a refusal that waited for room would hang
+    # here, so the bound only turns a hang into a failure.
     with pytest.raises(Overloaded):
-        await dispatcher.submit(job(99))
-    assert time.perf_counter() - started < 0.05
+        await asyncio.wait_for(dispatcher.submit(job(99)), timeout=10)
+    assert kind.running == 1 and not any(task.done() for task in accepted)
+    kind.gate.set()
     assert await asyncio.gather(*accepted) == [0, 2, 4, 6], "accepted work is never lost"
 
 
@@ -194,14 +207,17 @@ async def test_a_failed_load_fails_its_jobs_and_is_retried_next_time() -> None:
 
 
 async def test_a_load_holds_a_slot() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=8), load_s=0.1, cost_s=0.01)
-    loading = asyncio.ensure_future(dispatcher.submit(job(1, key="a")))
+    dispatcher, kind = make(BatchPolicy(slots=1, max_batch=8))
+    kind.load_gate = asyncio.Event()  # key "a" loads until the gate opens
+    loading = asyncio.ensure_future(dispatcher.submit(job(1, key="a", spec="a")))
     await eventually(lambda: kind.loads == 1)
-    started = time.perf_counter()
-    await dispatcher.submit(job(2, key="b-already-loaded-never"))
-    # key "b" needs its own load, which waits for the slot "a" is loading in.
-    assert time.perf_counter() - started >= 0.08
-    assert await loading == 2
+    other = asyncio.ensure_future(dispatcher.submit(job(2, key="b", spec="b")))
+    # Key "b" needs its own load, and waits for the one slot that "a" is loading in.
+    await eventually(lambda: dispatcher.lane("double").slots.waiting == 1)
+    assert kind.loads == 1 and not other.done()
+    kind.load_gate.set()
+    assert await asyncio.gather(loading, other) == [2, 4]
+    assert kind.loads == 2
 
 
 async def test_close_drains_accepted_work() -> None:

@@ -209,10 +209,10 @@ async def test_a_passed_deadline_is_exceeded_and_never_computed(start: Start) ->
 async def test_a_slow_answer_fails_at_the_deadline(start: Start) -> None:
     async with start(knn_fit_cost_s=2.0) as harness:
         job = knn_job(restaurant(3), np.zeros((1, 2)), timeout_s=0.3)
-        began = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             await harness.dispatcher.submit(job)
-        assert time.monotonic() - began < 0.6
+        # It failed at its deadline, not once the answer came: the 2 s fit is still running.
+        assert harness.batches() == (0.0, 0.0)
 
 
 async def test_a_full_queue_is_overloaded_and_the_rest_answered(start: Start) -> None:
