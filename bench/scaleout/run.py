@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -70,6 +70,8 @@ class Cluster:
 
     port: int
     processes: dict[str, list[int]]
+    worker_ports: list[int] = field(default_factory=list)
+    """Where each worker's probes and metrics answer."""
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each role has used so far."""
@@ -105,19 +107,23 @@ def redis_server() -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def sluiceway(broker: str | None, settings: dict[str, str] | None = None) -> Iterator[Cluster]:
-    """The server under test: embedded, or an API node and its workers (``settings``: extra
-    environment for every process)."""
+def sluiceway(
+    broker: str | None, settings: dict[str, str] | None = None, workers: int = WORKERS
+) -> Iterator[Cluster]:
+    """The server under test: embedded, or an API node and ``workers`` workers (``settings``:
+    extra environment for every process)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLUICEWAY_LOG_LEVEL": "WARNING"}
     env["SLUICEWAY_API_MODELS"] = "knn"  # the workers serve the kiosk's model only
     env.update(settings or {})
     python = sys.executable
     port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
+    worker_ports: list[int] = []
     try:
         if broker is not None:
-            for _ in range(WORKERS):
-                worker_env = {**env, "SLUICEWAY_WORKER_PORT": str(free_port())}
+            for _ in range(workers):
+                worker_ports.append(free_port())
+                worker_env = {**env, "SLUICEWAY_WORKER_PORT": str(worker_ports[-1])}
                 command = [python, "-m", "sluiceway", "worker", "--broker", broker]
                 processes.append(subprocess.Popen([*command, "--models", "knn"], env=worker_env))
         command = [python, "-m", "sluiceway", "serve", "--port", str(port)]
@@ -134,7 +140,7 @@ def sluiceway(broker: str | None, settings: dict[str, str] | None = None) -> Ite
         roles = {"api": [processes[-1].pid]}
         if broker is not None:
             roles["workers"] = [process.pid for process in processes[:-1]]
-        yield Cluster(port, roles)
+        yield Cluster(port, roles, worker_ports)
     finally:
         stop(*processes, timeout_s=40)
 

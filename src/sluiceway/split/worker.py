@@ -6,7 +6,8 @@ restaurant's jobs always land in one partition, they meet in one batcher on one 
 its model is fitted there once. Each job's answer and acknowledgement go out together, one
 pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
 cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
-(``cancels.py``).
+(``cancels.py``). A worker with room also takes what waits in the partitions of saturated
+owners (``helping.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError
 logger = logging.getLogger(__name__)
 
 _READ_BLOCK_MS = 500
+_HELP_POLL_MS = 20  # while helping: how long the read of owned partitions blocks between polls
 
 
 class Worker:
@@ -80,6 +82,7 @@ class Worker:
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._stopping = False
+        self._full = False  # the read-ahead was full since the last heartbeat
         self._stopped = asyncio.Event()
         self._reading: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -93,6 +96,11 @@ class Worker:
     def owned(self) -> list[str]:
         """The partition streams this worker reads now."""
         return list(self._membership.owned)
+
+    @property
+    def helped(self) -> list[str]:
+        """Saturated partitions of other workers this worker reads too (``helping.py``)."""
+        return list(self._membership.helped)
 
     def ready(self) -> bool:
         """Connected to the broker and taking jobs."""
@@ -162,10 +170,14 @@ class Worker:
         """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
         now = time.time()
         self._cancels.expire(now)
-        owned = self._membership.owned
+        owned, helped = self._membership.owned, self._membership.helped
+        saturated, self._full = self._full, self._room_left() <= 0
         try:
-            live = await self._membership.beat()
-            if self._membership.owned is not owned and self._reader.id is not None:
+            live = await self._membership.beat(saturated)
+            joined = len(self._membership.helped) - len(set(helped) & set(self._membership.helped))
+            self._metrics.partitions_helped.inc(joined)
+            moved = self._membership.owned is not owned or self._membership.helped is not helped
+            if moved and self._reader.id is not None:
                 # Cut the blocking read short: it restarts on the new set.
                 await self._broker.redis.client_unblock(self._reader.id)
             await self._claims.claim(self._membership.owned, live, self._room_left, self._accept)
@@ -181,21 +193,28 @@ class Worker:
     # Read, run, answer.
 
     async def _read(self) -> None:
-        reader = self._reader
         while not self._stopping:
             room = self._room_left()
-            owned = self._membership.owned
-            if not self.ready() or not owned:
+            owned, helped = self._membership.owned, self._membership.helped
+            if not self.ready() or not (owned or helped):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), RECONNECT_S)
                 continue
             if room <= 0:
+                self._full = True
                 self._room.clear()
                 await self._room.wait()
                 continue
-            count = min(self._settings.worker_read_count, max(1, room // len(owned)))
             try:
-                entries = await reader.read(owned, count)
+                took = bool(helped) and await self._read_helped(helped, room)
+                if not owned and not took:  # a helper only: poll again shortly
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), _HELP_POLL_MS / 1000)
+                if not owned or (took and (room := self._room_left()) <= 0):
+                    continue
+                count = min(self._settings.worker_read_count, max(1, room // len(owned)))
+                block = _HELP_POLL_MS if helped else None
+                entries = await self._reader.read(owned, count, block)
             except BROKER_ERRORS as error:
                 self._broker.lost(error)
                 await asyncio.sleep(RECONNECT_S)
@@ -208,6 +227,17 @@ class Worker:
                 self._accept(stream, entry_id, fields)
             if entries:
                 await _let_started_jobs_run()
+
+    async def _read_helped(self, helped: list[str], room: int) -> bool:
+        """Take what waits in the helped partitions, without blocking (so never a job their
+        owner is free to take), into at most half the room (the rest stays for our own)."""
+        count = min(self._settings.worker_read_count, max(1, room // (2 * len(helped))))
+        entries = await self._reader.read(helped, count, 0)
+        for stream, entry_id, fields in entries:
+            self._accept(stream, entry_id, fields)
+        if entries:
+            await _let_started_jobs_run()
+        return bool(entries)
 
     def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
         model = self._model_of[stream]
