@@ -160,9 +160,9 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while not self._stopping:
-            pause = self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), pause)
+            await self._pause(
+                self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
+            )
             if not self._stopping:
                 await self._beat()
 
@@ -197,8 +197,7 @@ class Worker:
             room = self._room_left()
             owned, helped = self._membership.owned, self._membership.helped
             if not self.ready() or not (owned or helped):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), RECONNECT_S)
+                await self._pause(RECONNECT_S)
                 continue
             if room <= 0:
                 self._full = True
@@ -208,36 +207,36 @@ class Worker:
             try:
                 took = bool(helped) and await self._read_helped(helped, room)
                 if not owned and not took:  # a helper only: poll again shortly
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopped.wait(), _HELP_POLL_MS / 1000)
+                    await self._pause(_HELP_POLL_MS / 1000)
                 if not owned or (took and (room := self._room_left()) <= 0):
                     continue
                 count = min(self._settings.worker_read_count, max(1, room // len(owned)))
                 block = _HELP_POLL_MS if helped else None
-                entries = await self._reader.read(owned, count, block)
+                await self._take(await self._reader.read(owned, count, block))
             except BROKER_ERRORS as error:
                 self._broker.lost(error)
                 await asyncio.sleep(RECONNECT_S)
-                continue
             except ResponseError as error:  # NOGROUP: the heartbeat rejoins the groups
                 logger.warning("job broker error: %s; rejoining", error)
                 self._broker.lost(error)
-                continue
-            for stream, entry_id, fields in entries:
-                self._accept(stream, entry_id, fields)
-            if entries:
-                await _let_started_jobs_run()
 
     async def _read_helped(self, helped: list[str], room: int) -> bool:
         """Take what waits in the helped partitions, without blocking (so never a job their
         owner is free to take), into at most half the room (the rest stays for our own)."""
         count = min(self._settings.worker_read_count, max(1, room // (2 * len(helped))))
-        entries = await self._reader.read(helped, count, 0)
+        return await self._take(await self._reader.read(helped, count, 0))
+
+    async def _take(self, entries: list[tuple[str, bytes, Any]]) -> bool:
         for stream, entry_id, fields in entries:
             self._accept(stream, entry_id, fields)
         if entries:
             await _let_started_jobs_run()
         return bool(entries)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the worker stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
         model = self._model_of[stream]
@@ -296,21 +295,14 @@ class Worker:
         elif (error := future.exception()) is not None:
             self._fail(finished, data, job_id, error)
         else:
-            self._reply(finished, ResultRecord(job_id, future.result()))
+            self._answers.reply(finished, ResultRecord(job_id, future.result()))
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""
         failure = ErrorRecord.of(error)
         if not isinstance(error, SluicewayError):
             finished.dead_letter = self._claims.letter(data, failure.message)
-        self._reply(finished, ResultRecord(job_id, error=failure))
-
-    def _reply(self, finished: Finished, result: ResultRecord) -> None:
-        try:
-            finished.result = result.encode()
-        except WireError as error:
-            finished.result = ResultRecord(result.job_id, error=ErrorRecord.of(error)).encode()
-        self._answers.finish(finished)
+        self._answers.reply(finished, ResultRecord(job_id, error=failure))
 
 
 async def _let_started_jobs_run() -> None:
