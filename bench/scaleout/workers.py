@@ -5,7 +5,8 @@
 Each worker has 8 compute slots for the KNN (``SLUICEWAY_KNN_SLOTS=8``) and the seed's cost
 model (a call of n queries sleeps 0.15 + 0.05·n s, a fit 2 s), so the work is bound by slots,
 not by this machine's 2 cores. The load is a closed loop of kiosks, 250 per worker (the kiosk
-benchmark's 250 saturate one worker's 8 slots), spread over the kiosk's 5 restaurants. With
+benchmark's 250 saturate one worker's 8 slots; ``wrk`` with ``bench/burst/kiosk.lua``, light on
+CPU), the requests spread evenly over the kiosk's 5 restaurants. With
 N workers and 5 restaurants, some worker owns more restaurants than the others: the load
 counts as "adding capacity" only if a saturated owner's backlog is served elsewhere too
 (a second consumer of its partition, ``split/helping.py``). Each count runs twice, with
@@ -21,10 +22,10 @@ results.json beside this file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.burst.run import run_wrk, wrk_result
 from bench.kiosk.scenario import training_sets
 from bench.loadtest import machine
 from bench.scaleout.run import HERE, _body, redis_server, sluiceway
@@ -82,44 +84,30 @@ def _totals(ports: list[int]) -> dict[str, float]:
     return totals
 
 
-async def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[int]) -> Run:
-    """A closed loop of ``clients`` kiosks (client i of restaurant i mod 5) for warm + seconds;
-    counts what finished in the last ``seconds``."""
+def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[int]) -> Run:
+    """``clients`` wrk kiosks (a closed loop, 10-20 ms of think time) for warm + seconds;
+    what the workers ran in the last ``seconds`` is the throughput."""
     restaurants = training_sets()
-    done = failed = 0
-    counting = False
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60
-    ) as http:
-        end = time.monotonic() + warm_s + seconds
-
-        async def kiosk(index: int) -> None:
-            nonlocal done, failed
-            while time.monotonic() < end:
-                body = _body(restaurants[index % len(restaurants)])
-                response = await http.post("/classify", json=body)
-                if counting:
-                    done += response.status_code == 200
-                    failed += response.status_code != 200
-
-        tasks = [asyncio.create_task(kiosk(i)) for i in range(clients)]
-        await asyncio.sleep(warm_s)
-        before = await asyncio.to_thread(_totals, ports)
-        counting, began = True, time.monotonic()
-        await asyncio.sleep(seconds)
-        after = await asyncio.to_thread(_totals, ports)
-        counting, elapsed = False, time.monotonic() - began
-        await asyncio.gather(*tasks)
+    for restaurant in restaurants:  # fit every restaurant once, on its owner
+        httpx.post(f"http://127.0.0.1:{port}/classify", json=_body(restaurant), timeout=60)
+    lines = [json.dumps(_body(restaurants[i % len(restaurants)])) for i in range(500)]
+    with tempfile.TemporaryDirectory() as workdir:
+        wrk = run_wrk(port, lines, int(warm_s + seconds + 1), clients, Path(workdir))
+        time.sleep(warm_s)
+        before, began = _totals(ports), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = _totals(ports), time.monotonic() - began
+        result = wrk_result(wrk)
     batches = after["batch_count"] - before["batch_count"]
+    ran = after["batch_sum"] - before["batch_sum"]
     return Run(
         workers=len(ports),
         help=True,
         clients=clients,
-        rps=done / elapsed,
-        requests=done,
-        failures=failed,
-        mean_batch=(after["batch_sum"] - before["batch_sum"]) / max(batches, 1),
+        rps=ran / elapsed,
+        requests=int(ran),
+        failures=int(result["not_200"] + result["timeout"]),
+        mean_batch=ran / max(batches, 1),
         helped=after["helped"],
     )
 
@@ -131,7 +119,7 @@ def measure(url: str, workers: int, help: bool, seconds: float) -> Run:
         settings["SLUICEWAY_WORKER_HELP_AFTER_S"] = "0"
     with sluiceway(url, settings, workers=workers) as cluster:
         clients = CLIENTS_PER_WORKER * workers
-        run = asyncio.run(_load(cluster.port, clients, WARM_S, seconds, cluster.worker_ports))
+        run = _load(cluster.port, clients, WARM_S, seconds, cluster.worker_ports)
     run.help = help
     print(run, flush=True)
     return run

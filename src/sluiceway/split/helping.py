@@ -93,15 +93,14 @@ class Helping:
         if self._worker not in live and self._worker not in saturated:
             free.append(self._worker)
         assigned = _assign(ripe, free, live, model_of)
-        # Own partitions first: a worker with a backlog of its own helps nobody.
+        # A worker with a backlog of its own joins nobody, but keeps what it helps (it reads
+        # its own partitions first): dropping and rejoining with each beat would flap.
         keep = [
             stream
             for stream in self.helped
-            if not own_backlog
-            and stream not in owned
-            and now - self._last_hot.get(stream, 0.0) < self._after_s
+            if stream not in owned and now - self._last_hot.get(stream, 0.0) < self._after_s
         ]
-        joined = [s for s, w in assigned.items() if w == self._worker and s not in keep]
+        joined = [s for s, ws in assigned.items() if self._worker in ws and s not in keep]
         if joined or len(keep) != len(self.helped):
             self.helped = keep + joined
         self._last_hot = {s: t for s, t in self._last_hot.items() if s in self.helped or s in hot}
@@ -113,22 +112,31 @@ def _assign(
     free: list[str],
     live: Mapping[str, WorkerRecord],
     model_of: Mapping[str, str],
-) -> dict[str, str]:
-    """One helper per hot stream, the biggest backlogs first, spread over the free workers.
+) -> dict[str, set[str]]:
+    """Helpers for the hot streams: each gets one (the biggest backlogs first, spread over the
+    free workers), then each free worker still idle joins the stream with the most backlog
+    per helper.
 
-    Every worker computes the same answer from the same registry, like ownership: the
-    least-loaded free worker serving the stream's model, ties broken by rendezvous hashing.
+    Every worker computes the same answer from the same registry, like ownership: ties are
+    broken by rendezvous hashing.
     """
+
+    def serves(worker: str, stream: str) -> bool:
+        record = live.get(worker)
+        return worker != hot[stream][0] and (record is None or model_of[stream] in record.models)
+
     load = dict.fromkeys(free, 0)
-    assigned: dict[str, str] = {}
-    for stream, (reporter, _) in sorted(hot.items(), key=lambda item: (-item[1][1], item[0])):
-        model = model_of[stream]
-        candidates = [
-            w for w in free if w != reporter and (w not in live or model in live[w].models)
-        ]
-        if not candidates:
-            continue
-        chosen = min(candidates, key=lambda w: (load[w], -digest(f"{stream}:{w}")))
-        assigned[stream] = chosen
-        load[chosen] += 1
-    return assigned
+    helpers: dict[str, set[str]] = {stream: set() for stream in hot}
+    for stream in sorted(hot, key=lambda s: (-hot[s][1], s)):
+        candidates = [w for w in free if serves(w, stream)]
+        if candidates:
+            chosen = min(candidates, key=lambda w: (load[w], -digest(f"{stream}:{w}")))
+            helpers[stream].add(chosen)
+            load[chosen] += 1
+    for worker in free:
+        options = [s for s in hot if serves(worker, s)]
+        if load[worker] == 0 and options:
+            chosen = max(options, key=lambda s: (hot[s][1] / (len(helpers[s]) + 1), s))
+            helpers[chosen].add(worker)
+            load[worker] += 1
+    return helpers
