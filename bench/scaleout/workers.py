@@ -60,6 +60,8 @@ class Run:
     failures: int
     mean_batch: float
     helped: float
+    split: str
+    """Restaurants fitted per worker before the load: how ownership fell."""
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -68,6 +70,7 @@ def _scrape(port: int) -> dict[str, float]:
         "batch_sum": r'^sluiceway_batch_size_sum\{model="knn"\} (\S+)',
         "batch_count": r'^sluiceway_batch_size_count\{model="knn"\} (\S+)',
         "helped": r"^sluiceway_partitions_helped_total (\S+)",
+        "fits": r'^sluiceway_model_loads_total\{model="knn"\} (\S+)',
     }
     found = {}
     for name, pattern in wanted.items():
@@ -90,6 +93,7 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
     restaurants = training_sets()
     for restaurant in restaurants:  # fit every restaurant once, on its owner
         httpx.post(f"http://127.0.0.1:{port}/classify", json=_body(restaurant), timeout=60)
+    fits = sorted((int(_scrape(p)["fits"]) for p in ports), reverse=True)
     lines = [json.dumps(_body(restaurants[i % len(restaurants)])) for i in range(500)]
     with tempfile.TemporaryDirectory() as workdir:
         wrk = run_wrk(port, lines, int(warm_s + seconds + 1), clients, Path(workdir))
@@ -109,6 +113,7 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
         failures=int(result["not_200"] + result["timeout"]),
         mean_batch=ran / max(batches, 1),
         helped=after["helped"],
+        split="+".join(map(str, fits)),
     )
 
 
@@ -157,14 +162,14 @@ def section(runs: list[Run], seconds: float, shared: bool) -> str:
         + (" Other work shared the machine during this run." if shared else ""),
         "Each worker has 8 KNN slots and a read-ahead of 256 jobs; the seed's cost model.",
         "",
-        "| workers | second consumers | kiosks | RPS | RPS / (N × 1 worker) | mean batch "
-        "| partitions helped | failures |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| workers | second consumers | restaurants per worker | kiosks | RPS "
+        "| RPS / (N × 1 worker) | mean batch | partitions helped | failures |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         ratio = r.rps / (r.workers * one)
         lines.append(
-            f"| {r.workers} | {'on' if r.help else 'off'} | {r.clients} | {r.rps:.0f} "
+            f"| {r.workers} | {'on' if r.help else 'off'} | {r.split} | {r.clients} | {r.rps:.0f} "
             f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.helped:.0f} | {r.failures} |"
         )
     lines += ["", "Target: RPS ≥ 0.9 × N × the one-worker RPS.", "", "![workers](workers.png)", ""]

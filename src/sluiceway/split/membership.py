@@ -78,7 +78,12 @@ class Membership:
         await self._report_backlog(saturated)
         reports = cast(dict[bytes, bytes], reports)
         backlogs = {w.decode(): decode_backlog(data) for w, data in reports.items()}
-        self._helping.plan(now, live, backlogs, self.backlog, self.model_of, self.owned)
+        helped = self._helping.helped
+        joined = self._helping.plan(now, live, backlogs, self.backlog, self.model_of, self.owned)
+        for stream in joined:
+            logger.info("worker %s helps saturated partition %s", self.worker, stream)
+        for stream in set(helped) - set(self._helping.helped):
+            logger.info("worker %s stops helping partition %s", self.worker, stream)
         return live
 
     async def leave(self) -> None:
