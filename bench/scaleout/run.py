@@ -61,6 +61,7 @@ NO_SLEEP = {
     "SLUICEWAY_KNN_FIT_COST_S": "0",
 }
 SETTLE_S = 4.0  # > two worker heartbeats (SLUICEWAY_WORKER_HEARTBEAT_S = 1) and a margin
+WORKERS_MARK = "## Adding workers"  # the section bench/scaleout/workers.py writes
 MODEL_MS = 200.0  # the kiosk KNN's simulated cost of one call (SLUICEWAY_KNN_INFER_BASE_COST_S)
 
 
@@ -470,9 +471,15 @@ def main() -> None:
         for name, broker in brokers.items():
             result, cpu_ms = locust_load(name, broker, redis_pid if broker else None, args)
             modes[name] = Mode(rounds[name], paced_rounds[name], result, cpu_ms)
-    (HERE / "REPORT.md").write_text(report(modes, args, args.shared))
+    # The adding-workers section (workers.py) is measured apart: keep it and its results.
+    report_path, results_path = HERE / "REPORT.md", HERE / "results.json"
+    previous = report_path.read_text() if report_path.exists() else ""
+    kept = previous[previous.index(WORKERS_MARK) :] if WORKERS_MARK in previous else ""
+    report_path.write_text(report(modes, args, args.shared) + ("\n" + kept if kept else ""))
     plot(modes, HERE / "scaleout.png")
-    serialisable = {
+    old = json.loads(results_path.read_text()) if results_path.exists() else {}
+    serialisable: dict[str, object] = {"workers": old["workers"]} if "workers" in old else {}
+    serialisable |= {
         name: {
             "rounds": mode.rounds,
             "paced_rounds": mode.paced,
@@ -481,7 +488,7 @@ def main() -> None:
         }
         for name, mode in modes.items()
     }
-    (HERE / "results.json").write_text(json.dumps(serialisable, indent=1))
+    results_path.write_text(json.dumps(serialisable, indent=1))
     print((HERE / "REPORT.md").read_text())
 
 

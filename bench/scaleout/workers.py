@@ -39,13 +39,13 @@ import matplotlib.pyplot as plt
 from bench.burst.run import run_wrk, wrk_result
 from bench.kiosk.scenario import training_sets
 from bench.loadtest import machine
-from bench.scaleout.run import HERE, _body, redis_server, sluiceway
+from bench.scaleout.run import HERE, WORKERS_MARK, _body, redis_server, sluiceway
 
 SLOTS = 8
 CLIENTS_PER_WORKER = 250
 WARM_S = 6.0  # every restaurant fitted (2 s) and the helpers' fits paid before measuring
 SLOT_SETTINGS = {"SLUICEWAY_KNN_SLOTS": str(SLOTS), "SLUICEWAY_WORKER_PREFETCH": "256"}
-MARK = "## Adding workers"
+MARK = WORKERS_MARK
 
 
 @dataclass
