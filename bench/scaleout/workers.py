@@ -62,6 +62,8 @@ class Run:
     helped: float
     split: str
     """Restaurants fitted per worker before the load: how ownership fell."""
+    failure_kinds: str = ""
+    """wrk's count of each kind of failure (not 200, timed out, read or connect errors)."""
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -110,10 +112,15 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
         clients=clients,
         rps=ran / elapsed,
         requests=int(ran),
-        failures=int(result["not_200"] + result["timeout"]),
+        failures=int(sum(result[k] for k in ("not_200", "timeout", "read", "connect"))),
         mean_batch=ran / max(batches, 1),
         helped=after["helped"],
         split="+".join(map(str, fits)),
+        failure_kinds=", ".join(
+            f"{kind} {int(result[kind])}"
+            for kind in ("not_200", "timeout", "read", "connect")
+            if result.get(kind)
+        ),
     )
 
 
@@ -172,7 +179,12 @@ def section(runs: list[Run], seconds: float, shared: bool) -> str:
             f"| {r.workers} | {'on' if r.help else 'off'} | {r.split} | {r.clients} | {r.rps:.0f} "
             f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.helped:.0f} | {r.failures} |"
         )
-    lines += ["", "Target: RPS ≥ 0.9 × N × the one-worker RPS.", "", "![workers](workers.png)", ""]
+    lines += ["", "Target: RPS ≥ 0.9 × N × the one-worker RPS."]
+    failed = [r for r in runs if r.failure_kinds]
+    for r in failed:
+        help = "on" if r.help else "off"
+        lines.append(f"Failures with {r.workers} workers, help {help}: {r.failure_kinds}.")
+    lines += ["", "![workers](workers.png)", ""]
     return "\n".join(lines)
 
 

@@ -88,6 +88,16 @@ def test_a_helper_with_a_backlog_of_its_own_keeps_helping_while_the_owner_report
     assert helping.helped == ["knn:0"], "dropping and rejoining each beat would flap"
 
 
+def test_a_partition_left_lately_is_joined_again_at_once() -> None:
+    helping = Helping("b", help_after_s=1.0)
+    hot = {"a": {"knn:0": 50}}
+    helping.plan(0.0, LIVE, hot, {}, KNN, [])
+    helping.plan(1.0, LIVE, hot, {}, KNN, [])
+    helping.plan(2.5, LIVE, {}, {}, KNN, [])
+    assert helping.helped == []
+    assert helping.plan(3.0, LIVE, hot, {}, KNN, []) == ["knn:0"], "its model is still fitted"
+
+
 def test_reports_of_dead_workers_and_unserved_models_are_ignored() -> None:
     helping = Helping("b", help_after_s=1.0)
     reports = {"gone": {"knn:0": 50}, "a": {"other:0": 50}}

@@ -14,7 +14,7 @@ A second home costs a fit of the partition's models (the kiosk's KNN: 2 s of a s
 join waits until the backlog has lasted ``worker_help_after_s`` (about that cost): the
 ski-rental rule, 2-competitive, so a brief burst never pays for fits while a lasting backlog
 pays for one fit in at most the time it lasted. Leaving waits as long, so the help does not
-flap with the backlog's sampling.
+flap with the backlog's sampling, and a stream left lately is joined again at once.
 
 Nothing is lost or run twice: a consumer group delivers each entry to one consumer; the
 helper answers and acknowledges what it read like any job, keeps running what it holds
@@ -28,6 +28,11 @@ from typing import Any
 
 from sluiceway.split.keys import digest
 from sluiceway.split.wire import WireError, WorkerRecord, pack, unpack
+
+_STILL_FITTED_S = 60.0
+"""A stream left this recently is joined again without waiting: its models are likely still in
+this worker's cache, so joining costs no fit (a help that ebbs and flows with the load would
+otherwise wait a fit's time at every return)."""
 
 Backlog = dict[str, int]
 """Partition stream → jobs of it its owner could not take."""
@@ -57,6 +62,7 @@ class Helping:
         self._after_s = help_after_s
         self._hot_since: dict[str, float] = {}  # stream reported → since when, continuously
         self._last_hot: dict[str, float] = {}  # stream helped → when last reported
+        self._left: dict[str, float] = {}  # stream helped before → when we left it
         self.helped: list[str] = []
         """The streams read as a helper now (replaced, never changed in place)."""
 
@@ -88,7 +94,13 @@ class Helping:
         self._hot_since = {stream: self._hot_since.get(stream, now) for stream in hot}
         for stream in hot:
             self._last_hot[stream] = now
-        ripe = {s: hot[s] for s, since in self._hot_since.items() if now - since >= self._after_s}
+        # A stream helped lately has its models still fitted here: the fit is paid, join now.
+        self._left = {s: t for s, t in self._left.items() if now - t < _STILL_FITTED_S}
+        ripe = {
+            s: hot[s]
+            for s, since in self._hot_since.items()
+            if now - since >= self._after_s or s in self._left
+        }
         free = sorted(w for w in live if w not in saturated)
         if self._worker not in live and self._worker not in saturated:
             free.append(self._worker)
@@ -102,6 +114,7 @@ class Helping:
         ]
         joined = [s for s, ws in assigned.items() if self._worker in ws and s not in keep]
         if joined or len(keep) != len(self.helped):
+            self._left.update((s, now) for s in self.helped if s not in keep)
             self.helped = keep + joined
         self._last_hot = {s: t for s, t in self._last_hot.items() if s in self.helped or s in hot}
         return joined
