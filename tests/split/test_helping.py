@@ -115,8 +115,8 @@ def test_a_backlog_record_round_trips_and_junk_reads_as_none() -> None:
     assert decode_backlog(b"\xc1junk") == {}
 
 
-def _settings(server: RedisServer) -> Settings:
-    return fast_settings(
+def _settings(server: RedisServer, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
         broker_url=server.url,
         broker_prefix=f"test-{uuid.uuid4().hex[:8]}",
         worker_port=None,
@@ -133,6 +133,8 @@ def _settings(server: RedisServer) -> Settings:
         knn_infer_base_cost_s=0.05,
         knn_infer_per_query_cost_s=0.0,
     )
+    values.update(overrides)
+    return fast_settings(**values)
 
 
 def _worker(settings: Settings, name: str, metrics: Metrics) -> Worker:
@@ -143,6 +145,10 @@ def _ran(metrics: Metrics) -> float:
     """Queries a worker's KNN calls have run."""
     value = metrics.registry.get_sample_value("sluiceway_batch_size_sum", {"model": "knn"})
     return value or 0.0
+
+
+def _knn(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name, {"model": "knn"}) or 0.0
 
 
 async def test_a_saturated_partition_is_served_by_two_workers_then_one(
@@ -173,6 +179,44 @@ async def test_a_saturated_partition_is_served_by_two_workers_then_one(
         assert _ran(owned) + _ran(helped) == 400
         assert helped.registry.get_sample_value("sluiceway_partitions_helped_total") == 1
         await eventually(lambda: helper.helped == [], timeout_s=30)
+    finally:
+        await api.close()
+        for worker in workers:
+            await worker.close()
+
+
+async def test_a_helper_does_not_run_jobs_whose_callers_left(redis_server: RedisServer) -> None:
+    # The helper's fit takes a second: the jobs it reads wait queued while their callers leave.
+    settings = _settings(redis_server, knn_fit_cost_s=1.0)
+    metrics = {"worker-a": Metrics(), "worker-b": Metrics()}
+    workers = [_worker(settings, name, metrics[name]) for name in metrics]
+    for worker in workers:
+        await worker.start()
+    api = RedisDispatcher(settings, Metrics())
+    await api.start()
+    try:
+        await eventually(lambda: all(w.owned for w in workers))
+        training = restaurant(4)
+        jobs = [knn_job(training, np.zeros((1, 2)), timeout_s=60) for _ in range(400)]
+        keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        stream = keys.jobs("knn", keys.partition(jobs[0].key))
+        helper = workers[1] if stream in workers[0].owned else workers[0]
+        helped = metrics[helper.id]
+        callers = [asyncio.ensure_future(api.submit(job)) for job in jobs]
+        await eventually(lambda: helper.helped == [stream], timeout_s=30)
+        await eventually(lambda: _knn(helped, "sluiceway_queue_depth") > 0, timeout_s=30)
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+
+        # Every job either ran (before its caller left) or was withdrawn unrun, on either
+        # worker; the helper withdrew some of those it held.
+        def accounted() -> float:
+            done = [_ran(m) + _knn(m, "sluiceway_cancelled_total") for m in metrics.values()]
+            return sum(done)
+
+        await eventually(lambda: accounted() == 400, timeout_s=30)
+        assert _knn(helped, "sluiceway_cancelled_total") > 0
     finally:
         await api.close()
         for worker in workers:
