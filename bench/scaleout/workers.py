@@ -154,7 +154,8 @@ def plot(runs: list[Run], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     one = next(r.rps for r in runs if r.workers == 1 and r.help)
     for help, style in ((True, "o-"), (False, "s--")):
-        chosen = [r for r in runs if r.help == help]
+        # One worker has no one to help: its run starts both lines.
+        chosen = [r for r in runs if r.help == help or r.workers == 1]
         label = "second consumers on" if help else "one owner per partition"
         left.plot([r.workers for r in chosen], [r.rps for r in chosen], style, label=label)
         right.plot([r.workers for r in chosen], [r.mean_batch for r in chosen], style, label=label)
