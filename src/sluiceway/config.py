@@ -255,7 +255,15 @@ class Settings(BaseSettings):
     )
     worker_models: str = Field("", description="comma-separated models to serve; empty = all")
     worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
-    worker_prefetch: int = Field(1024, ge=1, description="jobs read and not yet answered")
+    worker_prefetch: int = Field(
+        1024, ge=1, description="jobs read and not yet answered (the read-ahead; the rest waits)"
+    )
+    worker_help_after_s: float = Field(
+        2.0,
+        ge=0,
+        description="another worker also reads a partition whose owner stays saturated this "
+        "long (about one model fit); 0 = never",
+    )
     worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
     worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
     worker_port: int | None = Field(

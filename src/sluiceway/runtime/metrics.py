@@ -105,6 +105,11 @@ class Metrics:
             "Jobs a worker took over from a dead or stuck worker (split mode)",
             registry=r,
         )
+        self.partitions_helped = Counter(
+            "sluiceway_partitions_helped",
+            "Saturated partitions of other workers this worker joined as a second consumer",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "sluiceway_dead_letters",
             "Jobs moved to the dead-letter stream, by model (split mode)",

@@ -15,6 +15,7 @@ from sluiceway.split.keys import GROUP, Keys
 from sluiceway.split.line import pack
 from sluiceway.split.outbox import Outbox
 from sluiceway.split.scripts import FINISH
+from sluiceway.split.wire import ErrorRecord, ResultRecord, WireError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ class Answers:
     def finish(self, finished: Finished) -> None:
         """Owe ``finished``'s writes; all of a loop turn's go together at its end."""
         self._outbox.add(finished)
+
+    def reply(self, finished: Finished, result: ResultRecord) -> None:
+        """Owe ``finished`` with ``result`` as its answer (a value that cannot be sent is
+        answered as that error)."""
+        try:
+            finished.result = result.encode()
+        except WireError as error:
+            finished.result = ResultRecord(result.job_id, error=ErrorRecord.of(error)).encode()
+        self.finish(finished)
 
     async def drain(self) -> None:
         """Send what is gathered now and wait (bounded) until Redis has answered it all."""

@@ -14,7 +14,8 @@ GROUP = "workers"
 """The consumer group every worker of a model reads its partitions with."""
 
 
-def _digest(text: str) -> int:
+def digest(text: str) -> int:
+    """A stable 64-bit hash of ``text`` (the same in every process, unlike ``hash``)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
@@ -35,7 +36,7 @@ class Keys:
 
     def partition(self, key: str) -> int:
         """The partition of a batching key: stable across processes and machines."""
-        return _digest(key) % self.partitions
+        return digest(key) % self.partitions
 
     def queued(self, model: str) -> str:
         """Counter of a model's jobs admitted and not yet finished (the queue bound)."""
@@ -79,6 +80,11 @@ class Keys:
         """The Pub/Sub channel saying the desired state or a worker's report changed."""
         return f"{self.prefix}:models"
 
+    @property
+    def backlogs(self) -> str:
+        """Hash of saturated workers: worker id → the backlog of each partition it owns."""
+        return f"{self.prefix}:backlog"
+
 
 def owner(model: str, partition: int, workers: list[str]) -> str | None:
     """The worker that owns a partition: rendezvous hashing over the live workers.
@@ -88,4 +94,4 @@ def owner(model: str, partition: int, workers: list[str]) -> str | None:
     """
     if not workers:
         return None
-    return max(workers, key=lambda worker: _digest(f"{model}:{partition}:{worker}"))
+    return max(workers, key=lambda worker: digest(f"{model}:{partition}:{worker}"))

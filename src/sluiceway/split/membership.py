@@ -2,7 +2,8 @@
 
 Every worker writes its heartbeat record to one hash and reads everyone's; the live set
 decides, by rendezvous hashing (``keys.owner``), which worker owns each partition stream of
-each model. Every worker computes the same answer from the same live set.
+each model. Every worker computes the same answer from the same live set. A saturated owner
+also reports its backlog, and others read its partition too (``helping.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import cast
 
 from sluiceway.config import Settings
 from sluiceway.split.connection import Broker
+from sluiceway.split.helping import Backlog, Helping, decode_backlog, encode_backlog
 from sluiceway.split.keys import GROUP, Keys, owner
 from sluiceway.split.wire import WorkerRecord, live_workers
 
@@ -38,13 +40,23 @@ class Membership:
         self.joined = False
         """In every consumer group since the broker connection was last made."""
         self._winning: dict[str, float] = {}  # partition won → when its hand-over is over
+        self._helping = Helping(worker, settings.worker_help_after_s)
+        self.backlog: Backlog = {}
+        """What this worker reported at its last beat: its partitions' jobs it could not take."""
 
-    async def beat(self) -> dict[str, WorkerRecord]:
+    @property
+    def helped(self) -> list[str]:
+        """Saturated partitions of other workers this worker reads too (replaced, never
+        changed in place)."""
+        return self._helping.helped
+
+    async def beat(self, saturated: bool = False) -> dict[str, WorkerRecord]:
         """Connect if need be, say we are alive, and recompute the owned partitions.
 
-        Returns the live workers. Raises ``BROKER_ERRORS`` when Redis is lost and
-        ``ResponseError`` when it lost the groups (NOGROUP): the caller marks the broker lost,
-        and the next beat connects and joins again.
+        ``saturated`` says the read-ahead was full since the last beat: the backlog of the
+        owned partitions is then measured and reported. Returns the live workers. Raises
+        ``BROKER_ERRORS`` when Redis is lost and ``ResponseError`` when it lost the groups
+        (NOGROUP): the caller marks the broker lost, and the next beat connects and joins again.
         """
         redis = self._broker.redis
         if not self._broker.connected:
@@ -54,7 +66,8 @@ class Membership:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._keys.workers, self.worker, WorkerRecord(self._models, now).encode())
             pipe.hgetall(self._keys.workers)
-            _, registry = await pipe.execute()
+            pipe.hgetall(self._keys.backlogs)
+            _, registry, reports = await pipe.execute()
         if not self.joined:
             await self._join_groups()
             self.joined = True
@@ -62,6 +75,15 @@ class Membership:
         live = live_workers(registry, now, self._settings.worker_dead_after_s)
         await self._forget_departed(registry, live, now)
         self._take_ownership(live, now)
+        await self._report_backlog(saturated)
+        reports = cast(dict[bytes, bytes], reports)
+        backlogs = {w.decode(): decode_backlog(data) for w, data in reports.items()}
+        helped = self._helping.helped
+        joined = self._helping.plan(now, live, backlogs, self.backlog, self.model_of, self.owned)
+        for stream in joined:
+            logger.info("worker %s helps saturated partition %s", self.worker, stream)
+        for stream in set(helped) - set(self._helping.helped):
+            logger.info("worker %s stops helping partition %s", self.worker, stream)
         return live
 
     async def serve(self, model: str, serving: bool) -> None:
@@ -82,7 +104,36 @@ class Membership:
 
     async def leave(self) -> None:
         """Leave the registry, so others take over this worker's partitions at once."""
-        await self._broker.redis.hdel(self._keys.workers, self.worker)
+        async with self._broker.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self._keys.workers, self.worker)
+            pipe.hdel(self._keys.backlogs, self.worker)
+            await pipe.execute()
+
+    async def _report_backlog(self, saturated: bool) -> None:
+        """Measure and publish the jobs of owned partitions this worker could not take.
+
+        Finished jobs are deleted from their stream, so its length less what this worker
+        holds is what waits there or is held by others: only a full read-ahead leaves any.
+        """
+        backlog: Backlog = {}
+        owned = self.owned
+        if saturated and owned:
+            async with self._broker.redis.pipeline(transaction=False) as pipe:
+                for stream in owned:
+                    pipe.xlen(stream)
+                    pipe.xpending(stream, GROUP)
+                replies = await pipe.execute()
+            for stream, length, summary in zip(owned, replies[::2], replies[1::2], strict=True):
+                mine = sum(
+                    c["pending"] for c in summary["consumers"] if c["name"] == self.worker.encode()
+                )
+                if length - mine > 0:
+                    backlog[stream] = length - mine
+        if backlog:
+            await self._broker.redis.hset(self._keys.backlogs, self.worker, encode_backlog(backlog))
+        elif self.backlog:
+            await self._broker.redis.hdel(self._keys.backlogs, self.worker)
+        self.backlog = backlog
 
     async def _join_groups(self, streams: Sequence[str] = ()) -> None:
         async with self._broker.redis.pipeline(transaction=False) as pipe:
@@ -103,17 +154,20 @@ class Membership:
             if worker.decode() not in live and (record is None or now - record.seen > horizon):
                 departed.append(worker)
         if departed:
-            await self._broker.redis.hdel(self._keys.workers, *departed)
+            async with self._broker.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(self._keys.workers, *departed)
+                pipe.hdel(self._keys.backlogs, *departed)
+                await pipe.execute()
 
     def _take_ownership(self, live: dict[str, WorkerRecord], now: float) -> None:
         """Read the partitions this worker wins now, after a hand-over delay for new ones.
 
         A partition won from another worker is read only after two heartbeats, by when its
         previous owner has seen the change and stopped reading it: one partition, one reader,
-        so a restaurant is never fitted on two workers at once. A partition lost is dropped at
-        once (the worker cuts its blocking read short when ``owned`` changes). A partition of
-        a model no other live worker serves (one just loaded at runtime) has no previous owner
-        and is read at once.
+        so a restaurant is fitted on one worker (unless its owner saturates: ``helping.py``).
+        A partition lost is dropped at once (the worker cuts its blocking read short when
+        ``owned`` changes). A partition of a model no other live worker serves (one just loaded
+        at runtime) has no previous owner and is read at once.
         """
         alone = True
         won: list[str] = []

@@ -31,15 +31,18 @@ class GroupReader:
         self._consumer = consumer
         self._block_ms = block_ms
         self._line: RedisLine | None = None
-        self._packed: tuple[tuple[tuple[str, ...], int], bytes] | None = None
+        self._packed: dict[tuple[tuple[str, ...], int, int], bytes] = {}
 
     @property
     def id(self) -> int | None:
         """The connection's client id, once connected (for ``CLIENT UNBLOCK``)."""
         return self._line.client_id if self._line is not None else None
 
-    async def read(self, streams: Sequence[str], count: int) -> list[tuple[str, bytes, Any]]:
-        """New entries of ``streams`` as (stream, entry id, fields), blocking up to block_ms.
+    async def read(
+        self, streams: Sequence[str], count: int, block_ms: int | None = None
+    ) -> list[tuple[str, bytes, Any]]:
+        """New entries of ``streams`` as (stream, entry id, fields), blocking up to
+        ``block_ms`` (the reader's own by default; 0: only what waits now, no blocking).
 
         Raises ``BROKER_ERRORS`` when Redis is lost or stalls (the next read reconnects) and
         ``ResponseError`` for an error reply (NOGROUP after Redis lost the groups).
@@ -47,16 +50,21 @@ class GroupReader:
         if self._line is None or not self._line.connected:
             self.reset()
             self._line = await RedisLine.open(self._url)
-        key = (tuple(streams), count)
-        if self._packed is None or self._packed[0] != key:
+        block = self._block_ms if block_ms is None else block_ms
+        key = (tuple(streams), count, block)
+        command = self._packed.get(key)
+        if command is None:
+            if len(self._packed) >= 8:  # a helper alternates two reads; ownership moves rarely
+                self._packed.clear()
+            wait = ("BLOCK", block) if block > 0 else ()  # BLOCK 0 would wait forever
             command = pack(
                 "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count,
-                "BLOCK", self._block_ms, "STREAMS", *streams, *([">"] * len(streams)),
+                *wait, "STREAMS", *streams, *([">"] * len(streams)),
             )  # fmt: skip
-            self._packed = (key, command)
+            self._packed[key] = command
         try:
-            async with asyncio.timeout(self._block_ms / 1000 + STALLED_S):
-                (reply,) = await self._line.send(self._packed[1], 1)
+            async with asyncio.timeout(block / 1000 + STALLED_S):
+                (reply,) = await self._line.send(command, 1)
         except BROKER_ERRORS:
             self.reset()
             raise

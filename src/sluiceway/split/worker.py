@@ -6,7 +6,8 @@ restaurant's jobs always land in one partition, they meet in one batcher on one 
 its model is fitted there once. Each job's answer and acknowledgement go out together, one
 pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
 cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
-(``cancels.py``).
+(``cancels.py``). A worker with room also takes what waits in the partitions of saturated
+owners (``helping.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError
 logger = logging.getLogger(__name__)
 
 _READ_BLOCK_MS = 500
+_HELP_POLL_MS = 20  # while helping: how long the read of owned partitions blocks between polls
 
 
 class Worker:
@@ -84,6 +86,7 @@ class Worker:
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._stopping = False
+        self._full = False  # the read-ahead was full since the last heartbeat
         self._stopped = asyncio.Event()
         self._reading: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -97,6 +100,11 @@ class Worker:
     def owned(self) -> list[str]:
         """The partition streams this worker reads now."""
         return list(self._membership.owned)
+
+    @property
+    def helped(self) -> list[str]:
+        """Saturated partitions of other workers this worker reads too (``helping.py``)."""
+        return list(self._membership.helped)
 
     def ready(self) -> bool:
         """Connected to the broker and taking jobs."""
@@ -157,9 +165,9 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while not self._stopping:
-            pause = self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), pause)
+            await self._pause(
+                self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
+            )
             if not self._stopping:
                 await self._beat()
 
@@ -167,11 +175,14 @@ class Worker:
         """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
         now = time.time()
         self._cancels.expire(now)
-        owned = self._membership.owned
+        owned, helped = self._membership.owned, self._membership.helped
+        saturated, self._full = self._full, self._room_left() <= 0
         try:
-            live = await self._membership.beat()
+            live = await self._membership.beat(saturated)
             await self._convergence.beat(live)  # models loaded or unloaded by operators
-            if self._membership.owned is not owned:
+            joined = len(self._membership.helped) - len(set(helped) & set(self._membership.helped))
+            self._metrics.partitions_helped.inc(joined)
+            if self._membership.owned is not owned or self._membership.helped is not helped:
                 await self._cut_read_short()
             await self._claims.claim(self._membership.owned, live, self._room_left, self._accept)
         except BROKER_ERRORS as error:
@@ -191,33 +202,50 @@ class Worker:
     # Read, run, answer.
 
     async def _read(self) -> None:
-        reader = self._reader
         while not self._stopping:
             room = self._room_left()
-            owned = self._membership.owned
-            if not self.ready() or not owned:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), RECONNECT_S)
+            owned, helped = self._membership.owned, self._membership.helped
+            if not self.ready() or not (owned or helped):
+                await self._pause(RECONNECT_S)
                 continue
             if room <= 0:
+                self._full = True
                 self._room.clear()
                 await self._room.wait()
                 continue
-            count = min(self._settings.worker_read_count, max(1, room // len(owned)))
             try:
-                entries = await reader.read(owned, count)
+                took = bool(helped) and await self._read_helped(helped, room)
+                if not owned and not took:  # a helper only: poll again shortly
+                    await self._pause(_HELP_POLL_MS / 1000)
+                if not owned or (took and (room := self._room_left()) <= 0):
+                    continue
+                count = min(self._settings.worker_read_count, max(1, room // len(owned)))
+                block = _HELP_POLL_MS if helped else None
+                await self._take(await self._reader.read(owned, count, block))
             except BROKER_ERRORS as error:
                 self._broker.lost(error)
                 await asyncio.sleep(RECONNECT_S)
-                continue
             except ResponseError as error:  # NOGROUP: the heartbeat rejoins the groups
                 logger.warning("job broker error: %s; rejoining", error)
                 self._broker.lost(error)
-                continue
-            for stream, entry_id, fields in entries:
-                self._accept(stream, entry_id, fields)
-            if entries:
-                await _let_started_jobs_run()
+
+    async def _read_helped(self, helped: list[str], room: int) -> bool:
+        """Take what waits in the helped partitions, without blocking (so never a job their
+        owner is free to take), into at most half the room (the rest stays for our own)."""
+        count = min(self._settings.worker_read_count, max(1, room // (2 * len(helped))))
+        return await self._take(await self._reader.read(helped, count, 0))
+
+    async def _take(self, entries: list[tuple[str, bytes, Any]]) -> bool:
+        for stream, entry_id, fields in entries:
+            self._accept(stream, entry_id, fields)
+        if entries:
+            await _let_started_jobs_run()
+        return bool(entries)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the worker stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
         model = self._model_of[stream]
@@ -276,21 +304,14 @@ class Worker:
         elif (error := future.exception()) is not None:
             self._fail(finished, data, job_id, error)
         else:
-            self._reply(finished, ResultRecord(job_id, future.result()))
+            self._answers.reply(finished, ResultRecord(job_id, future.result()))
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""
         failure = ErrorRecord.of(error)
         if not isinstance(error, SluicewayError):
             finished.dead_letter = self._claims.letter(data, failure.message)
-        self._reply(finished, ResultRecord(job_id, error=failure))
-
-    def _reply(self, finished: Finished, result: ResultRecord) -> None:
-        try:
-            finished.result = result.encode()
-        except WireError as error:
-            finished.result = ResultRecord(result.job_id, error=ErrorRecord.of(error)).encode()
-        self._answers.finish(finished)
+        self._answers.reply(finished, ResultRecord(job_id, error=failure))
 
 
 async def _let_started_jobs_run() -> None:

@@ -1,0 +1,245 @@
+"""Adding workers adds capacity: 1, 2 and 4 split-mode workers under a load that saturates them.
+
+    python -m bench.scaleout.workers [--seconds 20] [--counts 1,2,4] [--shared]
+
+Each worker has 8 compute slots for the KNN (``SLUICEWAY_KNN_SLOTS=8``) and the seed's cost
+model (a call of n queries sleeps 0.15 + 0.05·n s, a fit 2 s), so the work is bound by slots,
+not by this machine's 2 cores. The load is a closed loop of kiosks, 250 per worker (the kiosk
+benchmark's 250 saturate one worker's 8 slots; ``wrk`` with ``bench/burst/kiosk.lua``, light on
+CPU), the requests spread evenly over the kiosk's 5 restaurants. With
+N workers and 5 restaurants, some worker owns more restaurants than the others: the load
+counts as "adding capacity" only if a saturated owner's backlog is served elsewhere too
+(a second consumer of its partition, ``split/helping.py``). Each count runs twice, with
+help (the default) and without (``SLUICEWAY_WORKER_HELP_AFTER_S=0``), on fresh servers.
+
+Measured per run, over the steady window after every model is fitted and ownership settled:
+requests per second, that RPS over N times the one-worker RPS (the target is ≥ 0.9), the
+mean KNN batch size (every batch holds one restaurant's queries) and the partitions the
+workers helped. Writes a section of REPORT.md, workers.png and the ``workers`` entry of
+results.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.burst.run import run_wrk, wrk_result
+from bench.kiosk.scenario import training_sets
+from bench.loadtest import machine
+from bench.scaleout.run import HERE, WORKERS_MARK, _body, redis_server, sluiceway
+
+SLOTS = 8
+CLIENTS_PER_WORKER = 250
+WARM_S = 6.0  # every restaurant fitted (2 s) and the helpers' fits paid before measuring
+SLOT_SETTINGS = {"SLUICEWAY_KNN_SLOTS": str(SLOTS), "SLUICEWAY_WORKER_PREFETCH": "256"}
+MARK = WORKERS_MARK
+
+
+@dataclass
+class Run:
+    """One cluster size, with or without help."""
+
+    workers: int
+    help: bool
+    clients: int
+    rps: float
+    requests: int
+    failures: int
+    mean_batch: float
+    helped: float
+    split: str
+    """Restaurants fitted per worker before the load: how ownership fell."""
+    failure_kinds: str = ""
+    """wrk's count of each kind of failure (not 200, timed out, read or connect errors)."""
+
+
+def _metrics_port(port: int) -> int:
+    """Where a worker asked for ``port`` answers: the next free port above, if it was taken."""
+    for candidate in range(port, port + 8):
+        try:
+            response = httpx.get(f"http://127.0.0.1:{candidate}/metrics", timeout=5)
+        except httpx.HTTPError:
+            continue
+        if "sluiceway_batch_size" in response.text:
+            return candidate
+    raise RuntimeError(f"no worker metrics at or above port {port}")
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    wanted = {
+        "batch_sum": r'^sluiceway_batch_size_sum\{model="knn"\} (\S+)',
+        "batch_count": r'^sluiceway_batch_size_count\{model="knn"\} (\S+)',
+        "helped": r"^sluiceway_partitions_helped_total (\S+)",
+        "fits": r'^sluiceway_model_loads_total\{model="knn"\} (\S+)',
+    }
+    found = {}
+    for name, pattern in wanted.items():
+        match = re.search(pattern, text, re.MULTILINE)
+        found[name] = float(match.group(1)) if match else 0.0
+    return found
+
+
+def _totals(ports: list[int]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for port in ports:
+        for name, value in _scrape(port).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[int]) -> Run:
+    """``clients`` wrk kiosks (a closed loop, 10-20 ms of think time) for warm + seconds;
+    what the workers ran in the last ``seconds`` is the throughput."""
+    restaurants = training_sets()
+    ports = sorted({_metrics_port(p) for p in ports})
+    for restaurant in restaurants:  # fit every restaurant once, on its owner
+        httpx.post(f"http://127.0.0.1:{port}/classify", json=_body(restaurant), timeout=60)
+    fits = sorted((int(_scrape(p)["fits"]) for p in ports), reverse=True)
+    lines = [json.dumps(_body(restaurants[i % len(restaurants)])) for i in range(500)]
+    with tempfile.TemporaryDirectory() as workdir:
+        wrk = run_wrk(port, lines, int(warm_s + seconds + 1), clients, Path(workdir))
+        time.sleep(warm_s)
+        before, began = _totals(ports), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = _totals(ports), time.monotonic() - began
+        result = wrk_result(wrk)
+    batches = after["batch_count"] - before["batch_count"]
+    ran = after["batch_sum"] - before["batch_sum"]
+    return Run(
+        workers=len(ports),
+        help=True,
+        clients=clients,
+        rps=ran / elapsed,
+        requests=int(ran),
+        failures=int(sum(result[k] for k in ("not_200", "timeout", "read", "connect"))),
+        mean_batch=ran / max(batches, 1),
+        helped=after["helped"],
+        split="+".join(map(str, fits)),
+        failure_kinds=", ".join(
+            f"{kind} {int(result[kind])}"
+            for kind in ("not_200", "timeout", "read", "connect")
+            if result.get(kind)
+        ),
+    )
+
+
+def measure(url: str, workers: int, help: bool, seconds: float) -> Run:
+    prefix = f"workers{workers}{'help' if help else ''}"  # a fresh namespace per run
+    settings = {**SLOT_SETTINGS, "SLUICEWAY_BROKER_PREFIX": prefix}
+    if not help:
+        settings["SLUICEWAY_WORKER_HELP_AFTER_S"] = "0"
+    with sluiceway(url, settings, workers=workers) as cluster:
+        clients = CLIENTS_PER_WORKER * workers
+        run = _load(cluster.port, clients, WARM_S, seconds, cluster.worker_ports)
+    run.help = help
+    print(run, flush=True)
+    return run
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    one = next(r.rps for r in runs if r.workers == 1 and r.help)
+    for help, style in ((True, "o-"), (False, "s--")):
+        # One worker has no one to help: its run starts both lines.
+        chosen = [r for r in runs if r.help == help or r.workers == 1]
+        label = "second consumers on" if help else "one owner per partition"
+        left.plot([r.workers for r in chosen], [r.rps for r in chosen], style, label=label)
+        right.plot([r.workers for r in chosen], [r.mean_batch for r in chosen], style, label=label)
+    counts = sorted({r.workers for r in runs})
+    target = [0.9 * n * one for n in counts]
+    left.plot(counts, target, ":", color="grey", label="0.9 × N × 1 worker")
+    left.set(xlabel="workers", ylabel="requests / s", title=f"{SLOTS} KNN slots per worker")
+    right.set(xlabel="workers", ylabel="queries per KNN call", title="mean batch (one restaurant)")
+    for axis in (left, right):
+        axis.set_xticks(counts)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def section(runs: list[Run], seconds: float, shared: bool) -> str:
+    one = next(r.rps for r in runs if r.workers == 1 and r.help)
+    lines = [
+        f"{MARK} (8 KNN slots per worker)",
+        "",
+        f"Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine()} by "
+        "`python -m bench.scaleout.workers`: an API node, N workers and redis-server with a",
+        f"closed loop of {CLIENTS_PER_WORKER} kiosks per worker (5 restaurants), "
+        f"{seconds:g} s measured after {WARM_S:g} s of warm-up, per run."
+        + (" Other work shared the machine during this run." if shared else ""),
+        "Each worker has 8 KNN slots and a read-ahead of 256 jobs; the seed's cost model.",
+        "",
+        "| workers | second consumers | restaurants per worker | kiosks | RPS "
+        "| RPS / (N × 1 worker) | mean batch | partitions helped | failures |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        ratio = r.rps / (r.workers * one)
+        lines.append(
+            f"| {r.workers} | {'on' if r.help else 'off'} | {r.split} | {r.clients} | {r.rps:.0f} "
+            f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.helped:.0f} | {r.failures} |"
+        )
+    lines += [
+        "",
+        "Target: RPS ≥ 0.9 × N × the one-worker RPS. wrk hands the requests to the",
+        "restaurants in turn, so each restaurant gets the same share of the requests and a",
+        "worker owning more of them than its share of slots holds every kiosk back: without",
+        "second consumers the busiest owner caps the cluster and the others' batches run",
+        "nearly empty. Ownership falls anew in each run (fresh worker ids), so the runs with",
+        "and without help may split the restaurants differently (the column says how).",
+    ]
+    failed = [r for r in runs if r.failure_kinds]
+    for r in failed:
+        help = "on" if r.help else "off"
+        lines.append(f"Failures with {r.workers} workers, help {help}: {r.failure_kinds}.")
+    lines += ["", "![workers](workers.png)", ""]
+    return "\n".join(lines)
+
+
+def _write(runs: list[Run], seconds: float, shared: bool) -> None:
+    report = HERE / "REPORT.md"
+    text = report.read_text()
+    if MARK in text:
+        text = text[: text.index(MARK)].rstrip() + "\n"
+    report.write_text(text + "\n" + section(runs, seconds, shared))
+    results = HERE / "results.json"
+    data = json.loads(results.read_text()) if results.exists() else {}
+    data["workers"] = [asdict(r) for r in runs]
+    results.write_text(json.dumps(data, indent=1))
+    plot(runs, HERE / "workers.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds per run")
+    parser.add_argument("--counts", default="1,2,4", help="cluster sizes")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the runs without help")
+    parser.add_argument("--shared", action="store_true", help="say other work shared the CPU")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.counts.split(",")]
+    runs = []
+    with redis_server() as (url, _):
+        for workers in counts:
+            runs.append(measure(url, workers, True, args.seconds))
+            if workers > 1 and not args.no_baseline:
+                runs.append(measure(url, workers, False, args.seconds))
+    _write(runs, args.seconds, args.shared)
+    print(section(runs, args.seconds, args.shared))
+
+
+if __name__ == "__main__":
+    main()
