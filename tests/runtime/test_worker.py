@@ -34,7 +34,9 @@ def cluster_settings(server: RedisServer, **overrides: object) -> Settings:
         "broker_prefix": f"test-{uuid.uuid4().hex[:8]}",
         "worker_port": None,
         "worker_heartbeat_s": 0.1,
-        "worker_dead_after_s": 0.5,
+        # Deaths here are simulated by deleting the record; a generous limit keeps a stalled
+        # machine from declaring a live worker dead (which would move partitions mid-test).
+        "worker_dead_after_s": 5.0,
     }
     values.update(overrides)
     return fast_settings(**values)
