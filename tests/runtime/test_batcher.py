@@ -468,3 +468,28 @@ def test_a_model_without_gain_is_probed_again_with_calls_of_two() -> None:
         lane.cost.observe(1, 0.006)
     lane.cost.observe(2, 0.007)  # now a call of two costs little more than one
     assert lane.batch_limit() == 8
+
+
+async def test_a_lone_tiny_job_is_answered_on_the_spot_and_counted() -> None:
+    kind = RecorderKind()
+    metrics = Metrics()
+    dispatcher = LocalDispatcher([kind], 10**9, metrics, inline_below_s=0.005)
+    assert await dispatcher.submit(job(0)) == 0  # measures the cost (on a thread)
+    lane = dispatcher.lane("double")
+    ticket = lane.submit(job(3))
+    # Answered within submit: no batcher task, no wait for a slot, the slot given back.
+    assert ticket.future.done() and ticket.future.result() == 6
+    assert lane.depth == 0 and lane.slots.free == 1
+    assert dispatcher.statistics.of("double").inference_count == 2
+    # With the slot taken, a job waits for the driver as before.
+    await lane.slots.acquire()
+    waiting = lane.submit(job(4))
+    assert not waiting.future.done() and lane.depth == 1
+    lane.slots.release()
+    assert await waiting.future == 8
+    # A model whose calls are not known to be tiny never runs on the spot.
+    slow = LocalDispatcher([RecorderKind()], 10**9, Metrics(), inline_below_s=0.0)
+    assert await slow.submit(job(0)) == 0
+    queued = slow.lane("double").submit(job(5))
+    assert not queued.future.done()
+    assert await queued.future == 10

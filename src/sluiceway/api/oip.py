@@ -123,9 +123,18 @@ class _TensorModel(TensorForm):
             )
             result: dict[str, np.ndarray] = await services.dispatcher.submit(job)
             return result
-        rows = [
-            {key: array[i : i + 1] for key, array in tensors.items()} for i in range(_rows(tensors))
-        ]
+        count = _rows(tensors)
+        if count == 1:  # the request is its one row: no slicing, nothing to put back together
+            job = Job(
+                model=name,
+                payload=tensors,
+                key=shape_key(tensors),
+                deadline=deadline,
+                priority=priority,
+            )
+            alone: dict[str, np.ndarray] = await services.dispatcher.submit(job)
+            return {output: np.asarray(array) for output, array in alone.items()}
+        rows = [{key: array[i : i + 1] for key, array in tensors.items()} for i in range(count)]
         key = shape_key(rows[0])  # every row has the same shape
         jobs = [
             Job(model=name, payload=row, key=key, deadline=deadline, priority=priority)

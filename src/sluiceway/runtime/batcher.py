@@ -103,6 +103,7 @@ class Lane:
         metrics: Metrics,
         cost: CallCost | None = None,
         inline_below_s: float = 0.0,
+        loaded: Callable[[Job], Model | None] | None = None,
     ):
         self.model = model
         self.policy = policy
@@ -110,6 +111,8 @@ class Lane:
         self.inline_below_s = inline_below_s
         """A call whose expected cost is below this runs on the event loop's thread, when the
         model can (``Model.runs_inline``): a hop to a worker thread and back costs more."""
+        self.loaded = loaded
+        """A job's model if it is loaded now, without waiting (``Batcher.run_now``)."""
         self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
         self.slots = ComputeSlots(policy.slots)
         self._resolve = resolve
@@ -181,8 +184,8 @@ class Lane:
         if batcher is None:
             batcher = self._batchers[job.key] = Batcher(self, job.key)
         ticket = Ticket(job, future, batcher, tenant)
-        batcher.put(ticket)
         self._set_depth(self._depth + 1)
+        batcher.put(ticket)
         return ticket
 
     def withdraw(self, ticket: Ticket, *, expired: bool = False) -> None:
@@ -268,8 +271,49 @@ class Batcher:
         self._live += 1
         if self._live >= self.lane.policy.max_batch:
             self._filled.set()
-        if self._driver is None:
+        if self._driver is None and not self.run_now():
             self._driver = asyncio.create_task(self._drive(), name=f"batcher {self.key}")
+
+    def run_now(self) -> bool:
+        """Run a lone job on the spot, inline, when the driver would do nothing else: its model
+        is loaded, runs inline and costs less than ``Lane.inline_below_s``, a slot is free and
+        nobody waits for one, and no fill delay applies. The driver's task, its model lookup
+        and its slot wait cost a tiny model's request more than the call itself; the job is
+        taken, counted and answered exactly as the driver would (a batch of one: nothing else
+        was waiting for its key)."""
+        lane = self.lane
+        if (
+            self._live != 1
+            or lane.loaded is None
+            or lane.inline_below_s <= 0
+            or lane.policy.max_delay_s > 0
+            or lane.slots.take_free(1) == 0
+        ):
+            return False
+        batches: list[list[Ticket]] = []
+        try:
+            head = self._head()
+            model = lane.loaded(head.job) if head is not None else None
+            if (
+                model is not None
+                and model.runs_inline
+                and lane.cost.seconds(1) < lane.inline_below_s
+            ):
+                batches = self._take(1)
+        except BaseException:
+            lane.slots.release()
+            raise
+        if not batches and self._live:  # not a call to make here: the driver takes the job
+            lane.slots.release()
+            return False
+        if batches and model is not None:
+            self._run_inline(model, batches[0])  # gives the slot back
+        else:
+            lane.slots.release()
+        if self._live == 0:
+            self._queue.clear()
+            lane._retire(self)
+        return True
 
     def _head(self) -> Ticket | None:
         """The first job still waiting; drops the withdrawn and abandoned ones before it."""

@@ -87,6 +87,14 @@ class ModelCache(Generic[M]):
         for key in [key for key in self._ready if key.startswith(prefix)]:
             self.discard(key)
 
+    def cached(self, key: str) -> M | None:
+        """The model cached under ``key`` (counted as a use), or ``None``: never loads."""
+        hit = self._ready.get(key)
+        if hit is None:
+            return None
+        self._ready.move_to_end(key)
+        return hit[1]
+
     async def get_or_load(
         self,
         model: str,

@@ -90,6 +90,7 @@ class LocalDispatcher:
             self._metrics,
             kind.call_cost(),
             inline_below_s=self._inline_below_s,
+            loaded=self._loaded,
         )
 
     def lane(self, model: str) -> Lane:
@@ -116,6 +117,8 @@ class LocalDispatcher:
     async def _submit(self, job: Job) -> Any:
         lane = self._lane_for(job)
         ticket = lane.submit(job)
+        if ticket.future.done():  # run on the spot (``Batcher.run_now``): no timer to arm
+            return ticket.future.result()
         loop = asyncio.get_running_loop()
         # One timer that fails the job's future at its deadline: lighter than a timeout
         # context per job, which counts on every inference request.
@@ -187,6 +190,15 @@ class LocalDispatcher:
     def load_error(self, model: str) -> str | None:
         """Why ``model``'s last load failed (cleared by the next success), or ``None``."""
         return self._load_errors.get(model)
+
+    def _loaded(self, job: Job) -> Model | None:
+        """``job``'s model if it is loaded now (what ``_resolve`` would give without a wait)."""
+        generation = self._generations.get(job.model)
+        if generation is None:
+            return None
+        model_key = job.key if job.spec is not None else ""
+        model = self._cache.cached(_cache_key(job.model, generation, model_key))
+        return self.statistics.timed(job.model, model) if model is not None else None
 
     async def _resolve(self, job: Job) -> Model:
         kind = self._kinds[job.model]
