@@ -145,7 +145,9 @@ async def test_keys_never_share_a_batch() -> None:
 
 
 async def test_fill_delay_gathers_a_batch_from_a_trickle() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=4, max_batch=16, max_delay_s=0.1))
+    # 8 jobs over 35 ms; a fill delay well beyond that, so a stall on a loaded machine cannot
+    # close the batch early. Without the delay, 4 free slots would take them one by one.
+    dispatcher, kind = make(BatchPolicy(slots=4, max_batch=16, max_delay_s=0.5))
 
     async def trickle(i: int) -> Any:
         await asyncio.sleep(i * 0.005)
