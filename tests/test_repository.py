@@ -70,6 +70,45 @@ def test_warmup_defaults_to_zeros_of_the_declared_inputs(tmp_path: Path) -> None
     np.testing.assert_array_equal(record.warmup["x"], np.zeros((1, 4), np.float32))
 
 
+def test_tensors_the_config_leaves_out_are_read_from_the_file(tmp_path: Path) -> None:
+    # Triton's auto-complete: the platform alone is a valid config for an ONNX tensor model.
+    folder = add_model(tmp_path, "bare", 'platform = "onnx"\n[warmup]\n')
+    record = read_model(folder)
+    assert not isinstance(record, BrokenModel)
+    assert record.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert record.outputs == (TensorSpec("y", "FP32", (-1, 3)),)
+    assert record.warmup is not None
+    np.testing.assert_array_equal(record.warmup["x"], np.zeros((1, 4), np.float32))
+    declared_in = 'platform = "onnx"\n[[inputs]]\nname = "x"\ndatatype = "FP64"\ndims = [4]\n'
+    half = read_model(add_model(tmp_path, "half", declared_in))
+    assert not isinstance(half, BrokenModel)
+    assert half.inputs == (TensorSpec("x", "FP64", (-1, 4)),)  # as declared; loading checks it
+    assert half.outputs == (TensorSpec("y", "FP32", (-1, 3)),)
+
+
+def test_a_file_without_a_batch_dimension_is_served_unbatched_or_refused(tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed"
+    linear_model(fixed / "model.onnx", batch=1)
+    (fixed / "config.toml").write_text('platform = "onnx"\n')
+    refused = read_model(fixed)
+    assert isinstance(refused, BrokenModel)
+    assert "input 'x' of the file has shape [1, 4]" in refused.reason
+    assert "max_batch_size = 0" in refused.reason
+    (fixed / "config.toml").write_text('platform = "onnx"\nmax_batch_size = 0\n')
+    record = read_model(fixed)
+    assert not isinstance(record, BrokenModel) and not record.batched
+    assert record.inputs == (TensorSpec("x", "FP32", (1, 4)),)
+
+
+def test_a_file_onnx_runtime_cannot_read_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "garbage"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"not a model")
+    (folder / "config.toml").write_text('platform = "onnx"\n')
+    entry = read_model(folder)
+    assert isinstance(entry, BrokenModel) and "model.onnx cannot be read" in entry.reason
+
+
 @pytest.mark.parametrize(
     ("config", "reason"),
     [
@@ -85,7 +124,7 @@ def test_warmup_defaults_to_zeros_of_the_declared_inputs(tmp_path: Path) -> None
         ('platform = "onnx"\n[image]\nsize = 16', "needs its class names"),
         ('platform = "onnx"\nlabels = "missing.txt"', "labels file 'missing.txt' is missing"),
         ('platform = "onnx"\nlabels = "../../etc/passwd"', "inside the model's folder"),
-        ('platform = "onnx"\n[warmup]', "needs the inputs declared"),
+        ('platform = "onnx"\nlabels = "labels.txt"', "labels file 'labels.txt' is missing"),
     ],
 )
 def test_a_broken_entry_says_why_and_the_rest_are_served(

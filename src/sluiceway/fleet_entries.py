@@ -9,6 +9,7 @@ a new version of it, is described as the workers now serve it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -92,7 +93,7 @@ class FleetEntries:
         from sluiceway.registry import ModelEntry, ModelState
 
         folder = self._folder(name)
-        found = read_model(folder)
+        found = await asyncio.to_thread(read_model, folder)  # may read the model file
         if isinstance(found, BrokenModel):
             current = self._entries.get(name)
             if current is not None and self.entry(name, current).state is ModelState.READY:

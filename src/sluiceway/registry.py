@@ -228,7 +228,8 @@ class ModelRegistry:
         if not folder.is_dir():
             raise UnknownModel(f"no folder {name!r} in the model repository")
         current = self._entries.get(name)
-        found = read_model(folder)
+        # In a thread: a config without its tensors has them read from the model file.
+        found = await asyncio.to_thread(read_model, folder)
         if isinstance(found, BrokenModel):
             return self._failed(name, current, found.reason)
         if current is None or current.state is not ModelState.READY:

@@ -29,8 +29,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy
+from sluiceway.models.onnx_model import read_signature
 from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
 from sluiceway.models.tensors import DATATYPES, TensorSpec
 
@@ -143,6 +145,8 @@ def _read(folder: Path) -> ModelRecord:
         raise _Refused("an image classifier needs its class names: set labels = '<file>'")
     inputs = tuple(_spec(t, batched) for t in config.inputs)
     outputs = tuple(_spec(t, batched) for t in config.outputs)
+    if platform == "onnx" and config.image is None and not (inputs and outputs):
+        inputs, outputs = _completed(path, inputs, outputs, batched)
     image = None
     if config.image is not None:
         image = ImageInput(
@@ -211,12 +215,34 @@ def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
     return TensorSpec(tensor.name, tensor.datatype, shape)
 
 
+def _completed(
+    path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], batched: bool
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The tensors the config leaves out, read from the file (Triton's auto-complete), so that
+    metadata, request checks and the warm-up know them before the model is loaded."""
+    try:
+        file_inputs, file_outputs = read_signature(path)
+    except ModelUnavailable as error:
+        raise _Refused(str(error)) from None
+    completed = (inputs or file_inputs, outputs or file_outputs)
+    if batched:
+        for role, specs in zip(("input", "output"), completed, strict=True):
+            for spec in specs:
+                if not spec.shape or spec.shape[0] != -1:
+                    raise _Refused(
+                        f"{role} {spec.name!r} of the file has shape {list(spec.shape)}, no "
+                        "variable first (batch) dimension: set max_batch_size = 0 to serve it "
+                        "unbatched, or declare its tensors"
+                    )
+    return completed
+
+
 def _warmup(config: RepositoryConfig, inputs: tuple[TensorSpec, ...]) -> dict[str, Any]:
     """The warm-up request: the config's own inputs, or zeros with every variable dim as 1."""
     given = config.warmup.inputs if config.warmup is not None else None
     if given is None:
         if not inputs:
-            raise _Refused("warm-up without [warmup] inputs needs the inputs declared")
+            raise _Refused("a warm-up without [warmup] inputs needs the model's inputs")
         return {s.name: np.zeros([max(d, 1) for d in s.shape], s.dtype) for s in inputs}
     specs = {s.name: s for s in inputs}
     request: dict[str, Any] = {}

@@ -88,6 +88,26 @@ async def test_infer_answers_the_model_outputs(http: httpx.AsyncClient, tmp_path
     np.testing.assert_allclose(body["outputs"]["y"], expected, rtol=1e-5)
 
 
+async def test_a_model_configured_by_its_platform_alone_takes_the_files_tensors(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "models"
+    weights = linear_model(root / "bare" / "model.onnx", seed=3)
+    (root / "bare" / "config.toml").write_text('platform = "onnx"\n')
+    settings = fast_settings(model_repository=str(root))
+    async with app_client(create_app(settings)) as http:
+        metadata = (await http.get("/v2/models/bare")).json()
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+        x = [[1.0, 2.0, 3.0, 4.0]]
+        response = await http.post("/v1/models/bare/infer", json={"inputs": {"x": x}})
+        assert response.status_code == 200, response.text
+        expected = np.asarray(x, np.float32) @ weights[:4] + weights[4]
+        np.testing.assert_allclose(response.json()["outputs"]["y"], expected, rtol=1e-5)
+        wrong = await http.post("/v1/models/bare/infer", json={"inputs": {"z": x}})
+        assert wrong.status_code == 400 and "the model takes ['x']" in wrong.json()["detail"]
+
+
 async def test_concurrent_requests_share_model_calls(http: httpx.AsyncClient) -> None:
     rng = np.random.default_rng(3)
     bodies = [{"inputs": {"x": rng.normal(size=(1, 4)).tolist()}} for _ in range(40)]

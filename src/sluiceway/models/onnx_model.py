@@ -64,6 +64,26 @@ def session_options(threads: int, *, memory_arena: bool = True) -> ort.SessionOp
     return options
 
 
+def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs ``path`` declares itself, as Triton's auto-complete reads them.
+
+    The session skips graph optimisation (it only lists the graph's inputs and outputs, which
+    optimisation never changes) and is dropped at once. A file ONNX Runtime cannot read is
+    ``ModelUnavailable`` saying why.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise ModelUnavailable(f"{path.name} cannot be read: {error}") from error
+    inputs = tuple(_spec_of(node) for node in session.get_inputs())
+    outputs = tuple(_spec_of(node) for node in session.get_outputs())
+    return inputs, outputs
+
+
 class OnnxModel(ThreadedModel):
     """A loaded ONNX session and the tensors it was declared with."""
 
