@@ -158,6 +158,19 @@ async def test_a_repository_classifier_answers_the_classify_api(http: httpx.Asyn
     assert len(set(tops)) > 1  # the colour decides the answer
 
 
+async def test_an_unloaded_classifier_says_so_until_it_is_loaded(http: httpx.AsyncClient) -> None:
+    body = {"images": [_png((250, 10, 10))], "k": 1}
+    assert (
+        await http.post("/v2/repository/models/colours/unload", headers=AUTH)
+    ).status_code == 200
+    refused = await http.post("/v1/models/colours/classify", json=body)
+    assert refused.status_code == 503 and "unloaded" in refused.json()["detail"]
+    assert (await http.post("/v1/models/nope/classify", json=body)).status_code == 404
+    assert (await http.post("/v1/models/linear/classify", json=body)).status_code == 404
+    assert (await http.post("/v2/repository/models/colours/load", headers=AUTH)).status_code == 200
+    assert (await http.post("/v1/models/colours/classify", json=body)).status_code == 200
+
+
 async def test_model_control_needs_the_admin_token(http: httpx.AsyncClient) -> None:
     no_token = await http.post("/v2/repository/models/linear/unload")
     assert no_token.status_code == 401 and "Bearer" in no_token.headers["www-authenticate"]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 import orjson
@@ -20,7 +21,7 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
-from sluiceway.errors import BadInput
+from sluiceway.errors import BadInput, UnknownModel
 from sluiceway.inputs.encoded import decode_base64_image
 from sluiceway.services import services_of
 
@@ -42,6 +43,10 @@ async def classify(model: str, request: Request) -> Response:
     settings = services.settings
     images = services.images
     if model not in images.names():
+        # A repository classifier an operator unloaded is known, not ready: 503 saying why,
+        # as /v1 infer and the protocol answer (and as split mode's workers do).
+        with contextlib.suppress(UnknownModel):
+            services.registry.ready_record(model)
         raise RequestError(404, f"no image classifier named {model!r}; known: {images.names()}")
     body = await read_body(request, settings.max_body_bytes)
     try:
