@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from sluiceway.errors import ModelControlError, UnknownModel
+from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.repository import BrokenModel, read_model
-
-if TYPE_CHECKING:
-    from sluiceway.registry import ModelEntry
 
 
 class FleetStatus(Protocol):
@@ -71,8 +69,6 @@ class FleetEntries:
 
     def entry(self, name: str, known: ModelEntry | None) -> ModelEntry:
         """``name``'s entry: its record, and its state as the live workers report it."""
-        from sluiceway.registry import ModelEntry, ModelState
-
         status = self._fleet.status(name)
         if status is None:
             if known is None:
@@ -90,8 +86,6 @@ class FleetEntries:
 
     async def load(self, name: str) -> ModelEntry:
         """Check ``name``'s folder here, then have every worker (re)load it."""
-        from sluiceway.registry import ModelEntry, ModelState
-
         folder = self._folder(name)
         found = await asyncio.to_thread(read_model, folder)  # may read the model file
         if isinstance(found, BrokenModel):
@@ -120,8 +114,6 @@ class FleetEntries:
     ) -> ModelEntry | None:
         """``known``, its record read again from the folder if the model changed since (and
         the workers serve the version now there)."""
-        from sluiceway.registry import ModelEntry, ModelState
-
         generation = self._fleet.generation(name)
         if known is not None and self._generations.get(name, 0) == generation:
             return known

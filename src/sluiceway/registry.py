@@ -14,11 +14,9 @@ States follow Triton's repository extension: ``READY``, ``LOADING``, ``UNLOADING
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,58 +30,13 @@ from sluiceway.errors import (
 from sluiceway.fleet_entries import FleetEntries, ModelFleet
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
+from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.records import ModelRecord
-from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
 from sluiceway.runtime.memory import map_large_blocks
 
 logger = logging.getLogger(__name__)
-
-
-class ModelState(enum.StrEnum):
-    """Where a model is in its life, in the repository extension's words."""
-
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass(slots=True)
-class ModelEntry:
-    """One model's record (when it could be read), state and why it is not ready."""
-
-    name: str
-    record: ModelRecord | None
-    state: ModelState
-    reason: str = ""
-
-    @property
-    def version(self) -> str:
-        return self.record.version if self.record is not None else ""
-
-    def as_json(self) -> dict[str, Any]:
-        """The model-list entry (``GET /v1/models``)."""
-        record = self.record
-        body: dict[str, Any] = {"name": self.name, "version": self.version, "state": self.state}
-        if self.reason:
-            body["reason"] = self.reason
-        if record is not None:
-            body["kind"] = record.kind
-            body["builtin"] = record.builtin
-            body["inputs"] = [_tensor(spec) for spec in record.inputs]
-            body["outputs"] = [_tensor(spec) for spec in record.outputs]
-            if record.image is not None:
-                body["classify"] = f"/v1/models/{self.name}/classify"
-                body["image"] = {
-                    "size": record.image.size,
-                    "layout": record.image.layout,
-                    "dtype": record.image.dtype,
-                }
-            if record.takes_tensors:
-                body["infer"] = f"/v1/models/{self.name}/infer"
-        return body
 
 
 class ModelRegistry:
@@ -294,7 +247,3 @@ class ModelRegistry:
         if self._hosts_models:
             return cast(ModelHost, self._dispatcher).load_error(name)
         return None
-
-
-def _tensor(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

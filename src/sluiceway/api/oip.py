@@ -40,6 +40,7 @@ from sluiceway.api.errors import RequestError
 from sluiceway.config import Settings
 from sluiceway.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.inputs.images import decode_image
+from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.captioner import CaptionInput
 from sluiceway.models.classifier import ALL_SCORES, Pixels
 from sluiceway.models.records import ModelRecord
@@ -52,7 +53,6 @@ from sluiceway.models.tensors import (
     tensor_to_bytes,
     tensor_to_json,
 )
-from sluiceway.registry import ModelEntry, ModelState
 from sluiceway.runtime.dispatch import Dispatcher
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.stats import ModelStatistics

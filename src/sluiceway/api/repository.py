@@ -30,8 +30,9 @@ from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
 from sluiceway.errors import BadInput, ModelControlError, UnknownModel
+from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.tensors import TensorRequest, shape_key
-from sluiceway.registry import ModelEntry, ModelRegistry, ModelState
+from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.jobs import Job
 from sluiceway.services import services_of
 
