@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each case, interleaved")
     parser.add_argument("--quota", type=int, default=KIOSKS_PER_RESTAURANT, help="tenant quota")
     parser.add_argument("--flooders", type=int, default=200, help="the flooder's connections")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
     args = parser.parse_args()
     runs: Runs = {case: [] for case in CASES}
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,7 +213,8 @@ def main() -> None:
                 result = measure(case, args.duration, args.quota, args.flooders, Path(tmp))
                 runs[case].append(result)
                 print(json.dumps(result), flush=True)
-    OUT.mkdir(exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     results = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
         "duration_s": args.duration,
@@ -221,10 +223,10 @@ def main() -> None:
         "flooders": args.flooders,
         "runs": runs,
     }
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(runs, OUT / "flood.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(runs, out / "flood.png")
     text = report(runs, args.duration, args.rounds, args.quota, args.flooders)
-    (OUT / "REPORT.md").write_text(text)
+    (out / "REPORT.md").write_text(text)
 
 
 if __name__ == "__main__":
