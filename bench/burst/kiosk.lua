@@ -1,7 +1,9 @@
 -- Kiosks for wrk: GET /classify with a JSON body, 10-20 ms think time, every connection at once.
 --   wrk -c250 -t2 -d10s -s bench/burst/kiosk.lua http://127.0.0.1:8000 -- bodies.jsonl
 -- bodies.jsonl holds one request body per line; requests take them in turn, so the first 250
--- requests of a burst spread evenly over the restaurants in the file.
+-- requests of a burst spread evenly over the restaurants in the file. A second argument
+-- `nothink` drops the think time (a flooding client: the next request as soon as an answer
+-- arrives). Answers 429 are counted apart from the other failures.
 
 local threads = {}
 
@@ -17,6 +19,8 @@ function init(args)
    end
    turn = 0
    not_ok = 0
+   too_many = 0
+   think = args[2] ~= "nothink"
 end
 
 function request()
@@ -25,27 +29,34 @@ function request()
 end
 
 function delay()
-   return math.random(10, 20)
+   if think then
+      return math.random(10, 20)
+   end
+   return 0
 end
 
 function response(status, headers, body)
-   if status ~= 200 then
+   if status == 429 then
+      too_many = too_many + 1
+   elseif status ~= 200 then
       not_ok = not_ok + 1
    end
 end
 
 function done(summary, latency, requests)
-   local failed = 0
+   local failed, refused = 0, 0
    for _, thread in ipairs(threads) do
       failed = failed + thread:get("not_ok")
+      refused = refused + thread:get("too_many")
    end
    local errors = summary.errors
    io.write(string.format(
-      'WRK_JSON {"requests": %d, "duration_us": %d, "not_200": %d, "connect": %d, ' ..
+      'WRK_JSON {"requests": %d, "duration_us": %d, "not_200": %d, "status_429": %d, ' ..
+      '"connect": %d, ' ..
       '"read": %d, "write": %d, "timeout": %d, "mean_ms": %.1f, "max_ms": %.1f, ' ..
       '"p50_ms": %.1f, "p75_ms": %.1f, "p90_ms": %.1f, "p95_ms": %.1f, "p99_ms": %.1f, ' ..
       '"p99.9_ms": %.1f}\n',
-      summary.requests, summary.duration, failed, errors.connect, errors.read, errors.write,
+      summary.requests, summary.duration, failed + refused, refused, errors.connect, errors.read, errors.write,
       errors.timeout, latency.mean / 1000, latency.max / 1000,
       latency:percentile(50) / 1000, latency:percentile(75) / 1000,
       latency:percentile(90) / 1000, latency:percentile(95) / 1000,

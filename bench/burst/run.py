@@ -81,12 +81,13 @@ def before_tree() -> Path:
     return target
 
 
-def server(name: str, src: Path, slots: int = 256) -> Server:
+def server(name: str, src: Path, slots: int = 256, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     env = {
         "SLUICEWAY_LOG_LEVEL": "WARNING",
         "SLUICEWAY_KNN_SLOTS": str(slots),
         "PYTHONPATH": f"{src / 'src'}:{REPO}",
+        **(env or {}),
     }
     return Server(
         name, [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)], port, env
@@ -169,13 +170,22 @@ async def lone_kiosk(port: int, body: str, seconds: float) -> list[float]:
 
 
 def run_wrk(
-    port: int, lines: list[str], duration_s: int, connections: int, workdir: Path
+    port: int,
+    lines: list[str],
+    duration_s: int,
+    connections: int,
+    workdir: Path,
+    *,
+    threads: int = 2,
+    think: bool = True,
 ) -> subprocess.Popen[str]:
-    path = workdir / f"bodies-{connections}.jsonl"
+    """Start wrk's kiosks (10–20 ms think time, or none: a flooding client)."""
+    path = workdir / f"bodies-{connections}-{'think' if think else 'nothink'}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     command = [
-        "wrk", f"-c{connections}", "-t2", f"-d{duration_s}s", "--timeout", "30s",
+        "wrk", f"-c{connections}", f"-t{threads}", f"-d{duration_s}s", "--timeout", "30s",
         "-s", str(HERE / "kiosk.lua"), f"http://127.0.0.1:{port}", "--", str(path),
+        "think" if think else "nothink",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 

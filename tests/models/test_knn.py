@@ -57,6 +57,34 @@ def test_labels_equal_scikit_learn_predict(case: tuple[np.ndarray, list[np.ndarr
         assert labels == reference.predict(query).tolist()
 
 
+@pytest.mark.parametrize("neighbors", [1, 3, 5])
+@pytest.mark.parametrize("rows", [7, 10, 60, 300])
+@pytest.mark.parametrize("grid", [True, False], ids=["integer-grid", "real"])
+async def test_same_labels_as_scikit_learn_on_random_sets(
+    neighbors: int, rows: int, grid: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Small sets are searched without the tree unless the k-th nearest distance is tied; on
+    # an integer grid ties are common and must go the way scikit-learn's tree takes them.
+    rng = np.random.default_rng(rows * 10 + neighbors)
+    knn = TenantKNN(POLICY, neighbors=neighbors, fit_cost_s=0, base_cost_s=0, per_query_cost_s=0)
+    for _ in range(20):
+        features = int(rng.integers(1, 4))
+        if grid:
+            points = rng.integers(-4, 4, (rows, features))  # as the kiosks send them
+            queries = rng.integers(-5, 5, (64, features))
+        else:
+            points = rng.normal(size=(rows, features)).round(int(rng.integers(1, 4)))
+            queries = np.vstack([rng.normal(size=(48, features)), points[:16]])
+        training = np.hstack([points, rng.integers(0, 4, (rows, 1))])
+        reference = KNeighborsClassifier(n_neighbors=neighbors).fit(points, training[:, -1])
+        model = await knn.load(training)
+        batches = [queries[:1], queries[1:8], queries[8:]]
+        labels = [label for batch in await model.infer(batches) for label in batch]
+        assert labels == reference.predict(queries).tolist()
+    # Nor did a fit find its own vote disagreeing on the probe set and fall back to predict.
+    assert "disagrees" not in caplog.text
+
+
 async def test_one_call_costs_base_plus_per_extra_query() -> None:
     model = await kind(base_cost_s=0.05, per_query_cost_s=0.02).load(
         np.array([[0, 0, 0], [1, 1, 1], [2, 2, 1], [5, 5, 2]])

@@ -35,6 +35,16 @@ _FIXED_BYTES = 5_800
 # on the event loop; below it the thread hand-off costs more than the prediction.
 _INLINE_WORK = 50_000
 
+# Up to this many training rows the nearest rows are found by comparing every distance in
+# numpy: the tree's ``query`` validates its input with ``check_array`` (~80 µs a call in
+# scikit-learn 1.9, most of it asking narwhals whether a numpy array is a dataframe) against a
+# few µs for the distances of a small set. Larger sets keep the tree.
+_DIRECT_ROWS = 256
+
+# Distances this close (relative) count as a tie: the tree and numpy may round a sum of
+# squares differently for non-integer features, so a near tie is left to the tree.
+_TIE_TOLERANCE = 1e-9
+
 
 class FittedKNN(Model):
     """One restaurant's fitted classifier."""
@@ -51,7 +61,14 @@ class FittedKNN(Model):
         self._base_cost_s = base_cost_s
         self._per_query_cost_s = per_query_cost_s
         self._nbytes = fitted_nbytes(classifier)
-        self._use_tree = _tree_vote_agrees(classifier)
+        # The tree's own float64 copy of the training rows (a view, no new memory), for the
+        # direct search of a small set.
+        tree = getattr(classifier, "_tree", None)
+        direct = (
+            rows <= _DIRECT_ROWS and getattr(classifier, "effective_metric_", "") == "euclidean"
+        )
+        self._points = tree.get_arrays()[0] if tree is not None and direct else None
+        self._use_tree = _tree_vote_agrees(classifier, self._points)
 
     @property
     def nbytes(self) -> int:
@@ -60,7 +77,7 @@ class FittedKNN(Model):
     def predict(self, queries: np.ndarray) -> np.ndarray:
         """scikit-learn's labels for ``queries`` (int64, shape (n, features))."""
         if self._use_tree:
-            return _tree_vote(self._classifier, queries)
+            return _tree_vote(self._classifier, queries, self._points)
         labels: np.ndarray = self._classifier.predict(queries)
         return labels
 
@@ -96,15 +113,22 @@ def fitted_nbytes(classifier: KNeighborsClassifier) -> int:
     return held + _FIXED_BYTES
 
 
-def _tree_vote(classifier: KNeighborsClassifier, queries: np.ndarray) -> np.ndarray:
+def _tree_vote(
+    classifier: KNeighborsClassifier, queries: np.ndarray, points: np.ndarray | None = None
+) -> np.ndarray:
     """``predict`` for uniform weights, minus its per-call overhead.
 
     ``predict`` asks the fitted KD/ball tree for the k nearest rows, then takes the most common
     label, the smallest label winning ties (``scipy.stats.mode``). At one query per call its
-    validation, joblib dispatch and generic ``mode`` cost ~1 ms against ~50 µs for the tree
-    query itself; we ask the same tree and take the same vote.
+    validation, joblib dispatch and generic ``mode`` cost ~1 ms against ~100 µs for the tree
+    query itself; we find the same rows (``_nearest``) and take the same vote.
     """
-    neighbours = classifier._tree.query(queries, k=classifier.n_neighbors, return_distance=False)
+    if points is None:
+        neighbours = classifier._tree.query(
+            queries, k=classifier.n_neighbors, return_distance=False
+        )
+    else:
+        neighbours = _nearest(classifier, queries, points)
     encoded = classifier._y[neighbours]  # label indices into classes_ (sorted)
     counts = np.zeros((len(queries), len(classifier.classes_)), dtype=np.intp)
     np.add.at(counts, (np.arange(len(queries))[:, None], encoded), 1)
@@ -112,7 +136,32 @@ def _tree_vote(classifier: KNeighborsClassifier, queries: np.ndarray) -> np.ndar
     return labels
 
 
-def _tree_vote_agrees(classifier: KNeighborsClassifier) -> bool:
+def _nearest(
+    classifier: KNeighborsClassifier, queries: np.ndarray, points: np.ndarray
+) -> np.ndarray:
+    """The k nearest of ``points`` (the tree's training rows) to each query, as the tree finds them.
+
+    When the k-th and the (k+1)-th distances differ, the k nearest rows are the same for any
+    exact search, so numpy's are the tree's. When they tie, which of the tied rows the tree
+    keeps is its own affair (its heap and its walk), so those queries ask the tree itself.
+    Only the set of rows matters: the vote does not depend on their order.
+    """
+    k = classifier.n_neighbors
+    if k >= len(points):  # every row is a neighbour
+        return np.broadcast_to(np.arange(len(points)), (len(queries), len(points)))
+    gaps = queries.astype(np.float64)[:, None, :] - points[None, :, :]
+    distances = np.einsum("qrf,qrf->qr", gaps, gaps)  # squared, as the tree compares them
+    order = np.argpartition(distances, (k - 1, k), axis=1)
+    every = np.arange(len(queries))
+    kth, after = distances[every, order[:, k - 1]], distances[every, order[:, k]]
+    nearest = order[:, :k]
+    tied = after <= kth * (1 + _TIE_TOLERANCE)
+    if tied.any():
+        nearest[tied] = classifier._tree.query(queries[tied], k=k, return_distance=False)
+    return nearest
+
+
+def _tree_vote_agrees(classifier: KNeighborsClassifier, points: np.ndarray | None) -> bool:
     """Whether the tree vote may stand in for ``predict`` on this fitted model.
 
     It relies on fitted internals (``_tree``, ``_y``), so each fit checks it against
@@ -127,7 +176,8 @@ def _tree_vote_agrees(classifier: KNeighborsClassifier) -> bool:
     low, high = fitted.min(axis=0) - 1, fitted.max(axis=0) + 1
     probe = np.vstack([fitted, rng.uniform(low, high, size=(64, fitted.shape[1])).round()])
     try:
-        agrees = bool(np.array_equal(_tree_vote(classifier, probe), classifier.predict(probe)))
+        voted = _tree_vote(classifier, probe, points)
+        agrees = bool(np.array_equal(voted, classifier.predict(probe)))
     except (AttributeError, IndexError, TypeError, ValueError):
         return False
     if not agrees:

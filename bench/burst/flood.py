@@ -1,0 +1,233 @@
+"""The flood benchmark: one restaurant floods while four keep their normal load, at 16 slots.
+
+    python -m bench.burst.flood [--duration 10] [--rounds 2] [--quota 50] [--flooders 200]
+
+``wrk`` (with ``kiosk.lua``) drives four ordinary restaurants at the seed's load per
+restaurant (50 kiosks each, 10–20 ms think time, 200 connections in all) on a server with 16
+KNN slots, all five restaurants fitted beforehand. A second ``wrk`` is the flooder: a fifth
+restaurant on ``--flooders`` connections with no think time, each sending its next request as
+soon as an answer (200 or 429) arrives. Three cases, each server freshly started, in turn,
+every round, all from this tree:
+
+- ``no flooder``: the four restaurants alone (tenant quota on, which they never reach);
+- ``flooder, quota off``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=0``;
+- ``flooder, quota on``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=--quota``.
+
+The quota counts a restaurant's queued jobs; at 50, what one restaurant of 50 kiosks can have
+queued, an ordinary restaurant never reaches it. Target (issue 12): with the quota on, the
+flooder gets 429s while the others keep their latency, with 0 failures.
+
+Writes ``bench/burst/flood/REPORT.md``, ``flood.png`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.burst.run import (
+    PERCENTILES,
+    bodies,
+    children_cpu_s,
+    run_wrk,
+    server,
+    warm_up,
+    wrk_result,
+)
+from bench.kiosk.scenario import training_sets
+from bench.loadtest import REPO, ProcessWatch, machine, stop
+
+OUT = Path(__file__).resolve().parent / "flood"
+SLOTS = 16
+KIOSKS_PER_RESTAURANT = 50  # the seed's 250 kiosks over five restaurants
+ORDINARY = 4
+CASES = ["no flooder", "flooder, quota off", "flooder, quota on"]
+
+Runs = dict[str, list[dict[str, float]]]  # case -> rounds
+
+
+def measure(
+    case: str, duration_s: int, quota: int, flooders: int, workdir: Path
+) -> dict[str, float]:
+    """One freshly started server under one case; the ordinary kiosks' and the flooder's figures."""
+    on = 0 if case == "flooder, quota off" else quota
+    srv = server(case, REPO, SLOTS, {"SLUICEWAY_KNN_TENANT_QUOTA": str(on)})
+    restaurants = training_sets()
+    process = srv.start()
+    try:
+        warm_up(srv.port, restaurants)
+        time.sleep(0.5)
+        with ProcessWatch(process.pid) as watch:
+            reaped_cpu_s = children_cpu_s()
+            ordinary = run_wrk(
+                srv.port,
+                bodies(restaurants[:ORDINARY]),
+                duration_s,
+                ORDINARY * KIOSKS_PER_RESTAURANT,
+                workdir,
+            )
+            flood = None
+            if case != "no flooder":
+                flood = run_wrk(
+                    srv.port,
+                    bodies(restaurants[ORDINARY:]),
+                    duration_s,
+                    flooders,
+                    workdir,
+                    threads=1,
+                    think=False,
+                )
+            kiosks = wrk_result(ordinary)
+            flooded = wrk_result(flood) if flood else {}
+            wrk_cpu_s = children_cpu_s() - reaped_cpu_s
+    finally:
+        stop(process)
+    seconds = kiosks["duration_us"] / 1e6
+    result = {f"{p}_ms": kiosks[f"{p}_ms"] for p in [*PERCENTILES, "max"]}
+    result["requests"] = kiosks["requests"]
+    result["rps"] = kiosks["requests"] / seconds
+    result["failures"] = sum(kiosks[k] for k in ("not_200", "connect", "read", "write", "timeout"))
+    result["status_429"] = kiosks["status_429"]
+    flood_requests = flooded.get("requests", 0.0)
+    refused = flooded.get("status_429", 0.0)
+    other = sum(flooded.get(k, 0.0) for k in ("connect", "read", "write", "timeout"))
+    result["flood_requests"] = flood_requests
+    result["flood_429"] = refused
+    result["flood_429_share"] = refused / flood_requests if flood_requests else 0.0
+    result["flood_other_failures"] = flooded.get("not_200", 0.0) - refused + other
+    result["flood_answered_rps"] = (flood_requests - flooded.get("not_200", 0.0)) / seconds
+    result["server_cpu_ms_per_request"] = 1000 * watch.cpu_s / (kiosks["requests"] + flood_requests)
+    result["wrk_cpu_share"] = wrk_cpu_s / seconds / (os.cpu_count() or 1)
+    return result
+
+
+def plot(runs: Runs, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colors = dict(zip(CASES, ["tab:grey", "tab:red", "tab:blue"], strict=True))
+    for case, rounds in runs.items():
+        for index, r in enumerate(rounds):
+            values = [r[f"{p}_ms"] for p in PERCENTILES]
+            label = case if index == 0 else None
+            left.plot(PERCENTILES, values, marker="o", color=colors[case], label=label)
+    left.set_yscale("log")
+    left.set_ylabel("ms")
+    left.set_title("the four ordinary restaurants: latency percentiles, each round")
+    left.legend()
+    names, answered, refused = [], [], []
+    for case in CASES[1:]:
+        for index, r in enumerate(runs.get(case, []), 1):
+            seconds = r["requests"] / r["rps"]
+            names.append(f"{case.removeprefix('flooder, ')}\nround {index}")
+            answered.append(r["flood_answered_rps"])
+            refused.append(r["flood_429"] / seconds)
+    right.bar(names, answered, color="tab:green", label="200")
+    right.bar(names, refused, bottom=answered, color="tab:orange", label="429")
+    right.set_ylabel("answers per second")
+    right.set_title("the flooder's answers")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(runs: Runs, duration_s: int, rounds: int, quota: int, flooders: int) -> str:
+    lines = [
+        "# Flood benchmark: the per-restaurant admission quota under a flooding restaurant",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} UTC",
+        f"- Machine: {machine()}; shared with other work while it ran (four other engineers'",
+        "  builds and tests), so compare the rows of one run: the cases ran one after the other.",
+        f"- Server: this tree, {SLOTS} KNN slots, cost model fit 2.0 s, a call 0.2 + 0.05·(n−1) s;"
+        " all five restaurants fitted before the load starts.",
+        f"- Load: `wrk` with `kiosk.lua`, {duration_s} s: {ORDINARY} ordinary restaurants with"
+        f" {KIOSKS_PER_RESTAURANT} kiosks each ({ORDINARY * KIOSKS_PER_RESTAURANT} connections,"
+        " 2 threads, 10–20 ms think time); the flooder: a fifth restaurant on"
+        f" {flooders} connections (1 thread), no think time, the next request as soon as an"
+        " answer (200 or 429) arrives, `Retry-After` ignored.",
+        f"- Cases: no flooder (quota {quota}); flooder with the quota off; flooder with"
+        f" `SLUICEWAY_KNN_TENANT_QUOTA={quota}` (queued jobs per restaurant; an ordinary"
+        f" restaurant of {KIOSKS_PER_RESTAURANT} kiosks never has more queued). {rounds} rounds.",
+        "",
+        "| case | round | ordinary requests | ordinary RPS | ordinary failures | p50 ms | p90 ms |"
+        " p99 ms | max ms | flooder requests | flooder 200/s | flooder 429 | 429 share |"
+        " flooder other failures | server CPU ms/request | wrk CPU share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case, results in runs.items():
+        for index, r in enumerate(results, 1):
+            lines.append(
+                f"| {case} | {index} | {r['requests']:.0f} | {r['rps']:.0f} | {r['failures']:.0f} |"
+                f" {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} |"
+                f" {r['flood_requests']:.0f} | {r['flood_answered_rps']:.0f} |"
+                f" {r['flood_429']:.0f} | {100 * r['flood_429_share']:.1f}% |"
+                f" {r['flood_other_failures']:.0f} | {r['server_cpu_ms_per_request']:.2f} |"
+                f" {100 * r['wrk_cpu_share']:.0f}% |"
+            )
+    alone = runs.get("no flooder", [])
+    if alone:
+        lines += [
+            "",
+            "The ordinary restaurants' latency against no flooder, round by round:",
+            "",
+            "| case | round | p50 ratio | p99 ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for case in CASES[1:]:
+            for index, (r, base) in enumerate(zip(runs.get(case, []), alone, strict=False), 1):
+                lines.append(
+                    f"| {case} | {index} | {r['p50_ms'] / base['p50_ms']:.2f} |"
+                    f" {r['p99_ms'] / base['p99_ms']:.2f} |"
+                )
+    lines += [
+        "",
+        "wrk's CPU share is of the whole machine (all cores), both wrk processes together.",
+        "",
+        "![ordinary latency and the flooder's answers](flood.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each case, interleaved")
+    parser.add_argument("--quota", type=int, default=KIOSKS_PER_RESTAURANT, help="tenant quota")
+    parser.add_argument("--flooders", type=int, default=200, help="the flooder's connections")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
+    args = parser.parse_args()
+    runs: Runs = {case: [] for case in CASES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for case in CASES:
+                print(f"{case} ...", flush=True)
+                result = measure(case, args.duration, args.quota, args.flooders, Path(tmp))
+                runs[case].append(result)
+                print(json.dumps(result), flush=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+        "duration_s": args.duration,
+        "slots": SLOTS,
+        "quota": args.quota,
+        "flooders": args.flooders,
+        "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(runs, out / "flood.png")
+    text = report(runs, args.duration, args.rounds, args.quota, args.flooders)
+    (out / "REPORT.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
