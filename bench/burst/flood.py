@@ -10,6 +10,9 @@ soon as an answer (200 or 429) arrives. Three cases, each server freshly started
 every round, all from this tree:
 
 - ``no flooder``: the four restaurants alone (tenant quota on, which they never reach);
+- ``fifth at its load``: the fifth restaurant as an ordinary one (its 50 kiosks, think time),
+  quota on: the seed's own load, five restaurants, and the baseline the flood is judged by
+  (the flooder is that restaurant misbehaving, so it may keep the share it had);
 - ``flooder, quota off``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=0``;
 - ``flooder, quota on``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=--quota``.
 
@@ -51,7 +54,8 @@ OUT = Path(__file__).resolve().parent / "flood"
 SLOTS = 16
 KIOSKS_PER_RESTAURANT = 50  # the seed's 250 kiosks over five restaurants
 ORDINARY = 4
-CASES = ["no flooder", "flooder, quota off", "flooder, quota on"]
+CASES = ["no flooder", "fifth at its load", "flooder, quota off", "flooder, quota on"]
+FLOODS = CASES[2:]
 
 Runs = dict[str, list[dict[str, float]]]  # case -> rounds
 
@@ -77,7 +81,16 @@ def measure(
                 workdir,
             )
             flood = None
-            if case != "no flooder":
+            if case == "fifth at its load":
+                flood = run_wrk(
+                    srv.port,
+                    bodies(restaurants[ORDINARY:]),
+                    duration_s,
+                    KIOSKS_PER_RESTAURANT,
+                    workdir,
+                    threads=1,
+                )
+            elif case != "no flooder":
                 flood = run_wrk(
                     srv.port,
                     bodies(restaurants[ORDINARY:]),
@@ -113,7 +126,7 @@ def measure(
 
 def plot(runs: Runs, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    colors = dict(zip(CASES, ["tab:grey", "tab:red", "tab:blue"], strict=True))
+    colors = dict(zip(CASES, ["tab:grey", "tab:green", "tab:red", "tab:blue"], strict=True))
     for case, rounds in runs.items():
         for index, r in enumerate(rounds):
             values = [r[f"{p}_ms"] for p in PERCENTILES]
@@ -133,7 +146,7 @@ def plot(runs: Runs, path: Path) -> None:
     right.bar(names, answered, color="tab:green", label="200")
     right.bar(names, refused, bottom=answered, color="tab:orange", label="429")
     right.set_ylabel("answers per second")
-    right.set_title("the flooder's answers")
+    right.set_title("the fifth restaurant's answers")
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -153,13 +166,15 @@ def report(runs: Runs, duration_s: int, rounds: int, quota: int, flooders: int) 
         " 2 threads, 10–20 ms think time); the flooder: a fifth restaurant on"
         f" {flooders} connections (1 thread), no think time, the next request as soon as an"
         " answer (200 or 429) arrives, `Retry-After` ignored.",
-        f"- Cases: no flooder (quota {quota}); flooder with the quota off; flooder with"
+        f"- Cases: no flooder (quota {quota}); the fifth restaurant at its ordinary load"
+        f" ({KIOSKS_PER_RESTAURANT} kiosks, think time; quota {quota}); flooder with the quota"
+        " off; flooder with"
         f" `SLUICEWAY_KNN_TENANT_QUOTA={quota}` (queued jobs per restaurant; an ordinary"
         f" restaurant of {KIOSKS_PER_RESTAURANT} kiosks never has more queued). {rounds} rounds.",
         "",
         "| case | round | ordinary requests | ordinary RPS | ordinary failures | p50 ms | p90 ms |"
-        " p99 ms | max ms | flooder requests | flooder 200/s | flooder 429 | 429 share |"
-        " flooder other failures | server CPU ms/request | wrk CPU share |",
+        " p99 ms | max ms | fifth requests | fifth 200/s | fifth 429 | 429 share |"
+        " fifth other failures | server CPU ms/request | wrk CPU share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, results in runs.items():
@@ -172,20 +187,22 @@ def report(runs: Runs, duration_s: int, rounds: int, quota: int, flooders: int) 
                 f" {r['flood_other_failures']:.0f} | {r['server_cpu_ms_per_request']:.2f} |"
                 f" {100 * r['wrk_cpu_share']:.0f}% |"
             )
-    alone = runs.get("no flooder", [])
-    if alone:
+    for baseline in ("no flooder", "fifth at its load"):
+        base_runs = runs.get(baseline, [])
+        if not base_runs:
+            continue
         lines += [
             "",
-            "The ordinary restaurants' latency against no flooder, round by round:",
+            f'The ordinary restaurants\' latency against "{baseline}", round by round:',
             "",
-            "| case | round | p50 ratio | p99 ratio |",
-            "|---|---:|---:|---:|",
+            "| case | round | p50 ratio | p99 ratio | RPS ratio |",
+            "|---|---:|---:|---:|---:|",
         ]
-        for case in CASES[1:]:
-            for index, (r, base) in enumerate(zip(runs.get(case, []), alone, strict=False), 1):
+        for case in CASES[CASES.index(baseline) + 1 :]:
+            for index, (r, base) in enumerate(zip(runs.get(case, []), base_runs, strict=False), 1):
                 lines.append(
                     f"| {case} | {index} | {r['p50_ms'] / base['p50_ms']:.2f} |"
-                    f" {r['p99_ms'] / base['p99_ms']:.2f} |"
+                    f" {r['p99_ms'] / base['p99_ms']:.2f} | {r['rps'] / base['rps']:.2f} |"
                 )
     lines += [
         "",

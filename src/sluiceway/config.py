@@ -41,7 +41,9 @@ class KnnSettings(ModelSettings):
     max_batch: int = Field(256, ge=1, description="query vectors per inference call")
     max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
     max_queue: int = Field(4096, ge=1, description="queued jobs before 503")
-    tenant_quota: int = Field(0, ge=0, description="queued jobs per restaurant before 429; 0 = off")
+    tenant_quota: int = Field(
+        0, ge=0, description="jobs per restaurant queued or running before 429; 0 = off"
+    )
     max_training_rows: int = Field(100_000, ge=1, description="larger sets get 413")
     max_queries: int = Field(10_000, ge=1, description="query vectors per request")
     inline_parse_bytes: int = Field(
@@ -180,8 +182,8 @@ class Settings(BaseSettings):
     image_client_quota: int = Field(
         0,
         ge=0,
-        description="images one client address may have queued per built-in image classifier "
-        "before 429; 0 = off",
+        description="images one client address may have queued or running per built-in image "
+        "classifier before 429; 0 = off",
     )
 
     # The kiosk's tenant KNN and the seed's simulated compute cost.

@@ -397,6 +397,23 @@ async def test_a_tenant_over_its_quota_is_refused_and_others_are_not() -> None:
     assert counted(metrics, "sluiceway_quota_rejected_total") == 1
 
 
+async def test_a_tenants_jobs_in_calls_count_towards_its_quota() -> None:
+    # Counting only queued jobs let a flooding tenant refill its queue while its last batch
+    # ran, and so hold several slots at once (bench/burst/flood).
+    metrics = Metrics()
+    dispatcher, kind = make(BatchPolicy(slots=2, max_batch=1, tenant_quota=2), metrics)
+    kind.gate = asyncio.Event()
+    running = [asyncio.ensure_future(dispatcher.submit(job(i, key="flood"))) for i in (1, 2)]
+    await eventually(lambda: kind.running == 2)
+    assert dispatcher.lane("double").depth == 0, "both are in calls, none queued"
+    with pytest.raises(QuotaExceeded, match="2 double jobs of this tenant are not answered"):
+        await dispatcher.submit(job(3, key="flood"))
+    kind.gate.set()
+    assert await asyncio.gather(*running) == [2, 4]
+    assert await dispatcher.submit(job(4, key="flood")) == 8, "answered jobs free the quota"
+    assert counted(metrics, "sluiceway_quota_rejected_total") == 1
+
+
 class ThreadRecorder(ThreadedModel):
     """A blocking model (as ONNX Runtime is) that records the thread of each call."""
 

@@ -17,7 +17,7 @@ class BatchPolicy:
 
     ``split`` lets the scheduler spread a key's waiting jobs over free slots when that finishes
     them sooner; ``fair_wait_calls`` bounds a key's wait for a slot, as a multiple of its own
-    call's cost (0 = off); ``tenant_quota`` caps one tenant's queued jobs (0 = off).
+    call's cost (0 = off); ``tenant_quota`` caps one tenant's jobs queued or running (0 = off).
     """
 
     slots: int

@@ -29,8 +29,11 @@ Who gets a freed slot (the claim, compared in this order):
 
 A caller that stops waiting (deadline, client disconnect) withdraws its job: it is removed
 before batch formation and counted; a call already started runs on. An optional per-tenant
-quota refuses a tenant's jobs beyond ``tenant_quota`` queued (``QuotaExceeded``, a 429), before
-the shared queue fills.
+quota refuses a tenant's jobs beyond ``tenant_quota`` admitted and not yet answered, queued or
+in a call (``QuotaExceeded``, a 429), before the shared queue fills. Counting the jobs in calls
+too is what bounds a flooding tenant's share of the slots: counting only the queued ones let it
+refill its queue while its last batch ran and hold several slots at once, where a tenant of
+that many clients holds one (``bench/burst/flood``).
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class Lane:
 
     def submit(self, job: Job) -> Ticket:
         """Queue a job and return its ticket; raise ``Overloaded`` when full, ``QuotaExceeded``
-        when the job's tenant has its quota queued."""
+        when the job's tenant has its quota of jobs not yet answered."""
         policy = self.policy
         if self._depth >= policy.max_queue:
             self._rejected.inc()
@@ -175,7 +178,7 @@ class Lane:
             if held >= policy.tenant_quota:
                 self._quota_rejected.inc()
                 raise QuotaExceeded(
-                    f"{held} {self.model} jobs of this tenant are queued "
+                    f"{held} {self.model} jobs of this tenant are not answered yet "
                     f"(quota {policy.tenant_quota}); retry later"
                 )
             self._tenants[tenant] = held + 1
@@ -212,16 +215,23 @@ class Lane:
         ticket.state = _TAKEN if expired is None else _GONE
         ticket.batcher._live -= 1
         self._set_depth(self._depth - 1)
-        if ticket.tenant is not None:
-            left = self._tenants[ticket.tenant] - 1
-            if left:
-                self._tenants[ticket.tenant] = left
-            else:
-                del self._tenants[ticket.tenant]
+        if expired is not None:  # a job taken into a call counts for its tenant until answered
+            self._answered(ticket)
         if expired is True:
             self.expired.inc()
         elif expired is False:
             self._cancelled.inc()
+
+    def _answered(self, ticket: Ticket) -> None:
+        """The job no longer counts towards its tenant's quota."""
+        tenant = ticket.tenant
+        if tenant is not None:
+            ticket.tenant = None  # once only, whichever way the job ends
+            left = self._tenants[tenant] - 1
+            if left:
+                self._tenants[tenant] = left
+            else:
+                del self._tenants[tenant]
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
@@ -443,6 +453,7 @@ class Batcher:
             if ticket.state != _QUEUED:
                 continue
             lane._leave(ticket, None)
+            lane._answered(ticket)
             if not ticket.future.done():
                 ticket.future.set_exception(error)
 
@@ -490,6 +501,7 @@ class Batcher:
         lane._batch_size.observe(len(batch))
         lane.cost.observe(len(batch), took)
         for ticket, result in zip(batch, results, strict=True):
+            lane._answered(ticket)
             if ticket.future.done():
                 continue
             if isinstance(result, BaseException):
