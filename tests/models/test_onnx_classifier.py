@@ -51,6 +51,17 @@ def test_a_batch_matches_singles(imagenet: OnnxClassifier) -> None:
         assert [p.score for p in ranked] == pytest.approx([p.score for p in single], abs=1e-5)
 
 
+def test_images_run_one_at_a_time_give_the_stacked_batch_probabilities(
+    imagenet: OnnxClassifier,
+) -> None:
+    images = [photo(name).array for name in ("chelsea.png", "coffee.png", "astronaut.png")]
+    one_at_a_time = imagenet.probabilities_of(images)
+    stacked = imagenet.probabilities(np.stack(images))
+    assert one_at_a_time.shape == (3, 1000)
+    assert one_at_a_time.dtype == np.float32
+    np.testing.assert_allclose(one_at_a_time, stacked, rtol=0, atol=1e-6)
+
+
 def test_preprocessing_is_torchvision_eval_transform() -> None:
     array = photo("chelsea.png").array  # 451×300: shorter side → 256, centre crop 224
     assert array.shape == (3, 224, 224)
