@@ -61,7 +61,8 @@ class Worker:
     ) -> None:
         if not settings.broker_url:
             raise ValueError("a worker needs settings.broker_url")
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        unnamed = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or settings.worker_id or unnamed
         self._settings = settings
         self._metrics = metrics
         keys = Keys(settings.broker_prefix, settings.broker_partitions)
