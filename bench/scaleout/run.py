@@ -109,10 +109,15 @@ def redis_server() -> Iterator[tuple[str, int]]:
 
 @contextmanager
 def sluiceway(
-    broker: str | None, settings: dict[str, str] | None = None, workers: int = WORKERS
+    broker: str | None,
+    settings: dict[str, str] | None = None,
+    workers: int = WORKERS,
+    named: bool = False,
 ) -> Iterator[Cluster]:
     """The server under test: embedded, or an API node and ``workers`` workers (``settings``:
-    extra environment for every process)."""
+    extra environment for every process). ``named``: the workers are called worker-0,
+    worker-1, ... (``SLUICEWAY_WORKER_ID``), so restaurants fall to them the same way in every
+    run of that size; otherwise each gets a fresh random name."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLUICEWAY_LOG_LEVEL": "WARNING"}
     env["SLUICEWAY_API_MODELS"] = "knn"  # the workers serve the kiosk's model only
     env.update(settings or {})
@@ -122,9 +127,11 @@ def sluiceway(
     worker_ports: list[int] = []
     try:
         if broker is not None:
-            for _ in range(workers):
+            for index in range(workers):
                 worker_ports.append(free_port())
                 worker_env = {**env, "SLUICEWAY_WORKER_PORT": str(worker_ports[-1])}
+                if named:
+                    worker_env["SLUICEWAY_WORKER_ID"] = f"worker-{index}"
                 command = [python, "-m", "sluiceway", "worker", "--broker", broker]
                 processes.append(subprocess.Popen([*command, "--models", "knn"], env=worker_env))
         command = [python, "-m", "sluiceway", "serve", "--port", str(port)]

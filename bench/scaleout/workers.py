@@ -1,6 +1,6 @@
 """Adding workers adds capacity: 1, 2 and 4 split-mode workers under a load that saturates them.
 
-    python -m bench.scaleout.workers [--seconds 20] [--counts 1,2,4] [--shared]
+    python -m bench.scaleout.workers [--seconds 20] [--counts 1,2,4] [--shared] [--random-names]
 
 Each worker has 8 compute slots for the KNN (``SLUICEWAY_KNN_SLOTS=8``) and the seed's cost
 model (a call of n queries sleeps 0.15 + 0.05·n s, a fit 2 s), so the work is bound by slots,
@@ -10,7 +10,8 @@ CPU), the requests spread evenly over the kiosk's 5 restaurants. With
 N workers and 5 restaurants, some worker owns more restaurants than the others: the load
 counts as "adding capacity" only if a saturated owner's backlog is served elsewhere too
 (a second consumer of its partition, ``split/helping.py``). Each count runs twice, with
-help (the default) and without (``SLUICEWAY_WORKER_HELP_AFTER_S=0``), on fresh servers.
+help (the default) and without (``SLUICEWAY_WORKER_HELP_AFTER_S=0``), on fresh servers whose
+workers have the same names (``SLUICEWAY_WORKER_ID``), so both split the restaurants alike.
 
 Measured per run, over the steady window after every model is fitted and ownership settled:
 requests per second, that RPS over N times the one-worker RPS (the target is ≥ 0.9), the
@@ -64,6 +65,9 @@ class Run:
     """Restaurants fitted per worker before the load: how ownership fell."""
     failure_kinds: str = ""
     """wrk's count of each kind of failure (not 200, timed out, read or connect errors)."""
+    per_worker: str = ""
+    """Each worker's mean KNN batch in the window, with the restaurants it fitted by the end
+    (its own, plus any it fitted as a second consumer), busiest first: "batch (fits)"."""
 
 
 def _metrics_port(port: int) -> int:
@@ -93,12 +97,25 @@ def _scrape(port: int) -> dict[str, float]:
     return found
 
 
-def _totals(ports: list[int]) -> dict[str, float]:
+def _totals(scrapes: list[dict[str, float]]) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for port in ports:
-        for name, value in _scrape(port).items():
+    for scrape in scrapes:
+        for name, value in scrape.items():
             totals[name] = totals.get(name, 0.0) + value
     return totals
+
+
+def _per_worker(before: list[dict[str, float]], after: list[dict[str, float]]) -> str:
+    """Each worker's mean batch over the window and its fits by the end, busiest first.
+
+    Every KNN call holds one restaurant's queries, so a worker's mean batch is the mean over
+    the restaurants it served; its fits say how many it served (as owner or helper)."""
+    rows = []
+    for old, new in zip(before, after, strict=True):
+        ran, calls = new["batch_sum"] - old["batch_sum"], new["batch_count"] - old["batch_count"]
+        rows.append((ran, ran / max(calls, 1), int(new["fits"])))
+    rows.sort(reverse=True)
+    return ", ".join(f"{batch:.1f} ({fits})" for _, batch, fits in rows)
 
 
 def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[int]) -> Run:
@@ -113,10 +130,11 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
     with tempfile.TemporaryDirectory() as workdir:
         wrk = run_wrk(port, lines, int(warm_s + seconds + 1), clients, Path(workdir))
         time.sleep(warm_s)
-        before, began = _totals(ports), time.monotonic()
+        scraped, began = [_scrape(p) for p in ports], time.monotonic()
         time.sleep(seconds)
-        after, elapsed = _totals(ports), time.monotonic() - began
+        ended, elapsed = [_scrape(p) for p in ports], time.monotonic() - began
         result = wrk_result(wrk)
+    before, after = _totals(scraped), _totals(ended)
     batches = after["batch_count"] - before["batch_count"]
     ran = after["batch_sum"] - before["batch_sum"]
     return Run(
@@ -129,6 +147,7 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
         mean_batch=ran / max(batches, 1),
         helped=after["helped"],
         split="+".join(map(str, fits)),
+        per_worker=_per_worker(scraped, ended),
         failure_kinds=", ".join(
             f"{kind} {int(result[kind])}"
             for kind in ("not_200", "timeout", "read", "connect")
@@ -137,12 +156,12 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
     )
 
 
-def measure(url: str, workers: int, help: bool, seconds: float) -> Run:
+def measure(url: str, workers: int, help: bool, seconds: float, named: bool) -> Run:
     prefix = f"workers{workers}{'help' if help else ''}"  # a fresh namespace per run
     settings = {**SLOT_SETTINGS, "SLUICEWAY_BROKER_PREFIX": prefix}
     if not help:
         settings["SLUICEWAY_WORKER_HELP_AFTER_S"] = "0"
-    with sluiceway(url, settings, workers=workers) as cluster:
+    with sluiceway(url, settings, workers=workers, named=named) as cluster:
         clients = CLIENTS_PER_WORKER * workers
         run = _load(cluster.port, clients, WARM_S, seconds, cluster.worker_ports)
     run.help = help
@@ -171,7 +190,7 @@ def plot(runs: list[Run], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def section(runs: list[Run], seconds: float, shared: bool) -> str:
+def section(runs: list[Run], seconds: float, shared: bool, named: bool) -> str:
     one = next(r.rps for r in runs if r.workers == 1 and r.help)
     lines = [
         f"{MARK} (8 KNN slots per worker)",
@@ -184,14 +203,16 @@ def section(runs: list[Run], seconds: float, shared: bool) -> str:
         "Each worker has 8 KNN slots and a read-ahead of 256 jobs; the seed's cost model.",
         "",
         "| workers | second consumers | restaurants per worker | kiosks | RPS "
-        "| RPS / (N × 1 worker) | mean batch | partitions helped | failures |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| RPS / (N × 1 worker) | mean batch | per worker: batch (restaurants fitted) "
+        "| partitions helped | failures |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         ratio = r.rps / (r.workers * one)
         lines.append(
             f"| {r.workers} | {'on' if r.help else 'off'} | {r.split} | {r.clients} | {r.rps:.0f} "
-            f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.helped:.0f} | {r.failures} |"
+            f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.per_worker} | {r.helped:.0f} "
+            f"| {r.failures} |"
         )
     lines += [
         "",
@@ -199,8 +220,17 @@ def section(runs: list[Run], seconds: float, shared: bool) -> str:
         "restaurants in turn, so each restaurant gets the same share of the requests and a",
         "worker owning more of them than its share of slots holds every kiosk back: without",
         "second consumers the busiest owner caps the cluster and the others' batches run",
-        "nearly empty. Ownership falls anew in each run (fresh worker ids), so the runs with",
-        "and without help may split the restaurants differently (the column says how).",
+        "nearly empty.",
+        (
+            "The workers are named worker-0, worker-1, ... in every run, so the runs with and "
+            "without help split the restaurants the same way."
+            if named
+            else "Ownership falls anew in each run (fresh worker names), so the runs with and "
+            "without help may split the restaurants differently (the column says how)."
+        ),
+        "Per worker: its mean batch in the window and, in brackets, the restaurants it had "
+        "fitted by the end (its own, and those it helped with); busiest first. Every KNN call "
+        "holds one restaurant, so a worker's mean batch is over the restaurants it served.",
     ]
     failed = [r for r in runs if r.failure_kinds]
     for r in failed:
@@ -210,12 +240,12 @@ def section(runs: list[Run], seconds: float, shared: bool) -> str:
     return "\n".join(lines)
 
 
-def _write(runs: list[Run], seconds: float, shared: bool) -> None:
+def _write(runs: list[Run], seconds: float, shared: bool, named: bool) -> None:
     report = HERE / "REPORT.md"
     text = report.read_text()
     if MARK in text:
         text = text[: text.index(MARK)].rstrip() + "\n"
-    report.write_text(text + "\n" + section(runs, seconds, shared))
+    report.write_text(text + "\n" + section(runs, seconds, shared, named))
     results = HERE / "results.json"
     data = json.loads(results.read_text()) if results.exists() else {}
     data["workers"] = [asdict(r) for r in runs]
@@ -229,16 +259,23 @@ def main() -> None:
     parser.add_argument("--counts", default="1,2,4", help="cluster sizes")
     parser.add_argument("--no-baseline", action="store_true", help="skip the runs without help")
     parser.add_argument("--shared", action="store_true", help="say other work shared the CPU")
+    parser.add_argument(
+        "--random-names",
+        action="store_true",
+        help="fresh random worker names per run (by default worker-0, worker-1, ...: the runs "
+        "with and without help then split the restaurants the same way)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.counts.split(",")]
+    named = not args.random_names
     runs = []
     with redis_server() as (url, _):
         for workers in counts:
-            runs.append(measure(url, workers, True, args.seconds))
+            runs.append(measure(url, workers, True, args.seconds, named))
             if workers > 1 and not args.no_baseline:
-                runs.append(measure(url, workers, False, args.seconds))
-    _write(runs, args.seconds, args.shared)
-    print(section(runs, args.seconds, args.shared))
+                runs.append(measure(url, workers, False, args.seconds, named))
+    _write(runs, args.seconds, args.shared, named)
+    print(section(runs, args.seconds, args.shared, named))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
 from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
+from sluiceway.runtime.memory import settle_heap
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.services import Services
 from sluiceway.split.dispatcher import RedisDispatcher
@@ -73,10 +73,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         if fleet is not None:
             await fleet.start()
         await services.registry.start()
-        # Everything built so far lives as long as the process: keep it out of the collector's
-        # full passes, which otherwise rescan it while requests wait (a latency tail).
-        gc.collect()
-        gc.freeze()
+        # Everything built so far lives as long as the process: out of the collector's way.
+        settle_heap()
         logger.info("sluiceway %s serving models %s", __version__, services.dispatcher.models())
         try:
             # The lifespan state reaches the server's protocol (``sluiceway.edge``) as well as

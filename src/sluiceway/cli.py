@@ -55,6 +55,7 @@ def _worker(args: argparse.Namespace) -> int:
         ("BROKER_URL", args.broker),
         ("WORKER_MODELS", args.models),
         ("MODEL_REPOSITORY", args.model_repository),
+        ("WORKER_ID", args.id),
     ):
         if value is not None:
             os.environ[f"SLUICEWAY_{name}"] = value
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--broker", help="redis://HOST:PORT/DB (or SLUICEWAY_BROKER_URL)")
     worker.add_argument("--models", help="comma-separated models to serve (default: all)")
     worker.add_argument("--model-repository", help="the folder of your own models (shared path)")
+    worker.add_argument("--id", help="this worker's name, unique per live worker (default random)")
     worker.set_defaults(run=_worker)
     classify = commands.add_parser(
         "classify", help="print the top birds of each image URL (standalone, no server)"

@@ -256,6 +256,11 @@ class Settings(BaseSettings):
         "says ready; empty = every model it serves",
     )
     worker_models: str = Field("", description="comma-separated models to serve; empty = all")
+    worker_id: str = Field(
+        "",
+        description="this worker's name in the registry and consumer groups, which decides "
+        "the partitions it owns; unique per live worker; empty = host-pid-random",
+    )
     worker_read_count: int = Field(256, ge=1, description="jobs read per XREADGROUP")
     worker_prefetch: int = Field(
         1024, ge=1, description="jobs read and not yet answered (the read-ahead; the rest waits)"

@@ -98,6 +98,22 @@ async def test_each_restaurant_is_fitted_once_on_one_worker(redis_server: RedisS
         await second.close()
 
 
+async def test_a_worker_named_in_its_settings_registers_and_owns_under_that_name(
+    redis_server: RedisServer,
+) -> None:
+    settings = cluster_settings(redis_server, worker_id="kiosk-7")
+    worker = new_worker(settings)
+    await worker.start()
+    try:
+        assert worker.id == "kiosk-7"
+        keys = Keys(settings.broker_prefix, settings.broker_partitions)
+        async with redis_client(redis_server) as redis:
+            assert await redis.hexists(keys.workers, "kiosk-7")
+        assert len(worker.owned) == settings.broker_partitions  # alone: it owns every one
+    finally:
+        await worker.close()
+
+
 async def test_a_departing_workers_partitions_move_to_the_others(
     redis_server: RedisServer,
 ) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Sequence
 
 from sluiceway.config import Settings
 from sluiceway.models.base import ModelKind
+from sluiceway.runtime.memory import settle_heap
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.split.worker import Worker
 
@@ -33,10 +33,9 @@ async def serve_until_signalled(settings: Settings, kinds: Sequence[ModelKind]) 
         loop.add_signal_handler(signum, stop.set)
     worker = Worker(settings, kinds, Metrics())
     await worker.start()  # leaves nothing registered if it fails
-    # What start-up made (modules, models) lives as long as the process: keep it out of the
-    # collector's passes, as the API node does.
-    gc.collect()
-    gc.freeze()
+    # What start-up made (modules, models) lives as long as the process: out of the
+    # collector's way, as on the API node.
+    settle_heap()
     try:
         await stop.wait()
     finally:

@@ -163,20 +163,22 @@ class RedisDispatcher:
         if remaining <= 0:
             raise DeadlineExceeded(f"deadline passed before {job.model} was asked")
         data = JobRecord(job, self._reply).encode()
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
         # Registered before the job is sent: the result may come back before XADD's reply.
         self._waiting[job.id] = answer
         stream = self._keys.jobs(job.model, self._keys.partition(job.key))
         self._admissions.add(_Admission(job.model, stream, data, answer))
+        # One timer that fails the answer at the deadline, as the embedded dispatcher does: a
+        # timeout context per request cost ~3 µs more of the API node's CPU.
+        timer = loop.call_at(loop.time() + remaining, _expire, answer, job.model)
         try:
-            async with asyncio.timeout(remaining):
-                return await answer
-        except TimeoutError:
-            raise DeadlineExceeded(f"{job.model} did not answer before the deadline") from None
+            return await answer
         except asyncio.CancelledError:  # the caller left: the worker need not run it
             self._cancels.add((job.id, job.deadline))
             raise
         finally:
+            timer.cancel()
             self._waiting.pop(job.id, None)
 
     def _send_cancels(self, cancels: list[tuple[str, float]]) -> None:
@@ -275,3 +277,9 @@ class RedisDispatcher:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(error)
+
+
+def _expire(answer: asyncio.Future[Any], model: str) -> None:
+    """The deadline passed with no answer: the caller gets its 504."""
+    if not answer.done():
+        answer.set_exception(DeadlineExceeded(f"{model} did not answer before the deadline"))

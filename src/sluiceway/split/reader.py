@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from sluiceway.split.connection import BROKER_ERRORS, STALLED_S
+from sluiceway.split.connection import BROKER_ERRORS, STALLED_S, Broker
 from sluiceway.split.line import RedisLine, pack
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -37,6 +37,12 @@ class GroupReader:
     def id(self) -> int | None:
         """The connection's client id, once connected (for ``CLIENT UNBLOCK``)."""
         return self._line.client_id if self._line is not None else None
+
+    async def cut_short(self, broker: Broker) -> None:
+        """End a blocking read under way (the partitions to read changed), so the next read
+        starts on the new set; sent on ``broker``'s connection, as this one is blocked."""
+        if self.id is not None:
+            await broker.redis.client_unblock(self.id)
 
     async def read(
         self, streams: Sequence[str], count: int, block_ms: int | None = None

@@ -7,7 +7,8 @@ its model is fitted there once. Each job's answer and acknowledgement go out tog
 pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
 cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
 (``cancels.py``). A worker with room also takes what waits in the partitions of saturated
-owners (``helping.py``).
+owners (``helping.py``). Membership, models, helping and claims move once a heartbeat
+(``heartbeat.py``); this module is the read → run → answer loop.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -34,6 +35,7 @@ from sluiceway.split.cancels import Cancels
 from sluiceway.split.claims import Claims
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
 from sluiceway.split.convergence import Convergence
+from sluiceway.split.heartbeat import Heartbeat
 from sluiceway.split.keys import GROUP, Keys
 from sluiceway.split.membership import Membership
 from sluiceway.split.probes import Probes
@@ -59,7 +61,8 @@ class Worker:
     ) -> None:
         if not settings.broker_url:
             raise ValueError("a worker needs settings.broker_url")
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        unnamed = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or settings.worker_id or unnamed
         self._settings = settings
         self._metrics = metrics
         keys = Keys(settings.broker_prefix, settings.broker_partitions)
@@ -70,26 +73,37 @@ class Worker:
         self._broker = Broker(settings.broker_url, [FINISH], name=f"worker {self.id}")
         self._membership = Membership(settings, keys, self._broker, self.id, models)
         self._model_of = self._membership.model_of
+        # The blocking read has a connection of its own, so it can be told to stop waiting.
+        self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
+        cut_short = partial(self._reader.cut_short, self._broker)
         self._convergence = Convergence(
-            settings, keys, self._broker, self._local, self._membership, self._cut_read_short
+            settings, keys, self._broker, self._local, self._membership, cut_short
         )
         self._answers = Answers(settings, keys, self._broker, metrics)
         self._claims = Claims(
             settings, self._broker, self.id, self._answers, metrics, self._model_of
         )
         self._cancels = Cancels(self._broker, keys)
-        # The blocking read has a connection of its own, so it can be told to stop waiting.
-        self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)
+        self._heartbeat = Heartbeat(
+            settings,
+            self._broker,
+            self._membership,
+            self._convergence,
+            self._claims,
+            self._cancels,
+            self._reader,
+            metrics,
+            self._room_left,
+            self._accept,
+        )
         self._probes: Probes | None = None
         if settings.worker_port is not None:
             self._probes = Probes(self.ready, metrics.registry, settings.host, settings.worker_port)
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._stopping = False
-        self._full = False  # the read-ahead was full since the last heartbeat
         self._stopped = asyncio.Event()
         self._reading: asyncio.Task[None] | None = None
-        self._beating: asyncio.Task[None] | None = None
 
     @property
     def dispatcher(self) -> LocalDispatcher:
@@ -125,9 +139,9 @@ class Worker:
         try:
             if self._probes is not None:
                 await self._probes.start()
-            await self._beat()
+            await self._heartbeat.beat()
             self._reading = asyncio.create_task(self._read(), name="worker read")
-            self._beating = asyncio.create_task(self._heartbeat(), name="worker heartbeat")
+            self._heartbeat.start()
             self._cancels.start()
         except BaseException:
             await self.close()
@@ -138,6 +152,7 @@ class Worker:
     async def close(self) -> None:
         """Stop reading, answer what was read, leave the registry so others take over."""
         self._stopping = True
+        self._heartbeat.stop()
         if self._probes is not None:
             await self._probes.close()
         self._stopped.set()
@@ -151,50 +166,13 @@ class Worker:
         await self._convergence.close()
         await self._local.close()
         await self._cancels.close()
-        if self._beating is not None:
-            await stop_tasks([self._beating], _READ_BLOCK_MS / 1000 + 1)
-            self._beating = None
+        await self._heartbeat.close(_READ_BLOCK_MS / 1000 + 1)
         await self._answers.drain()  # the last answers and acknowledgements
         with contextlib.suppress(*BROKER_ERRORS):
             await self._membership.leave()
         await self._broker.close()
         self._reader.reset()
         logger.info("worker %s stopped", self.id)
-
-    # Membership, ownership and claiming, once a heartbeat.
-
-    async def _heartbeat(self) -> None:
-        while not self._stopping:
-            await self._pause(
-                self._settings.worker_heartbeat_s if self._broker.connected else RECONNECT_S
-            )
-            if not self._stopping:
-                await self._beat()
-
-    async def _beat(self) -> None:
-        """Say we are alive, recompute owned partitions, claim what dead or stuck workers hold."""
-        now = time.time()
-        self._cancels.expire(now)
-        owned, helped = self._membership.owned, self._membership.helped
-        saturated, self._full = self._full, self._room_left() <= 0
-        try:
-            live = await self._membership.beat(saturated)
-            await self._convergence.beat(live)  # models loaded or unloaded by operators
-            joined = len(self._membership.helped) - len(set(helped) & set(self._membership.helped))
-            self._metrics.partitions_helped.inc(joined)
-            if self._membership.owned is not owned or self._membership.helped is not helped:
-                await self._cut_read_short()
-            await self._claims.claim(self._membership.owned, live, self._room_left, self._accept)
-        except BROKER_ERRORS as error:
-            self._broker.lost(error)
-        except ResponseError as error:  # NOGROUP: Redis restarted and lost the groups
-            logger.warning("job broker error: %s; rejoining", error)
-            self._broker.lost(error)
-
-    async def _cut_read_short(self) -> None:
-        """The owned partitions changed: end the blocking read, so it restarts on the new set."""
-        if self._reader.id is not None:
-            await self._broker.redis.client_unblock(self._reader.id)
 
     def _room_left(self) -> int:
         return self._settings.worker_prefetch - len(self._running)
@@ -209,7 +187,7 @@ class Worker:
                 await self._pause(RECONNECT_S)
                 continue
             if room <= 0:
-                self._full = True
+                self._heartbeat.full = True
                 self._room.clear()
                 await self._room.wait()
                 continue
