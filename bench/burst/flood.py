@@ -2,11 +2,11 @@
 
     python -m bench.burst.flood [--duration 10] [--rounds 2] [--quota 50] [--flooders 200]
 
-``wrk`` (with ``kiosk.lua``) drives four ordinary restaurants at the seed's load per
-restaurant (50 kiosks each, 10–20 ms think time, 200 connections in all) on a server with 16
-KNN slots, all five restaurants fitted beforehand. A second ``wrk`` is the flooder: a fifth
+``wrk`` (with ``kiosk.lua``, one process per restaurant) drives four ordinary restaurants at
+the seed's load per restaurant (50 kiosks each, 10–20 ms think time) on a server with 16 KNN
+slots, all five restaurants fitted beforehand. Another ``wrk`` is the flooder: a fifth
 restaurant on ``--flooders`` connections with no think time, each sending its next request as
-soon as an answer (200 or 429) arrives. Three cases, each server freshly started, in turn,
+soon as an answer (200 or 429) arrives. Four cases, each server freshly started, in turn,
 every round, all from this tree:
 
 - ``no flooder``: the four restaurants alone (tenant quota on, which they never reach);
@@ -16,8 +16,9 @@ every round, all from this tree:
 - ``flooder, quota off``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=0``;
 - ``flooder, quota on``: the flood with ``SLUICEWAY_KNN_TENANT_QUOTA=--quota``.
 
-The quota counts a restaurant's queued jobs; at 50, what one restaurant of 50 kiosks can have
-queued, an ordinary restaurant never reaches it. Target (issue 12): with the quota on, the
+The quota counts a restaurant's jobs queued or running; at 50, what one restaurant of 50 kiosks
+can have in flight, an ordinary restaurant never reaches it. Each ordinary restaurant is its own
+``wrk`` of 50 connections, as its kiosks are. Target (issue 12): with the quota on, the
 flooder gets 429s while the others keep their latency, with 0 failures.
 
 Writes ``bench/burst/flood/REPORT.md``, ``flood.png`` and ``results.json``.
@@ -73,13 +74,20 @@ def measure(
         time.sleep(0.5)
         with ProcessWatch(process.pid) as watch:
             reaped_cpu_s = children_cpu_s()
-            ordinary = run_wrk(
-                srv.port,
-                bodies(restaurants[:ORDINARY]),
-                duration_s,
-                ORDINARY * KIOSKS_PER_RESTAURANT,
-                workdir,
-            )
+            # One wrk per restaurant, so a restaurant is its 50 connections, as its kiosks are:
+            # one wrk over all of them would hand each request the next restaurant's body, and
+            # a restaurant's requests in flight would drift above its kiosk count.
+            ordinary = [
+                run_wrk(
+                    srv.port,
+                    bodies([training]),
+                    duration_s,
+                    KIOSKS_PER_RESTAURANT,
+                    folder(workdir, f"restaurant-{index}"),
+                    threads=1,
+                )
+                for index, training in enumerate(restaurants[:ORDINARY])
+            ]
             flood = None
             if case == "fifth at its load":
                 flood = run_wrk(
@@ -87,7 +95,7 @@ def measure(
                     bodies(restaurants[ORDINARY:]),
                     duration_s,
                     KIOSKS_PER_RESTAURANT,
-                    workdir,
+                    folder(workdir, "fifth"),
                     threads=1,
                 )
             elif case != "no flooder":
@@ -96,11 +104,11 @@ def measure(
                     bodies(restaurants[ORDINARY:]),
                     duration_s,
                     flooders,
-                    workdir,
+                    folder(workdir, "flooder"),
                     threads=1,
                     think=False,
                 )
-            kiosks = wrk_result(ordinary)
+            kiosks = worst_of([wrk_result(process) for process in ordinary])
             flooded = wrk_result(flood) if flood else {}
             wrk_cpu_s = children_cpu_s() - reaped_cpu_s
     finally:
@@ -122,6 +130,23 @@ def measure(
     result["server_cpu_ms_per_request"] = 1000 * watch.cpu_s / (kiosks["requests"] + flood_requests)
     result["wrk_cpu_share"] = wrk_cpu_s / seconds / (os.cpu_count() or 1)
     return result
+
+
+def folder(workdir: Path, name: str) -> Path:
+    path = workdir / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def worst_of(restaurants: list[dict[str, float]]) -> dict[str, float]:
+    """The ordinary restaurants together: counts summed, each latency percentile the worst
+    restaurant's (wrk reports percentiles per process, which do not merge exactly)."""
+    summed = ("requests", "not_200", "status_429", "connect", "read", "write", "timeout")
+    together = {key: sum(r[key] for r in restaurants) for key in summed}
+    together["duration_us"] = max(r["duration_us"] for r in restaurants)
+    for key in [*(f"{p}_ms" for p in PERCENTILES), "max_ms"]:
+        together[key] = max(r[key] for r in restaurants)
+    return together
 
 
 def plot(runs: Runs, path: Path) -> None:
@@ -162,15 +187,18 @@ def report(runs: Runs, duration_s: int, rounds: int, quota: int, flooders: int) 
         f"- Server: this tree, {SLOTS} KNN slots, cost model fit 2.0 s, a call 0.2 + 0.05·(n−1) s;"
         " all five restaurants fitted before the load starts.",
         f"- Load: `wrk` with `kiosk.lua`, {duration_s} s: {ORDINARY} ordinary restaurants with"
-        f" {KIOSKS_PER_RESTAURANT} kiosks each ({ORDINARY * KIOSKS_PER_RESTAURANT} connections,"
-        " 2 threads, 10–20 ms think time); the flooder: a fifth restaurant on"
+        f" {KIOSKS_PER_RESTAURANT} kiosks each, one `wrk` (1 thread, {KIOSKS_PER_RESTAURANT}"
+        " connections, 10–20 ms think time) per restaurant, so a restaurant never has more than"
+        f" {KIOSKS_PER_RESTAURANT} requests in flight; each latency percentile of the ordinary"
+        " restaurants is the worst of the four restaurants'; the flooder: a fifth restaurant on"
         f" {flooders} connections (1 thread), no think time, the next request as soon as an"
         " answer (200 or 429) arrives, `Retry-After` ignored.",
         f"- Cases: no flooder (quota {quota}); the fifth restaurant at its ordinary load"
         f" ({KIOSKS_PER_RESTAURANT} kiosks, think time; quota {quota}); flooder with the quota"
         " off; flooder with"
-        f" `SLUICEWAY_KNN_TENANT_QUOTA={quota}` (queued jobs per restaurant; an ordinary"
-        f" restaurant of {KIOSKS_PER_RESTAURANT} kiosks never has more queued). {rounds} rounds.",
+        f" `SLUICEWAY_KNN_TENANT_QUOTA={quota}` (a restaurant's jobs queued or running; an"
+        f" ordinary restaurant of {KIOSKS_PER_RESTAURANT} kiosks never has more). {rounds}"
+        " rounds.",
         "",
         "| case | round | ordinary requests | ordinary RPS | ordinary failures | p50 ms | p90 ms |"
         " p99 ms | max ms | fifth requests | fifth 200/s | fifth 429 | 429 share |"
