@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sluiceway.config import Settings
+from sluiceway.kinds import kind_of
+from sluiceway.models.onnx_model import OnnxModel
 from sluiceway.models.records import SourceKind
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
@@ -109,6 +113,17 @@ def test_a_file_onnx_runtime_cannot_read_says_so(tmp_path: Path) -> None:
     assert isinstance(entry, BrokenModel) and "model.onnx cannot be read" in entry.reason
 
 
+def test_the_memory_arena_is_off_unless_the_config_turns_it_on(tmp_path: Path) -> None:
+    lean = add_model(tmp_path, "lean", LINEAR_CONFIG)
+    fast = add_model(tmp_path, "fast", "memory_arena = true\n" + LINEAR_CONFIG)
+    for folder, arena in ((lean, False), (fast, True)):
+        record = read_model(folder)
+        assert not isinstance(record, BrokenModel) and record.memory_arena is arena
+        model = asyncio.run(kind_of(record, Settings()).load(None))
+        assert isinstance(model, OnnxModel)
+        assert model._session.get_session_options().enable_cpu_mem_arena is arena
+
+
 @pytest.mark.parametrize(
     ("config", "reason"),
     [
@@ -118,6 +133,10 @@ def test_a_file_onnx_runtime_cannot_read_says_so(tmp_path: Path) -> None:
         ('platform = "onnx"\nmax_batch_size = -1', "max_batch_size: Input should be greater"),
         ('platform = "onnx"\ninstances = "two"', "instances: Input should be a valid integer"),
         ('platform = "onnx"\ncolour = "red"', "colour: Extra inputs are not permitted"),
+        (
+            'platform = "onnx"\nmemory_arena = "sometimes"',
+            "memory_arena: Input should be a valid boolean",
+        ),
         ('platform = "onnx"\n[[inputs]]\nname = "x"\ndatatype = "FLOAT"\ndims = [4]', "datatype"),
         ('platform = "onnx"\nversion = 7', "version 7 has no folder"),
         ('platform = "tflite"', "no model.tflite"),

@@ -8,7 +8,9 @@ One run measures, one after the other on the same machine:
   thread each), the tensor already in memory, at batch 1 and batch 8;
 - Sluiceway serving the ONNX file from a model repository (binary tensors), with dynamic
   batching (max batch 8, 2 compute slots) and with batching off (max batch 1), and with JSON
-  tensors (batching on) to compare with MLServer on the same encoding;
+  tensors (batching on) to compare with MLServer on the same encoding; all with ONNX Runtime's
+  memory arena on (``memory_arena = true``: the ceiling's and the peers' sessions have it), and
+  once more batched without it, a repository's default;
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed).
@@ -129,7 +131,13 @@ def bodies(folder: Path, pixels: np.ndarray) -> tuple[Path, int, Path]:
 
 
 def ceiling(seconds: float) -> tuple[Ceiling, int]:
-    """Images/s of the model in a tight loop on two threads, at batch 1 and 8; its class."""
+    """Images/s of the model in a tight loop on two threads, at batch 1 and 8; its class.
+
+    The best setup measured on this 2-core machine (2026-11-30, images/s at batch 1): one
+    session called from two threads with one intra-op thread each, no spinning (362), against
+    spinning on (354), two sessions (316), one caller with two intra-op threads (214, spinning
+    290), and batches of 2, 4, 8 (350, 337, 300).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -173,14 +181,19 @@ def peer_python(venvs: Path, peer: str) -> str:
     return str(python)
 
 
-def sluiceway_server(folder: Path, max_batch: int, port: int) -> tuple[list[str], dict[str, str]]:
-    repository = folder / f"repository-{max_batch}"
+def sluiceway_server(
+    folder: Path, max_batch: int, port: int, arena: bool = True
+) -> tuple[list[str], dict[str, str]]:
+    """Sluiceway serving the file from a repository; ``arena``: ONNX Runtime's memory arena on
+    (``memory_arena = true``, what a model served all the time should use, as the ceiling and
+    the peers' default sessions do)."""
+    repository = folder / f"repository-{max_batch}-{'arena' if arena else 'lean'}"
     model = repository / MODEL
     model.mkdir(parents=True, exist_ok=True)
     (model / "model.onnx").write_bytes(imagenet_model_path().read_bytes())
     (model / "config.toml").write_text(
         f'platform = "onnx"\nmax_batch_size = {max_batch}\ninstances = 2\nthreads = 1\n'
-        "max_queue = 4096\n"
+        f"max_queue = 4096\nmemory_arena = {'true' if arena else 'false'}\n"
         '[[inputs]]\nname = "input"\ndatatype = "FP32"\ndims = [3, 224, 224]\n'
         '[[outputs]]\nname = "logits"\ndatatype = "FP32"\ndims = [1000]\n[warmup]\n'
     )
@@ -437,10 +450,12 @@ def main() -> None:
         folder = Path(tmp)
         binary, header_length, as_json = bodies(folder, prepared_image())
         plans = [
-            ("sluiceway", "max batch 8, 2 slots x 1 ORT thread, 1 process", "binary",
-             lambda p: sluiceway_server(folder, 8, p)),
-            ("sluiceway-unbatched", "max batch 1, 2 slots x 1 ORT thread", "binary",
-             lambda p: sluiceway_server(folder, 1, p)),
+            ("sluiceway", "max batch 8, 2 slots x 1 ORT thread, 1 process, memory arena on",
+             "binary", lambda p: sluiceway_server(folder, 8, p)),
+            ("sluiceway-unbatched", "max batch 1, 2 slots x 1 ORT thread, memory arena on",
+             "binary", lambda p: sluiceway_server(folder, 1, p)),
+            ("sluiceway-no-arena", "as sluiceway, a repository's default (no memory arena)",
+             "binary", lambda p: sluiceway_server(folder, 8, p, arena=False)),
             ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", "binary",
              lambda p: kserve_server(args.venvs, p)),
             ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 "

@@ -86,6 +86,7 @@ class RepositoryConfig(BaseModel):
     instances: Annotated[int, Field(ge=1, le=256)] = 1
     max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     threads: Annotated[int, Field(ge=1, le=64)] = 1
+    memory_arena: bool = False
     version: Annotated[int, Field(ge=1)] | None = None
     labels: str | None = None
     inputs: list[_Tensor] = []
@@ -175,6 +176,7 @@ def _read(folder: Path) -> ModelRecord:
         image=image,
         logits=config.image.logits if config.image is not None else True,
         threads=config.threads,
+        memory_arena=config.memory_arena,
         batched=batched,
         warmup=_warmup(config, inputs) if config.warmup is not None else None,
     )
