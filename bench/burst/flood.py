@@ -89,24 +89,16 @@ def measure(
                 for index, training in enumerate(restaurants[:ORDINARY])
             ]
             flood = None
-            if case == "fifth at its load":
+            if case != "no flooder":  # the fifth restaurant, at its load or flooding
+                floods = case != "fifth at its load"
                 flood = run_wrk(
                     srv.port,
                     bodies(restaurants[ORDINARY:]),
                     duration_s,
-                    KIOSKS_PER_RESTAURANT,
-                    folder(workdir, "fifth"),
+                    flooders if floods else KIOSKS_PER_RESTAURANT,
+                    folder(workdir, "flooder" if floods else "fifth"),
                     threads=1,
-                )
-            elif case != "no flooder":
-                flood = run_wrk(
-                    srv.port,
-                    bodies(restaurants[ORDINARY:]),
-                    duration_s,
-                    flooders,
-                    folder(workdir, "flooder"),
-                    threads=1,
-                    think=False,
+                    think=not floods,
                 )
             kiosks = worst_of([wrk_result(process) for process in ordinary])
             flooded = wrk_result(flood) if flood else {}

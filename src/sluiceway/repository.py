@@ -19,6 +19,7 @@ saying why, and the others are served.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import tomllib
@@ -223,8 +224,9 @@ def _completed(
     """The tensors the config leaves out, read from the file (Triton's auto-complete), so that
     metadata, request checks and the warm-up know them before the model is loaded."""
     try:
-        file_inputs, file_outputs = read_signature(path)
-    except ModelUnavailable as error:
+        stat = path.stat()
+        file_inputs, file_outputs = _signature(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, ModelUnavailable) as error:
         raise _Refused(str(error)) from None
     completed = (inputs or file_inputs, outputs or file_outputs)
     if batched:
@@ -237,6 +239,15 @@ def _completed(
                         "unbatched, or declare its tensors"
                     )
     return completed
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(
+    path: str, mtime_ns: int, size: int
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """``read_signature`` once per version of a file: a folder is read again on every load and,
+    on a split-mode API node, whenever the workers' generation of the model changes."""
+    return read_signature(Path(path))
 
 
 def _warmup(config: RepositoryConfig, inputs: tuple[TensorSpec, ...]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -151,10 +153,11 @@ def _knn(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name, {"model": "knn"}) or 0.0
 
 
-async def test_a_saturated_partition_is_served_by_two_workers_then_one(
-    redis_server: RedisServer,
-) -> None:
-    settings = _settings(redis_server)
+@contextlib.asynccontextmanager
+async def _two_workers(
+    settings: Settings,
+) -> AsyncIterator[tuple[RedisDispatcher, list[Worker], dict[str, Metrics]]]:
+    """An API node's dispatcher and two workers, each owning partitions; closed afterwards."""
     metrics = {"worker-a": Metrics(), "worker-b": Metrics()}
     workers = [_worker(settings, name, metrics[name]) for name in metrics]
     for worker in workers:
@@ -163,6 +166,18 @@ async def test_a_saturated_partition_is_served_by_two_workers_then_one(
     await api.start()
     try:
         await eventually(lambda: all(w.owned for w in workers))
+        yield api, workers, metrics
+    finally:
+        await api.close()
+        for worker in workers:
+            await worker.close()
+
+
+async def test_a_saturated_partition_is_served_by_two_workers_then_one(
+    redis_server: RedisServer,
+) -> None:
+    settings = _settings(redis_server)
+    async with _two_workers(settings) as (api, workers, metrics):
         training = restaurant(3)
         queries = [np.array([[i % 7, i % 5]]) for i in range(400)]
         jobs = [knn_job(training, q, timeout_s=60) for q in queries]
@@ -179,23 +194,12 @@ async def test_a_saturated_partition_is_served_by_two_workers_then_one(
         assert _ran(owned) + _ran(helped) == 400
         assert helped.registry.get_sample_value("sluiceway_partitions_helped_total") == 1
         await eventually(lambda: helper.helped == [], timeout_s=30)
-    finally:
-        await api.close()
-        for worker in workers:
-            await worker.close()
 
 
 async def test_a_helper_does_not_run_jobs_whose_callers_left(redis_server: RedisServer) -> None:
     # The helper's fit takes a second: the jobs it reads wait queued while their callers leave.
     settings = _settings(redis_server, knn_fit_cost_s=1.0)
-    metrics = {"worker-a": Metrics(), "worker-b": Metrics()}
-    workers = [_worker(settings, name, metrics[name]) for name in metrics]
-    for worker in workers:
-        await worker.start()
-    api = RedisDispatcher(settings, Metrics())
-    await api.start()
-    try:
-        await eventually(lambda: all(w.owned for w in workers))
+    async with _two_workers(settings) as (api, workers, metrics):
         training = restaurant(4)
         jobs = [knn_job(training, np.zeros((1, 2)), timeout_s=60) for _ in range(400)]
         keys = Keys(settings.broker_prefix, settings.broker_partitions)
@@ -217,7 +221,3 @@ async def test_a_helper_does_not_run_jobs_whose_callers_left(redis_server: Redis
 
         await eventually(lambda: accounted() == 400, timeout_s=30)
         assert _knn(helped, "sluiceway_cancelled_total") > 0
-    finally:
-        await api.close()
-        for worker in workers:
-            await worker.close()

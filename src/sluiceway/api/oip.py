@@ -113,18 +113,9 @@ class _TensorModel(TensorForm):
         self, tensors: dict[str, np.ndarray], deadline: float, services: Services, priority: int = 0
     ) -> dict[str, np.ndarray]:
         name = self.record.name
-        if not self.record.batched:
-            job = Job(
-                model=name,
-                payload=tensors,
-                key=shape_key(tensors),
-                deadline=deadline,
-                priority=priority,
-            )
-            result: dict[str, np.ndarray] = await services.dispatcher.submit(job)
-            return result
-        count = _rows(tensors)
-        if count == 1:  # the request is its one row: no slicing, nothing to put back together
+        # Unbatched, or batched with one row: the request is one job, nothing to slice or join.
+        count = _rows(tensors) if self.record.batched else 1
+        if count == 1:
             job = Job(
                 model=name,
                 payload=tensors,
