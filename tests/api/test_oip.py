@@ -20,7 +20,6 @@ import pytest
 import skimage
 import tritonclient.http as triton
 
-from sluiceway.api.fastpath import FastRoutes
 from sluiceway.app import create_app
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
@@ -467,8 +466,7 @@ async def test_the_fast_path_answers_as_the_framework_route(tmp_path: Path) -> N
     root, _ = repository(tmp_path / "models")
     settings = fast_settings(model_repository=str(root), max_body_bytes=64 * 1024)
     fast = create_app(settings)
-    routed = create_app(settings)
-    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not FastRoutes]
+    routed = create_app(settings, fast_routes=False)
     x = tensor("x", [[1.0, 2.0, 3.0, 4.0]])
     header = orjson.dumps(
         {

@@ -224,8 +224,25 @@ class NoTensorForm:
     reason: str
 
 
+_FORMS: dict[int, tuple[ModelRecord, Settings, TensorForm | NoTensorForm]] = {}
+"""``form_of``'s answers by record (a record is immutable; a reload makes a new one)."""
+_MAX_FORMS = 1024
+
+
 def form_of(record: ModelRecord, settings: Settings) -> TensorForm | NoTensorForm:
-    """How ``record``'s model takes protocol tensors, or why it cannot."""
+    """How ``record``'s model takes protocol tensors, or why it cannot (built once per record:
+    every inference request asks)."""
+    known = _FORMS.get(id(record))
+    if known is not None and known[0] is record and known[1] is settings:
+        return known[2]
+    form = _form_of(record, settings)
+    if len(_FORMS) >= _MAX_FORMS:  # records replaced by reloads: forget them all at once
+        _FORMS.clear()
+    _FORMS[id(record)] = (record, settings, form)
+    return form
+
+
+def _form_of(record: ModelRecord, settings: Settings) -> TensorForm | NoTensorForm:
     if record.takes_tensors:
         return _TensorModel(record)
     if record.image is not None:
@@ -581,12 +598,27 @@ def _answer(
     body["outputs"] = tensors
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return Response(header, media_type="application/json")
-    return Response(
+        return _Answer(header, _JSON)
+    return _Answer(
         b"".join([header, *blobs]),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
+        _BINARY,
+        (b"inference-header-content-length", b"%d" % len(header)),
     )
+
+
+_JSON = (b"content-type", b"application/json")
+_BINARY = (b"content-type", b"application/octet-stream")
+
+
+class _Answer(Response):
+    """An inference answer: Starlette's ``Response`` with its headers made in one step (every
+    inference request builds one)."""
+
+    def __init__(self, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), *headers]
 
 
 def _classified(scores: np.ndarray, classes: int, labels: Sequence[str]) -> np.ndarray:
