@@ -539,3 +539,31 @@ async def test_gzip_bodies_are_read(http: httpx.AsyncClient) -> None:
         "/v2/models/linear/infer", content=body, headers={"Content-Encoding": "br"}
     )
     assert refused.status_code == 400 and "gzip or deflate" in refused.json()["error"]
+
+
+async def test_a_bug_answers_500_on_the_fast_path_as_through_the_framework(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no handler knows (a bug) answers Starlette's 500 either way, with the request
+    id, and is counted under its route."""
+    root, _ = repository(tmp_path / "models")
+    settings = fast_settings(model_repository=str(root))
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("sluiceway.api.oip.routes.answer", broken)
+    body = orjson.dumps({"inputs": [tensor("x", [[1.0, 2.0, 3.0, 4.0]])]})
+    for fast in (True, False):
+        app = create_app(settings, fast_routes=fast)
+        client = app_client(app)
+        client._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://sluiceway.test",
+        )
+        async with client as http:
+            answer = await http.post("/v2/models/linear/infer", content=body)
+            metrics = (await http.get("/metrics")).text
+        assert (answer.status_code, answer.text) == (500, "Internal Server Error"), fast
+        assert answer.headers.get("x-request-id"), fast
+        assert 'method="POST",route="/v2/models/{name}/infer",status="500"' in metrics, fast
