@@ -224,6 +224,24 @@ async def test_a_slow_body_that_keeps_the_minimum_rate_is_not_cut_off() -> None:
     assert (status, body) == (200, b'{"classification_result":[1]}')
 
 
+async def test_a_body_over_many_reads_and_pauses_arrives_whole() -> None:
+    """The edge keeps a body's pieces as reads bring them (several times the 64 KB at which
+    reading pauses until the app takes them): the app gets every byte, in order."""
+    body = KIOSK_BODY[:-1] + b" " * 300_000 + KIOSK_BODY[-1:]  # JSON allows the padding
+    async with edge_server() as port:
+        reader, writer = await connect(port)
+        writer.write(
+            b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        for start in range(0, len(body), 7001):  # uneven pieces, some split across reads
+            writer.write(body[start : start + 7001])
+            await writer.drain()
+        status, _, answer = await read_response(reader)
+        writer.close()
+    assert (status, answer) == (200, b'{"classification_result":[1]}')
+
+
 async def test_connections_over_the_limit_get_503_with_retry_after() -> None:
     async with edge_server(max_connections=2) as port:
         _, first = await connect(port)

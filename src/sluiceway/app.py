@@ -23,8 +23,7 @@ from sluiceway.api import (
     root,
     web,
 )
-from sluiceway.api.context import RequestContext
-from sluiceway.api.fastpath import FastRoutes
+from sluiceway.api.fastpath import FastApp
 from sluiceway.config import Settings
 from sluiceway.edge import STATE_KEY, Edge, EdgeLimits
 from sluiceway.image_classifiers import ImageClassifiers
@@ -41,8 +40,17 @@ from sluiceway.split.fleet import Fleet
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
-    """Build the app; without arguments, settings come from ``SLUICEWAY_*`` variables."""
+def create_app(
+    settings: Settings | None = None,
+    dispatcher: Dispatcher | None = None,
+    *,
+    fast_routes: bool = True,
+) -> FastAPI:
+    """Build the app; without arguments, settings come from ``SLUICEWAY_*`` variables.
+
+    ``fast_routes=False`` serves every route through FastAPI's router (``api/fastpath.py``
+    serves the hottest ones ahead of it), to compare the two.
+    """
     settings = settings or Settings()
     metrics = Metrics()
     fleet = None
@@ -86,7 +94,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                 await fleet.close()
             await fetcher.aclose()
 
-    app = FastAPI(title="Sluiceway", version=__version__, lifespan=lifespan)
+    app = FastApp(title="Sluiceway", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.state.fetcher = fetcher
     error_responses = errors.ErrorResponses(settings.retry_after_s)
@@ -101,6 +109,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
     openapi.install(app)
-    app.add_middleware(FastRoutes, routes=[*kiosk.routes, *oip.fast_routes], errors=error_responses)
-    app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
+    app.serve_first(
+        [*kiosk.routes, *oip.fast_routes],
+        error_responses,
+        metrics,
+        settings.access_log,
+        fast_routes=fast_routes,
+    )
     return app

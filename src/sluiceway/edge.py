@@ -32,6 +32,7 @@ from typing import Any, ClassVar, cast
 import httptools
 import orjson
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -105,6 +106,30 @@ def _response(status: int, message: str, headers: list[tuple[bytes, bytes]]) -> 
     ]:
         head += [name, b": ", value, b"\r\n"]
     return b"".join([*head, b"\r\n", body])
+
+
+class _Pieces:
+    """A request body's pieces as reads bring them, in place of uvicorn's ``bytearray``: that
+    copies each piece in, then out again (``bytes(...)``) when the app receives; here a lone
+    piece goes to the app as it is and several are joined once. For a 600 KB tensor body
+    that is one or two copies fewer on the event loop."""
+
+    __slots__ = ("_pieces", "_size")
+
+    def __init__(self, first: bytes | bytearray = b"") -> None:
+        self._pieces: list[bytes] = [bytes(first)] if first else []
+        self._size = len(first)
+
+    def __iadd__(self, piece: bytes) -> _Pieces:
+        self._pieces.append(piece)
+        self._size += len(piece)
+        return self
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._pieces)  # one piece: that very object, uncopied
 
 
 class _Refused(Exception):
@@ -236,7 +261,18 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        super().on_body(body)
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        pending: Any = cycle.body
+        if type(pending) is bytearray:  # uvicorn's buffer: a fresh one after every receive()
+            pending = _Pieces(pending)
+            # uvicorn only takes its len() and bytes() (``receive``), and we add to it.
+            cycle.body = pending
+        pending += body
+        if len(pending) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE

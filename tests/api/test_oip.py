@@ -20,7 +20,6 @@ import pytest
 import skimage
 import tritonclient.http as triton
 
-from sluiceway.api.fastpath import FastRoutes
 from sluiceway.app import create_app
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT
@@ -467,8 +466,7 @@ async def test_the_fast_path_answers_as_the_framework_route(tmp_path: Path) -> N
     root, _ = repository(tmp_path / "models")
     settings = fast_settings(model_repository=str(root), max_body_bytes=64 * 1024)
     fast = create_app(settings)
-    routed = create_app(settings)
-    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not FastRoutes]
+    routed = create_app(settings, fast_routes=False)
     x = tensor("x", [[1.0, 2.0, 3.0, 4.0]])
     header = orjson.dumps(
         {
@@ -541,3 +539,31 @@ async def test_gzip_bodies_are_read(http: httpx.AsyncClient) -> None:
         "/v2/models/linear/infer", content=body, headers={"Content-Encoding": "br"}
     )
     assert refused.status_code == 400 and "gzip or deflate" in refused.json()["error"]
+
+
+async def test_a_bug_answers_500_on_the_fast_path_as_through_the_framework(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no handler knows (a bug) answers Starlette's 500 either way, with the request
+    id, and is counted under its route."""
+    root, _ = repository(tmp_path / "models")
+    settings = fast_settings(model_repository=str(root))
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("sluiceway.api.oip.routes.answer", broken)
+    body = orjson.dumps({"inputs": [tensor("x", [[1.0, 2.0, 3.0, 4.0]])]})
+    for fast in (True, False):
+        app = create_app(settings, fast_routes=fast)
+        client = app_client(app)
+        client._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://sluiceway.test",
+        )
+        async with client as http:
+            answer = await http.post("/v2/models/linear/infer", content=body)
+            metrics = (await http.get("/metrics")).text
+        assert (answer.status_code, answer.text) == (500, "Internal Server Error"), fast
+        assert answer.headers.get("x-request-id"), fast
+        assert 'method="POST",route="/v2/models/{name}/infer",status="500"' in metrics, fast

@@ -11,26 +11,66 @@ every other request goes on to the full app untouched.
 
 A templated route serves only its own methods: any other method goes on to the app, which
 answers it as it answers any route (``405`` with its ``Allow``).
+
+``FastApp`` puts these routes, and ``RequestContext``, in front of the whole FastAPI stack:
+FastAPI's own layers (its error, telemetry and body-limit middleware, the router's exception
+middleware and exit stack) cost a trivial request as much as its endpoint. While FastAPI's
+native OpenTelemetry is configured (``enabled()``), every request takes the full stack, so it
+is observed as before; that answer is asked at most once a second (``_Recheck``), since asking
+costs a few per cent of a trivial request (providers are configured at start-up anyway).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sluiceway.api.context import RequestContext
 from sluiceway.api.errors import ErrorResponses, error_key
+from sluiceway.runtime.metrics import Metrics
+
+
+def _never() -> bool:
+    return False
+
+
+class _Recheck:
+    """A yes/no question asked again at most every ``every_s`` seconds."""
+
+    def __init__(self, ask: Callable[[], bool], every_s: float = 1.0) -> None:
+        self.ask = ask
+        self.every_s = every_s
+        self._answer = False
+        self._until = float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self._until:
+            self._answer = bool(self.ask())
+            self._until = now + self.every_s
+        return self._answer
 
 
 class FastRoutes:
     """ASGI middleware answering a few routes itself."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Route], errors: ErrorResponses) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[Route],
+        errors: ErrorResponses,
+        full_stack: Callable[[], bool] = _never,
+    ) -> None:
         self.app = app
         self.errors = errors
+        self.full_stack = full_stack
+        """Whether a matched request goes through ``app`` all the same (telemetry is on)."""
         self._routes = {route.path: route for route in routes if not route.param_convertors}
         self._templated = [
             (_fixed_prefix(route.path), route) for route in routes if route.param_convertors
@@ -55,12 +95,17 @@ class FastRoutes:
             if route is None:
                 await self.app(scope, receive, send)
                 return
+        if self.full_stack():
+            await self.app(scope, receive, send)
+            return
         _matched(scope, route)
         try:
             response = await route.endpoint(Request(scope, receive))
         except Exception as error:
             response = self.errors.response_for(error, key=error_key(path))
             if response is None:
+                # What Starlette's ServerErrorMiddleware answers a bug with; the server logs it.
+                await _SERVER_ERROR(scope, receive, send)
                 raise
         await response(scope, receive, send)
 
@@ -78,6 +123,44 @@ class FastRoutes:
             scope["path_params"] = params
             return route
         return None
+
+
+_SERVER_ERROR = PlainTextResponse("Internal Server Error", status_code=500)
+
+
+class FastApp(FastAPI):
+    """FastAPI with ``RequestContext`` and ``FastRoutes`` in front of its whole stack (module
+    doc); ``serve_first`` sets them up once the app's routes and handlers are in place."""
+
+    _front: ASGIApp | None = None
+
+    def serve_first(
+        self,
+        routes: Sequence[Route],
+        errors: ErrorResponses,
+        metrics: Metrics,
+        access_log: bool,
+        *,
+        fast_routes: bool = True,
+    ) -> None:
+        """Serve ``routes`` (unless ``fast_routes`` is off) ahead of the stack, and count and
+        label every request with ``RequestContext``."""
+        full: ASGIApp = super().__call__
+        inner = full
+        if fast_routes:
+            telemetry = getattr(getattr(self, "_native_telemetry", None), "enabled", _never)
+            inner = FastRoutes(full, routes, errors, full_stack=_Recheck(telemetry))
+        self._front = RequestContext(inner, metrics=metrics, access_log=access_log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self._front
+        if front is None or scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self  # as Starlette sets it: endpoints find the app's state there
+        await front(scope, receive, send)
 
 
 def _matched(scope: Scope, route: Route) -> None:

@@ -66,12 +66,20 @@ class LearnedCost:
         self._calls: deque[tuple[int, float]] = deque(maxlen=window)
         self.per_call_s = 0.0
         self.per_item_s = per_item_s
+        # Running sums over the window, so a call costs O(1) to learn from (it is counted on
+        # the event loop after every call). Sizes are integers, so their sums are exact and
+        # "one size only" is decided exactly; the float sums are recomputed once per window.
+        self._sum_n = 0
+        self._sum_nn = 0
+        self._sum_t = 0.0
+        self._sum_nt = 0.0
+        self._sizes: dict[int, int] = {}
+        self._since_exact = 0
 
     @property
     def known(self) -> bool:
         """Whether the window holds calls of two sizes or more (a fitted line, not a guess)."""
-        sizes = {size for size, _ in self._calls}
-        return len(sizes) > 1
+        return len(self._sizes) > 1
 
     def seconds(self, n: int) -> float:
         return self.per_call_s + self.per_item_s * n
@@ -79,17 +87,38 @@ class LearnedCost:
     def observe(self, n: int, seconds: float) -> None:
         if n <= 0:
             return
-        self._calls.append((n, seconds))
-        count = len(self._calls)
-        mean_n = sum(size for size, _ in self._calls) / count
-        mean_t = sum(took for _, took in self._calls) / count
-        spread = sum((size - mean_n) ** 2 for size, _ in self._calls)
+        calls = self._calls
+        if len(calls) == calls.maxlen:
+            old_n, old_t = calls[0]
+            self._sum_n -= old_n
+            self._sum_nn -= old_n * old_n
+            self._sum_t -= old_t
+            self._sum_nt -= old_n * old_t
+            left = self._sizes[old_n] - 1
+            if left:
+                self._sizes[old_n] = left
+            else:
+                del self._sizes[old_n]
+        calls.append((n, seconds))
+        self._sum_n += n
+        self._sum_nn += n * n
+        self._sizes[n] = self._sizes.get(n, 0) + 1
+        self._since_exact += 1
+        if self._since_exact >= len(calls):  # float sums drift with every subtraction
+            self._since_exact = 0
+            self._sum_t = sum(took for _, took in calls)
+            self._sum_nt = sum(size * took for size, took in calls)
+        else:
+            self._sum_t += seconds
+            self._sum_nt += n * seconds
+        count = len(calls)
+        sum_n, sum_t = self._sum_n, self._sum_t
+        spread = count * self._sum_nn - sum_n * sum_n  # count² × the sizes' variance, exact
         if spread == 0:
-            self.per_call_s, self.per_item_s = 0.0, mean_t / mean_n
+            self.per_call_s, self.per_item_s = 0.0, sum_t / sum_n
             return
-        slope = sum((size - mean_n) * (took - mean_t) for size, took in self._calls) / spread
-        slope = max(slope, 0.0)
-        intercept = mean_t - slope * mean_n
+        slope = max((count * self._sum_nt - sum_n * sum_t) / spread, 0.0)
+        intercept = (sum_t - slope * sum_n) / count
         if intercept < 0:  # noise: keep the line through the mean, flat part zero
-            intercept, slope = 0.0, mean_t / mean_n
+            intercept, slope = 0.0, sum_t / sum_n
         self.per_call_s, self.per_item_s = intercept, slope

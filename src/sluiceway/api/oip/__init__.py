@@ -1,0 +1,27 @@
+"""The Open Inference Protocol (KServe's v2 REST protocol), as Triton and KServe speak it.
+
+Modules, each importing only those before it: ``forms`` (how a model takes tensors),
+``inference_request`` (the body, checked), ``answer`` (the outputs, encoded), ``routes``.
+
+Endpoints: ``GET /v2`` (server metadata), ``GET /v2/health/live``, ``GET /v2/health/ready``,
+``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``,
+``POST .../infer``, and Triton's statistics extension ``GET /v2/models[/{name}]/stats``. The
+repository extension lives in ``api/repository.py``. Errors are ``{"error": "..."}``.
+
+Inference takes JSON tensors (``data`` nested or flat) or Triton's binary tensors (a JSON header
+of ``Inference-Header-Content-Length`` bytes, then each input's raw bytes), answers either way,
+and runs on the same dispatcher and batchers as every other contract: a request is split into
+one job per row of its batch, so rows of concurrent requests share model calls and a request
+larger than the model's max batch is run in several calls and put back together.
+
+Request parameters: ``timeout`` (microseconds) shortens the request's deadline; ``priority``
+(Triton's: 1 first, then 2...; 0 or none, the default level, last) orders the model's waiting
+jobs (``job_priority``);
+``binary_data_output`` and each output's ``binary_data`` ask for binary outputs, and an
+output's ``classification`` (Triton's classification extension) for its top classes as
+``"score:index[:label]"`` strings.
+"""
+
+from sluiceway.api.oip.routes import fast_routes, router
+
+__all__ = ["fast_routes", "router"]

@@ -1,0 +1,113 @@
+"""An inference answer: the outputs asked for, as JSON or Triton's binary tensors, and the
+classification extension's top classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Response
+
+from sluiceway.api.oip.forms import TensorForm
+from sluiceway.api.oip.inference_request import InferRequest, OutputRequest
+from sluiceway.errors import BadInput
+from sluiceway.models.records import ModelRecord
+from sluiceway.models.tensors import DATATYPES, tensor_to_bytes, tensor_to_json
+
+_DTYPE_NAMES = {str(dtype): name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+
+def answer(
+    name: str,
+    record: ModelRecord,
+    form: TensorForm,
+    request: InferRequest,
+    outputs: dict[str, np.ndarray],
+) -> Response:
+    declared = {spec.name: spec for spec in form.outputs}
+    if request.outputs is None:
+        wanted = [OutputRequest(key, request.binary_output) for key in outputs]
+    else:
+        wanted = request.outputs
+        for item in wanted:
+            if item.name not in outputs:
+                raise BadInput(f"unknown output {item.name!r}; the model gives {list(outputs)}")
+    body: dict[str, Any] = {"model_name": name, "model_version": record.version}
+    if request.id is not None:
+        body["id"] = request.id
+    tensors = []
+    blobs = []
+    for item in wanted:
+        array = outputs[item.name]
+        spec = declared.get(item.name)
+        datatype = spec.datatype if spec is not None else _datatype(array)
+        if item.classes:
+            array, datatype = _classified(array, item.classes, record.labels), "BYTES"
+        binary = item.binary if item.binary is not None else request.binary_output
+        tensor: dict[str, Any] = {
+            "name": item.name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
+        if binary:
+            blob = tensor_to_bytes(array, datatype)
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = tensor_to_json(array, datatype)
+        tensors.append(tensor)
+    body["outputs"] = tensors
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return _Answer(header, _JSON)
+    return _Answer(
+        b"".join([header, *blobs]),
+        _BINARY,
+        (b"inference-header-content-length", b"%d" % len(header)),
+    )
+
+
+_JSON = (b"content-type", b"application/json")
+
+
+_BINARY = (b"content-type", b"application/octet-stream")
+
+
+class _Answer(Response):
+    """An inference answer: Starlette's ``Response`` with its headers made in one step (every
+    inference request builds one)."""
+
+    def __init__(self, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), *headers]
+
+
+def _classified(scores: np.ndarray, classes: int, labels: Sequence[str]) -> np.ndarray:
+    """Triton's classification extension: each row's top classes as ``score:index[:label]``."""
+    if scores.ndim != 2:
+        raise BadInput("'classification' needs an output of shape [batch, classes]")
+    k = min(classes, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = []
+    for row, indices in zip(scores, order, strict=True):
+        items = []
+        for index in indices:
+            text = f"{float(row[index]):f}:{int(index)}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            items.append(text.encode())
+        rows.append(items)
+    return np.array(rows, dtype=np.object_).reshape(len(rows), k)
+
+
+def _datatype(array: np.ndarray) -> str:
+    if array.dtype == np.object_:
+        return "BYTES"
+    name = _DTYPE_NAMES.get(str(array.dtype))
+    if name is None:  # a model's bug, not the caller's
+        raise RuntimeError(f"an output of type {array.dtype} has no protocol datatype")
+    return name

@@ -1,0 +1,231 @@
+"""An inference request's body, read and checked: JSON tensors or Triton's binary ones.
+
+The body is a JSON header (all of it without ``Inference-Header-Content-Length``), then each
+binary input's raw bytes; it may come gzip- or deflate-compressed. ``InferRequest.parse``
+checks it against the model's ``TensorForm`` and says what is wrong with a ``BadInput``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sluiceway.api.errors import RequestError
+from sluiceway.api.oip.forms import TensorForm
+from sluiceway.config import Settings
+from sluiceway.errors import BadInput
+from sluiceway.models.tensors import DATATYPES, TensorSpec, tensor_from_bytes, tensor_from_json
+
+HEADER_LENGTH = "inference-header-content-length"
+"""Triton's binary extension: how many bytes of the body are the JSON header."""
+
+
+@dataclass(slots=True)
+class OutputRequest:
+    name: str
+    binary: bool | None
+    """``None``: as the request's ``binary_data_output`` says."""
+    classes: int = 0
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A checked inference request: its tensors and what the caller asked about the answer."""
+
+    id: str | None
+    tensors: dict[str, np.ndarray]
+    outputs: list[OutputRequest] | None
+    binary_output: bool
+    timeout_s: float | None
+    priority: int
+    """``Job.priority`` (higher first) of the request's level: ``job_priority``."""
+
+    @classmethod
+    def parse(cls, header: bytes, tail: memoryview, form: TensorForm) -> InferRequest:
+        try:
+            body = orjson.loads(header)
+        except orjson.JSONDecodeError as error:
+            raise BadInput(f"the request is not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise BadInput('the request is a JSON object: {"inputs": [...]}')
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise BadInput("'id' must be a string")
+        parameters = _parameters(body.get("parameters"), "the request's 'parameters'")
+        binary_output = parameters.get("binary_data_output", False)
+        if not isinstance(binary_output, bool):
+            raise BadInput("'binary_data_output' must be true or false")
+        priority = job_priority(parameters.get("priority", 0))
+        if "sequence_id" in parameters and parameters["sequence_id"] not in (0, ""):
+            raise BadInput("sequences (sequence_id) are not supported: every request stands alone")
+        tensors = _inputs(body.get("inputs"), tail, form.inputs)
+        if form.batched:
+            _check_rows(tensors)
+        return cls(
+            id=request_id,
+            tensors=tensors,
+            outputs=_outputs(body.get("outputs")),
+            binary_output=binary_output,
+            timeout_s=_timeout(parameters.get("timeout")),
+            priority=priority,
+        )
+
+
+def _inputs(given: Any, tail: memoryview, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    if not isinstance(given, list) or not given:
+        raise BadInput("'inputs' must be a non-empty list of tensors")
+    by_name = {spec.name: spec for spec in specs}
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in given:
+        if not isinstance(item, dict):
+            raise BadInput('each input is an object: {"name", "shape", "datatype", "data"}')
+        name = item.get("name")
+        shape = item.get("shape")
+        datatype = item.get("datatype")
+        if not isinstance(name, str):
+            raise BadInput("each input needs a 'name'")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise BadInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        if not isinstance(datatype, str):
+            raise BadInput(f"input {name!r} needs a 'datatype'")
+        spec = by_name.get(name) if by_name else _undeclared(name, datatype, shape)
+        if spec is None:
+            raise BadInput(f"unknown input {name!r}; the model takes {list(by_name)}")
+        if name in tensors:
+            raise BadInput(f"input {name!r} is given twice")
+        if datatype != spec.datatype:
+            raise BadInput(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
+        parameters = _parameters(item.get("parameters"), f"input {name!r}'s 'parameters'")
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadInput(f"input {name!r}: 'binary_data_size' must be a byte count")
+            if offset + size > len(tail):
+                raise BadInput(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(tail) - offset} bytes left)"
+                )
+            array = tensor_from_bytes(name, datatype, shape, tail[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            array = tensor_from_json(name, datatype, shape, item["data"])
+        else:
+            raise BadInput(f"input {name!r} has neither 'data' nor a 'binary_data_size'")
+        tensors[name] = spec.check(array)
+    if offset != len(tail):
+        raise BadInput(f"{len(tail) - offset} bytes after the binary inputs belong to none")
+    missing = [name for name in by_name if name not in tensors]
+    if missing:
+        raise BadInput(f"missing inputs {missing}; the model takes {list(by_name)}")
+    return tensors
+
+
+def _undeclared(name: str, datatype: str, shape: list[int]) -> TensorSpec:
+    """A tensor of a model whose config declares none: the model file checks it."""
+    if datatype not in DATATYPES:
+        raise BadInput(f"input {name!r}: unknown datatype {datatype!r}; known: {sorted(DATATYPES)}")
+    return TensorSpec(name, datatype, tuple(-1 for _ in shape))
+
+
+def _check_rows(tensors: dict[str, np.ndarray]) -> None:
+    rows = {array.shape[0] for array in tensors.values()}
+    if len(rows) > 1:
+        raise BadInput(f"every input needs the same batch size (first dimension), got {rows}")
+    if rows == {0}:
+        raise BadInput("the batch is empty (first dimension 0)")
+
+
+def _outputs(given: Any) -> list[OutputRequest] | None:
+    if given is None:
+        return None
+    if not isinstance(given, list):
+        raise BadInput("'outputs' must be a list of {\"name\": ...}")
+    wanted = []
+    for item in given:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadInput("each requested output needs a 'name'")
+        parameters = _parameters(item.get("parameters"), f"output {item['name']!r}'s 'parameters'")
+        binary = parameters.get("binary_data", None)
+        classes = parameters.get("classification", 0)
+        if binary is not None and not isinstance(binary, bool):
+            raise BadInput(f"output {item['name']!r}: 'binary_data' must be true or false")
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise BadInput(f"output {item['name']!r}: 'classification' must be a class count")
+        wanted.append(OutputRequest(item["name"], binary, classes))
+    return wanted
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tail of a body (all JSON without the length header).
+
+    The tail is a view: an image's 600 KB go from the body to the model's input uncopied.
+    """
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise RequestError(
+            400,
+            f"Inference-Header-Content-Length must be a byte count within the body's "
+            f"{len(body)} bytes, got {header_length!r}",
+        )
+    length = int(header_length)
+    return body[:length], memoryview(body)[length:]
+
+
+def decompressed(body: bytes, encoding: str | None, settings: Settings) -> bytes:
+    """A body sent gzip- or deflate-compressed (tritonclient's request compression), inflated
+    within the body size limit."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise RequestError(400, f"Content-Encoding {encoding!r} is not supported: gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        inflated = inflater.decompress(body, settings.max_body_bytes + 1)
+    except zlib.error as error:
+        raise RequestError(400, f"the body is not valid {encoding}: {error}") from None
+    if len(inflated) > settings.max_body_bytes or inflater.unconsumed_tail:
+        raise RequestError(413, "the decompressed body is over the body size limit")
+    return inflated
+
+
+def _parameters(given: Any, where: str) -> dict[str, Any]:
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise BadInput(f"{where} must be an object")
+    return given
+
+
+def _timeout(given: Any) -> float | None:
+    """The ``timeout`` parameter (microseconds; 0 or absent: the server's own deadline)."""
+    if given is None:
+        return None
+    if not isinstance(given, int) or isinstance(given, bool) or given < 0:
+        raise BadInput("'timeout' must be a whole number of microseconds")
+    return given / 1e6 if given else None
+
+
+PRIORITY_LEVELS = 2**31 - 1
+"""Triton's ``priority`` levels accepted: 1 (first) to this; 0 is the default level."""
+
+
+def job_priority(level: Any) -> int:
+    """The ``priority`` parameter as Triton means it, as a ``Job.priority`` (higher first).
+
+    Level 1 is served first, then 2, and so on; 0 (or no parameter) is the default level,
+    after every explicit one: Triton with its default level set to the lowest. Every other
+    contract's jobs are at the default level too.
+    """
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= PRIORITY_LEVELS:
+        raise BadInput(f"'priority' must be an integer from 0 (default) to {PRIORITY_LEVELS}")
+    return PRIORITY_LEVELS + 1 - level if level else 0
