@@ -34,6 +34,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,7 +169,8 @@ def measure(
     url: str, workers: int, help: bool, seconds: float, named: bool, before: Path | None = None
 ) -> Run:
     tree = _label(before) if before else ""
-    prefix = f"workers{workers}{'help' if help else ''}{tree}"  # a fresh namespace per run
+    # A fresh namespace per run, even when a size is measured again in the same go.
+    prefix = f"workers{workers}{'help' if help else ''}{tree}-{uuid.uuid4().hex[:6]}"
     settings = {**SLOT_SETTINGS, "SLUICEWAY_BROKER_PREFIX": prefix}
     if not help:
         settings["SLUICEWAY_WORKER_HELP_AFTER_S"] = "0"
