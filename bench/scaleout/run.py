@@ -113,12 +113,16 @@ def sluiceway(
     settings: dict[str, str] | None = None,
     workers: int = WORKERS,
     named: bool = False,
+    source: Path | None = None,
 ) -> Iterator[Cluster]:
     """The server under test: embedded, or an API node and ``workers`` workers (``settings``:
     extra environment for every process). ``named``: the workers are called worker-0,
     worker-1, ... (``SLUICEWAY_WORKER_ID``), so restaurants fall to them the same way in every
-    run of that size; otherwise each gets a fresh random name."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    run of that size; otherwise each gets a fresh random name. ``source``: the source tree
+    the servers run (a checkout's root; this tree by default, whichever tree the virtualenv
+    was installed from), to compare two versions in one go."""
+    path = os.pathsep.join((str((source or REPO) / "src"), str(REPO)))
+    env = {**os.environ, "PYTHONPATH": path, "SLUICEWAY_LOG_LEVEL": "WARNING"}
     env["SLUICEWAY_API_MODELS"] = "knn"  # the workers serve the kiosk's model only
     env.update(settings or {})
     python = sys.executable

@@ -1,6 +1,7 @@
 """Adding workers adds capacity: 1, 2 and 4 split-mode workers under a load that saturates them.
 
     python -m bench.scaleout.workers [--seconds 20] [--counts 1,2,4] [--shared] [--random-names]
+                                     [--before DIR]
 
 Each worker has 8 compute slots for the KNN (``SLUICEWAY_KNN_SLOTS=8``) and the seed's cost
 model (a call of n queries sleeps 0.15 + 0.05·n s, a fit 2 s), so the work is bound by slots,
@@ -12,6 +13,10 @@ counts as "adding capacity" only if a saturated owner's backlog is served elsewh
 (a second consumer of its partition, ``split/helping.py``). Each count runs twice, with
 help (the default) and without (``SLUICEWAY_WORKER_HELP_AFTER_S=0``), on fresh servers whose
 workers have the same names (``SLUICEWAY_WORKER_ID``), so both split the restaurants alike.
+
+With ``--before DIR`` (a checkout of an earlier commit, e.g. made with ``git worktree add``),
+each run with help is also made on that tree's servers, right before the same run on this
+tree's: a change to the helping rule is measured against the old one in the same go.
 
 Measured per run, over the steady window after every model is fitted and ownership settled:
 requests per second, that RPS over N times the one-worker RPS (the target is ≥ 0.9), the
@@ -26,8 +31,10 @@ import argparse
 import datetime as dt
 import json
 import re
+import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +72,8 @@ class Run:
     """Restaurants fitted per worker before the load: how ownership fell."""
     failure_kinds: str = ""
     """wrk's count of each kind of failure (not 200, timed out, read or connect errors)."""
+    tree: str = ""
+    """The source tree the servers ran: empty for this one, else the ``--before`` label."""
     per_worker: str = ""
     """Each worker's mean KNN batch in the window, with the restaurants it fitted by the end
     (its own, plus any it fitted as a second consumer), busiest first: "batch (fits)"."""
@@ -156,26 +165,47 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
     )
 
 
-def measure(url: str, workers: int, help: bool, seconds: float, named: bool) -> Run:
-    prefix = f"workers{workers}{'help' if help else ''}"  # a fresh namespace per run
+def measure(
+    url: str, workers: int, help: bool, seconds: float, named: bool, before: Path | None = None
+) -> Run:
+    tree = _label(before) if before else ""
+    # A fresh namespace per run, even when a size is measured again in the same go.
+    prefix = f"workers{workers}{'help' if help else ''}{tree}-{uuid.uuid4().hex[:6]}"
     settings = {**SLOT_SETTINGS, "SLUICEWAY_BROKER_PREFIX": prefix}
     if not help:
         settings["SLUICEWAY_WORKER_HELP_AFTER_S"] = "0"
-    with sluiceway(url, settings, workers=workers, named=named) as cluster:
+    with sluiceway(url, settings, workers=workers, named=named, source=before) as cluster:
         clients = CLIENTS_PER_WORKER * workers
         run = _load(cluster.port, clients, WARM_S, seconds, cluster.worker_ports)
-    run.help = help
+    run.help, run.tree = help, tree
     print(run, flush=True)
     return run
 
 
+def _label(tree: Path) -> str:
+    """The commit a source tree is checked out at (short), or its folder's name."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return tree.name
+    return head.stdout.strip()
+
+
 def plot(runs: list[Run], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    one = next(r.rps for r in runs if r.workers == 1 and r.help)
-    for help, style in ((True, "o-"), (False, "s--")):
-        # One worker has no one to help: its run starts both lines.
-        chosen = [r for r in runs if r.help == help or r.workers == 1]
+    one = next(r.rps for r in runs if r.workers == 1 and r.help and not r.tree)
+    trees = sorted({r.tree for r in runs if r.tree})
+    lines = [(True, "", "o-"), (False, "", "s--"), *((True, t, "^:") for t in trees)]
+    for help, tree, style in lines:
+        # One worker has no one to help: its run starts every line.
+        chosen = [r for r in runs if r.tree == tree and (r.help == help or r.workers == 1)]
         label = "second consumers on" if help else "one owner per partition"
+        label += f" ({tree}, before)" if tree else ""
         left.plot([r.workers for r in chosen], [r.rps for r in chosen], style, label=label)
         right.plot([r.workers for r in chosen], [r.mean_batch for r in chosen], style, label=label)
     counts = sorted({r.workers for r in runs})
@@ -191,7 +221,7 @@ def plot(runs: list[Run], path: Path) -> None:
 
 
 def section(runs: list[Run], seconds: float, shared: bool, named: bool) -> str:
-    one = next(r.rps for r in runs if r.workers == 1 and r.help)
+    one = next(r.rps for r in runs if r.workers == 1 and r.help and not r.tree)
     lines = [
         f"{MARK} (8 KNN slots per worker)",
         "",
@@ -202,21 +232,23 @@ def section(runs: list[Run], seconds: float, shared: bool, named: bool) -> str:
         + (" Other work shared the machine during this run." if shared else ""),
         "Each worker has 8 KNN slots and a read-ahead of 256 jobs; the seed's cost model.",
         "",
-        "| workers | second consumers | restaurants per worker | kiosks | RPS "
+        "| workers | second consumers | source | restaurants per worker | kiosks | RPS "
         "| RPS / (N × 1 worker) | mean batch | per worker: batch (restaurants fitted) "
         "| partitions helped | failures |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         ratio = r.rps / (r.workers * one)
+        source = f"{r.tree} (before)" if r.tree else "this tree"
         lines.append(
-            f"| {r.workers} | {'on' if r.help else 'off'} | {r.split} | {r.clients} | {r.rps:.0f} "
+            f"| {r.workers} | {'on' if r.help else 'off'} | {source} | {r.split} | {r.clients} "
+            f"| {r.rps:.0f} "
             f"| **{ratio:.2f}** | {r.mean_batch:.1f} | {r.per_worker} | {r.helped:.0f} "
             f"| {r.failures} |"
         )
     lines += [
         "",
-        "Target: RPS ≥ 0.9 × N × the one-worker RPS. wrk hands the requests to the",
+        "Target: RPS ≥ 0.9 × N × the one-worker RPS (this tree's). wrk hands the requests to the",
         "restaurants in turn, so each restaurant gets the same share of the requests and a",
         "worker owning more of them than its share of slots holds every kiosk back: without",
         "second consumers the busiest owner caps the cluster and the others' batches run",
@@ -260,6 +292,11 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the runs without help")
     parser.add_argument("--shared", action="store_true", help="say other work shared the CPU")
     parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an earlier commit: each run with help is made on its servers too",
+    )
+    parser.add_argument(
         "--random-names",
         action="store_true",
         help="fresh random worker names per run (by default worker-0, worker-1, ...: the runs "
@@ -271,6 +308,8 @@ def main() -> None:
     runs = []
     with redis_server() as (url, _):
         for workers in counts:
+            if args.before is not None:
+                runs.append(measure(url, workers, True, args.seconds, named, args.before))
             runs.append(measure(url, workers, True, args.seconds, named))
             if workers > 1 and not args.no_baseline:
                 runs.append(measure(url, workers, False, args.seconds, named))

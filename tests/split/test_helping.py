@@ -69,6 +69,47 @@ def test_a_worker_with_a_backlog_of_its_own_joins_nobody() -> None:
     assert helping.helped == []
 
 
+def test_a_worker_whose_own_backlog_paused_for_a_beat_still_joins_nobody() -> None:
+    # b's own partition was backlogged a beat ago: its slots are busy with its own restaurant,
+    # so helping would only split its batches (and draw helpers onto its partition in turn).
+    helping = Helping("b", help_after_s=1.0)
+    hot, both = {"a": {"knn:0": 50}}, {"a": {"knn:0": 50}, "b": {"knn:1": 5}}
+    helping.plan(0.0, LIVE, hot, {}, KNN, ["knn:1"])
+    helping.plan(0.5, LIVE, both, {"knn:1": 5}, KNN, ["knn:1"])
+    assert helping.plan(1.0, LIVE, hot, {}, KNN, ["knn:1"]) == [], "a's backlog is ripe, b busy"
+    assert helping.plan(1.5, LIVE, hot, {}, KNN, ["knn:1"]) == ["knn:0"], (
+        "free for as long as a fit: it joins"
+    )
+
+
+def test_the_hot_partitions_go_to_the_workers_without_a_recent_backlog() -> None:
+    # b reported a backlog half a beat ago and c did not: every worker computes that c helps both
+    # of a's hot partitions, so b is not counted on (and joins neither).
+    early = {"a": {"knn:0": 90, "knn:2": 10}, "b": {"knn:1": 5}}
+    later = {"a": {"knn:0": 90, "knn:2": 10}}
+    plans = {}
+    for name, own in (("b", {"knn:1": 5}), ("c", {})):
+        helping = Helping(name, help_after_s=1.0)
+        helping.plan(0.0, LIVE, later, {}, KNN, [])
+        helping.plan(0.5, LIVE, early, own, KNN, [])
+        plans[name] = sorted(helping.plan(1.0, LIVE, later, {}, KNN, []))
+    assert plans == {"b": [], "c": ["knn:0", "knn:2"]}
+
+
+def test_a_worker_whose_read_ahead_filled_takes_on_no_new_partition_but_keeps_its_own() -> None:
+    live = {name: LIVE[name] for name in ("a", "b")}  # b is the only one who could help
+    helping = Helping("b", help_after_s=1.0)
+    hot = {"a": {"knn:0": 50}}
+    helping.plan(0.0, live, hot, {}, KNN, [])
+    assert helping.plan(1.0, live, hot, {}, KNN, [], full=True) == [], "no room to spare"
+    assert helping.plan(1.5, live, hot, {}, KNN, []) == ["knn:0"]
+    more = {"a": {"knn:0": 50, "knn:2": 50}}
+    helping.plan(2.0, live, more, {}, KNN, [], full=True)
+    assert helping.plan(3.0, live, more, {}, KNN, [], full=True) == []
+    assert helping.helped == ["knn:0"]
+    assert helping.plan(3.5, live, more, {}, KNN, []) == ["knn:2"], "room again: it joins"
+
+
 def test_a_helper_leaves_once_the_owner_stops_reporting_for_as_long() -> None:
     helping = Helping("b", help_after_s=1.0)
     hot = {"a": {"knn:0": 50}}

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from sluiceway.split.connection import BROKER_ERRORS, connect
 from sluiceway.split.line import RedisLine, pack, tls_context
+from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer, free_port
 
 
@@ -60,7 +61,12 @@ async def test_a_lost_connection_fails_what_is_pending(redis_server: RedisServer
     redis = connect(redis_server.url)
     try:
         pending = line.send(pack("BLPOP", _key(), "5"), 1)
-        await asyncio.sleep(0.05)
+
+        async def blocked() -> bool:  # Redis flags a blocked client "b": the BLPOP waits
+            (client,) = await redis.client_list(client_id=[line.client_id])
+            return "b" in client["flags"]
+
+        await eventually(blocked)
         await redis.client_kill_filter(_id=line.client_id)
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(pending, 2)

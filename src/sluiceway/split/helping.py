@@ -5,10 +5,18 @@ and its model is fitted once. When several busy restaurants hash to one worker, 
 slots stay saturated while others idle. An owner takes at most ``worker_prefetch`` jobs ahead
 of its slots; the rest waits in the stream, and each heartbeat the owner reports, per owned
 partition, how many of its jobs it could not take (its *backlog*: waiting, or held by a
-helper). A worker whose own partitions have no backlog then joins such a partition as a
-second consumer of the same consumer group, reading only what waits there (no blocking read:
-it never takes jobs the owner is free to take), and leaves once the owner has stopped
-reporting it.
+helper; once helped, what its helpers hold, so they stay while their help is why it keeps
+up). Another worker then joins such a partition as a second consumer of the same consumer
+group, reading only what waits there (no blocking read: it never takes jobs the owner is
+free to take), and leaves once the owner has stopped reporting it.
+
+Help goes only where it adds slots, since every extra restaurant on a worker splits its
+batches (each call holds one restaurant's queries) and costs a fit. A worker joins only if
+it has room: its own partitions have had no backlog for ``worker_help_after_s`` (not just a
+pause between two bursts) and its read-ahead was not full since its last beat. A helper
+reads its own partitions before the helped ones, and reports no backlog of its own while it
+helps (its own wait comes from the room it gives others): helpers never call helpers onto
+their own partitions, which once spread every restaurant over every worker.
 
 A second home costs a fit of the partition's models (the kiosk's KNN: 2 s of a slot). The
 join waits until the backlog has lasted ``worker_help_after_s`` (about that cost): the
@@ -63,6 +71,7 @@ class Helping:
         self._hot_since: dict[str, float] = {}  # stream reported → since when, continuously
         self._last_hot: dict[str, float] = {}  # stream helped → when last reported
         self._left: dict[str, float] = {}  # stream helped before → when we left it
+        self._backlogged: dict[str, float] = {}  # worker → when it last reported a backlog
         self.helped: list[str] = []
         """The streams read as a helper now (replaced, never changed in place)."""
 
@@ -74,11 +83,14 @@ class Helping:
         own_backlog: Backlog,
         model_of: Mapping[str, str],
         owned: Collection[str],
+        full: bool = False,
     ) -> list[str]:
         """Update ``helped`` from this heartbeat's reports; return the streams just joined.
 
         ``backlogs`` are the reports in the registry (by worker), ``own_backlog`` this
-        worker's own, ``model_of`` the streams this worker can serve, ``owned`` those it owns.
+        worker's own, ``model_of`` the streams this worker can serve, ``owned`` those it owns;
+        ``full``: this worker's read-ahead was full since its last beat, so it has no room to
+        take on another partition (it keeps those it helps).
         """
         if self._after_s <= 0:
             self.helped = []
@@ -86,6 +98,17 @@ class Helping:
         saturated = {w for w, b in backlogs.items() if w in live and b} - {self._worker}
         if own_backlog:
             saturated.add(self._worker)
+        # A worker whose own partitions had a backlog lately has no slots to spare: its read
+        # of them just paused between two bursts (or its help filled them). Joining would
+        # fit another restaurant on slots its own need, split batches that were full, and
+        # draw helpers onto its own partitions in turn, until every worker fits every model.
+        for reporter in saturated:
+            self._backlogged[reporter] = now
+        self._backlogged = {
+            w: t
+            for w, t in self._backlogged.items()
+            if now - t < self._after_s and (w in live or w == self._worker)
+        }
         hot: dict[str, tuple[str, int]] = {}
         for reporter in saturated - {self._worker}:
             for stream, waiting in backlogs[reporter].items():
@@ -101,8 +124,8 @@ class Helping:
             for s, since in self._hot_since.items()
             if now - since >= self._after_s or s in self._left
         }
-        free = sorted(w for w in live if w not in saturated)
-        if self._worker not in live and self._worker not in saturated:
+        free = sorted(w for w in live if w not in self._backlogged)
+        if self._worker not in live and self._worker not in self._backlogged:
             free.append(self._worker)
         assigned = _assign(ripe, free, live, model_of)
         # A worker with a backlog of its own joins nobody, but keeps what it helps (it reads
@@ -113,6 +136,7 @@ class Helping:
             if stream not in owned and now - self._last_hot.get(stream, 0.0) < self._after_s
         ]
         joined = [s for s, ws in assigned.items() if self._worker in ws and s not in keep]
+        joined = [] if full else joined
         if joined or len(keep) != len(self.helped):
             self._left.update((s, now) for s in self.helped if s not in keep)
             self.helped = keep + joined

@@ -79,7 +79,9 @@ class Membership:
         reports = cast(dict[bytes, bytes], reports)
         backlogs = {w.decode(): decode_backlog(data) for w, data in reports.items()}
         helped = self._helping.helped
-        joined = self._helping.plan(now, live, backlogs, self.backlog, self.model_of, self.owned)
+        joined = self._helping.plan(
+            now, live, backlogs, self.backlog, self.model_of, self.owned, full=saturated
+        )
         for stream in joined:
             logger.info("worker %s helps saturated partition %s", self.worker, stream)
         for stream in set(helped) - set(self._helping.helped):
@@ -114,21 +116,27 @@ class Membership:
 
         Finished jobs are deleted from their stream, so its length less what this worker
         holds is what waits there or is held by others: only a full read-ahead leaves any.
+        Once helped, the worker reports what its helpers hold even when its read-ahead has
+        room (their help is why it has room): they stay until it takes everything itself,
+        instead of leaving as soon as their help has drained the stream, and coming back.
+        While it helps others, it reports only that: its own jobs wait for the room it gave
+        them, and the cure is to take less of theirs (its reads put its own first), not
+        helpers on its partitions, who would call helpers onto theirs in turn.
         """
         backlog: Backlog = {}
-        owned = self.owned
-        if saturated and owned:
+        owned, helping = self.owned, bool(self.helped)
+        if (saturated or self.backlog) and owned:
             async with self._broker.redis.pipeline(transaction=False) as pipe:
                 for stream in owned:
                     pipe.xlen(stream)
                     pipe.xpending(stream, GROUP)
                 replies = await pipe.execute()
             for stream, length, summary in zip(owned, replies[::2], replies[1::2], strict=True):
-                mine = sum(
-                    c["pending"] for c in summary["consumers"] if c["name"] == self.worker.encode()
-                )
-                if length - mine > 0:
-                    backlog[stream] = length - mine
+                held = {c["name"]: c["pending"] for c in summary["consumers"]}
+                mine = held.pop(self.worker.encode(), 0)
+                waiting = length - mine if saturated and not helping else sum(held.values())
+                if waiting > 0:
+                    backlog[stream] = waiting
         if backlog:
             await self._broker.redis.hset(self._keys.backlogs, self.worker, encode_backlog(backlog))
         elif self.backlog:

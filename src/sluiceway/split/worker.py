@@ -6,9 +6,9 @@ restaurant's jobs always land in one partition, they meet in one batcher on one 
 its model is fitted there once. Each job's answer and acknowledgement go out together, one
 pipeline per loop turn (``answers.py``); what dead or stuck workers left is claimed, and what
 cannot run is dead-lettered (``claims.py``); a job whose requester left is not run
-(``cancels.py``). A worker with room also takes what waits in the partitions of saturated
-owners (``helping.py``). Membership, models, helping and claims move once a heartbeat
-(``heartbeat.py``); this module is the read → run → answer loop.
+(``cancels.py``). A worker with room also takes what waits in saturated owners' partitions
+(``helping.py``). The heartbeat moves the rest (``heartbeat.py``): this is the read → run →
+answer loop.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                took = bool(helped) and await self._read_helped(helped, room)
+                took = bool(helped) and await self._read_helped(owned, helped)
                 if not owned and not took:  # a helper only: poll again shortly
                     await self._pause(_HELP_POLL_MS / 1000)
                 if not owned or (took and (room := self._room_left()) <= 0):
@@ -207,17 +207,23 @@ class Worker:
                 logger.warning("job broker error: %s; rejoining", error)
                 self._broker.lost(error)
 
-    async def _read_helped(self, helped: list[str], room: int) -> bool:
-        """Take what waits in the helped partitions, without blocking (so never a job their
-        owner is free to take), into at most half the room (the rest stays for our own)."""
-        count = min(self._settings.worker_read_count, max(1, room // (2 * len(helped))))
-        return await self._take(await self._reader.read(helped, count, 0))
+    async def _read_helped(self, owned: list[str], helped: list[str]) -> bool:
+        """Take what waits now in our own partitions, then in the helped ones into half the
+        room left (never blocking: never a job their owner is free to take). Ours come first,
+        or help would make a backlog here and call helpers onto our partitions in turn."""
+        took, most = False, self._settings.worker_read_count
+        for streams, share in ((owned, 1), (helped, 2)):
+            if streams and (room := self._room_left()) > 0:
+                count = min(most, max(1, room // (share * len(streams))))
+                took = await self._take(await self._reader.read(streams, count, 0)) or took
+        return took
 
     async def _take(self, entries: list[tuple[str, bytes, Any]]) -> bool:
         for stream, entry_id, fields in entries:
             self._accept(stream, entry_id, fields)
-        if entries:
-            await _let_started_jobs_run()
+        if entries:  # let them reach their model before the next read: a batcher takes two
+            await asyncio.sleep(0)  # loop turns to start a call (its driver, then the batch's
+            await asyncio.sleep(0)  # task); reading first put ~0.1 ms on every job at light load
         return bool(entries)
 
     async def _pause(self, seconds: float) -> None:
@@ -290,14 +296,3 @@ class Worker:
         if not isinstance(error, SluicewayError):
             finished.dead_letter = self._claims.letter(data, failure.message)
         self._answers.reply(finished, ResultRecord(job_id, error=failure))
-
-
-async def _let_started_jobs_run() -> None:
-    """Yield until the jobs just accepted have reached their model, before the next read.
-
-    A batcher takes two loop turns to start a model call (its driver step, then the batch's
-    task); without this the next XREADGROUP is packed and sent first, which put ~0.1 ms on
-    every job's latency at light load.
-    """
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)

@@ -1,0 +1,62 @@
+"""The Open Inference Protocol's routes (``/v2``) and model control: summaries, bodies, and
+errors in the protocol's own ``{"error": ...}`` shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sluiceway.api.openapi.parts import JSON, answer, ref
+from sluiceway.api.openapi.parts import body as request_body
+
+
+def _model_control(action: str) -> dict[str, Any]:
+    error = (JSON, ref("ProtocolError"))
+    return {
+        "summary": f"{action.capitalize()} a repository model (bearer SLUICEWAY_ADMIN_TOKEN)",
+        "responses": {
+            "200": answer("the model's state afterwards", (JSON, ref("RepositoryEntry"))),
+            "400": answer("the model did not load, and why", error),
+            "401": answer("no or a wrong bearer token", error),
+            "403": answer("model control is off: no SLUICEWAY_ADMIN_TOKEN is set", error),
+            "404": answer("no model of that name", error),
+            "409": answer("a built-in model, no repository, split mode, or a failed reload", error),
+        },
+    }
+
+
+def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[str, Any]:
+    """An Open Inference Protocol route: its errors are ``{"error": ...}``."""
+    error = (JSON, ref("ProtocolError"))
+    responses: dict[str, Any] = {"200": answer(summary, (JSON, {"type": "object"}))}
+    if model:
+        responses["404"] = answer("no model (or version) of that name", error)
+    responses["503"] = answer("not ready, or the queue is full (Retry-After)", error)
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        operation["requestBody"] = request_body(
+            (JSON, {"type": "object"}), ("application/octet-stream", {"type": "string"})
+        )
+        responses["200"] = answer(
+            summary, (JSON, {"type": "object"}), ("application/octet-stream", {"type": "string"})
+        )
+        responses["400"] = answer(
+            "the request is not the protocol's, or the model refuses it", error
+        )
+        responses["413"] = answer("body over its limit", error)
+        responses["504"] = answer("the deadline (or the request's timeout) passed", error)
+    return operation
+
+
+PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {}
+PROTOCOL[("/v2", "get")] = _protocol("server metadata", model=False)
+PROTOCOL[("/v2/health/live", "get")] = _protocol("live", model=False)
+PROTOCOL[("/v2/health/ready", "get")] = _protocol("ready", model=False)
+PROTOCOL[("/v2/models/stats", "get")] = _protocol("every model's statistics", model=False)
+for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    PROTOCOL[(_prefix, "get")] = _protocol("model metadata")
+    PROTOCOL[(f"{_prefix}/ready", "get")] = _protocol("the model is ready")
+    PROTOCOL[(f"{_prefix}/config", "get")] = _protocol("the model's configuration")
+    PROTOCOL[(f"{_prefix}/stats", "get")] = _protocol("the model's statistics")
+    PROTOCOL[(f"{_prefix}/infer", "post")] = _protocol("the model's outputs", body=True)
+PROTOCOL[("/v2/repository/models/{name}/load", "post")] = _model_control("load")
+PROTOCOL[("/v2/repository/models/{name}/unload", "post")] = _model_control("unload")
