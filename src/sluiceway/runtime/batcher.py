@@ -16,6 +16,15 @@ one large batch (the throughput regime); a nearly flat cost (a GPU) keeps one ba
 proportional cost (a CPU) spreads over every free slot. A model with a fill delay is never
 split: the delay says its calls should be full.
 
+With every slot busy, a key may still hold far more than a slot's share of the lane's jobs
+(queued and running over slots): a restaurant whose kiosks were all answered by one call come
+back together. One call of them all would run long on one slot while the others run small,
+costly calls, answer them together again and keep the convoy going. So a key counts on as
+many slots as it has shares, the one it holds and the next to free (running calls' predicted
+ends, from the cost), and the call now takes only what ``plan_take`` leaves it so that all its
+jobs end soonest; the rest claim the next slots. A flat cost, or slots freeing too late, keep
+one large batch.
+
 Who gets a freed slot (the claim, compared in this order):
 1. **priority**: the highest ``Job.priority`` at the head of a key's queue. Priority is strict
    across levels: fairness never lets a lower level pass a higher one (deadlines still bound
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -77,6 +87,29 @@ def plan_calls(cost: CallCost, n: int, slots: int) -> int:
     target = cost.seconds(smallest) * (1 + _SPLIT_TOLERANCE)
     size = max(smallest, int((target - cost.per_call_s) / cost.per_item_s))
     return min(slots, -(-n // min(size, n)))
+
+
+def plan_take(cost: CallCost, n: int, calls: int, later: list[float]) -> int:
+    """How many of ``n`` jobs the ``calls`` calls starting now should take, when the rest may
+    wait for slots that free ``later`` (seconds from now, ascending): so that all ``n`` finish
+    soonest (each slot's calls ending together, ``a + b·size`` after it frees), using the
+    fewest later slots within ``_SPLIT_TOLERANCE`` of that. A flat cost takes all now."""
+    a, b = cost.per_call_s, cost.per_item_s
+    if b <= 0 or not later or n <= calls:
+        return n
+    ends = [a + n * b / calls]  # ends[k]: when all n finish using the first k later slots
+    waited = 0.0
+    for k, start in enumerate(later, 1):
+        waited += start
+        end = a + (n * b + waited) / (calls + k)
+        if end - a - start < b:  # that slot would get less than one job
+            break
+        ends.append(end)
+    soonest = min(ends)
+    used = next(k for k, end in enumerate(ends) if end <= soonest * (1 + _SPLIT_TOLERANCE))
+    end = ends[used]
+    left = sum(max(1, int((end - a - start) / b + 1e-9)) for start in later[:used])
+    return max(calls, n - left)
 
 
 class Ticket:
@@ -121,6 +154,8 @@ class Lane:
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
         self._tenants: dict[str, int] = {}
+        self._ends: dict[int, float] = {}  # a running call's predicted end, by its batch's id
+        self._running = 0  # jobs in running calls
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth = 0
         self._depth_gauge = metrics.queue_depth.labels(model)
@@ -130,6 +165,7 @@ class Lane:
         self._rejected = metrics.rejected.labels(model)
         self._quota_rejected = metrics.quota_rejected.labels(model)
         self._splits = metrics.splits.labels(model)
+        self._deferred = metrics.deferred.labels(model)
         self._cancelled = metrics.cancelled.labels(model)
         self.expired = metrics.expired.labels(model)
 
@@ -149,6 +185,28 @@ class Lane:
             if self._unbatched:
                 return 1
         return max_batch
+
+    def take_now(self, waiting: int, calls: int) -> int:
+        """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take.
+
+        When every slot is busy, the lane's jobs (queued and running) finish soonest if each
+        call carries about its share of them, ``jobs / slots``: a call of far more holds its
+        jobs on one slot for a long time while the other slots run small, costly calls. So a
+        key with more than ``calls`` shares waiting counts on that many slots, the held ones
+        and the next to free (running calls' predicted ends, from the cost), and leaves for the
+        later ones what ``plan_take`` says finishes all of its jobs soonest. With scarce slots
+        (few, or as many jobs per slot as the key has) it keeps one large batch."""
+        shares = self.policy.slots * waiting // (self._depth + self._running)
+        if shares <= calls or not self._ends:
+            return waiting
+        now = time.monotonic()
+        later = [
+            max(end - now, 0.0) for end in heapq.nsmallest(shares - calls, self._ends.values())
+        ]
+        take = plan_take(self.cost, waiting, calls, later)
+        if take < waiting:
+            self._deferred.inc()
+        return take
 
     def waiting(self) -> list[Job]:
         """The queued jobs, key by key, each key's in the order its calls take them."""
@@ -363,8 +421,8 @@ class Batcher:
                 await lane.slots.acquire(self._claim)
                 if lane.policy.max_delay_s > 0:
                     await self._fill()
-                calls = self._calls()
-                batches = self._take(calls)
+                calls, jobs = self._calls()
+                batches = self._take(calls, jobs)
                 for batch in batches:
                     if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
                         self._run_inline(model, batch)
@@ -381,19 +439,24 @@ class Batcher:
                 self._queue.clear()
                 lane._retire(self)
 
-    def _calls(self) -> int:
-        """How many calls to make now: 1 for the slot held, plus free slots a split takes."""
+    def _calls(self) -> tuple[int, int]:
+        """How many calls to make now (1 for the slot held, plus free slots a split takes) and
+        how many jobs they take (the rest wait for the next slots to free, ``Lane.take_now``)."""
         lane = self.lane
-        free = lane.slots.free
         waiting = self._live
-        if not lane.policy.split or lane.policy.max_delay_s > 0 or free == 0 or waiting <= 1:
-            return 1
-        share = free * waiting // max(lane.depth, waiting)
-        wanted = plan_calls(lane.cost, waiting, 1 + share) - 1
-        extra = lane.slots.take_free(wanted)
-        if extra:
-            lane._splits.inc(extra)
-        return 1 + extra
+        limit = lane.batch_limit()
+        if not lane.policy.split or lane.policy.max_delay_s > 0 or waiting <= 1:
+            return 1, limit
+        calls = 1
+        free = lane.slots.free
+        if free:
+            share = free * waiting // max(lane.depth, waiting)
+            wanted = plan_calls(lane.cost, waiting, 1 + share) - 1
+            extra = lane.slots.take_free(wanted)
+            if extra:
+                lane._splits.inc(extra)
+            calls += extra
+        return calls, min(calls * limit, lane.take_now(waiting, calls))
 
     async def _fill(self) -> None:
         """Wait up to the fill delay, counted from the oldest job's arrival, for a full batch."""
@@ -407,11 +470,12 @@ class Batcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._filled.wait(), wait)
 
-    def _take(self, calls: int) -> list[list[Ticket]]:
-        """Pop up to ``calls`` batches of live jobs, as even as can be, most urgent first;
-        answer expired ones 504 and drop withdrawn ones."""
+    def _take(self, calls: int, limit: int | None = None) -> list[list[Ticket]]:
+        """Pop up to ``calls`` batches of live jobs (``limit`` in all, by default full ones),
+        as even as can be, most urgent first; answer expired ones 504 and drop withdrawn ones."""
         lane = self.lane
-        limit = calls * lane.batch_limit()
+        if limit is None:
+            limit = calls * lane.batch_limit()
         taken: list[Ticket] = []
         now = time.time()
         started = time.monotonic()
@@ -460,10 +524,14 @@ class Batcher:
     async def _run(self, model: Model, batch: list[Ticket]) -> None:
         """One model call; a blocking model's call goes to a worker thread, timed there, so its
         cost is the compute alone and not the hop (which decides ``_run_inline``)."""
+        lane = self.lane
         payloads = [ticket.job.payload for ticket in batch]
         started = time.perf_counter()
         results: list[Any] | Exception
         took: float | None = None
+        call = id(batch)
+        lane._ends[call] = time.monotonic() + lane.cost.seconds(len(batch))
+        lane._running += len(batch)
         try:
             if model.runs_inline:
                 results, took = await asyncio.to_thread(_timed, model.infer_inline, payloads)
@@ -472,7 +540,9 @@ class Batcher:
         except Exception as error:
             results = error
         finally:
-            self.lane.slots.release()
+            del lane._ends[call]
+            lane._running -= len(batch)
+            lane.slots.release()
         self._finish(batch, results, time.perf_counter() - started if took is None else took)
 
     def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
