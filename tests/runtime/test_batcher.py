@@ -13,10 +13,11 @@ import pytest
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
 from sluiceway.models.costs import CallCost, DeclaredCost, LearnedCost
-from sluiceway.runtime.batcher import Lane, plan_take
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.lane import Lane
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.planning import plan_take
 from tests.fixtures.waiting import eventually
 
 
