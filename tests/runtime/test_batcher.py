@@ -306,9 +306,9 @@ async def test_keys_share_the_free_slots_by_their_waiting_jobs() -> None:
 
 async def test_a_crowd_arriving_at_busy_slots_is_left_for_the_next_ones_to_free() -> None:
     # The 16-slot convoy, at 4 slots: a key's 40 jobs arrive while every slot is busy. One call
-    # of 40 would hold them on one slot while the others run calls of one. The lane's 44 jobs
-    # make 11 a slot's share, so the crowd counts on three slots: the one freed and the next
-    # two to free, and ends in three calls of 13-14.
+    # of 40 would hold them on one slot while the others run calls of one. The lane's 43 jobs
+    # (40 queued, 3 running) make about 11 a slot's share, so the crowd counts on four slots:
+    # the one freed and the next three to free, and ends in four calls of 10.
     metrics = Metrics()
     policy = BatchPolicy(slots=4, max_batch=64)
     dispatcher, kind = make(policy, metrics, declared=KIOSK_COST)
@@ -323,7 +323,7 @@ async def test_a_crowd_arriving_at_busy_slots_is_left_for_the_next_ones_to_free(
     crowd = [asyncio.ensure_future(dispatcher.submit(job(i, key="r"))) for i in range(40)]
     lane = dispatcher.lane("double")
     await eventually(lambda: lane.depth == 40)
-    for call in range(3):  # a, b, c end one by one; each freed slot goes to the crowd
+    for call in range(4):  # a, b, c, d end one by one; each freed slot goes to the crowd
         queued = lane.depth
         kind.held[call].set()
         await eventually(lambda: lane.depth < queued)  # noqa: B023
@@ -334,8 +334,8 @@ async def test_a_crowd_arriving_at_busy_slots_is_left_for_the_next_ones_to_free(
         ends.set()
     assert await asyncio.gather(*crowd) == [i * 2 for i in range(40)]
     await asyncio.gather(*busy)
-    assert [len(batch) for batch in kind.batches[4:]] == [14, 13, 13]
-    assert counted(metrics, "sluiceway_deferred_calls_total") == 2
+    assert [len(batch) for batch in kind.batches[4:]] == [10, 10, 10, 10]
+    assert counted(metrics, "sluiceway_deferred_calls_total") == 3
 
 
 def test_the_plan_weighs_the_next_slots_to_free_against_one_large_batch() -> None:

@@ -17,10 +17,10 @@ Over the next slots to free (``plan_take``). With every slot busy, a key may sti
 more than a slot's share of the lane's jobs (queued and running, over slots): a restaurant
 whose kiosks were all answered by one call come back together. One call of them all would
 run long on one slot while the others run small, costly calls, answer them together again and
-keep the convoy going. So a key counts on as many slots as it has shares, the one it holds
-and the next to free (running calls' predicted ends, from the cost), and the call now takes
-only what ``plan_take`` leaves it so that all its jobs end soonest; the rest claim the next
-slots. A flat cost, or slots freeing too late, keep one large batch.
+keep the convoy going. So a key counts on as many slots as it has shares (rounded), the one it
+holds and the next to free (running calls' predicted ends, from the cost), and the call now
+takes only what ``plan_take`` leaves it so that all its jobs end soonest; the rest claim the
+next slots. A flat cost, or slots freeing too late, keep one large batch.
 """
 
 from __future__ import annotations
