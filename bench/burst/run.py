@@ -336,7 +336,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each server, interleaved")
     parser.add_argument("--before-src", type=Path, help="source tree of the baseline")
     parser.add_argument("--scenarios", nargs="*", default=["warm", "cold", "fair"])
+    parser.add_argument("--out", type=Path, default=HERE, help="where the report goes")
     args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     before = args.before_src or before_tree()
     runs: Runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -353,14 +356,14 @@ def main() -> None:
                     runs[scenario].setdefault(srv.name, []).append(result)
                     print(json.dumps(result), flush=True)
     # A run of some scenarios replaces those in the report and keeps the others.
-    path = HERE / "results.json"
+    path = out / "results.json"
     kept = json.loads(path.read_text())["runs"] if path.exists() else {}
     merged = {**{k: v for k, v in kept.items() if k not in runs}, **runs}
     merged = {k: merged[k] for k in ["warm", "cold", "fair"] if k in merged}
     results = {"date": dt.date.today().isoformat(), "duration_s": args.duration, "runs": merged}
     path.write_text(json.dumps(results, indent=2) + "\n")
-    plot(merged, HERE / "burst.png")
-    (HERE / "REPORT.md").write_text(report(merged, args.duration, args.rounds))
+    plot(merged, out / "burst.png")
+    (out / "REPORT.md").write_text(report(merged, args.duration, args.rounds))
 
 
 if __name__ == "__main__":

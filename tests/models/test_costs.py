@@ -6,7 +6,7 @@ import pytest
 
 from sluiceway.kinds import build_kinds
 from sluiceway.models.costs import NO_GAIN, DeclaredCost, LearnedCost, per_item_ratio
-from sluiceway.runtime.batcher import plan_calls
+from sluiceway.runtime.planning import plan_calls
 from tests.conftest import fast_settings
 
 

@@ -13,10 +13,11 @@ import pytest
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
 from sluiceway.models.costs import CallCost, DeclaredCost, LearnedCost
-from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.lane import Lane
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.planning import plan_take
 from tests.fixtures.waiting import eventually
 
 
@@ -36,7 +37,11 @@ class Doubler(Model):
         kind.running += 1
         kind.peak = max(kind.peak, kind.running)
         try:
-            if kind.gate is not None:
+            if kind.held is not None:  # each call waits until the test ends it
+                ends = asyncio.Event()
+                kind.held.append(ends)
+                await ends.wait()
+            elif kind.gate is not None:
                 await kind.gate.wait()
             else:
                 await asyncio.sleep(kind.cost_s)
@@ -67,6 +72,8 @@ class DoublerKind(ModelKind):
         # they end, so what it asserts in between holds however slow the machine is.
         self.gate: asyncio.Event | None = None
         self.load_gate: asyncio.Event | None = None
+        # Set, each call appends its own event and ends when the test sets it (in any order).
+        self.held: list[asyncio.Event] | None = None
 
     def call_cost(self) -> CallCost:
         return self.declared if self.declared is not None else super().call_cost()
@@ -262,7 +269,10 @@ async def test_a_burst_is_spread_over_free_slots_when_that_ends_it_sooner() -> N
 
 
 async def test_without_free_slots_the_waiting_jobs_stay_one_batch() -> None:
-    dispatcher, kind = make(BatchPolicy(slots=3, max_batch=64), declared=KIOSK_COST, cost_s=0.05)
+    # A call costs 0.05 s and little per job: leaving jobs for the next slot to free (in 15 ms
+    # or more) would end them later than one batch now.
+    cost = DeclaredCost(0.05, 0.0005)
+    dispatcher, kind = make(BatchPolicy(slots=3, max_batch=64), declared=cost, cost_s=0.05)
     for key in ["r", "x", "y", "z"]:
         await dispatcher.submit(job(-1, key=key))
     kind.batches.clear()
@@ -292,6 +302,51 @@ async def test_keys_share_the_free_slots_by_their_waiting_jobs() -> None:
     assert sorted(x for batch in kind.batches for x in batch) == sorted(
         [*range(30), *range(1000, 1010)]
     )
+
+
+async def test_a_crowd_arriving_at_busy_slots_is_left_for_the_next_ones_to_free() -> None:
+    # The 16-slot convoy, at 4 slots: a key's 40 jobs arrive while every slot is busy. One call
+    # of 40 would hold them on one slot while the others run calls of one. The lane's 43 jobs
+    # (40 queued, 3 running) make about 11 a slot's share, so the crowd counts on four slots:
+    # the one freed and the next three to free, and ends in four calls of 10.
+    metrics = Metrics()
+    policy = BatchPolicy(slots=4, max_batch=64)
+    dispatcher, kind = make(policy, metrics, declared=KIOSK_COST)
+    for key in ["a", "b", "c", "d", "r"]:
+        await dispatcher.submit(job(-1, key=key))
+    kind.batches.clear()
+    kind.held = []
+    busy = [
+        asyncio.ensure_future(dispatcher.submit(job(100 + i, key=k))) for i, k in enumerate("abcd")
+    ]
+    await eventually(lambda: kind.running == 4)  # every slot busy until the test ends a call
+    crowd = [asyncio.ensure_future(dispatcher.submit(job(i, key="r"))) for i in range(40)]
+    lane = dispatcher.lane("double")
+    await eventually(lambda: lane.depth == 40)
+    for call in range(4):  # a, b, c, d end one by one; each freed slot goes to the crowd
+        queued = lane.depth
+        kind.held[call].set()
+        await eventually(lambda: lane.depth < queued)  # noqa: B023
+        if not lane.depth:
+            break
+    held, kind.held = kind.held, None  # later calls take no time
+    for ends in held:
+        ends.set()
+    assert await asyncio.gather(*crowd) == [i * 2 for i in range(40)]
+    await asyncio.gather(*busy)
+    assert [len(batch) for batch in kind.batches[4:]] == [10, 10, 10, 10]
+    assert counted(metrics, "sluiceway_deferred_calls_total") == 3
+
+
+def test_the_plan_weighs_the_next_slots_to_free_against_one_large_batch() -> None:
+    kiosk = DeclaredCost(0.15, 0.05)
+    # 50 jobs, one slot now, three more freeing 50, 100 and 150 ms from now: a call of 14 now
+    # and about 12 on each of the three ends them all by ~0.85 s instead of 2.65 s.
+    assert plan_take(kiosk, 50, 1, [0.05, 0.1, 0.15]) == 14
+    assert plan_take(kiosk, 50, 1, []) == 50, "no slot to free: one large batch"
+    assert plan_take(kiosk, 50, 1, [2.5, 3.0]) == 50, "slots freeing too late are no help"
+    assert plan_take(DeclaredCost(0.15, 0.0), 50, 1, [0.0, 0.0]) == 50, "a flat cost: one batch"
+    assert plan_take(kiosk, 3, 1, [0.0, 0.0, 0.0]) == 1, "a proportional spread"
 
 
 async def test_a_flat_cost_keeps_one_batch_even_with_free_slots() -> None:

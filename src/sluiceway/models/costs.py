@@ -1,6 +1,6 @@
 """What one model call of n items costs, in seconds: declared by a kind or learned online.
 
-The scheduler (``runtime/batcher.py``) weighs free compute slots against these costs. A cost is
+The scheduler (``runtime/planning.py``) weighs compute slots against these costs. A cost is
 affine, ``per_call + per_item * n``: the shape of the kiosk's simulated GPU (0.15 + 0.05·n),
 of a GPU batch (nearly flat) and of a CPU batch (nearly proportional) alike.
 """

@@ -1,20 +1,11 @@
-"""Dynamic batching: one queue per (model, key), sharing the model's compute slots.
+"""Dynamic batching: one queue per (model, key), sharing its model's compute slots.
 
-A ``Lane`` is everything the runtime runs for one model: its compute slots, its queue bound,
-its call cost (``models/costs.py``) and one ``Batcher`` per batching key. A batcher is
-work-conserving: as soon as a slot is free it takes the jobs waiting for its key into model
-calls, so batches grow exactly when the slots are busy and a lone request never waits for
-company, unless a fill delay is configured.
-
-How a key's waiting jobs become calls (``split``). Holding one slot, a batcher may also take
-free slots nobody waits for, at most its share of them (free slots × its waiting jobs / the
-lane's waiting jobs, so one restaurant of a burst does not take every slot). With c slots the
-soonest its n jobs can finish is ``cost(⌈n/c⌉)``; it makes the fewest calls that finish within
-10% of that. With the kiosk's cost (0.15 + 0.05·n s) and plenty of free slots a burst of 50
-becomes 50 calls of one (0.2 s each instead of one call of 2.6 s); with no free slot it stays
-one large batch (the throughput regime); a nearly flat cost (a GPU) keeps one batch; a
-proportional cost (a CPU) spreads over every free slot. A model with a fill delay is never
-split: the delay says its calls should be full.
+A ``Batcher`` is one batching key's queue and the task that drives it into model calls, on
+its model's ``Lane`` (``lane.py``: slots, queue bound, cost). A batcher is work-conserving: as
+soon as a slot is free it takes the jobs waiting for its key into model calls, so batches grow
+exactly when the slots are busy and a lone request never waits for company, unless a fill
+delay is configured. How many calls its waiting jobs become, over free slots and over the next
+slots to free, is ``planning.py``'s.
 
 Who gets a freed slot (the claim, compared in this order):
 1. **priority**: the highest ``Job.priority`` at the head of a key's queue. Priority is strict
@@ -26,14 +17,6 @@ Who gets a freed slot (the claim, compared in this order):
    key waits much more than that (plus the time for a slot to free) behind larger ones.
 3. **batch size**: otherwise the key with the most jobs waiting (up to a batch) goes first:
    the most requests served per slot-second. Among equals the earliest asker wins.
-
-A caller that stops waiting (deadline, client disconnect) withdraws its job: it is removed
-before batch formation and counted; a call already started runs on. An optional per-tenant
-quota refuses a tenant's jobs beyond ``tenant_quota`` admitted and not yet answered, queued or
-in a call (``QuotaExceeded``, a 429), before the shared queue fills. Counting the jobs in calls
-too is what bounds a flooding tenant's share of the slots: counting only the queued ones let it
-refill its queue while its last batch ran and hold several slots at once, where a tenant of
-that many clients holds one (``bench/burst/flood``).
 """
 
 from __future__ import annotations
@@ -44,217 +27,21 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
-from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_ratio
-from sluiceway.runtime.jobs import Job
-from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.slots import Claim, ComputeSlots
+from sluiceway.errors import DeadlineExceeded
+from sluiceway.models.base import Model
+from sluiceway.runtime.planning import plan_calls
+from sluiceway.runtime.slots import Claim
+from sluiceway.runtime.tickets import QUEUED, Ticket
+
+if TYPE_CHECKING:  # a batcher serves its lane; the lane module imports this one
+    from sluiceway.runtime.lane import Lane
 
 logger = logging.getLogger(__name__)
 
-Resolver = Callable[[Job], Awaitable[Model]]
-
-# A split's calls may finish this much later than the soonest the free slots allow: the
-# few calls it saves leave slots for the next arrivals.
-_SPLIT_TOLERANCE = 0.1
 _NOTHING: Claim = (-math.inf, 0.0, 0.0)
-
-_QUEUED, _TAKEN, _GONE = 0, 1, 2
-
-
-def plan_calls(cost: CallCost, n: int, slots: int) -> int:
-    """How many calls ``n`` jobs should become with ``slots`` slots: the fewest that finish
-    within ``_SPLIT_TOLERANCE`` of the soonest possible, ``cost(⌈n / slots⌉)``."""
-    if n <= 1 or slots <= 1:
-        return 1
-    smallest = -(-n // slots)
-    if cost.per_item_s <= 0:
-        return 1  # a flat cost: splitting finishes no sooner
-    target = cost.seconds(smallest) * (1 + _SPLIT_TOLERANCE)
-    size = max(smallest, int((target - cost.per_call_s) / cost.per_item_s))
-    return min(slots, -(-n // min(size, n)))
-
-
-class Ticket:
-    """A queued job: its result's future, its arrival and whether it is still waiting."""
-
-    __slots__ = ("arrived", "batcher", "future", "job", "state", "tenant")
-
-    def __init__(
-        self, job: Job, future: asyncio.Future[Any], batcher: Batcher, tenant: str | None
-    ) -> None:
-        self.job = job
-        self.future = future
-        self.batcher = batcher
-        self.tenant = tenant
-        self.arrived = time.monotonic()
-        self.state = _QUEUED
-
-
-class Lane:
-    """One model's compute slots, queue bound, call cost and batchers (one per batching key)."""
-
-    def __init__(
-        self,
-        model: str,
-        policy: BatchPolicy,
-        resolve: Resolver,
-        metrics: Metrics,
-        cost: CallCost | None = None,
-        inline_below_s: float = 0.0,
-        loaded: Callable[[Job], Model | None] | None = None,
-    ):
-        self.model = model
-        self.policy = policy
-        self.cost: CallCost = cost if cost is not None else LearnedCost()
-        self.inline_below_s = inline_below_s
-        """A call whose expected cost is below this runs on the event loop's thread, when the
-        model can (``Model.runs_inline``): a hop to a worker thread and back costs more."""
-        self.loaded = loaded
-        """A job's model if it is loaded now, without waiting (``Batcher.run_now``)."""
-        self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
-        self.slots = ComputeSlots(policy.slots)
-        self._resolve = resolve
-        self._batchers: dict[str, Batcher] = {}
-        self._tenants: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._depth = 0
-        self._depth_gauge = metrics.queue_depth.labels(model)
-        self._batch_size = metrics.batch_size.labels(model)
-        self._batch_seconds = metrics.batch_seconds.labels(model)
-        self._queue_seconds = metrics.queue_seconds.labels(model)
-        self._rejected = metrics.rejected.labels(model)
-        self._quota_rejected = metrics.quota_rejected.labels(model)
-        self._splits = metrics.splits.labels(model)
-        self._cancelled = metrics.cancelled.labels(model)
-        self.expired = metrics.expired.labels(model)
-
-    def batch_limit(self) -> int:
-        """The most jobs one call takes now: the policy's max batch, or 1 while the learned
-        cost says batching gains (almost) nothing (``costs.NO_GAIN``). Calls of one use the
-        free slots at once instead of stacking jobs on one, so latency is that of batching
-        off. Once the window of observed calls holds a single size again the cost is not
-        known again, and the gain is measured afresh by a call of two (a probe, so that a
-        full batch does not hold its jobs back every window of calls)."""
-        max_batch = self.policy.max_batch
-        if max_batch > 1:
-            ratio = per_item_ratio(self.cost, max_batch)
-            if ratio is None:
-                return 2 if self._unbatched else max_batch
-            self._unbatched = ratio >= NO_GAIN
-            if self._unbatched:
-                return 1
-        return max_batch
-
-    def waiting(self) -> list[Job]:
-        """The queued jobs, key by key, each key's in the order its calls take them."""
-        return [
-            ticket.job
-            for batcher in self._batchers.values()
-            for ticket in batcher._queue
-            if ticket.state == _QUEUED
-        ]
-
-    @property
-    def depth(self) -> int:
-        """Jobs accepted and not yet taken into a model call (nor withdrawn)."""
-        return self._depth
-
-    def submit(self, job: Job) -> Ticket:
-        """Queue a job and return its ticket; raise ``Overloaded`` when full, ``QuotaExceeded``
-        when the job's tenant has its quota of jobs not yet answered."""
-        policy = self.policy
-        if self._depth >= policy.max_queue:
-            self._rejected.inc()
-            raise Overloaded(f"{self.model} queue is full ({policy.max_queue} jobs)")
-        tenant = None
-        if policy.tenant_quota:
-            tenant = job.tenant if job.tenant is not None else job.key
-            held = self._tenants.get(tenant, 0)
-            if held >= policy.tenant_quota:
-                self._quota_rejected.inc()
-                raise QuotaExceeded(
-                    f"{held} {self.model} jobs of this tenant are not answered yet "
-                    f"(quota {policy.tenant_quota}); retry later"
-                )
-            self._tenants[tenant] = held + 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        batcher = self._batchers.get(job.key)
-        if batcher is None:
-            batcher = self._batchers[job.key] = Batcher(self, job.key)
-        ticket = Ticket(job, future, batcher, tenant)
-        self._set_depth(self._depth + 1)
-        batcher.put(ticket)
-        return ticket
-
-    def withdraw(self, ticket: Ticket, *, expired: bool = False) -> None:
-        """Its caller stopped waiting: a queued job is removed unrun and counted (as expired
-        or cancelled); one already in a model call runs on."""
-        if ticket.state != _QUEUED:
-            return
-        self._leave(ticket, expired)
-        if not ticket.future.done():
-            ticket.future.cancel()
-
-    def expire(self, ticket: Ticket) -> None:
-        """Its deadline passed: a queued job is removed unrun and counted as expired; its
-        caller gets ``DeadlineExceeded`` either way (a call already started runs on)."""
-        if ticket.state == _QUEUED:
-            self._leave(ticket, True)
-        if not ticket.future.done():
-            ticket.future.set_exception(
-                DeadlineExceeded(f"{self.model} did not answer before the deadline")
-            )
-
-    def _leave(self, ticket: Ticket, expired: bool | None = None) -> None:
-        """A ticket stops being queued: taken into a call (``expired=None``) or dropped."""
-        ticket.state = _TAKEN if expired is None else _GONE
-        ticket.batcher._live -= 1
-        self._set_depth(self._depth - 1)
-        if expired is not None:  # a job taken into a call counts for its tenant until answered
-            self._answered(ticket)
-        if expired is True:
-            self.expired.inc()
-        elif expired is False:
-            self._cancelled.inc()
-
-    def _answered(self, ticket: Ticket) -> None:
-        """The job no longer counts towards its tenant's quota."""
-        tenant = ticket.tenant
-        if tenant is not None:
-            ticket.tenant = None  # once only, whichever way the job ends
-            left = self._tenants[tenant] - 1
-            if left:
-                self._tenants[tenant] = left
-            else:
-                del self._tenants[tenant]
-
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        self._depth_gauge.set(depth)
-
-    def _retire(self, batcher: Batcher) -> None:
-        if self._batchers.get(batcher.key) is batcher:
-            del self._batchers[batcher.key]
-
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        """Wait until every accepted job has been answered (for a graceful stop)."""
-        while True:
-            drivers = [b._driver for b in self._batchers.values() if b._driver is not None]
-            running = [*self._tasks, *drivers]
-            if not running:
-                return
-            await asyncio.wait(running)
 
 
 class Batcher:
@@ -330,7 +117,7 @@ class Batcher:
         queue = self._queue
         while queue:
             ticket = queue[0]
-            if ticket.state == _QUEUED:
+            if ticket.state == QUEUED:
                 if not ticket.future.done():
                     return ticket
                 # Abandoned without a withdraw (a split-mode worker cancels the future).
@@ -363,8 +150,8 @@ class Batcher:
                 await lane.slots.acquire(self._claim)
                 if lane.policy.max_delay_s > 0:
                     await self._fill()
-                calls = self._calls()
-                batches = self._take(calls)
+                calls, jobs = self._calls()
+                batches = self._take(calls, jobs)
                 for batch in batches:
                     if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
                         self._run_inline(model, batch)
@@ -381,19 +168,24 @@ class Batcher:
                 self._queue.clear()
                 lane._retire(self)
 
-    def _calls(self) -> int:
-        """How many calls to make now: 1 for the slot held, plus free slots a split takes."""
+    def _calls(self) -> tuple[int, int]:
+        """How many calls to make now (1 for the slot held, plus free slots a split takes) and
+        how many jobs they take (the rest wait for the next slots to free, ``Lane.take_now``)."""
         lane = self.lane
-        free = lane.slots.free
         waiting = self._live
-        if not lane.policy.split or lane.policy.max_delay_s > 0 or free == 0 or waiting <= 1:
-            return 1
-        share = free * waiting // max(lane.depth, waiting)
-        wanted = plan_calls(lane.cost, waiting, 1 + share) - 1
-        extra = lane.slots.take_free(wanted)
-        if extra:
-            lane._splits.inc(extra)
-        return 1 + extra
+        limit = lane.batch_limit()
+        if not lane.policy.split or lane.policy.max_delay_s > 0 or waiting <= 1:
+            return 1, limit
+        calls = 1
+        free = lane.slots.free
+        if free:
+            share = free * waiting // max(lane.depth, waiting)
+            wanted = plan_calls(lane.cost, waiting, 1 + share) - 1
+            extra = lane.slots.take_free(wanted)
+            if extra:
+                lane._splits.inc(extra)
+            calls += extra
+        return calls, min(calls * limit, lane.take_now(waiting, calls))
 
     async def _fill(self) -> None:
         """Wait up to the fill delay, counted from the oldest job's arrival, for a full batch."""
@@ -407,11 +199,12 @@ class Batcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._filled.wait(), wait)
 
-    def _take(self, calls: int) -> list[list[Ticket]]:
-        """Pop up to ``calls`` batches of live jobs, as even as can be, most urgent first;
-        answer expired ones 504 and drop withdrawn ones."""
+    def _take(self, calls: int, limit: int | None = None) -> list[list[Ticket]]:
+        """Pop up to ``calls`` batches of live jobs (``limit`` in all, by default full ones),
+        as even as can be, most urgent first; answer expired ones 504 and drop withdrawn ones."""
         lane = self.lane
-        limit = calls * lane.batch_limit()
+        if limit is None:
+            limit = calls * lane.batch_limit()
         taken: list[Ticket] = []
         now = time.time()
         started = time.monotonic()
@@ -419,7 +212,7 @@ class Batcher:
         queue = self._queue
         while queue and len(taken) < limit:
             ticket = queue.popleft()
-            if ticket.state != _QUEUED:
+            if ticket.state != QUEUED:
                 continue
             expired = ticket.job.deadline <= now
             if ticket.future.done():  # abandoned without a withdraw
@@ -450,7 +243,7 @@ class Batcher:
         lane = self.lane
         while self._queue:
             ticket = self._queue.popleft()
-            if ticket.state != _QUEUED:
+            if ticket.state != QUEUED:
                 continue
             lane._leave(ticket, None)
             lane._answered(ticket)
@@ -460,10 +253,14 @@ class Batcher:
     async def _run(self, model: Model, batch: list[Ticket]) -> None:
         """One model call; a blocking model's call goes to a worker thread, timed there, so its
         cost is the compute alone and not the hop (which decides ``_run_inline``)."""
+        lane = self.lane
         payloads = [ticket.job.payload for ticket in batch]
         started = time.perf_counter()
         results: list[Any] | Exception
         took: float | None = None
+        call = id(batch)
+        lane._ends[call] = time.monotonic() + lane.cost.seconds(len(batch))
+        lane._running += len(batch)
         try:
             if model.runs_inline:
                 results, took = await asyncio.to_thread(_timed, model.infer_inline, payloads)
@@ -472,8 +269,10 @@ class Batcher:
         except Exception as error:
             results = error
         finally:
-            self.lane.slots.release()
-        self._finish(batch, results, time.perf_counter() - started if took is None else took)
+            del lane._ends[call]
+            lane._running -= len(batch)
+            lane.slots.release()
+        self.lane.finish(batch, results, time.perf_counter() - started if took is None else took)
 
     def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
         """``_run`` on the event loop's thread, for a call expected to be shorter than a hop to
@@ -486,28 +285,7 @@ class Batcher:
             results = error
         finally:
             self.lane.slots.release()
-        self._finish(batch, results, time.perf_counter() - started)
-
-    def _finish(self, batch: list[Ticket], results: list[Any] | Exception, took: float) -> None:
-        """Count a finished call (``took`` seconds) and hand each job its result."""
-        lane = self.lane
-        if not isinstance(results, Exception) and len(results) != len(batch):
-            results = RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
-        if isinstance(results, Exception):
-            error = results
-            logger.error("%s failed on a batch of %d", lane.model, len(batch), exc_info=error)
-            results = [error] * len(batch)
-        lane._batch_seconds.observe(took)
-        lane._batch_size.observe(len(batch))
-        lane.cost.observe(len(batch), took)
-        for ticket, result in zip(batch, results, strict=True):
-            lane._answered(ticket)
-            if ticket.future.done():
-                continue
-            if isinstance(result, BaseException):
-                ticket.future.set_exception(result)
-            else:
-                ticket.future.set_result(result)
+        self.lane.finish(batch, results, time.perf_counter() - started)
 
 
 def _timed(call: Callable[[list[Any]], list[Any]], payloads: list[Any]) -> tuple[list[Any], float]:

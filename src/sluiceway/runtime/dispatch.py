@@ -13,9 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from sluiceway.errors import ModelUnavailable
 from sluiceway.models.base import Model, ModelKind
-from sluiceway.runtime.batcher import Lane
 from sluiceway.runtime.cache import ModelCache
 from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.lane import Lane
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.stats import Statistics
 

@@ -88,6 +88,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.deferred = Counter(
+            "sluiceway_deferred_calls",
+            "Times a key's waiting jobs were left for the next slots to free instead of one "
+            "call far above a slot's share of the lane's jobs",
+            ["model"],
+            registry=r,
+        )
         self.cancelled = Counter(
             "sluiceway_cancelled",
             "Jobs removed unrun because their caller went away",
