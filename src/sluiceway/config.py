@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(
         True, description="decode large JPEGs at a reduced n/8 scale (faster; scores move ~3%)"
     )
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        description="threads decoding images for the classifiers (0: half the CPUs, at least 1)",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one uploaded image")
 
     # The upload page (api/web.py): where photos and people's reports are kept.
