@@ -46,7 +46,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.loadtest import REPO, free_port, machine, stop, wait_for_port
-from sluiceway.inputs.fetch import AllowList, ImageFetcher
+from sluiceway.inputs.addresses import AllowList
+from sluiceway.inputs.fetch import ImageFetcher
 
 HERE = Path(__file__).resolve().parent
 IN_FLIGHT = (1, 16, 32)

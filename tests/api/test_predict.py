@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,3 +92,16 @@ async def test_the_shared_image_path_keeps_full_names(http: httpx.AsyncClient) -
         await images.classify(UPLOAD_MODEL, b"GIF89a broken", 3, formats=ACCEPTED_FORMATS)
     with pytest.raises(BadInput, match="not a PNG, JPEG or GIF image"):
         await images.classify(UPLOAD_MODEL, b"BM not a bitmap", 3, formats=ACCEPTED_FORMATS)
+
+
+async def test_one_decode_thread_serves_concurrent_uploads() -> None:
+    settings = fast_settings(max_upload_bytes=500_000, decode_threads=1)
+    async with app_client(create_app(settings)) as client:
+        good = client.post("/predict", files={"file": ("cat.png", CHELSEA, "image/png")})
+        bad = client.post("/predict", files={"file": ("cat.jpg", truncated_jpeg(), "image/jpeg")})
+        responses = await asyncio.gather(*[good, bad] * 6)
+    assert [r.status_code for r in responses] == [200, 400] * 6
+    assert {r.json()["prediction"] for r in responses[::2]} == {"Egyptian_cat"}
+    assert all(r.json() == FAILED for r in responses[1::2])
+    decoders = [t for t in threading.enumerate() if t.name.startswith("sluiceway-decode")]
+    assert len(decoders) >= 1  # the decodes ran in the pool, not the default executor

@@ -9,14 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from sluiceway.inputs.fetch import (
-    AllowList,
-    FetchError,
-    ImageFetcher,
-    IPAddress,
-    host_key,
-    is_public,
-)
+from sluiceway.inputs.addresses import AllowList, IPAddress, host_key, is_public
+from sluiceway.inputs.fetch import FetchError, ImageFetcher
 from tests.fixtures.fileserver import FileServer
 from tests.fixtures.images import encoded, gradient_photo
 

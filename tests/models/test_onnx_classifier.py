@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage
+from PIL import Image
 
+from sluiceway.inputs.images import decode_image
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.base import BatchPolicy
 from sluiceway.models.classifier import Pixels
@@ -40,6 +43,29 @@ def test_known_photos(imagenet: OnnxClassifier) -> None:
     assert cat[0].score == pytest.approx(0.714, abs=0.01)
     assert coffee[0].label == "espresso"
     assert coffee[0].score == pytest.approx(0.992, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "label"), [("chelsea.png", "Egyptian cat"), ("coffee.png", "espresso")]
+)
+def test_a_large_jpeg_decoded_at_an_eighth_scale_scores_as_at_full_scale(
+    imagenet: OnnxClassifier, name: str, label: str
+) -> None:
+    # Enlarged 2.5x, the photo decodes at 3/8 scale (Pillow's draft would take 1/2) before the
+    # shorter side is resized to 256: the model's answer is the full-size decode's.
+    picture = Image.open(SKIMAGE_DATA / name).convert("RGB")
+    big = picture.resize((picture.width * 5 // 2, picture.height * 5 // 2))
+    out = io.BytesIO()
+    big.save(out, format="JPEG", quality=90)
+    scaled, full = (
+        Pixels(prepare_image(out.getvalue(), IMAGENET_INPUT, 40_000_000, draft=draft), 1)
+        for draft in (True, False)
+    )
+    decoded = decode_image(out.getvalue(), draft=IMAGENET_INPUT.draft).image
+    assert decoded.height == -(-big.height * 3 // 8)  # 3/8, rounded up as libjpeg does
+    scaled_best, full_best = (ranked[0] for ranked in imagenet.predict_batch([scaled, full]))
+    assert scaled_best.label == full_best.label == label
+    assert scaled_best.score == pytest.approx(full_best.score, abs=0.03)
 
 
 def test_a_batch_matches_singles(imagenet: OnnxClassifier) -> None:

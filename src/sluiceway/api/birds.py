@@ -33,7 +33,8 @@ from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError, describe_validation
 from sluiceway.errors import BadInput, DeadlineExceeded
 from sluiceway.image_classifiers import ImageClassifiers
-from sluiceway.inputs.fetch import ImageFetcher, Share
+from sluiceway.inputs.download_slots import Share
+from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import BIRDS
 from sluiceway.services import services_of
 

@@ -5,12 +5,11 @@ streaming, the type judged from the first bytes and redirects followed by hand, 
 checked again. Every failure is a ``FetchError`` (a ``BadInput``) whose message says what went
 wrong.
 
-Addresses: a host is resolved once per hop, every address it resolves to must be public (an
-IPv4 address carried inside IPv6 in any form is judged as the IPv4 address it carries) unless
-the allow-list names the host or address *with that port*, and the connection goes to the
-checked address: the pool's network backend connects only to addresses this module pinned for
-the host, so a DNS answer that changes between check and connect (DNS rebinding) is never used.
-TLS still verifies the certificate against the host name.
+Addresses: a host is resolved once per hop, every address it resolves to must be public or
+allowed on that port (``addresses.py``), and the connection goes to the checked address: the
+pool's resolver answers only with the address this module pinned for the host
+(``pinning.py``), so a DNS answer that changes between check and connect (DNS rebinding) is
+never used. TLS still verifies the certificate against the host name.
 
 The client is aiohttp's (its HTTP parser is C): httpx with httpcore spent ~1.6 ms of CPU per
 downloaded photo at 16-32 downloads in flight, much of it its pool probing every idle
@@ -18,247 +17,41 @@ connection's socket on each request; this fetcher, every check included, spends 
 (``bench/fetch``). URLs are still parsed and joined with httpx's ``URL`` (the messages for a
 bad URL stay the same).
 
-Fairness: downloads in flight are bounded per process, per remote address (an IPv6 /64 counts
-as one address: one host can hold a whole /64) and per request (a ``Share``), so a host that
-answers one byte a second holds at most its own cap of the process's slots while other hosts'
-downloads proceed. Waiting for a slot is bounded by the download timeout too.
+Fairness: downloads in flight are bounded per process, per remote host and per request
+(``download_slots.py``). Waiting for a slot is bounded by the download timeout too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 import certifi
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from sluiceway.config import Settings
 from sluiceway.errors import BadInput
+from sluiceway.inputs.addresses import AllowList, IPAddress, host_key, is_public
+from sluiceway.inputs.download_slots import HostGates, Share
 from sluiceway.inputs.images import sniff
+from sluiceway.inputs.pinning import PinnedResolver, pinned
 
 logger = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = frozenset({80, 443})
-
-# IPv6 prefixes that carry an IPv4 address in their last 32 bits (RFC 4291 compatible and
-# mapped, RFC 2765 translated, RFC 6052 NAT64 well-known prefix).
-_EMBEDDING_LAST_32 = (
-    ipaddress.IPv6Network("::/96"),
-    ipaddress.IPv6Network("::ffff:0:0/96"),
-    ipaddress.IPv6Network("::ffff:0:0:0/96"),
-    ipaddress.IPv6Network("64:ff9b::/96"),
-)
-# RFC 8215 local-use NAT64: the IPv4 address may sit anywhere in it, so none of it is public.
-_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 class FetchError(BadInput):
     """An image URL could not be downloaded; the message says why."""
-
-
-Ports = frozenset[int] | None  # None: every port
-
-
-def _ports(text: str, entry: str) -> Ports:
-    if text == "":
-        return _DEFAULT_PORTS
-    if text == "*":
-        return None
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"allow-list entry {entry!r}: {text!r} is not a port (1-65535 or *)")
-    return frozenset({int(text)})
-
-
-def _split_entry(entry: str) -> tuple[str, str]:
-    """``host[:port]``, ``[v6][:port]``, bare IPv6 (two colons or more) or a CIDR."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, rest.removeprefix(":")
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return host, port
-    return entry, ""
-
-
-def _allowed(ports: Ports, port: int) -> bool:
-    return ports is None or port in ports
-
-
-@dataclass(frozen=True, slots=True)
-class AllowList:
-    """Hosts, addresses and networks exempt from the private-address ban, each on its ports.
-
-    An entry names its port (``127.0.0.1:8080``, ``[::1]:8080``, ``images.internal:8443``,
-    ``10.0.0.0/8:80``) or every port with ``:*``; an entry without a port allows the HTTP
-    defaults 80 and 443 only, so listing a host never opens its other ports (``/metrics`` of a
-    server beside it, a database).
-    """
-
-    hosts: dict[str, Ports] = field(default_factory=dict)
-    networks: tuple[tuple[IPNetwork, Ports], ...] = ()
-
-    @classmethod
-    def parse(cls, text: str | Iterable[str]) -> AllowList:
-        """From ``"127.0.0.1:8080, 10.0.0.0/8, images.internal:*"``; ``ValueError`` if bad."""
-        items = text.split(",") if isinstance(text, str) else list(text)
-        hosts: dict[str, Ports] = {}
-        networks: list[tuple[IPNetwork, Ports]] = []
-        for raw in items:
-            entry = raw.strip().lower()
-            if not entry:
-                continue
-            host, port_text = _split_entry(entry)
-            ports = _ports(port_text, entry)
-            try:
-                networks.append((ipaddress.ip_network(host, strict=False), ports))
-            except ValueError:
-                if not host:
-                    raise ValueError(f"allow-list entry {entry!r} names no host") from None
-                known = hosts.get(host, frozenset())
-                hosts[host] = None if ports is None or known is None else known | ports
-        return cls(hosts, tuple(networks))
-
-    def allows_host(self, host: str, port: int) -> bool:
-        """Whether the host name itself is listed for ``port``."""
-        return host in self.hosts and _allowed(self.hosts[host], port)
-
-    def allows(self, address: IPAddress, port: int | None) -> bool:
-        """Whether ``address`` is in a listed network for ``port`` (``None``: on any port)."""
-        return any(
-            address in network and (port is None or _allowed(ports, port))
-            for network, ports in self.networks
-        )
-
-
-def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address carries (mapped, compatible, translated, NAT64,
-    6to4, Teredo), which is where a packet to it ends up."""
-    if any(address in prefix for prefix in _EMBEDDING_LAST_32):
-        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
-    if address.sixtofour is not None:
-        return [address.sixtofour]
-    if address.teredo is not None:
-        return list(address.teredo)
-    return []
-
-
-def is_public(address: IPAddress) -> bool:
-    """Whether an address is globally routable (not private, loopback, link-local, ...).
-
-    An IPv6 address that carries an IPv4 address is public only if what it carries is: the
-    unspecified and loopback IPv6 addresses aside, every such form reaches its IPv4 address.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        if address in _LOCAL_NAT64:
-            return False
-        if int(address) > 1:  # :: and ::1 are themselves, judged below
-            carried = embedded_ipv4(address)
-            if carried:
-                return all(is_public(inner) for inner in carried)
-    return address.is_global and not address.is_multicast
-
-
-# Addresses checked for this task's current hop: (host, port) → address to connect to.
-_PINNED: contextvars.ContextVar[dict[tuple[str, int], str]] = contextvars.ContextVar("pinned")
-
-
-class _PinnedResolver(AbstractResolver):
-    """Answers only with the address the check pinned for the host: never resolves again.
-
-    aiohttp connects to an IP-literal host without asking a resolver; every name comes here,
-    in the task that is downloading, so the task's pins are the ones seen.
-    """
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        address = _PINNED.get({}).get((host.lower().strip("[]"), port))
-        if address is None:  # a connection nobody checked: refuse rather than resolve
-            raise OSError(f"{host}:{port} was not checked before connecting")
-        kind = socket.AF_INET6 if ":" in address else socket.AF_INET
-        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": kind,
-                "proto": 0,
-                "flags": flags,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-@contextmanager
-def _pinned(host: str, port: int, address: IPAddress) -> Iterator[None]:
-    token = _PINNED.set({**_PINNED.get({}), (host, port): str(address)})
-    try:
-        yield
-    finally:
-        _PINNED.reset(token)
-
-
-class Share:
-    """One request's share of the download slots: at most ``size`` of its downloads at once."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._slots = asyncio.Semaphore(size)
-
-    async def acquire(self) -> None:
-        await self._slots.acquire()
-
-    def release(self) -> None:
-        self._slots.release()
-
-
-class _HostGates:
-    """One semaphore per remote address, kept only while someone holds or awaits it."""
-
-    def __init__(self, per_host: int) -> None:
-        self.per_host = per_host
-        self._gates: dict[str, tuple[asyncio.Semaphore, int]] = {}
-
-    @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        gate, users = self._gates.get(key, (asyncio.Semaphore(self.per_host), 0))
-        self._gates[key] = (gate, users + 1)
-        try:
-            async with gate:
-                yield
-        finally:
-            gate, users = self._gates[key]
-            if users == 1:
-                del self._gates[key]
-            else:
-                self._gates[key] = (gate, users - 1)
-
-
-def host_key(address: IPAddress) -> str:
-    """What one remote host is, for its cap: an IPv4 address, or an IPv6 /64."""
-    if isinstance(address, ipaddress.IPv6Address) and not embedded_ipv4(address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(embedded_ipv4(address)[0])
-    return str(address)
 
 
 class ImageFetcher:
@@ -284,7 +77,7 @@ class ImageFetcher:
         self.allow = allow or AllowList()
         self._resolve = resolve or resolve_host
         self._slots = asyncio.Semaphore(concurrency)
-        self._hosts = _HostGates(min(per_host, concurrency))
+        self._hosts = HostGates(min(per_host, concurrency))
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -294,7 +87,7 @@ class ImageFetcher:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self._concurrency,
-                resolver=_PinnedResolver(),
+                resolver=PinnedResolver(),
                 use_dns_cache=False,  # the pins are per task; a cache would outlive them
                 ssl=ssl.create_default_context(cafile=certifi.where()),
             )
@@ -371,7 +164,7 @@ class ImageFetcher:
             waiting[:] = [host]
             async with self._slot(host_key(address)):
                 waiting.clear()
-                with _pinned(host, port, address):
+                with pinned(host, port, address):
                     target = URL(str(current), encoded=True)  # already encoded by httpx
                     async with self._client().get(target, allow_redirects=False) as response:
                         if response.status in _REDIRECTS and "location" in response.headers:
