@@ -20,6 +20,7 @@ function init(args)
    turn = 0
    not_ok = 0
    too_many = 0
+   bad_seen = ""  -- the first few other statuses, so a report says what the failures were
    think = args[2] ~= "nothink"
 end
 
@@ -40,14 +41,18 @@ function response(status, headers, body)
       too_many = too_many + 1
    elseif status ~= 200 then
       not_ok = not_ok + 1
+      if not_ok <= 5 then
+         bad_seen = bad_seen .. " " .. status
+      end
    end
 end
 
 function done(summary, latency, requests)
-   local failed, refused = 0, 0
+   local failed, refused, seen = 0, 0, ""
    for _, thread in ipairs(threads) do
       failed = failed + thread:get("not_ok")
       refused = refused + thread:get("too_many")
+      seen = seen .. thread:get("bad_seen")
    end
    local errors = summary.errors
    io.write(string.format(
@@ -55,10 +60,10 @@ function done(summary, latency, requests)
       '"connect": %d, ' ..
       '"read": %d, "write": %d, "timeout": %d, "mean_ms": %.1f, "max_ms": %.1f, ' ..
       '"p50_ms": %.1f, "p75_ms": %.1f, "p90_ms": %.1f, "p95_ms": %.1f, "p99_ms": %.1f, ' ..
-      '"p99.9_ms": %.1f}\n',
+      '"p99.9_ms": %.1f, "other_statuses": "%s"}\n',
       summary.requests, summary.duration, failed + refused, refused, errors.connect, errors.read, errors.write,
       errors.timeout, latency.mean / 1000, latency.max / 1000,
       latency:percentile(50) / 1000, latency:percentile(75) / 1000,
       latency:percentile(90) / 1000, latency:percentile(95) / 1000,
-      latency:percentile(99) / 1000, latency:percentile(99.9) / 1000))
+      latency:percentile(99) / 1000, latency:percentile(99.9) / 1000, seen))
 end

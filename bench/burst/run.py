@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import matplotlib
@@ -196,12 +197,13 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wrk_result(process: subprocess.Popen[str]) -> dict[str, float]:
+def wrk_result(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """wrk's figures (numbers), and ``other_statuses``: the first few failing statuses seen."""
     out, _ = process.communicate()
     match = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
     if not match:
         raise RuntimeError(f"wrk said:\n{out}")
-    parsed: dict[str, float] = json.loads(match.group(1))
+    parsed: dict[str, Any] = json.loads(match.group(1))
     return parsed
 
 

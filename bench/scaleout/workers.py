@@ -161,7 +161,8 @@ def _load(port: int, clients: int, warm_s: float, seconds: float, ports: list[in
             f"{kind} {int(result[kind])}"
             for kind in ("not_200", "timeout", "read", "connect")
             if result.get(kind)
-        ),
+        )
+        + (f" (first statuses:{result['other_statuses']})" if result.get("other_statuses") else ""),
     )
 
 
