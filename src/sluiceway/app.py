@@ -25,7 +25,7 @@ from sluiceway.api import (
 )
 from sluiceway.api.fastpath import FastApp
 from sluiceway.config import Settings
-from sluiceway.edge import STATE_KEY, Edge, EdgeLimits
+from sluiceway.edge_limits import STATE_KEY, Edge, EdgeLimits
 from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sluiceway.edge import EDGE_STATUS
+from sluiceway.edge_limits import EDGE_STATUS
 from sluiceway.logs import request_id
 from sluiceway.runtime.metrics import Metrics
 
