@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sluiceway.errors import BadInput
 
@@ -34,17 +34,6 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo; anything bigger is refused unread
-
-# EXIF orientation → the transposition that makes the picture upright (as ``ImageOps``).
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class ImageError(BadInput):
@@ -130,5 +119,8 @@ def _scaled_jpeg(data: bytes, opened: Image.Image, least: tuple[int, int]) -> Im
     except ValueError:  # corrupt or truncated (strict): Pillow's decode gives the message
         return None
     image = Image.fromarray(pixels)
-    turn = _UPRIGHT.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
-    return image if turn is None else image.transpose(turn)
+    exif = opened.info.get("exif")
+    if exif:  # the header's orientation, applied by the same Pillow call as the other path
+        image.info["exif"] = exif
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
