@@ -93,3 +93,22 @@ async def test_take_free_takes_only_slots_nobody_waits_for() -> None:
     for _ in range(4):
         slots.release()
     assert slots.free == 4
+
+
+async def test_an_opened_deck_grants_its_slots_to_waiters_and_a_closed_one_drains() -> None:
+    slots = ComputeSlots(1, deck=1)
+    await slots.acquire()
+    waiter = asyncio.ensure_future(slots.acquire())
+    await eventually(lambda: slots.waiting == 1)
+    slots.open_deck(True)  # the deck's slot goes to the waiter at once
+    await asyncio.wait_for(waiter, 1)
+    assert slots.capacity == 2 and slots.free == 0
+    slots.open_deck(False)  # both holders finish; none is taken back
+    late = asyncio.ensure_future(slots.acquire())
+    await eventually(lambda: slots.waiting == 1)
+    slots.release()  # still one held: at the count, so the waiter waits on
+    await asyncio.sleep(0)
+    assert not late.done()
+    slots.release()
+    await asyncio.wait_for(late, 1)
+    assert slots.free == 0

@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sluiceway.errors import DeadlineExceeded
@@ -147,6 +146,7 @@ class Batcher:
                 except Exception as error:  # the load failed: every waiting job learns why
                     self._fail_all(error)
                     break
+                lane.threaded = model.runs_inline
                 await lane.slots.acquire(self._claim)
                 if lane.policy.max_delay_s > 0:
                     await self._fill()
@@ -263,7 +263,7 @@ class Batcher:
         lane._running += len(batch)
         try:
             if model.runs_inline:
-                results, took = await asyncio.to_thread(_timed, model.infer_inline, payloads)
+                results, took = await lane.on_thread(model.infer_inline, payloads)
             else:
                 results = await model.infer(payloads)
         except Exception as error:
@@ -286,10 +286,3 @@ class Batcher:
         finally:
             self.lane.slots.release()
         self.lane.finish(batch, results, time.perf_counter() - started)
-
-
-def _timed(call: Callable[[list[Any]], list[Any]], payloads: list[Any]) -> tuple[list[Any], float]:
-    """``call(payloads)`` and the seconds it took, measured on the thread that ran it."""
-    started = time.perf_counter()
-    results = call(payloads)
-    return results, time.perf_counter() - started
