@@ -575,20 +575,27 @@ def report(
         "",
         f"x ceiling: against the better of the two ({best:.1f} images/s). wrk %: the share of the "
         "machine's CPU the load generator itself used (the ceiling had both cores to itself); "
-        "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left.",
+        "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left. CPU "
+        "bound: the req/s the server's CPU per request would give if it used every cycle of "
+        "the cores wrk left, against the ceiling: the most it can reach without spending less "
+        "per request (the gap to x ceiling w/o wrk is CPU left idle).",
         "",
-        "| server | clients | req/s | x ceiling | x ceiling w/o wrk | p50 ms | p95 ms | p99 ms "
-        "| failures | CPU ms/req | wrk % | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | req/s | x ceiling | x ceiling w/o wrk | CPU bound | p50 ms "
+        "| p95 ms | p99 ms | failures | CPU ms/req | wrk % | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
+    cores = os.cpu_count() or 1
     for run in runs:
         if run.error:
-            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | | | |")
+            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | | | | |")
         for level in run.levels:
             left = best * max(1e-9, 1 - level.wrk_cpu_share)
+            bound = cores * (1 - level.wrk_cpu_share) * 1000 / max(1e-9, level.cpu_ms_per_request)
             lines.append(
                 f"| {run.name} | {level.concurrency} | {level.rps:.1f} | "
-                f"{level.rps / best:.2f} | {level.rps / left:.2f} | {level.p50_ms:.1f} | "
+                f"{level.rps / best:.2f} | {level.rps / left:.2f} | {bound / best:.2f} | "
+                f"{level.p50_ms:.1f} | "
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
                 f"{level.cpu_ms_per_request:.1f} | {100 * level.wrk_cpu_share:.1f} | "
                 f"{level.rss_mb:.0f} |"
