@@ -10,8 +10,8 @@ A model whose calls block (``Model.runs_inline``: ONNX Runtime, LiteRT) runs the
 lane's own threads, one per slot. While its learned cost says batching gains nothing (calls of
 one job), the lane opens its slots' deck (``slots.py``): as many calls again wait at the
 threads, so a thread that ends a call starts the next at once instead of waiting for the event
-loop to hear of the end and hand it another (a 600 KB protocol request at 4-8 clients:
-+9-15 % throughput, ``bench/oip``). A call waiting on deck was formed when a slot of the deck
+loop to hear of the end and hand it another (600 KB protocol requests at 4-8 clients:
++1-10 % throughput, ``bench/oip``). A call waiting on deck was formed when a slot of the deck
 came free; with calls of one job it is the call the loop would have formed a moment later,
 but a more urgent job arriving meanwhile waits for it (one call per thread at most), and a
 job already on deck runs even if its caller leaves, as in a started call. With batching on,
