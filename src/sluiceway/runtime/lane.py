@@ -69,7 +69,7 @@ class Lane:
         self._running = 0  # jobs in running calls
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth = 0
-        self._depth_gauge = metrics.queue_depth.labels(model)
+        metrics.count_queued(model, self)  # sluiceway_queue_depth reads ``depth`` when scraped
         self._batch_size = metrics.batch_size.labels(model)
         self._batch_seconds = metrics.batch_seconds.labels(model)
         self._queue_seconds = metrics.queue_seconds.labels(model)
@@ -160,7 +160,7 @@ class Lane:
         if batcher is None:
             batcher = self._batchers[job.key] = Batcher(self, job.key)
         ticket = Ticket(job, future, batcher, tenant)
-        self._set_depth(self._depth + 1)
+        self._depth += 1
         batcher.put(ticket)
         return ticket
 
@@ -187,7 +187,7 @@ class Lane:
         """A ticket stops being queued: taken into a call (``expired=None``) or dropped."""
         ticket.state = TAKEN if expired is None else GONE
         ticket.batcher._live -= 1
-        self._set_depth(self._depth - 1)
+        self._depth -= 1
         if expired is not None:  # a job taken into a call counts for its tenant until answered
             self._answered(ticket)
         if expired is True:
@@ -226,10 +226,6 @@ class Lane:
                 ticket.future.set_exception(result)
             else:
                 ticket.future.set_result(result)
-
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        self._depth_gauge.set(depth)
 
     def _retire(self, batcher: Batcher) -> None:
         if self._batchers.get(batcher.key) is batcher:
