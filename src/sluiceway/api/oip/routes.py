@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
 
 from sluiceway import __version__
-from sluiceway.api.bodies import read_body
+from sluiceway.api.bodies import receive_body
 from sluiceway.api.deadlines import TIMEOUT_HEADER, deadline_from
 from sluiceway.api.oip.answer import answer
 from sluiceway.api.oip.forms import NoTensorForm, TensorForm, form_of, request_rows
@@ -194,9 +194,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if isinstance(form, NoTensorForm):
         raise BadInput(f"model {name!r} cannot be called with tensors: {form.reason}")
     settings = services.settings
-    timeout, encoding, header_length = _headers(request.scope["headers"])
+    timeout, encoding, header_length, declared = _headers(request.scope["headers"])
     deadline = deadline_from(timeout, settings.request_timeout_s)
-    body = await read_body(request, settings.max_body_bytes)
+    body = await receive_body(request.receive, declared, settings.max_body_bytes)
     body = decompressed(body, encoding, settings)
     header, tail = split_body(body, header_length)
     parsed = InferRequest.parse(header, tail, form)
@@ -213,27 +213,25 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return answer(name, record, form, parsed, outputs)
 
 
-def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
-    """The request's ``X-Request-Timeout``, ``Content-Encoding`` and
-    ``Inference-Header-Content-Length``, the first of each as ``Request.headers.get`` gives it,
-    in one pass: three lookups through Starlette's ``Headers`` cost a trivial request more
-    (each header not sent is a ``KeyError`` raised and caught)."""
-    timeout = encoding = length = None
+def _headers(
+    raw: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """The request's ``X-Request-Timeout``, ``Content-Encoding``,
+    ``Inference-Header-Content-Length`` and ``Content-Length``, the first of each as
+    ``Request.headers.get`` gives it, in one pass: lookups through Starlette's ``Headers`` cost
+    a trivial request more (each header not sent is a ``KeyError`` raised and caught)."""
+    found: dict[bytes, str] = {}
     for key, value in raw:
-        if key == _TIMEOUT:
-            if timeout is None:
-                timeout = value.decode("latin-1")
-        elif key == _ENCODING:
-            if encoding is None:
-                encoding = value.decode("latin-1")
-        elif key == _HEADER_LENGTH and length is None:
-            length = value.decode("latin-1")
-    return timeout, encoding, length
+        if key in _WANTED and key not in found:
+            found[key] = value.decode("latin-1")
+    get = found.get
+    return get(_TIMEOUT), get(_ENCODING), get(_HEADER_LENGTH), get(b"content-length")
 
 
 _TIMEOUT = TIMEOUT_HEADER.encode()
 _ENCODING = b"content-encoding"
 _HEADER_LENGTH = HEADER_LENGTH.encode()
+_WANTED = frozenset((_TIMEOUT, _ENCODING, _HEADER_LENGTH, b"content-length"))
 
 
 def _entry(services: Services, name: str, version: str | None) -> ModelEntry:
