@@ -567,3 +567,19 @@ async def test_a_lone_tiny_job_is_answered_on_the_spot_and_counted() -> None:
     queued = slow.lane("double").submit(job(5))
     assert not queued.future.done()
     assert await queued.future == 10
+
+
+async def test_a_lone_tiny_job_past_its_deadline_is_failed_unrun_on_the_spot() -> None:
+    kind = RecorderKind()
+    metrics = Metrics()
+    dispatcher = LocalDispatcher([kind], 10**9, metrics, inline_below_s=0.005)
+    assert await dispatcher.submit(job(0)) == 0  # measures the cost (on a thread)
+    with pytest.raises(DeadlineExceeded, match="before double could run it"):
+        await dispatcher.submit(job(1, timeout=-1))
+    assert kind.model.threads[1:] == []  # never called
+    lane = dispatcher.lane("double")
+    assert lane.depth == 0 and lane.slots.free == 1
+    assert metrics.registry.get_sample_value("sluiceway_expired_total", {"model": "double"}) == 1
+    stats = dispatcher.statistics.of("double")
+    assert (stats.success.count, stats.fail.count, stats.inference_count) == (1, 1, 1)
+    assert await dispatcher.submit(job(2)) == 4  # the slot was given back

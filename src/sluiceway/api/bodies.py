@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from sluiceway.api.errors import RequestError
 
@@ -63,6 +64,34 @@ async def read_body(request: Request, limit: int, *, drain: bool = False) -> byt
             chunks.append(chunk)
         elif size > ceiling:
             break
+    if size > limit:
+        raise RequestError(413, f"body is over the {limit}-byte limit")
+    return b"".join(chunks)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """``read_body`` (without ``drain``) straight from the ASGI ``receive``, for an endpoint
+    that found ``Content-Length`` (``declared``) in its own pass over the headers and whose body
+    nothing else reads: no ``Headers`` and no stream generator per request, which cost a
+    trivial inference request a few per cent. A client gone is ``ClientDisconnect``, as
+    ``Request.stream`` raises it."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
     if size > limit:
         raise RequestError(413, f"body is over the {limit}-byte limit")
     return b"".join(chunks)

@@ -111,10 +111,11 @@ class RequestContext:
             )
         finally:
             elapsed = time.perf_counter() - started
-            path = self._route_of(scope)
-            code = str(status)
-            self.metrics.requests.labels(path, scope["method"], code).inc()
-            self.metrics.request_seconds.labels(path, code).observe(elapsed)
+            count, seconds = self.metrics.request_children(
+                self._route_of(scope), scope["method"], status
+            )
+            count.inc()
+            seconds.observe(elapsed)
             if self.access_log:
                 logger.info(
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000

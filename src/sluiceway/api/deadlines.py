@@ -13,8 +13,12 @@ TIMEOUT_HEADER = "x-request-timeout"
 
 def deadline_of(request: Request, default_timeout_s: float) -> float:
     """Epoch seconds by which the answer is due; ``X-Request-Timeout`` may shorten it."""
+    return deadline_from(request.headers.get(TIMEOUT_HEADER), default_timeout_s)
+
+
+def deadline_from(asked: str | None, default_timeout_s: float) -> float:
+    """``deadline_of`` from the ``X-Request-Timeout`` header's value (``None``: not sent)."""
     timeout = default_timeout_s
-    asked = request.headers.get(TIMEOUT_HEADER)
     if asked is not None:
         try:
             seconds = float(asked)

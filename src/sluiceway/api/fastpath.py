@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -75,6 +76,8 @@ class FastRoutes:
         self._templated = [
             (_fixed_prefix(route.path), route) for route in routes if route.param_convertors
         ]
+        self._matched: dict[tuple[str, str], tuple[Route, dict[str, Any]]] = {}
+        """Templated matches by path and method: one model's requests repeat one path."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,6 +114,19 @@ class FastRoutes:
 
     def _match(self, scope: Scope, path: str) -> Route | None:
         """A templated route serving this path and method; its parameters go in the scope."""
+        method = scope["method"]
+        known = self._matched.get((path, method))
+        if known is not None:
+            scope["path_params"] = dict(known[1])
+            return known[0]
+        route = self._match_anew(scope, path)
+        if route is not None:
+            if len(self._matched) >= _MAX_MATCHES:  # any name matches: bound what is kept
+                self._matched.clear()
+            self._matched[(path, method)] = (route, dict(scope["path_params"]))
+        return route
+
+    def _match_anew(self, scope: Scope, path: str) -> Route | None:
         for prefix, route in self._templated:
             if not path.startswith(prefix) or scope["method"] not in (route.methods or ()):
                 continue
@@ -123,6 +139,9 @@ class FastRoutes:
             scope["path_params"] = params
             return route
         return None
+
+
+_MAX_MATCHES = 1024
 
 
 _SERVER_ERROR = PlainTextResponse("Internal Server Error", status_code=500)

@@ -276,13 +276,5 @@ class Batcher:
 
     def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
         """``_run`` on the event loop's thread, for a call expected to be shorter than a hop to
-        a worker thread and back (``Lane.inline_below_s``)."""
-        started = time.perf_counter()
-        results: list[Any] | Exception
-        try:
-            results = model.infer_inline([ticket.job.payload for ticket in batch])
-        except Exception as error:
-            results = error
-        finally:
-            self.lane.slots.release()
-        self.lane.finish(batch, results, time.perf_counter() - started)
+        a worker thread and back (``Lane.run_inline``)."""
+        self.lane.run_inline(model, batch)

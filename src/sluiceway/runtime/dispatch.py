@@ -18,6 +18,7 @@ from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.lane import Lane
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.stats import Statistics
+from sluiceway.runtime.tickets import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +112,33 @@ class LocalDispatcher:
         return sorted(self._kinds)
 
     async def submit(self, job: Job) -> Any:
-        """Run ``job``; cancelling the caller withdraws it unrun if it is still queued."""
-        return await self.statistics.measure(job, self._submit(job))
+        """Run ``job``; cancelling the caller withdraws it unrun if it is still queued.
 
-    async def _submit(self, job: Job) -> Any:
-        lane = self._lane_for(job)
-        ticket = lane.submit(job)
-        if ticket.future.done():  # run on the spot (``Batcher.run_now``): no timer to arm
-            return ticket.future.result()
+        One coroutine, measured in place (``Statistics.watch``/``done``): a job run on the spot
+        (``Batcher.run_now``) is answered without another coroutine, await or timer.
+        """
+        statistics = self.statistics
+        watch = statistics.watch(job)
+        succeeded = False
+        try:
+            lane = self._lane_for(job)
+            ticket = lane.submit(job)
+            future = ticket.future
+            if future.done():  # run on the spot: no timer to arm
+                result = future.result()
+            else:
+                result = await self._wait(lane, ticket)
+            succeeded = True
+            return result
+        finally:
+            statistics.done(job, watch, succeeded)
+
+    async def _wait(self, lane: Lane, ticket: Ticket) -> Any:
+        """A queued job's result, failed at its deadline; withdrawn if the caller goes away."""
         loop = asyncio.get_running_loop()
         # One timer that fails the job's future at its deadline: lighter than a timeout
         # context per job, which counts on every inference request.
-        timer = loop.call_at(loop.time() + job.remaining(), lane.expire, ticket)
+        timer = loop.call_at(loop.time() + ticket.job.remaining(), lane.expire, ticket)
         try:
             return await ticket.future
         except asyncio.CancelledError:  # the caller is gone (a client disconnect)

@@ -87,7 +87,7 @@ class Lane:
         self._running = 0  # jobs in running calls
         self._tasks: set[asyncio.Task[None]] = set()
         self._depth = 0
-        self._depth_gauge = metrics.queue_depth.labels(model)
+        metrics.count_queued(model, self)  # sluiceway_queue_depth reads ``depth`` when scraped
         self._batch_size = metrics.batch_size.labels(model)
         self._batch_seconds = metrics.batch_seconds.labels(model)
         self._queue_seconds = metrics.queue_seconds.labels(model)
@@ -194,11 +194,71 @@ class Lane:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         batcher = self._batchers.get(job.key)
         if batcher is None:
+            model = self._spot_model(job)
+            if model is not None:
+                ticket = Ticket(job, future, None, tenant)
+                self._run_on_the_spot(model, ticket)
+                return ticket
             batcher = self._batchers[job.key] = Batcher(self, job.key)
         ticket = Ticket(job, future, batcher, tenant)
-        self._set_depth(self._depth + 1)
+        self._depth += 1
         batcher.put(ticket)
         return ticket
+
+    def _spot_model(self, job: Job) -> Model | None:
+        """``job``'s model, with a slot taken for it, when the job may run on the spot: nothing
+        of its key is queued, and what ``Batcher.run_now`` asks holds (the model is loaded,
+        runs inline and costs less than ``inline_below_s``, a slot is free and nobody waits
+        for one, no fill delay). Then the job needs no batcher, queue or driver: it is answered
+        as ``run_now`` answers it, a batch of one taken at once."""
+        if (
+            self.loaded is None
+            or self.inline_below_s <= 0
+            or self.policy.max_delay_s > 0
+            or self.slots.take_free(1) == 0
+        ):
+            return None
+        try:
+            model = self.loaded(job)
+            if model is not None and not (
+                model.runs_inline and self.cost.seconds(1) < self.inline_below_s
+            ):
+                model = None
+        except BaseException:
+            self.slots.release()
+            raise
+        if model is None:
+            self.slots.release()
+        return model
+
+    def _run_on_the_spot(self, model: Model, ticket: Ticket) -> None:
+        """Run a job, never queued, in a call of its own on the slot ``_spot_model`` took; a job
+        whose deadline has passed is failed unrun (``Batcher._take``'s counts and errors)."""
+        if ticket.job.deadline <= time.time():
+            ticket.state = GONE
+            self._answered(ticket)
+            self.expired.inc()
+            self.slots.release()
+            ticket.future.set_exception(
+                DeadlineExceeded(f"deadline passed before {self.model} could run it")
+            )
+            return
+        ticket.state = TAKEN
+        self._queue_seconds.observe(time.monotonic() - ticket.arrived)
+        self.run_inline(model, [ticket])
+
+    def run_inline(self, model: Model, batch: list[Ticket]) -> None:
+        """One model call on the event loop's thread, for a call expected to be shorter than a
+        hop to a worker thread and back (``inline_below_s``); gives its slot back."""
+        started = time.perf_counter()
+        results: list[Any] | Exception
+        try:
+            results = model.infer_inline([ticket.job.payload for ticket in batch])
+        except Exception as error:
+            results = error
+        finally:
+            self.slots.release()
+        self.finish(batch, results, time.perf_counter() - started)
 
     def withdraw(self, ticket: Ticket, *, expired: bool = False) -> None:
         """Its caller stopped waiting: a queued job is removed unrun and counted (as expired
@@ -222,8 +282,9 @@ class Lane:
     def _leave(self, ticket: Ticket, expired: bool | None = None) -> None:
         """A ticket stops being queued: taken into a call (``expired=None``) or dropped."""
         ticket.state = TAKEN if expired is None else GONE
-        ticket.batcher._live -= 1
-        self._set_depth(self._depth - 1)
+        if ticket.batcher is not None:  # a job run on the spot was never queued
+            ticket.batcher._live -= 1
+        self._depth -= 1
         if expired is not None:  # a job taken into a call counts for its tenant until answered
             self._answered(ticket)
         if expired is True:
@@ -262,10 +323,6 @@ class Lane:
                 ticket.future.set_exception(result)
             else:
                 ticket.future.set_result(result)
-
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        self._depth_gauge.set(depth)
 
     def _retire(self, batcher: Batcher) -> None:
         if self._batchers.get(batcher.key) is batcher:

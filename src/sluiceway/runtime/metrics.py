@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import weakref
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+class Queued(Protocol):
+    """Anything that holds jobs waiting for a compute slot (a model's lane)."""
+
+    @property
+    def depth(self) -> int: ...
+
+
 class Metrics:
-    """Every metric Sluiceway exports; one instance per app, never module-level."""
+    """Every metric Sluiceway exports; one instance per app, never module-level.
+
+    The per-request hot path asks for labelled children through the cached lookups below
+    (``request_children``, ``compute_of``): ``labels()`` costs about a microsecond per call,
+    several times per inference request.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -123,3 +138,40 @@ class Metrics:
             ["model"],
             registry=r,
         )
+
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._compute_children: dict[str, Histogram] = {}
+        self._queued: dict[str, weakref.WeakSet[Queued]] = {}
+
+    def request_children(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The ``sluiceway_requests`` and ``sluiceway_request_duration_seconds`` children of one
+        route, method and status (as many as their labels make anyway)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = (
+                self.requests.labels(route, method, code),
+                self.request_seconds.labels(route, code),
+            )
+            self._request_children[key] = children
+        return children
+
+    def compute_of(self, model: str) -> Histogram:
+        """The ``sluiceway_compute_duration_seconds`` child of ``model``."""
+        child = self._compute_children.get(model)
+        if child is None:
+            child = self._compute_children[model] = self.compute_seconds.labels(model)
+        return child
+
+    def count_queued(self, model: str, queue: Queued) -> None:
+        """Report ``queue``'s depth in ``sluiceway_queue_depth``, summed over ``model``'s queues
+        alive (a replaced lane draining beside the new one), read when metrics are collected:
+        no gauge is written per job."""
+        queues = self._queued.get(model)
+        if queues is None:
+            queues = self._queued[model] = weakref.WeakSet()
+            self.queue_depth.labels(model).set_function(
+                lambda: sum(queue.depth for queue in list(queues))
+            )
+        queues.add(queue)

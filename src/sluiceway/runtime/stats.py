@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from sluiceway.models.base import Model
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -105,24 +103,22 @@ class Statistics:
         """``loaded`` with each of its calls counted and timed."""
         return _TimedModel(loaded, self.of(model), self._calls)
 
-    async def measure(self, job: Job, result: Awaitable[T]) -> T:
-        """Await ``job``'s ``result`` and count it as a success or a failure, with its times."""
+    def watch(self, job: Job) -> Watch:
+        """Start measuring ``job``; ``done`` counts it (no coroutine of its own: a job answered
+        on the spot costs its dispatcher no more than a call)."""
         key = id(job.payload)
         watched = key not in self._calls  # two jobs sharing one payload: time the first only
         if watched:
             self._calls[key] = None
-        submitted = time.perf_counter()
-        succeeded = False
-        try:
-            value = await result
-            succeeded = True
-            return value
-        finally:
-            call = None
-            if watched:
-                with _COUNTING:  # a model call on a worker thread may be writing it
-                    call = self._calls.pop(key, None)
-            self._record(job.model, submitted, call, succeeded)
+        return Watch(key if watched else None, time.perf_counter())
+
+    def done(self, job: Job, watch: Watch, succeeded: bool) -> None:
+        """Count ``job``, watched since ``watch``, as a success or a failure, with its times."""
+        call = None
+        if watch.key is not None:
+            with _COUNTING:  # a model call on a worker thread may be writing it
+                call = self._calls.pop(watch.key, None)
+        self._record(job.model, watch.submitted, call, succeeded)
 
     def _record(
         self, model: str, submitted: float, call: tuple[float, float] | None, succeeded: bool
@@ -137,7 +133,15 @@ class Statistics:
         stats.queue.add(queued)
         stats.compute.add(finished - started)
         # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
-        self._metrics.compute_seconds.labels(model).observe(finished - started)
+        self._metrics.compute_of(model).observe(finished - started)
+
+
+class Watch(NamedTuple):
+    """A job being measured: its payload's key in the calls table (``None``: another job with
+    the same payload is timed instead) and when it was submitted (``perf_counter``)."""
+
+    key: int | None
+    submitted: float
 
 
 class _TimedModel(Model):

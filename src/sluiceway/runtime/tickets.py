@@ -21,11 +21,16 @@ class Ticket:
     __slots__ = ("arrived", "batcher", "future", "job", "state", "tenant")
 
     def __init__(
-        self, job: Job, future: asyncio.Future[Any], batcher: Batcher, tenant: str | None
+        self,
+        job: Job,
+        future: asyncio.Future[Any],
+        batcher: Batcher | None,
+        tenant: str | None,
     ) -> None:
         self.job = job
         self.future = future
         self.batcher = batcher
+        """Its key's batcher; ``None`` for a job run on the spot, never queued."""
         self.tenant = tenant
         self.arrived = time.monotonic()
         self.state = QUEUED

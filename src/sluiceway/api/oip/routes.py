@@ -4,6 +4,7 @@ configuration and statistics, and inference (also served by ``FastRoutes``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -11,8 +12,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
 
 from sluiceway import __version__
-from sluiceway.api.bodies import read_body
-from sluiceway.api.deadlines import deadline_of
+from sluiceway.api.bodies import receive_body
+from sluiceway.api.deadlines import TIMEOUT_HEADER, deadline_from
 from sluiceway.api.oip.answer import answer
 from sluiceway.api.oip.forms import NoTensorForm, TensorForm, form_of, request_rows
 from sluiceway.api.oip.inference_request import (
@@ -192,10 +193,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     form = form_of(record, services.settings)
     if isinstance(form, NoTensorForm):
         raise BadInput(f"model {name!r} cannot be called with tensors: {form.reason}")
-    deadline = deadline_of(request, services.settings.request_timeout_s)
-    body = await read_body(request, services.settings.max_body_bytes)
-    body = decompressed(body, request.headers.get("content-encoding"), services.settings)
-    header, tail = split_body(body, request.headers.get(HEADER_LENGTH))
+    settings = services.settings
+    timeout, encoding, header_length, declared = _headers(request.scope["headers"])
+    deadline = deadline_from(timeout, settings.request_timeout_s)
+    body = await receive_body(request.receive, declared, settings.max_body_bytes)
+    body = decompressed(body, encoding, settings)
+    header, tail = split_body(body, header_length)
     parsed = InferRequest.parse(header, tail, form)
     rows = request_rows(parsed.tensors) if form.batched else 1
     if rows > record.policy.max_queue:
@@ -208,6 +211,27 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         deadline = min(deadline, time.time() + parsed.timeout_s)
     outputs = await form.run(parsed.tensors, deadline, services, parsed.priority)
     return answer(name, record, form, parsed, outputs)
+
+
+def _headers(
+    raw: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """The request's ``X-Request-Timeout``, ``Content-Encoding``,
+    ``Inference-Header-Content-Length`` and ``Content-Length``, the first of each as
+    ``Request.headers.get`` gives it, in one pass: lookups through Starlette's ``Headers`` cost
+    a trivial request more (each header not sent is a ``KeyError`` raised and caught)."""
+    found: dict[bytes, str] = {}
+    for key, value in raw:
+        if key in _WANTED and key not in found:
+            found[key] = value.decode("latin-1")
+    get = found.get
+    return get(_TIMEOUT), get(_ENCODING), get(_HEADER_LENGTH), get(b"content-length")
+
+
+_TIMEOUT = TIMEOUT_HEADER.encode()
+_ENCODING = b"content-encoding"
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+_WANTED = frozenset((_TIMEOUT, _ENCODING, _HEADER_LENGTH, b"content-length"))
 
 
 def _entry(services: Services, name: str, version: str | None) -> ModelEntry:
