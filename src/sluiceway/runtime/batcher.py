@@ -263,7 +263,7 @@ class Batcher:
         lane._running += len(batch)
         try:
             if model.runs_inline:
-                results, took = await lane.on_thread(model.infer_inline, payloads)
+                results, took = await lane.threads.run(model.infer_inline, payloads)
             else:
                 results = await model.infer(payloads)
         except Exception as error:

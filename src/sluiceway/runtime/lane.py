@@ -7,16 +7,11 @@ counts them and answers a finished call's jobs; it also says how many of a key's
 starting now takes when every slot is busy (``take_now``).
 
 A model whose calls block (``Model.runs_inline``: ONNX Runtime, LiteRT) runs them on the
-lane's own threads, one per slot. While its learned cost says batching gains nothing (calls of
-one job), the lane opens its slots' deck (``slots.py``): as many calls again wait at the
-threads, so a thread that ends a call starts the next at once instead of waiting for the event
-loop to hear of the end and hand it another (600 KB protocol requests at 4-8 clients:
-+1-10 % throughput, ``bench/oip``). A call waiting on deck was formed when a slot of the deck
-came free; with calls of one job it is the call the loop would have formed a moment later,
-but a more urgent job arriving meanwhile waits for it (one call per thread at most), and a
-job already on deck runs even if its caller leaves, as in a started call. With batching on,
-the deck stays closed: a call formed early would take fewer jobs than one formed when a
-thread is free.
+lane's own threads (``threads.py``), one per slot. While its learned cost says batching gains
+nothing (calls of one job), the lane opens its slots' deck (``slots.py``): as many calls again
+wait at the threads, so a thread that ends a call starts the next without the event loop.
+With batching on, the deck stays closed: a call formed early would take fewer jobs than one
+formed when a thread is free.
 
 A caller that stops waiting (deadline, client disconnect) withdraws its job: it is removed
 before batch formation and counted; a call already started runs on. An optional per-tenant
@@ -30,12 +25,9 @@ that many clients holds one (``bench/burst/flood``).
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
@@ -44,8 +36,9 @@ from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_rati
 from sluiceway.runtime.batcher import Batcher
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.planning import plan_take
+from sluiceway.runtime.planning import take_now
 from sluiceway.runtime.slots import ComputeSlots
+from sluiceway.runtime.threads import ModelThreads
 from sluiceway.runtime.tickets import GONE, QUEUED, TAKEN, Ticket
 
 logger = logging.getLogger(__name__)
@@ -79,7 +72,7 @@ class Lane:
         self.threaded = False
         """Whether the model's calls run on the lane's threads (set by its batchers once the
         model is loaded); only then may the deck open."""
-        self._threads: ThreadPoolExecutor | None = None
+        self.threads = ModelThreads(model, policy.slots)
         self._resolve = resolve
         self._batchers: dict[str, Batcher] = {}
         self._tenants: dict[str, int] = {}
@@ -120,41 +113,13 @@ class Lane:
                 return 1
         return max_batch
 
-    async def on_thread(
-        self, call: Callable[[Sequence[Any]], list[Any]], payloads: Sequence[Any]
-    ) -> tuple[list[Any], float]:
-        """``call(payloads)`` on one of the lane's threads, and the seconds it took there (the
-        compute alone: not the wait for a thread, which a call on deck has)."""
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self.policy.slots, thread_name_prefix=f"sluiceway-{self.model}"
-            )
-        context = contextvars.copy_context()  # the log lines' request id, as in to_thread
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, context.run, _timed, call, payloads)
-
     def take_now(self, waiting: int, calls: int) -> int:
-        """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take.
-
-        When every slot is busy, the lane's jobs (queued and running) finish soonest if each
-        call carries about its share of them, ``jobs / slots``: a call of far more holds its
-        jobs on one slot for a long time while the other slots run small, costly calls. So a
-        key whose waiting jobs make more than ``calls`` shares (rounded: 1.5 shares count as
-        two) counts on that many slots, the held ones and the next to free (running calls'
-        predicted ends, from the cost), and leaves for the later ones what ``plan_take`` says
-        finishes all of its jobs soonest. With scarce slots (few, or as many jobs per slot as
-        the key has) it keeps one large batch."""
-        jobs = self._depth + self._running
-        # Rounded, not floored: a simulation of the convoy at 16 slots reached 0.90x the
-        # bound this way against 0.85x floored (calls nearer a slot's share).
-        shares = (2 * self.policy.slots * waiting + jobs) // (2 * jobs)
-        if shares <= calls or not self._ends:
-            return waiting
-        now = time.monotonic()
-        later = [
-            max(end - now, 0.0) for end in heapq.nsmallest(shares - calls, self._ends.values())
-        ]
-        take = plan_take(self.cost, waiting, calls, later)
+        """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take:
+        its share of the lane's jobs when every slot is busy (``planning.take_now``); a call
+        that leaves jobs for the next slots to free is counted as deferred."""
+        take = take_now(
+            self.cost, self.policy.slots, waiting, calls, self._depth + self._running, self._ends
+        )
         if take < waiting:
             self._deferred.inc()
         return take
@@ -342,15 +307,4 @@ class Lane:
             if not running:
                 break
             await asyncio.wait(running)
-        if self._threads is not None:  # idle now; a later call starts them again
-            self._threads.shutdown(wait=False)
-            self._threads = None
-
-
-def _timed(
-    call: Callable[[Sequence[Any]], list[Any]], payloads: Sequence[Any]
-) -> tuple[list[Any], float]:
-    """``call(payloads)`` and the seconds it took, measured on the thread that ran it."""
-    started = time.perf_counter()
-    results = call(payloads)
-    return results, time.perf_counter() - started
+        self.threads.close()  # idle now; a later call starts them again

@@ -25,6 +25,9 @@ next slots. A flat cost, or slots freeing too late, keep one large batch.
 
 from __future__ import annotations
 
+import heapq
+import time
+
 from sluiceway.models.costs import CallCost
 
 # A split's calls may finish this much later than the soonest the slots allow: the few calls
@@ -66,3 +69,27 @@ def plan_take(cost: CallCost, n: int, calls: int, later: list[float]) -> int:
     end = ends[used]
     left = sum(max(1, int((end - a - start) / b + 1e-9)) for start in later[:used])
     return max(calls, n - left)
+
+
+def take_now(
+    cost: CallCost, slots: int, waiting: int, calls: int, jobs: int, ends: dict[int, float]
+) -> int:
+    """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take, with
+    ``jobs`` queued and running in the lane and its running calls predicted to end at ``ends``
+    (``time.monotonic()`` values).
+
+    When every slot is busy, the lane's jobs finish soonest if each call carries about its
+    share of them, ``jobs / slots``: a call of far more holds its jobs on one slot for a long
+    time while the other slots run small, costly calls. So a key whose waiting jobs make more
+    than ``calls`` shares (rounded: 1.5 shares count as two) counts on that many slots, the
+    held ones and the next to free, and leaves for the later ones what ``plan_take`` says
+    finishes all of its jobs soonest. With scarce slots (few, or as many jobs per slot as the
+    key has) it keeps one large batch."""
+    # Rounded, not floored: a simulation of the convoy at 16 slots reached 0.90x the bound
+    # this way against 0.85x floored (calls nearer a slot's share).
+    shares = (2 * slots * waiting + jobs) // (2 * jobs)
+    if shares <= calls or not ends:
+        return waiting
+    now = time.monotonic()
+    later = [max(end - now, 0.0) for end in heapq.nsmallest(shares - calls, ends.values())]
+    return plan_take(cost, waiting, calls, later)
