@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="one uploaded image")
 
-    # The upload page (api/web.py): where photos and people's reports are kept.
+    # The upload page (api/web.py, its reports api/feedback.py): where photos and reports are kept.
     upload_dir: str = Field(
         "~/.local/share/sluiceway/uploads", description="uploaded photos, by content hash"
     )
