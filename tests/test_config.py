@@ -10,8 +10,9 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from sluiceway.config import CaptionSettings, KnnSettings, Settings
+from sluiceway.config import Settings
 from sluiceway.kinds import BIRDS, CAPTION, IMAGENET, KNN, builtin_records
+from sluiceway.model_settings import CaptionSettings, KnnSettings
 
 # variable -> (value set, value expected on the settings object)
 OLD_VARIABLES: dict[str, tuple[str, object]] = {

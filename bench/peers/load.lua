@@ -4,59 +4,52 @@
 -- An answer counts as good only if its status is 200 and its body, spaces removed, contains every
 -- expected text, spaces removed too (texts are separated by "||"; every correct answer of a
 -- workload is the same; see workloads.py). A body holding "@N@" gets a number there that no
--- other request of the run has.
+-- other request of the run has. What the wrk scripts share (the tallies, the summary line) is in
+-- bench/wrkload.lua.
 
-local threads = {}
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+package.path = here .. "../?.lua;" .. package.path
+local shared = require("wrkload")
 
-function setup(thread)
-   thread:set("thread_id", #threads)
-   table.insert(threads, thread)
-end
-
-local function read_file(path)
-   local file = assert(io.open(path, "rb"))
-   local data = file:read("*a")
-   file:close()
-   return data
-end
+setup = shared.setup  -- it also sets each thread's `thread_id`, which "@N@" numbers begin with
 
 function init(args)
-   requests = {}
+   local requests = {}
    templates = {}
-   for line in io.lines(args[1]) do
+   for _, line in ipairs(shared.read_lines(args[1])) do
       local method, path, kind, body_path = line:match("^(%S+) (%S+) (%S+) (%S+)$")
       local headers = { ["Content-Type"] = kind }
-      local body = read_file(body_path)
+      local body = shared.read_file(body_path)
       if string.find(body, "@N@", 1, true) then
          table.insert(templates, { method, path, headers, body })
       else
          table.insert(requests, wrk.format(method, path, headers, body))
       end
    end
-   expected = {}
+   local expected = {}
    for text in string.gmatch(args[2] .. "||", "(.-)||") do
       if text ~= "" then
-         table.insert(expected, (text:gsub("%s", "")))
+         table.insert(expected, text)
       end
    end
+   good = shared.holds_all(expected, true)
    counter = 0
    think_low = tonumber(args[3])
    think_high = tonumber(args[4])
-   turn = math.random(math.max(#requests, #templates))
-   not_200 = 0
-   wrong = 0
+   local first = math.random(math.max(#requests, #templates))
+   next_request = shared.in_turn(requests, first)
+   next_template = shared.in_turn(templates, first)
+   shared.start_tally()
 end
 
 function request()
    if #templates > 0 then
-      turn = turn % #templates + 1
       counter = counter + 1
-      local method, path, headers, body = (table.unpack or unpack)(templates[turn])
+      local method, path, headers, body = (table.unpack or unpack)(next_template())
       local unique = string.format("%d-%d", thread_id, counter)
       return wrk.format(method, path, headers, (body:gsub("@N@", unique)))
    end
-   turn = turn % #requests + 1
-   return requests[turn]
+   return next_request()
 end
 
 function delay()
@@ -67,31 +60,10 @@ function delay()
 end
 
 function response(status, headers, body)
-   if status ~= 200 then
-      not_200 = not_200 + 1
-   else
-      local text = body:gsub("%s", "")
-      for _, part in ipairs(expected) do
-         if not string.find(text, part, 1, true) then
-            wrong = wrong + 1
-            return
-         end
-      end
-   end
+   shared.tally(status, body, good)
 end
 
-function done(summary, latency, requests)
-   local bad_status, bad_body = 0, 0
-   for _, thread in ipairs(threads) do
-      bad_status = bad_status + thread:get("not_200")
-      bad_body = bad_body + thread:get("wrong")
-   end
-   local errors = summary.errors
-   io.write(string.format(
-      'WRK_JSON {"requests": %d, "duration_us": %d, "not_200": %d, "wrong": %d, ' ..
-      '"connect": %d, "read": %d, "write": %d, "timeout": %d, "p50_ms": %.1f, ' ..
-      '"p95_ms": %.1f, "p99_ms": %.1f, "max_ms": %.1f}\n',
-      summary.requests, summary.duration, bad_status, bad_body, errors.connect, errors.read,
-      errors.write, errors.timeout, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
-      latency:percentile(99) / 1000, latency.max / 1000))
-end
+done = shared.done({
+   "requests", "duration_us", "not_200", "wrong", "connect", "read", "write", "timeout",
+   "p50_ms", "p95_ms", "p99_ms", "max_ms",
+}, 1)

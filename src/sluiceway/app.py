@@ -14,6 +14,7 @@ from sluiceway.api import (
     captions,
     classifiers,
     errors,
+    feedback,
     kiosk,
     oip,
     openapi,
@@ -108,6 +109,7 @@ def create_app(
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)
+    app.include_router(feedback.router)
     openapi.install(app)
     app.serve_first(
         [*kiosk.routes, *oip.fast_routes],

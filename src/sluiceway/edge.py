@@ -15,10 +15,11 @@ HTTP says, the way nginx and Apache's mod_reqtimeout do:
 - more than ``max_connections`` open connections or ``max_requests`` requests in flight in
   this process: ``503`` with ``Retry-After``.
 
-Each refusal is counted in ``sluiceway_edge_refusals_total{reason,status}``. Bodies over a
-route's size cap are refused by the route (``413``), since the caps differ per route. Timers
-are armed only while a request is incomplete after a read, so a request that arrives in one
-read (every kiosk request) costs no timer at all.
+Each refusal is counted in ``sluiceway_edge_refusals_total{reason,status}``; the answers
+themselves are built in ``edge_answers.py``. Bodies over a route's size cap are refused by the
+route (``413``), since the caps differ per route. Timers are armed only while a request is
+incomplete after a read, so a request that arrives in one read (every kiosk request) costs no
+timer at all.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from asyncio import TimerHandle
 from typing import Any, ClassVar, cast
 
 import httptools
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from sluiceway.config import Settings
+from sluiceway.edge_answers import busy_app, refusal
 from sluiceway.edge_limits import EDGE_STATUS, STATE_KEY, Edge, EdgeLimits
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ _FIRST = 0  # opened, no byte of its first request yet
 _HEAD = 1  # reading a request's line and headers
 _BODY = 2  # headers done, body still arriving
 _IDLE = 3  # the last request was read whole; keep-alive idling is uvicorn's business
-
-
-def _response(status: int, message: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    body = orjson.dumps({"detail": message})
-    head = [STATUS_LINE[status]]
-    for name, value in [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *headers,
-    ]:
-        head += [name, b": ", value, b"\r\n"]
-    return b"".join([*head, b"\r\n", body])
 
 
 class _Pieces:
@@ -204,7 +193,7 @@ class EdgeProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         app = self.app
-        self.app = self._busy_app(*busy)
+        self.app = busy_app(self.edge, *busy)
         try:
             super().on_headers_complete()
         finally:
@@ -278,7 +267,7 @@ class EdgeProtocol(HttpToolsProtocol):
         logger.debug("edge: %s from %s", message, self.client)
         if not cycle.response_started:
             cast(dict[str, Any], cycle.scope)[EDGE_STATUS] = 408
-            self.transport.write(_response(408, message, [(b"connection", b"close")]))
+            self.transport.write(refusal(408, message, [(b"connection", b"close")]))
         # The app's next receive() says the client is gone, and anything it sends is dropped.
         cycle.disconnected = True
         cycle.message_event.set()
@@ -289,21 +278,5 @@ class EdgeProtocol(HttpToolsProtocol):
         self.edge.refused(reason, status)
         logger.debug("edge: %d %s from %s", status, message, self.client)
         if self.cycle is None or self.cycle.response_complete:  # never inside another answer
-            self.transport.write(_response(status, message, [(b"connection", b"close")]))
+            self.transport.write(refusal(status, message, [(b"connection", b"close")]))
         self.transport.close()
-
-    def _busy_app(self, reason: str, message: str, close: bool) -> Any:
-        """An ASGI app answering ``503`` + ``Retry-After`` in place of the real one."""
-        edge = self.edge
-        headers = [(b"retry-after", str(self.limits.retry_after_s).encode())]
-        if close:
-            headers.append((b"connection", b"close"))
-        body = orjson.dumps({"detail": f"server busy: {message}"})
-        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-
-        async def busy(_: Any, __: Any, send: Any) -> None:
-            edge.refused(reason, 503)
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        return busy

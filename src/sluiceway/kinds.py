@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from sluiceway.config import ModelSettings, Settings
+from sluiceway.config import Settings
+from sluiceway.model_settings import ModelSettings
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.captioner import GitCaptioning
 from sluiceway.models.knn import TenantKNN

@@ -167,6 +167,10 @@ class FastApp(FastAPI):
         full: ASGIApp = super().__call__
         inner = full
         if fast_routes:
+            # FastAPI 0.165 has no public "is telemetry on": fastapi.telemetry exports only
+            # TelemetryConfig, TelemetryData and get_telemetry_data (per request), and its own
+            # NativeTelemetry.enabled() rests on a private provider check. So ask that very
+            # method, which FastAPI's __call__ asks too; without it, the fast path always runs.
             telemetry = getattr(getattr(self, "_native_telemetry", None), "enabled", _never)
             inner = FastRoutes(full, routes, errors, full_stack=_Recheck(telemetry))
         self._front = RequestContext(inner, metrics=metrics, access_log=access_log)

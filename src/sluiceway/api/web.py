@@ -5,11 +5,10 @@
   page with its result; no file redirects back (302) with a message.
 - ``POST /uploads``: the script's path; the same work, answered as JSON.
 - ``GET /display/<name>``: a stored upload, by its content-addressed name only.
-- ``POST /feedback``: "this is wrong", appended to the feedback CSV. The page's own form sends
-  structured fields (``image``, ``prediction``, ``score``, ``correct_label``); the seed's page
-  sends one ``report`` text, kept verbatim. A form post answers ``200`` with the page and its
-  notice (the seed's clients follow no redirect); an empty post shows the page and records
-  nothing. ``GET /feedback`` is the page.
+
+``WebPage`` (the page's templates and stores) is also what ``api/feedback.py`` answers with: the
+``/feedback`` routes, which read and record people's reports, live there and import the page
+from here (``app.py`` includes their router after ``install``).
 """
 
 from __future__ import annotations
@@ -26,10 +25,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader
-from starlette.datastructures import FormData
 from starlette.staticfiles import StaticFiles
 
-from sluiceway.api.bodies import Upload, read_form, read_upload, size_text
+from sluiceway.api.bodies import Upload, read_upload, size_text
 from sluiceway.api.context import client_address
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
@@ -38,17 +36,14 @@ from sluiceway.config import Settings
 from sluiceway.errors import BadInput
 from sluiceway.models.classifier import Prediction
 from sluiceway.services import services_of
-from sluiceway.stores.feedback import FeedbackError, FeedbackLog, FeedbackReport
-from sluiceway.stores.uploads import StoredUpload, UploadStore, is_upload_name
+from sluiceway.stores.feedback import FeedbackLog
+from sluiceway.stores.uploads import StoredUpload, UploadStore
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["web"])
 
 TOP_K = 5
-FEEDBACK_MAX_BYTES = 16 * 1024
-"""A report is a few short fields; anything near this size is not one."""
-FEEDBACK_FIELDS = ("image", "prediction", "score", "correct_label", "report")
 
 NOTICES = {
     "no-file": "Choose a photo first, then press Classify.",
@@ -151,7 +146,8 @@ class WebPage:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Serve the upload page, its static files and its endpoints from ``app``."""
+    """Serve the upload page, its static files and its endpoints from ``app`` (the feedback
+    routes are ``api/feedback.py``'s router)."""
     app.state.web_page = WebPage(settings)
     app.include_router(router)
     app.mount("/static", StaticFiles(packages=[("sluiceway", "static")]), name="static")
@@ -213,80 +209,6 @@ async def display(name: str, request: Request) -> Response:
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'",
         },
-    )
-
-
-@router.get("/feedback", response_class=HTMLResponse)
-async def feedback_page(request: Request) -> HTMLResponse:
-    """The page: where the seed's page shows its feedback form."""
-    return page_of(request).render()
-
-
-@router.post("/feedback")
-async def feedback(request: Request) -> Response:
-    """Append a "this is wrong" report; JSON for the script, the page with thanks for forms."""
-    page = page_of(request)
-    wants_json = "application/json" in request.headers.get("accept", "")
-    try:
-        form = await read_form(request, FEEDBACK_MAX_BYTES, max_files=0)
-        report = _report_from(form, page.uploads)
-        if report is not None:
-            await page.feedback.append(report)
-    except FeedbackError as error:
-        return _refused(page, wants_json, 400, str(error))
-    except RequestError as error:
-        return _refused(page, wants_json, error.status, error.message)
-    if report is None:
-        logger.debug("empty feedback post: nothing recorded")
-        if wants_json:
-            return Response(orjson.dumps({"saved": False}), media_type="application/json")
-        return page.render()
-    logger.info("feedback on %r: %r is wrong", report.image, report.prediction)
-    if wants_json:
-        return Response(orjson.dumps({"saved": True}), media_type="application/json")
-    return page.render(notice=NOTICES["feedback-saved"])
-
-
-def _refused(page: WebPage, wants_json: bool, status: int, message: str) -> Response:
-    """A report that was not saved: JSON for the script, the page saying why for a form."""
-    logger.info("feedback refused (%d): %s", status, message)
-    if wants_json:
-        return Response(orjson.dumps({"detail": message}), status, media_type="application/json")
-    return page.render(status=status, error=f"Your report was not saved: {message}.")
-
-
-def _report_from(form: FormData, uploads: UploadStore) -> FeedbackReport | None:
-    """A report from the form, ``None`` when it says nothing; names the first field that is wrong.
-
-    With ``image`` (the page's own form), the structured fields must all be right; otherwise
-    a ``report`` text (the seed's page) is kept as it is, its fields read from it when it parses.
-    """
-    values: dict[str, str] = {}
-    for field in FEEDBACK_FIELDS:
-        value = form.get(field, "")
-        if not isinstance(value, str):
-            raise RequestError(400, f"field {field!r} must be text, not a file")
-        values[field] = value
-    if not any(value.strip() for value in values.values()):
-        return None
-    if values["report"].strip() and not values["image"].strip():
-        return FeedbackReport.from_text(values["report"], correct_label=values["correct_label"])
-    for field in ("image", "prediction", "score"):
-        values[field] = values[field].strip()
-        if not values[field]:
-            raise RequestError(400, f"field {field!r} is missing")
-    if not is_upload_name(values["image"]) or uploads.path_of(values["image"]) is None:
-        raise RequestError(400, "field 'image' does not name a stored upload")
-    try:
-        score = float(values["score"])
-    except ValueError:
-        raise RequestError(400, "field 'score' must be a number between 0 and 1") from None
-    return FeedbackReport(
-        image=values["image"],
-        prediction=values["prediction"],
-        score=score,
-        correct_label=values["correct_label"].strip(),
-        report=values["report"],
     )
 
 
