@@ -221,6 +221,8 @@ def mlserver_server(venvs: Path, folder: Path, port: int) -> tuple[list[str], di
         "metrics_port": free_port(),
         "parallel_workers": 2,
         "debug": False,
+        # Its Prometheus files go to the run's folder, not a `.metrics` in the checkout.
+        "metrics_dir": str(root / "metrics"),
     }
     (root / "settings.json").write_text(json.dumps(settings))
     model_settings = {
