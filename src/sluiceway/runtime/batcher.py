@@ -78,37 +78,27 @@ class Batcher:
         taken, counted and answered exactly as the driver would (a batch of one: nothing else
         was waiting for its key)."""
         lane = self.lane
-        if (
-            self._live != 1
-            or lane.loaded is None
-            or lane.inline_below_s <= 0
-            or lane.policy.max_delay_s > 0
-            or lane.slots.take_free(1) == 0
-        ):
+        if self._live != 1:
             return False
-        batches: list[list[Ticket]] = []
-        try:
-            head = self._head()
-            model = lane.loaded(head.job) if head is not None else None
-            if (
-                model is not None
-                and model.runs_inline
-                and lane.cost.seconds(1) < lane.inline_below_s
-            ):
+        head = self._head()
+        if head is not None:
+            # The same test as for a job arriving with nothing queued; a yes takes the slot.
+            model = lane._spot_model(head.job)
+            if model is None:
+                return False
+            try:
                 batches = self._take(1)
-        except BaseException:
-            lane.slots.release()
-            raise
-        if not batches and self._live:  # not a call to make here: the driver takes the job
-            lane.slots.release()
+            except BaseException:
+                lane.slots.release()
+                raise
+            if batches:
+                self._run_inline(model, batches[0])  # gives the slot back
+            else:  # expired or withdrawn: answered by ``_take``
+                lane.slots.release()
+        if self._live:  # not a call to make here: the driver takes the job
             return False
-        if batches and model is not None:
-            self._run_inline(model, batches[0])  # gives the slot back
-        else:
-            lane.slots.release()
-        if self._live == 0:
-            self._queue.clear()
-            lane._retire(self)
+        self._queue.clear()
+        lane._retire(self)
         return True
 
     def _head(self) -> Ticket | None:
