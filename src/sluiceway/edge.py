@@ -38,6 +38,7 @@ from uvicorn.server import ServerState
 from sluiceway.config import Settings
 from sluiceway.edge_answers import busy_app, refusal
 from sluiceway.edge_limits import EDGE_STATUS, STATE_KEY, Edge, EdgeLimits
+from sluiceway.edge_writes import HeadHold
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._body_started = 0.0
         self._body_bytes = 0
         self._refusal: tuple[str, int, str] | None = None
+        self._writes: HeadHold | None = None
 
     @classmethod
     def _default_edge(cls) -> Edge:
@@ -114,6 +116,7 @@ class EdgeProtocol(HttpToolsProtocol):
     # Connection events.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = HeadHold(transport, self)
         self._deadline = self.loop.time() + self.limits.header_timeout_s
         self._arm()
 
@@ -191,13 +194,15 @@ class EdgeProtocol(HttpToolsProtocol):
             busy = ("request_limit", "too many requests in progress", False)
         if busy is None:
             super().on_headers_complete()
-            return
-        app = self.app
-        self.app = busy_app(self.edge, *busy)
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = app
+        else:
+            app = self.app
+            self.app = busy_app(self.edge, *busy)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        # The new cycle writes its response through HeadHold: head and body in one write.
+        self.cycle.transport = cast(asyncio.Transport, self._writes)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
