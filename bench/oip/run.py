@@ -13,7 +13,11 @@ One run measures, one after the other on the same machine:
   once more batched without it, a repository's default;
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
-  with pinned versions; never committed).
+  with pinned versions; never committed);
+- the protocol's overhead: a 1-element JSON request to a trivial ONNX model (Identity) against
+  the same server's cheapest route, for Sluiceway (``GET /ping`` and ``GET /v2/health/live``),
+  KServe and MLServer (``GET /v2/health/live``), each set up as for ImageNet (``--only
+  overhead`` runs this part alone).
 
 Triton's ``perf_analyzer`` would be the natural load generator, but no wheel installable here
 ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-analyzer``
@@ -38,8 +42,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import matplotlib
@@ -202,19 +208,26 @@ def sluiceway_server(
     return command, env
 
 
-def kserve_server(venvs: Path, port: int) -> tuple[list[str], dict[str, str]]:
+def kserve_server(
+    venvs: Path, port: int, name: str = MODEL, path: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """KServe hosting ``path`` (the ImageNet file unless given) as model ``name``."""
     command = [
         peer_python(venvs, "kserve"), str(HERE / "servers" / "kserve_app.py"),
-        "--model_name", MODEL, "--model_path", str(imagenet_model_path()),
+        "--model_name", name, "--model_path", str(path or imagenet_model_path()),
         "--http_port", str(port), "--workers", "2", "--threads", "1",
         "--configure_logging", "false",
     ]  # fmt: skip
     return command, {}
 
 
-def mlserver_server(venvs: Path, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    root = folder / "mlserver"
-    (root / MODEL).mkdir(parents=True, exist_ok=True)
+def mlserver_server(
+    venvs: Path, folder: Path, port: int, name: str = MODEL, path: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """MLServer hosting ``path`` (the ImageNet file unless given) as model ``name``, with
+    adaptive batching (8 / 5 ms) and 2 parallel workers whichever the model."""
+    root = folder / ("mlserver" if name == MODEL else f"mlserver-{name}")
+    (root / name).mkdir(parents=True, exist_ok=True)
     settings = {
         "http_port": port,
         "grpc_port": free_port(),
@@ -226,25 +239,27 @@ def mlserver_server(venvs: Path, folder: Path, port: int) -> tuple[list[str], di
     }
     (root / "settings.json").write_text(json.dumps(settings))
     model_settings = {
-        "name": MODEL,
+        "name": name,
         "implementation": "mlserver_runtime.OnnxImageNet",
         "max_batch_size": 8,
         "max_batch_time": 0.005,
-        "parameters": {"uri": str(imagenet_model_path())},
+        "parameters": {"uri": str(path or imagenet_model_path())},
     }
-    (root / MODEL / "model-settings.json").write_text(json.dumps(model_settings))
+    (root / name / "model-settings.json").write_text(json.dumps(model_settings))
     python = peer_python(venvs, "mlserver")
     command = [str(Path(python).parent / "mlserver"), "start", str(root)]
     return command, {"PYTHONPATH": str(HERE / "servers")}
 
 
-def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+def wait_ready(
+    base: str, process: subprocess.Popen[bytes], timeout_s: float = 180, model: str = MODEL
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode} while starting")
         try:
-            if httpx.get(f"{base}/v2/models/{MODEL}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/v2/models/{model}/ready", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -350,12 +365,39 @@ def measure(
         stop(process)
 
 
-def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    """A 1-element request to a trivial ONNX model (Identity) against ``GET /ping``, same server."""
+TRIVIAL = "trivial"
+"""The protocol-overhead model's name on every server."""
+
+
+@dataclass
+class Overhead:
+    """One server's protocol overhead: the 1-element infer against one of its trivial routes.
+
+    A server with two trivial routes has two of these sharing one infer measurement. CPU per
+    request is the server's process tree's CPU time over the level, as ``measure`` counts it.
+    """
+
+    server: str
+    setup: str
+    route: str
+    infer_rps: float = 0.0
+    infer_failures: int = 0
+    infer_cpu_us: float = 0.0
+    route_rps: float = 0.0
+    route_failures: int = 0
+    route_cpu_us: float = 0.0
+    ratio: float = 0.0
+    infer_wrk_share: float = 0.0
+    """wrk's share of the machine's CPU during the infer level (as ``Level.wrk_cpu_share``)."""
+    route_wrk_share: float = 0.0
+    error: str = ""
+
+
+def trivial_model(folder: Path) -> Path:
+    """The trivial ONNX model (Identity: input ``x`` FP32 [N, 1], output ``y``), written once."""
     from onnx import TensorProto, helper, save
 
-    model = folder / "trivial-repository" / "trivial"
-    model.mkdir(parents=True)
+    path = folder / "trivial.onnx"
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "trivial",
@@ -364,56 +406,238 @@ def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, float
     )
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx_model.ir_version = 8
-    save(onnx_model, str(model / "model.onnx"))
+    save(onnx_model, str(path))
+    return path
+
+
+def sluiceway_trivial_server(
+    folder: Path, path: Path, port: int
+) -> tuple[list[str], dict[str, str]]:
+    """Sluiceway serving the trivial model from a repository (max batch 8, one instance)."""
+    model = folder / "trivial-repository" / TRIVIAL
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "model.onnx").write_bytes(path.read_bytes())
     (model / "config.toml").write_text(
         'platform = "onnx"\nmax_batch_size = 8\ninstances = 1\n'
         '[[inputs]]\nname = "x"\ndatatype = "FP32"\ndims = [1]\n'
         '[[outputs]]\nname = "y"\ndatatype = "FP32"\ndims = [1]\n'
     )
-    body = folder / "trivial.body"
-    body.write_text(
-        json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.5]}]})
-    )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)]
     env = {"SLUICEWAY_MODEL_REPOSITORY": str(model.parent), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    return command, env
+
+
+def wrk_get(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    """Plain ``wrk`` (no script, so no Lua per answer) on a GET route: req/s, failures (not
+    2xx or 3xx, socket errors, timeouts) and wrk's own CPU seconds."""
+    command = ["wrk", f"-c{concurrency}", "-t2", f"-d{round(seconds)}s", url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return parse_wrk_get(output) | {
+        "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    }
+
+
+def parse_wrk_get(output: str) -> dict[str, float]:
+    """req/s, requests and failures from plain ``wrk``'s printout."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in ([\d.]+)(m?s|m)\b", output)
+    if rate is None or total is None:
+        raise RuntimeError(f"wrk printed no rate: {output[-500:]}")
+    failures = 0
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if bad:
+        failures += int(bad.group(1))
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sockets:
+        failures += sum(int(count) for count in sockets.groups())
+    return {"rps": float(rate.group(1)), "requests": float(total.group(1)), "failures": failures}
+
+
+def check_trivial(base: str, body: Path) -> None:
+    """One trivial request: the answer must be the input (Identity: 1.5), JSON in and out."""
+    response = httpx.post(
+        f"{base}/v2/models/{TRIVIAL}/infer",
+        content=body.read_bytes(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    data = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32).ravel()
+    if data.tolist() != [1.5]:
+        raise AssertionError(f"the trivial model answered {data.tolist()}, not [1.5]")
+
+
+def overhead_of(
+    server: str,
+    setup: str,
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    routes: list[str],
+    body: Path,
+    args: argparse.Namespace,
+) -> list[Overhead]:
+    """Start the server, then measure each trivial route and the trivial infer, one after the
+    other (after a warm-up), each with the server's process tree's CPU time over it."""
+    base = f"http://127.0.0.1:{port}"
+    rows = [Overhead(server, setup, route) for route in routes]
+    cores = os.cpu_count() or 1
     process = subprocess.Popen(
-        [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)],
+        command,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v2/models/trivial/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        concurrency = args.overhead_clients
-        seconds = args.duration
-        ping = subprocess.run(
-            ["wrk", f"-c{concurrency}", "-t2", f"-d{round(seconds)}s", f"{base}/ping"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        ping_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", ping).group(1))  # type: ignore[union-attr]
-        ping_bad = re.search(r"Non-2xx or 3xx responses: (\d+)", ping)
-        infer = wrk(f"{base}/v2/models/trivial/infer", body, None, concurrency, seconds, '"y"')
-        failures = infer["not_200"] + infer["wrong"] + infer["socket_errors"] + infer["timeouts"]
-        infer_rps = infer["requests"] / (infer["duration_us"] / 1e6)
+        wait_ready(base, process, model=TRIVIAL)
+        check_trivial(base, body)
+        url = f"{base}/v2/models/{TRIVIAL}/infer"
+        clients = args.overhead_clients
+        wrk(url, body, None, 4, 2, '"y"')  # warm-up, not counted
+        for row in rows:
+            with ProcessWatch(process.pid, interval_s=0.5) as watch:
+                got = wrk_get(f"{base}{row.route}", clients, args.duration)
+            row.route_rps = got["rps"]
+            row.route_failures = int(got["failures"])
+            good = max(1.0, got["requests"] - got["failures"])
+            row.route_cpu_us = watch.cpu_s * 1e6 / good
+            row.route_wrk_share = got["cpu_s"] / (args.duration * cores)
+        with ProcessWatch(process.pid, interval_s=0.5) as watch:
+            infer = wrk(url, body, None, clients, args.duration, '"y"')
+        seconds = infer["duration_us"] / 1e6
+        failures = int(
+            infer["not_200"] + infer["wrong"] + infer["socket_errors"] + infer["timeouts"]
+        )
+        good = max(1, int(infer["requests"]) - failures)
+        for row in rows:
+            row.infer_rps = infer["requests"] / seconds
+            row.infer_failures = failures
+            row.infer_cpu_us = watch.cpu_s * 1e6 / good
+            row.infer_wrk_share = infer["cpu_s"] / (seconds * cores)
+            row.ratio = row.infer_rps / row.route_rps if row.route_rps else 0.0
+    except Exception as error:  # a peer that cannot run is reported, the others still run
+        for row in rows:
+            row.error = f"{type(error).__name__}: {error}"
+        print(f"overhead {server}: {rows[0].error}", flush=True)
     finally:
         stop(process)
-    return {
-        "clients": concurrency,
-        "ping_rps": ping_rps,
-        "ping_failures": float(ping_bad.group(1)) if ping_bad else 0.0,
-        "infer_rps": infer_rps,
-        "infer_failures": failures,
-        "ratio": infer_rps / ping_rps,
-    }
+    for row in rows:
+        if not row.error:
+            print(f"overhead {server} {row.route}: infer {row.infer_rps:.0f} req/s, route "
+                  f"{row.route_rps:.0f} req/s, {row.ratio:.2f}x", flush=True)  # fmt: skip
+    return rows
+
+
+def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A 1-element JSON request to a trivial ONNX model (Identity) against the same server's
+    cheapest route, for Sluiceway (``GET /ping`` and ``GET /v2/health/live``), KServe and
+    MLServer (``GET /v2/health/live``, the protocol's liveness route), each set up as for
+    ImageNet.
+
+    Sluiceway's ``/ping`` figures stay under the keys they always had (``ping_rps``,
+    ``infer_rps``, ``ratio``...); every server's rows are under ``servers``."""
+    path = trivial_model(folder)
+    body = folder / "trivial.body"
+    body.write_text(
+        json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.5]}]})
+    )
+    Build = Callable[[int], tuple[list[str], dict[str, str]]]
+    plans: list[tuple[str, str, list[str], Build]] = [
+        ("sluiceway", "max batch 8, 1 instance, 1 process", ["/ping", "/v2/health/live"],
+         lambda p: sluiceway_trivial_server(folder, path, p)),
+        ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", ["/v2/health/live"],
+         lambda p: kserve_server(args.venvs, p, TRIVIAL, path)),
+        ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 ORT "
+         "thread", ["/v2/health/live"],
+         lambda p: mlserver_server(args.venvs, folder, p, TRIVIAL, path)),
+    ]  # fmt: skip
+    rows: list[Overhead] = []
+    for server, setup, routes, build in plans:
+        port = free_port()
+        try:
+            command, env = build(port)
+        except Exception as error:  # e.g. a peer's virtualenv that cannot be made
+            rows += [Overhead(server, setup, route, error=f"{type(error).__name__}: {error}")
+                     for route in routes]  # fmt: skip
+            continue
+        rows += overhead_of(server, setup, command, env, port, routes, body, args)
+    result: dict[str, Any] = {"clients": args.overhead_clients}
+    ping = next(row for row in rows if row.server == "sluiceway" and row.route == "/ping")
+    if not ping.error:
+        result |= {
+            "ping_rps": ping.route_rps,
+            "ping_failures": float(ping.route_failures),
+            "infer_rps": ping.infer_rps,
+            "infer_failures": ping.infer_failures,
+            "ratio": ping.ratio,
+        }
+    result["servers"] = [asdict(row) for row in rows]
+    return result
+
+
+def overhead_table(overhead: dict[str, Any]) -> list[str]:
+    """The report's protocol-overhead paragraph: one table row per server and trivial route.
+
+    A ``results.json`` written before the peers were measured has Sluiceway's ``/ping`` figures
+    only (no ``servers``): they make the one row."""
+    rows = overhead.get("servers")
+    if rows is None:
+        rows = [
+            {
+                "server": "sluiceway",
+                "route": "/ping",
+                "infer_rps": overhead["infer_rps"],
+                "infer_failures": overhead["infer_failures"],
+                "route_rps": overhead["ping_rps"],
+                "route_failures": overhead["ping_failures"],
+                "ratio": overhead["ratio"],
+            }
+        ]
+    lines = [
+        f"Protocol overhead ({overhead['clients']:g} clients, each server alone): a 1-element "
+        "JSON request to a trivial ONNX model (Identity, x FP32 [1, 1] in, y out) against the "
+        "same server's cheapest route (for KServe and MLServer the protocol's own liveness "
+        "route, `GET /v2/health/live`). The trivial routes are loaded with plain `wrk`, the infer "
+        "with `load.lua`. CPU per request: the server's process tree; wrk %: the load "
+        "generator's share of the machine (infer / route).",
+    ]
+    setups = {row["server"]: row["setup"] for row in rows if row.get("setup")}
+    if setups:
+        described = "; ".join(f"{server}: {setup}" for server, setup in setups.items())
+        lines += ["", f"Set up as for ImageNet: {described}."]
+    lines += [
+        "",
+        "| server | trivial route | infer req/s | route req/s | infer / route | failures "
+        "(infer / route) | CPU µs/req infer | CPU µs/req route | wrk % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['server']} | `GET {row['route']}` | error: {row['error']} "
+                         "| | | | | | |")  # fmt: skip
+            continue
+        cpu = (
+            (f"{row['infer_cpu_us']:.0f}", f"{row['route_cpu_us']:.0f}")
+            if "infer_cpu_us" in row
+            else ("", "")
+        )
+        wrk_share = (
+            f"{100 * row['infer_wrk_share']:.0f} / {100 * row['route_wrk_share']:.0f}"
+            if "infer_wrk_share" in row
+            else ""
+        )
+        lines.append(
+            f"| {row['server']} | `GET {row['route']}` | {row['infer_rps']:.0f} | "
+            f"{row['route_rps']:.0f} | **{row['ratio']:.2f}x** | "
+            f"{row['infer_failures']:g} / {row['route_failures']:g} | {cpu[0]} | {cpu[1]} | "
+            f"{wrk_share} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -423,7 +647,10 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
     parser.add_argument(
-        "--only", nargs="*", default=None, help="server names to run ('overhead': the pair)"
+        "--only",
+        nargs="*",
+        default=None,
+        help="server names to run ('overhead': the protocol overhead, Sluiceway and the peers)",
     )
     parser.add_argument(
         "--out", type=Path, default=HERE, help="where REPORT.md, oip.png, results.json go"
@@ -478,7 +705,7 @@ def main() -> None:
                 continue
             body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
             measure(run, command, env, port, body, length, expected, args)
-        overhead: dict[str, float] = {}
+        overhead: dict[str, Any] = {}
         if not args.only or "overhead" in args.only:
             overhead = protocol_overhead(folder, args)
             print(f"overhead: {overhead}", flush=True)
@@ -520,7 +747,7 @@ def report(
     started: dt.datetime,
     ceiling: Ceiling,
     runs: list[ServerRun],
-    overhead: dict[str, float],
+    overhead: dict[str, Any],
     args: argparse.Namespace,
 ) -> None:
     results = {
@@ -603,13 +830,7 @@ def report(
                 f"{level.rss_mb:.0f} |"
             )
     if overhead:
-        lines += [
-            "",
-            f"Protocol overhead ({overhead['clients']:g} clients, one Sluiceway server): a "
-            f"1-element JSON request to a trivial ONNX model (Identity) answered at "
-            f"{overhead['infer_rps']:.0f} req/s ({overhead['infer_failures']:g} failures), "
-            f"`GET /ping` at {overhead['ping_rps']:.0f} req/s: **{overhead['ratio']:.2f}x**.",
-        ]
+        lines += ["", *overhead_table(overhead)]
     lines += [
         "",
         "![throughput and p95](oip.png)",

@@ -1,4 +1,5 @@
-"""The ImageNet ONNX model on KServe's own Python model server (``kserve`` on PyPI).
+"""An ONNX model on KServe's own Python model server (``kserve`` on PyPI): the ImageNet one,
+or the protocol-overhead benchmark's trivial one (``--model_path`` says which file).
 
 Run in its own virtualenv by ``bench/oip/run.py``; Sluiceway is not imported. Written the way
 KServe's custom-model documentation shows it: a ``kserve.Model`` whose ``predict`` takes a v2
@@ -17,7 +18,8 @@ from kserve import model_server as kserve_model_server
 
 
 class OnnxImageNet(Model):
-    """The ONNX file in an ONNX Runtime session; one request per ``run``."""
+    """The ONNX file in an ONNX Runtime session; one request per ``run``, its first output
+    answered under the file's own name (``logits`` for ImageNet, ``y`` for the trivial one)."""
 
     def __init__(self, name: str, path: str, threads: int) -> None:
         super().__init__(name)
@@ -42,6 +44,7 @@ class OnnxImageNet(Model):
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
         self.ready = True
         return True
 
@@ -49,14 +52,17 @@ class OnnxImageNet(Model):
         self, payload: InferRequest, headers: dict[str, str] | None = None
     ) -> InferResponse:
         batch = payload.inputs[0].as_numpy()
-        (logits,) = self.session.run(None, {self.input: batch})
-        output = InferOutput("logits", list(logits.shape), "FP32")
-        output.set_data_from_numpy(logits, binary_data=True)
+        (result,) = self.session.run(None, {self.input: batch})
+        # Binary outputs when the request asks for them (``binary_data_output``, as the
+        # ImageNet runs do), JSON otherwise, as the protocol says.
+        binary = payload.use_binary_outputs
+        output = InferOutput(self.output, list(result.shape), "FP32")
+        output.set_data_from_numpy(result, binary_data=binary)
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
             infer_outputs=[output],
-            use_binary_outputs=True,
+            use_binary_outputs=binary,
         )
 
 

@@ -1,4 +1,5 @@
-"""The ImageNet ONNX model as a Seldon MLServer custom runtime (``mlserver`` on PyPI).
+"""An ONNX model as a Seldon MLServer custom runtime (``mlserver`` on PyPI): the ImageNet one,
+or the protocol-overhead benchmark's trivial one (the ``uri`` parameter says which file).
 
 Run in its own virtualenv by ``bench/oip/run.py``, which writes MLServer's ``settings.json``
 and ``model-settings.json`` beside it: adaptive batching on (``max_batch_size``,
@@ -16,7 +17,9 @@ from mlserver.types import InferenceRequest, InferenceResponse
 
 
 class OnnxImageNet(MLModel):
-    """The ONNX file in an ONNX Runtime session; a batch of requests per ``run``."""
+    """The ONNX file in an ONNX Runtime session; a batch of requests per ``run``, its first
+    output answered under the file's own name (``logits`` for ImageNet, ``y`` for the trivial
+    one)."""
 
     async def load(self) -> bool:
         parameters = self.settings.parameters
@@ -28,11 +31,12 @@ class OnnxImageNet(MLModel):
             parameters.uri, options, providers=["CPUExecutionProvider"]
         )
         self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         batch = NumpyCodec.decode_input(payload.inputs[0])
-        (logits,) = self.session.run(None, {self.input: batch})
+        (result,) = self.session.run(None, {self.input: batch})
         return InferenceResponse(
-            model_name=self.name, outputs=[NumpyCodec.encode_output("logits", logits)]
+            model_name=self.name, outputs=[NumpyCodec.encode_output(self.output, result)]
         )
