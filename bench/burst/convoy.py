@@ -20,10 +20,7 @@ Writes ``bench/burst/convoy/REPORT.md``, ``convoy.png`` and ``results.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.burst.flood import folder
-from bench.burst.run import bodies, run_wrk, server, warm_up, wrk_result
+from bench.burst.rounds import Runs, report_date, run_rounds, save_results, wrk_per_restaurant
+from bench.burst.run import server, warm_up, wrk_result
 from bench.kiosk.scenario import training_sets
 from bench.loadtest import REPO, ProcessWatch, machine, stop
 
@@ -44,8 +41,6 @@ RESTAURANTS = 4
 KIOSKS = 50  # the seed's 250 kiosks over five restaurants
 BOUND = RESTAURANTS * KIOSKS / (0.165 + 0.05 * RESTAURANTS * KIOSKS / SLOTS)
 SERVERS = ["before", "after"]
-
-Runs = dict[str, list[dict[str, float]]]  # server -> rounds
 
 
 def scraped(port: int, name: str) -> float:
@@ -66,17 +61,8 @@ def measure(src: Path, name: str, duration_s: int, workdir: Path) -> dict[str, f
         calls_before = scraped(srv.port, "sluiceway_batch_size_count")
         jobs_before = scraped(srv.port, "sluiceway_batch_size_sum")
         with ProcessWatch(process.pid) as watch:
-            groups = [
-                run_wrk(
-                    srv.port,
-                    bodies([training]),
-                    duration_s,
-                    KIOSKS,
-                    folder(workdir, f"{name}-restaurant-{index}"),
-                    threads=1,
-                )
-                for index, training in enumerate(restaurants)
-            ]
+            label = f"{name}-restaurant"
+            groups = wrk_per_restaurant(srv.port, restaurants, duration_s, KIOSKS, workdir, label)
             each = [wrk_result(group) for group in groups]
         calls = scraped(srv.port, "sluiceway_batch_size_count") - calls_before
         jobs = scraped(srv.port, "sluiceway_batch_size_sum") - jobs_before
@@ -137,7 +123,7 @@ def report(runs: Runs, duration_s: int, rounds: int, before: str) -> str:
     lines = [
         "# Convoy benchmark: restaurants answered together, at 16 slots",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} UTC",
+        f"- Date: {report_date()}",
         f"- Machine: {machine()}; shared with other work while it ran (other engineers' builds"
         " and tests), so compare the rows of one round: before and after ran one after the other.",
         f"- Server: {SLOTS} KNN slots, cost model fit 2.0 s, a call 0.2 + 0.05·(n−1) s; the four"
@@ -178,26 +164,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
     parser.add_argument("--before-label", default="the --before-src tree", help="its name")
     args = parser.parse_args()
-    runs: Runs = {name: [] for name in SERVERS}
     trees = {"before": args.before_src, "after": REPO}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for name in SERVERS:
-                print(f"{name} ...", flush=True)
-                result = measure(trees[name], name, args.duration, Path(tmp))
-                runs[name].append(result)
-                print(json.dumps(result), flush=True)
+    runs = run_rounds(
+        SERVERS,
+        args.rounds,
+        lambda name, workdir: measure(trees[name], name, args.duration, workdir),
+    )
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-        "duration_s": args.duration,
-        "slots": SLOTS,
-        "bound_rps": BOUND,
-        "machine": machine(),
-        "runs": runs,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_results(
+        out,
+        {"duration_s": args.duration, "slots": SLOTS, "bound_rps": BOUND, "machine": machine()},
+        runs,
+    )
     plot(runs, out / "convoy.png")
     (out / "REPORT.md").write_text(report(runs, args.duration, args.rounds, args.before_label))
     print(f"wrote {out / 'REPORT.md'}")

@@ -27,10 +27,7 @@ Writes ``bench/burst/flood/REPORT.md``, ``flood.png`` and ``results.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +36,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.burst.rounds import (
+    Runs,
+    folder,
+    report_date,
+    run_rounds,
+    save_results,
+    wrk_per_restaurant,
+)
 from bench.burst.run import (
     PERCENTILES,
     bodies,
@@ -58,8 +63,6 @@ ORDINARY = 4
 CASES = ["no flooder", "fifth at its load", "flooder, quota off", "flooder, quota on"]
 FLOODS = CASES[2:]
 
-Runs = dict[str, list[dict[str, float]]]  # case -> rounds
-
 
 def measure(
     case: str, duration_s: int, quota: int, flooders: int, workdir: Path
@@ -74,20 +77,16 @@ def measure(
         time.sleep(0.5)
         with ProcessWatch(process.pid) as watch:
             reaped_cpu_s = children_cpu_s()
-            # One wrk per restaurant, so a restaurant is its 50 connections, as its kiosks are:
-            # one wrk over all of them would hand each request the next restaurant's body, and
-            # a restaurant's requests in flight would drift above its kiosk count.
-            ordinary = [
-                run_wrk(
-                    srv.port,
-                    bodies([training]),
-                    duration_s,
-                    KIOSKS_PER_RESTAURANT,
-                    folder(workdir, f"restaurant-{index}"),
-                    threads=1,
-                )
-                for index, training in enumerate(restaurants[:ORDINARY])
-            ]
+            # One wrk per restaurant, so a restaurant's requests in flight never drift above
+            # its kiosk count (the quota's premise).
+            ordinary = wrk_per_restaurant(
+                srv.port,
+                restaurants[:ORDINARY],
+                duration_s,
+                KIOSKS_PER_RESTAURANT,
+                workdir,
+                "restaurant",
+            )
             flood = None
             if case != "no flooder":  # the fifth restaurant, at its load or flooding
                 floods = case != "fifth at its load"
@@ -122,12 +121,6 @@ def measure(
     result["server_cpu_ms_per_request"] = 1000 * watch.cpu_s / (kiosks["requests"] + flood_requests)
     result["wrk_cpu_share"] = wrk_cpu_s / seconds / (os.cpu_count() or 1)
     return result
-
-
-def folder(workdir: Path, name: str) -> Path:
-    path = workdir / name
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def worst_of(restaurants: list[dict[str, float]]) -> dict[str, float]:
@@ -173,7 +166,7 @@ def report(runs: Runs, duration_s: int, rounds: int, quota: int, flooders: int) 
     lines = [
         "# Flood benchmark: the per-restaurant admission quota under a flooding restaurant",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} UTC",
+        f"- Date: {report_date()}",
         f"- Machine: {machine()}; shared with other work while it ran (four other engineers'",
         "  builds and tests), so compare the rows of one run: the cases ran one after the other.",
         f"- Server: this tree, {SLOTS} KNN slots, cost model fit 2.0 s, a call 0.2 + 0.05·(n−1) s;"
@@ -242,25 +235,22 @@ def main() -> None:
     parser.add_argument("--flooders", type=int, default=200, help="the flooder's connections")
     parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
     args = parser.parse_args()
-    runs: Runs = {case: [] for case in CASES}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for case in CASES:
-                print(f"{case} ...", flush=True)
-                result = measure(case, args.duration, args.quota, args.flooders, Path(tmp))
-                runs[case].append(result)
-                print(json.dumps(result), flush=True)
+    runs = run_rounds(
+        CASES,
+        args.rounds,
+        lambda case, workdir: measure(case, args.duration, args.quota, args.flooders, workdir),
+    )
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-        "duration_s": args.duration,
-        "slots": SLOTS,
-        "quota": args.quota,
-        "flooders": args.flooders,
-        "runs": runs,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_results(
+        out,
+        {
+            "duration_s": args.duration,
+            "slots": SLOTS,
+            "quota": args.quota,
+            "flooders": args.flooders,
+        },
+        runs,
+    )
     plot(runs, out / "flood.png")
     text = report(runs, args.duration, args.rounds, args.quota, args.flooders)
     (out / "REPORT.md").write_text(text)

@@ -123,13 +123,18 @@ def warm_up(port: int, restaurants: list[list[list[int]]]) -> None:
     asyncio.run(fit_all())
 
 
-async def first_requests(port: int, body: str, kiosks: int) -> list[float]:
-    """Connect ``kiosks`` sockets, then send one request on each at once; seconds to each answer."""
+def classify_request(body: str) -> bytes:
+    """The whole HTTP request of a kiosk sending ``body``, for the raw-socket clients below."""
     payload = body.encode()
-    request = (
+    return (
         b"GET /classify HTTP/1.1\r\nhost: kiosk\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
     )
+
+
+async def first_requests(port: int, body: str, kiosks: int) -> list[float]:
+    """Connect ``kiosks`` sockets, then send one request on each at once; seconds to each answer."""
+    request = classify_request(body)
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(kiosks)]
     started = time.perf_counter()
 
@@ -148,11 +153,7 @@ async def first_requests(port: int, body: str, kiosks: int) -> list[float]:
 
 async def lone_kiosk(port: int, body: str, seconds: float) -> list[float]:
     """One kiosk on one connection, 10–20 ms think time, for ``seconds``; each latency."""
-    payload = body.encode()
-    request = (
-        b"GET /classify HTTP/1.1\r\nhost: kiosk\r\ncontent-type: application/json\r\n"
-        b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
-    )
+    request = classify_request(body)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     rng = np.random.default_rng(11)
     latencies = []

@@ -137,31 +137,8 @@ async def _watch_close(reader: asyncio.StreamReader) -> str:
 
 
 async def slowloris(port: int, stop_at: float, out: list[Hostile]) -> None:
-    opened = time.monotonic()
-    sent = 0
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        out.append(Hostile(0.0, True, 0, "refused"))
-        return
-    closing = asyncio.ensure_future(_watch_close(reader))
-    try:
-        writer.write(b"GET /ping HTTP/1.1\r\nHost: s\r\n")
-        while time.monotonic() < stop_at and not closing.done():
-            await asyncio.wait([closing], timeout=2)
-            if closing.done():
-                break
-            writer.write(b"X-a: b\r\n")
-            sent += 8
-            with contextlib.suppress(OSError):
-                await writer.drain()
-    finally:
-        closed = closing.done()
-        out.append(
-            Hostile(time.monotonic() - opened, closed, sent, closing.result() if closed else "")
-        )
-        closing.cancel()
-        writer.close()
+    head = b"GET /ping HTTP/1.1\r\nHost: s\r\n"
+    await _trickle(port, stop_at, out, head, b"X-a: b\r\n", every_s=2)
 
 
 async def header_flood(port: int, stop_at: float, budget: list[int], out: list[Hostile]) -> None:
@@ -194,6 +171,18 @@ async def header_flood(port: int, stop_at: float, budget: list[int], out: list[H
 
 
 async def slow_body(port: int, stop_at: float, out: list[Hostile]) -> None:
+    head = (
+        b"POST /classify HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n{"
+    )
+    await _trickle(port, stop_at, out, head, b" ", every_s=1)
+
+
+async def _trickle(
+    port: int, stop_at: float, out: list[Hostile], head: bytes, piece: bytes, every_s: float
+) -> None:
+    """One connection that sends ``head``, then ``piece`` every ``every_s`` seconds, until the
+    server closes it or the phase ends (what slowloris and slow-body have in common)."""
     opened = time.monotonic()
     sent = 0
     try:
@@ -203,16 +192,13 @@ async def slow_body(port: int, stop_at: float, out: list[Hostile]) -> None:
         return
     closing = asyncio.ensure_future(_watch_close(reader))
     try:
-        writer.write(
-            b"POST /classify HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000000\r\n\r\n{"
-        )
+        writer.write(head)
         while time.monotonic() < stop_at and not closing.done():
-            await asyncio.wait([closing], timeout=1)
+            await asyncio.wait([closing], timeout=every_s)
             if closing.done():
                 break
-            writer.write(b" ")
-            sent += 1
+            writer.write(piece)
+            sent += len(piece)
             with contextlib.suppress(OSError):
                 await writer.drain()
     finally:

@@ -66,10 +66,14 @@ def two_reads(base_cpu: float) -> list[str]:
     ]
 
 
-def stack_rows(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
-    """One row per stack of a ``bench.edge.stack`` run, CPU relative to uvicorn-httptools."""
+def stack_table(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
+    """A ``bench.edge.stack`` run as a table: a row per stack, CPU relative to uvicorn-httptools."""
     base_cpu = _median(rounds["uvicorn-httptools"], "server_cpu_ms_per_request")
-    rows = []
+    rows = [
+        "| stack | server CPU ms/request (each round) | median | vs httptools | steady RPS | "
+        "p99 ms | failures |",
+        "|---|---|---:|---:|---|---|---:|",
+    ]
     for name, runs in rounds.items():
         cpu = _median(runs, "server_cpu_ms_per_request")
         rows.append(
@@ -144,10 +148,7 @@ def report() -> str:
         f"## The kiosk load on each HTTP stack (`bench.edge.stack`, {stack['duration_s']} s "
         "each, Locust, 250 kiosks)",
         "",
-        "| stack | server CPU ms/request (each round) | median | vs httptools | steady RPS | "
-        "p99 ms | failures |",
-        "|---|---|---:|---:|---|---|---:|",
-        *stack_rows(rounds),
+        *stack_table(rounds),
     ]
     reversed_path = HERE / "stack-reversed.json"
     if reversed_path.exists():
@@ -156,10 +157,7 @@ def report() -> str:
             "",
             f"The two stacks again, in the other order ({again['date']}):",
             "",
-            "| stack | server CPU ms/request (each round) | median | vs httptools | steady RPS | "
-            "p99 ms | failures |",
-            "|---|---|---:|---:|---|---|---:|",
-            *stack_rows(again["rounds"]),
+            *stack_table(again["rounds"]),
         ]
     lines += [
         "",

@@ -1,11 +1,14 @@
 -- One wrk script for every workload of the peer benchmark (bench/peers/run.py writes its args):
---   wrk -c250 -t2 -d60s -s bench/peers/load.lua URL -- <requests file> <expected text> <think ms>
+--   wrk -c250 -t2 -d60s -s bench/peers/load.lua URL \
+--       -- <requests file> <expected text> <think low ms> <think high ms>
 -- The requests file holds "METHOD PATH CONTENT-TYPE BODY-FILE" lines; requests take them in turn.
+-- Before each request a connection waits a random whole number of ms from <think low ms> to
+-- <think high ms>; with <think high ms> 0 it does not wait.
 -- An answer counts as good only if its status is 200 and its body, spaces removed, contains every
 -- expected text, spaces removed too (texts are separated by "||"; every correct answer of a
--- workload is the same; see workloads.py). A body holding "@N@" gets a number there that no
--- other request of the run has. What the wrk scripts share (the tallies, the summary line) is in
--- bench/wrkload.lua.
+-- workload is the same; see workloads.py). A body holding "@N@" (the bird bodies of
+-- workloads.bird_body) gets a number there that no other request of the run has. What the wrk
+-- scripts share (the tallies, the summary line) is in bench/wrkload.lua.
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 package.path = here .. "../?.lua;" .. package.path

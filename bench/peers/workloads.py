@@ -82,17 +82,28 @@ def cat_variants(count: int = 16, seed: int = 11) -> list[bytes]:
 
     source = Image.open(Path(skimage.__file__).parent / "data" / "chelsea.png").convert("RGB")
     rng = random.Random(seed)
-    width, height = source.size
     variants = []
     for _ in range(count):
-        scale = rng.uniform(0.8, 1.0)
-        w, h = int(width * scale), int(height * scale)
-        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-        crop = source.crop((left, top, left + w, top + h))
-        buffer = io.BytesIO()
-        crop.save(buffer, format="JPEG", quality=rng.randint(75, 95))
-        variants.append(buffer.getvalue())
+        crop = random_crop(source, rng, 0.8)
+        variants.append(jpeg(crop, rng.randint(75, 95)))
     return variants
+
+
+def random_crop(source: Image.Image, rng: random.Random, smallest: float) -> Image.Image:
+    """A crop of ``source`` at a random place, both sides scaled by one random factor from
+    ``smallest`` to 1 (the variants of both photo workloads are made so)."""
+    width, height = source.size
+    scale = rng.uniform(smallest, 1.0)
+    w, h = int(width * scale), int(height * scale)
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    return source.crop((left, top, left + w, top + h))
+
+
+def jpeg(image: Image.Image, quality: int) -> bytes:
+    """``image`` as a JPEG file's bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def expected_upload_class(variants: list[bytes]) -> str:
@@ -152,18 +163,13 @@ def bird_variants(photo: bytes, count: int = 16, seed: int = 13) -> list[bytes]:
     """JPEG variants of ``photo``: random crops of 85-100 %, sizes 480-1024 px, quality 75-95."""
     source = Image.open(io.BytesIO(photo)).convert("RGB")
     rng = random.Random(seed)
-    width, height = source.size
     variants = []
     for _ in range(count):
-        scale = rng.uniform(0.85, 1.0)
-        w, h = int(width * scale), int(height * scale)
-        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-        crop = source.crop((left, top, left + w, top + h))
+        crop = random_crop(source, rng, 0.85)
+        w, h = crop.size
         side = rng.randint(480, 1024)
         crop = crop.resize((side, round(side * h / w)), Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        crop.save(buffer, format="JPEG", quality=rng.randint(75, 95))
-        variants.append(buffer.getvalue())
+        variants.append(jpeg(crop, rng.randint(75, 95)))
     return variants
 
 
