@@ -95,3 +95,11 @@ def test_requests_of_other_shapes_are_batched_apart() -> None:
     a = shape_key({"x": np.zeros((1, 4))})
     assert a == shape_key({"x": np.zeros((7, 4))})
     assert a != shape_key({"x": np.zeros((1, 5))})
+
+
+async def test_one_intra_op_thread_computes_on_the_calling_thread(
+    weights_and_path: tuple[np.ndarray, Path],
+) -> None:
+    _, path = weights_and_path
+    assert (await load(path)).computes_on_caller
+    assert not (await load(path, threads=2)).computes_on_caller

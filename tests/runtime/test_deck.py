@@ -104,3 +104,74 @@ def test_the_deck_opens_once_the_cost_says_batching_gains_nothing() -> None:
     lane.threaded = False  # a model that runs on the loop or awaits: never a deck
     lane.cost.observe(8, 0.054)
     assert lane.batch_limit() == 1 and lane.slots.capacity == 2
+
+
+class WaitingModel(ThreadedModel):
+    """Computes on the calling thread (``computes_on_caller``): each call burns CPU in
+    proportion to its size, then waits a fixed while without computing, as a call on a busy
+    CPU waits for the other slot, the event loop or the GIL."""
+
+    def __init__(self, on_caller: bool) -> None:
+        self.on_caller = on_caller
+        self.batches: list[int] = []
+
+    @property
+    def nbytes(self) -> int:
+        return 100
+
+    @property
+    def computes_on_caller(self) -> bool:
+        return self.on_caller
+
+    def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
+        self.batches.append(len(inputs))
+        until = time.thread_time() + 0.01 * len(inputs)
+        while time.thread_time() < until:
+            pass
+        time.sleep(0.02)
+        return [x * 2 for x in inputs]
+
+
+class WaitingKind(GatedKind):
+    def __init__(self, on_caller: bool) -> None:
+        self.policy = BatchPolicy(slots=1, max_batch=8)
+        self.model = WaitingModel(on_caller)  # type: ignore[assignment]
+
+
+async def test_a_call_s_waits_are_not_taken_for_a_cost_that_batching_spares() -> None:
+    async def learn(on_caller: bool) -> Lane:
+        kind = WaitingKind(on_caller)
+        dispatcher = LocalDispatcher([kind], 10**9, Metrics())
+        lane = dispatcher.lane("double")
+        for size in (1, 4, 2, 6, 1, 3):  # bursts: calls of several sizes to learn from
+            answers = await asyncio.gather(*(dispatcher.submit(job(i)) for i in range(size)))
+            assert answers == [i * 2 for i in range(size)]
+        await dispatcher.close()
+        return lane
+
+    # Durations (10 ms of CPU per item plus 20 ms waited per call) say batching pays.
+    by_duration = await learn(on_caller=False)
+    assert by_duration.batch_limit() == 8
+    # The CPU the calls took says it does not: calls of one, and the deck opens.
+    by_cpu = await learn(on_caller=True)
+    assert by_cpu.cpu_cost.known
+    assert by_cpu.batch_limit() == 1 and by_cpu.slots.capacity == 2
+
+
+def test_once_unbatched_a_lane_batches_again_only_for_a_clear_gain() -> None:
+    async def resolve(job: Job) -> Model:
+        raise AssertionError("not called")
+
+    lane = Lane("double", BatchPolicy(slots=2, max_batch=8), resolve, Metrics(), LearnedCost())
+    lane.cost.observe(1, 0.010)
+    lane.cost.observe(8, 0.080)  # no gain: calls of one
+    assert lane.batch_limit() == 1
+    for _ in range(64):  # the window forgets the call of 8: a probe of two follows
+        lane.cost.observe(1, 0.010)
+    assert lane.batch_limit() == 2
+    lane.cost.observe(2, 0.0190)  # 5 % cheaper than two calls of one: 0.91 at batch 8
+    assert lane.batch_limit() == 1, "a gain within a call's noise is not taken"
+    fresh = Lane("double", BatchPolicy(slots=2, max_batch=8), resolve, Metrics(), LearnedCost())
+    fresh.cost.observe(1, 0.010)
+    fresh.cost.observe(2, 0.0190)
+    assert fresh.batch_limit() == 8, "a batching lane keeps batching at that gain"

@@ -54,6 +54,13 @@ class Model(ABC):
         """``infer`` as a blocking call on the caller's thread (only if ``runs_inline``)."""
         raise NotImplementedError(f"{type(self).__name__} does not run inline")
 
+    @property
+    def computes_on_caller(self) -> bool:
+        """Whether a call's compute runs on the calling thread alone (no pool of its own), so
+        that thread's CPU time is the call's cost; the scheduler then judges batching by it
+        (``Lane.batch_limit``)."""
+        return False
+
 
 class ThreadedModel(Model):
     """A model whose compute is a blocking call that releases the GIL (ONNX Runtime, LiteRT).

@@ -28,6 +28,16 @@ NO_GAIN = 0.95
 """A model whose cost per item at its max batch is above this share of its cost at batch 1
 gains (almost) nothing from batching: the scheduler runs its jobs one per call."""
 
+GAIN = 0.85
+"""A model running one job per call (``NO_GAIN``) batches again only once its cost per item at
+its max batch is below this share. What it learns then rests on a probe, one call of two
+among a window of calls of one, and is extrapolated to the max batch: a call of two measured
+10 % fast by chance (another thread, the event loop, the garbage collector) reads as a gain of
+10 % or more at batch 8. A false gain costs a window of batched calls, each dearer per item
+than calls of one on a CPU (``bench/oip``, MobileNetV2, 2026-12-01: 13.6-15.2 ms of CPU per
+request batched against 12.1-12.9 unbatched); a model that truly gains (a GPU, a large
+batch-friendly model) clears this bar by far."""
+
 
 def per_item_ratio(cost: CallCost, n: int) -> float | None:
     """The cost of one item in a call of ``n`` over its cost alone (below 1: batching pays);

@@ -101,6 +101,12 @@ class OnnxModel(ThreadedModel):
         self.outputs = tuple(outputs)
         self.batched = batched
         self._nbytes = nbytes
+        self._on_caller = bool(session.get_session_options().intra_op_num_threads == 1)
+
+    @property
+    def computes_on_caller(self) -> bool:
+        """One intra-op thread: ONNX Runtime computes on the calling thread alone."""
+        return self._on_caller
 
     @property
     def nbytes(self) -> int:

@@ -248,12 +248,15 @@ class Batcher:
         started = time.perf_counter()
         results: list[Any] | Exception
         took: float | None = None
+        cpu: float | None = None
         call = id(batch)
         lane._ends[call] = time.monotonic() + lane.cost.seconds(len(batch))
         lane._running += len(batch)
         try:
             if model.runs_inline:
-                results, took = await lane.threads.run(model.infer_inline, payloads)
+                results, took, spent = await lane.threads.run(model.infer_inline, payloads)
+                if model.computes_on_caller:
+                    cpu = spent
             else:
                 results = await model.infer(payloads)
         except Exception as error:
@@ -262,7 +265,8 @@ class Batcher:
             del lane._ends[call]
             lane._running -= len(batch)
             lane.slots.release()
-        self.lane.finish(batch, results, time.perf_counter() - started if took is None else took)
+        took = time.perf_counter() - started if took is None else took
+        self.lane.finish(batch, results, took, cpu)
 
     def _run_inline(self, model: Model, batch: list[Ticket]) -> None:
         """``_run`` on the event loop's thread, for a call expected to be shorter than a hop to

@@ -32,7 +32,7 @@ from typing import Any
 
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.models.costs import NO_GAIN, CallCost, LearnedCost, per_item_ratio
+from sluiceway.models.costs import GAIN, NO_GAIN, CallCost, LearnedCost, per_item_ratio
 from sluiceway.runtime.batcher import Batcher
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
@@ -68,6 +68,7 @@ class Lane:
         self.loaded = loaded
         """A job's model if it is loaded now, without waiting (``Batcher.run_now``)."""
         self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
+        self.cpu_cost = LearnedCost()  # CPU per call, if ``Model.computes_on_caller``
         self.slots = ComputeSlots(policy.slots, deck=policy.slots)
         self.threaded = False
         """Whether the model's calls run on the lane's threads (set by its batchers once the
@@ -105,10 +106,15 @@ class Lane:
     def _batch_limit(self) -> int:
         max_batch = self.policy.max_batch
         if max_batch > 1:
-            ratio = per_item_ratio(self.cost, max_batch)
+            # A call's duration on a busy CPU holds waits (the other slot, the loop, the GIL),
+            # one per call, that a fit takes for a per-call cost batching spares; its CPU time
+            # holds none (bench/oip, MobileNetV2: durations said batching gains, CPU said not).
+            cost = self.cpu_cost if self.cpu_cost.known else self.cost
+            ratio = per_item_ratio(cost, max_batch)
             if ratio is None:
                 return 2 if self._unbatched else max_batch
-            self._unbatched = ratio >= NO_GAIN
+            # Hysteresis: leaving calls of one takes a clear gain (``GAIN``), not noise.
+            self._unbatched = ratio >= (GAIN if self._unbatched else NO_GAIN)
             if self._unbatched:
                 return 1
         return max_batch
@@ -268,8 +274,15 @@ class Lane:
             else:
                 del self._tenants[tenant]
 
-    def finish(self, batch: list[Ticket], results: list[Any] | Exception, took: float) -> None:
-        """Count a finished call (``took`` seconds) and hand each job its result."""
+    def finish(
+        self,
+        batch: list[Ticket],
+        results: list[Any] | Exception,
+        took: float,
+        cpu: float | None = None,
+    ) -> None:
+        """Count a finished call (``took`` seconds, ``cpu`` of them computing when the model
+        computes on the calling thread) and hand each job its result."""
         lane = self
         if not isinstance(results, Exception) and len(results) != len(batch):
             results = RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
@@ -280,6 +293,8 @@ class Lane:
         lane._batch_seconds.observe(took)
         lane._batch_size.observe(len(batch))
         lane.cost.observe(len(batch), took)
+        if cpu is not None:
+            lane.cpu_cost.observe(len(batch), cpu)
         for ticket, result in zip(batch, results, strict=True):
             lane._answered(ticket)
             if ticket.future.done():

@@ -165,6 +165,10 @@ class _TimedModel(Model):
     def runs_inline(self) -> bool:
         return self._model.runs_inline
 
+    @property
+    def computes_on_caller(self) -> bool:
+        return self._model.computes_on_caller
+
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         started = time.perf_counter()
         try:

@@ -35,9 +35,10 @@ class ModelThreads:
         self.count = count
         self._pool: ThreadPoolExecutor | None = None
 
-    async def run(self, call: Call, payloads: Sequence[Any]) -> tuple[list[Any], float]:
-        """``call(payloads)`` on one of the threads, and the seconds it took there (the compute
-        alone: not the wait for a thread, which a call on deck has)."""
+    async def run(self, call: Call, payloads: Sequence[Any]) -> tuple[list[Any], float, float]:
+        """``call(payloads)`` on one of the threads, the seconds it took there (the compute
+        alone: not the wait for a thread, which a call on deck has) and the CPU seconds that
+        thread spent on it."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 self.count, thread_name_prefix=f"sluiceway-{self.model}"
@@ -53,8 +54,10 @@ class ModelThreads:
             self._pool = None
 
 
-def _timed(call: Call, payloads: Sequence[Any]) -> tuple[list[Any], float]:
-    """``call(payloads)`` and the seconds it took, measured on the thread that ran it."""
+def _timed(call: Call, payloads: Sequence[Any]) -> tuple[list[Any], float, float]:
+    """``call(payloads)``, the seconds it took and this thread's CPU seconds over it, measured
+    on the thread that ran it."""
     started = time.perf_counter()
+    cpu = time.thread_time()
     results = call(payloads)
-    return results, time.perf_counter() - started
+    return results, time.perf_counter() - started, time.thread_time() - cpu
