@@ -154,7 +154,7 @@ async def test_a_call_s_waits_are_not_taken_for_a_cost_that_batching_spares() ->
     assert by_duration.batch_limit() == 8
     # The CPU the calls took says it does not: calls of one, and the deck opens.
     by_cpu = await learn(on_caller=True)
-    assert by_cpu.cpu_cost.known
+    assert by_cpu.gate.cpu_cost.known
     assert by_cpu.batch_limit() == 1 and by_cpu.slots.capacity == 2
 
 

@@ -7,11 +7,10 @@ counts them and answers a finished call's jobs; it also says how many of a key's
 starting now takes when every slot is busy (``take_now``).
 
 A model whose calls block (``Model.runs_inline``: ONNX Runtime, LiteRT) runs them on the
-lane's own threads (``threads.py``), one per slot. While its learned cost says batching gains
-nothing (calls of one job), the lane opens its slots' deck (``slots.py``): as many calls again
-wait at the threads, so a thread that ends a call starts the next without the event loop.
-With batching on, the deck stays closed: a call formed early would take fewer jobs than one
-formed when a thread is free.
+lane's own threads (``threads.py``), one per slot. While its calls are of one job (``gate.py``
+says batching gains nothing), the lane opens its slots' deck (``slots.py``): as many calls
+again wait at the threads, so a thread that ends a call starts the next without the event
+loop. With batching on, the deck stays closed: a call formed early would take fewer jobs.
 
 A caller that stops waiting (deadline, client disconnect) withdraws its job: it is removed
 before batch formation and counted; a call already started runs on. An optional per-tenant
@@ -32,8 +31,9 @@ from typing import Any
 
 from sluiceway.errors import DeadlineExceeded, Overloaded, QuotaExceeded
 from sluiceway.models.base import BatchPolicy, Model
-from sluiceway.models.costs import GAIN, NO_GAIN, CallCost, LearnedCost, per_item_ratio
+from sluiceway.models.costs import CallCost, LearnedCost
 from sluiceway.runtime.batcher import Batcher
+from sluiceway.runtime.gate import BatchGate
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.planning import take_now
@@ -61,14 +61,13 @@ class Lane:
     ):
         self.model = model
         self.policy = policy
-        self.cost: CallCost = cost if cost is not None else LearnedCost()
+        self.gate = BatchGate(policy.max_batch, cost if cost is not None else LearnedCost())
+        self.cost: CallCost = self.gate.cost
         self.inline_below_s = inline_below_s
         """A call whose expected cost is below this runs on the event loop's thread, when the
         model can (``Model.runs_inline``): a hop to a worker thread and back costs more."""
         self.loaded = loaded
         """A job's model if it is loaded now, without waiting (``Batcher.run_now``)."""
-        self._unbatched = False  # the cost said batching gains nothing (``batch_limit``)
-        self.cpu_cost = LearnedCost()  # CPU per call, if ``Model.computes_on_caller``
         self.slots = ComputeSlots(policy.slots, deck=policy.slots)
         self.threaded = False
         """Whether the model's calls run on the lane's threads (set by its batchers once the
@@ -93,31 +92,10 @@ class Lane:
         self.expired = metrics.expired.labels(model)
 
     def batch_limit(self) -> int:
-        """The most jobs one call takes now: the policy's max batch, or 1 while the learned
-        cost says batching gains (almost) nothing (``costs.NO_GAIN``). Calls of one use the
-        free slots at once instead of stacking jobs on one, so latency is that of batching
-        off. Once the window of observed calls holds a single size again the cost is not
-        known again, and the gain is measured afresh by a call of two (a probe, so that a
-        full batch does not hold its jobs back every window of calls)."""
-        limit = self._batch_limit()
-        self.slots.open_deck(self.threaded and (limit == 1 or self._unbatched))
+        """The most jobs one call takes now (``gate.py``); calls of one open a threaded deck."""
+        limit = self.gate.limit()
+        self.slots.open_deck(self.threaded and (limit == 1 or self.gate.unbatched))
         return limit
-
-    def _batch_limit(self) -> int:
-        max_batch = self.policy.max_batch
-        if max_batch > 1:
-            # A call's duration on a busy CPU holds waits (the other slot, the loop, the GIL),
-            # one per call, that a fit takes for a per-call cost batching spares; its CPU time
-            # holds none (bench/oip, MobileNetV2: durations said batching gains, CPU said not).
-            cost = self.cpu_cost if self.cpu_cost.known else self.cost
-            ratio = per_item_ratio(cost, max_batch)
-            if ratio is None:
-                return 2 if self._unbatched else max_batch
-            # Hysteresis: leaving calls of one takes a clear gain (``GAIN``), not noise.
-            self._unbatched = ratio >= (GAIN if self._unbatched else NO_GAIN)
-            if self._unbatched:
-                return 1
-        return max_batch
 
     def take_now(self, waiting: int, calls: int) -> int:
         """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take:
@@ -281,8 +259,7 @@ class Lane:
         took: float,
         cpu: float | None = None,
     ) -> None:
-        """Count a finished call (``took`` seconds, ``cpu`` of them computing when the model
-        computes on the calling thread) and hand each job its result."""
+        """Count a finished call (``took`` s, ``cpu`` of it on its thread) and answer its jobs."""
         lane = self
         if not isinstance(results, Exception) and len(results) != len(batch):
             results = RuntimeError(f"{lane.model} gave {len(results)} results for {len(batch)}")
@@ -292,9 +269,7 @@ class Lane:
             results = [error] * len(batch)
         lane._batch_seconds.observe(took)
         lane._batch_size.observe(len(batch))
-        lane.cost.observe(len(batch), took)
-        if cpu is not None:
-            lane.cpu_cost.observe(len(batch), cpu)
+        lane.gate.observe(len(batch), took, cpu)
         for ticket, result in zip(batch, results, strict=True):
             lane._answered(ticket)
             if ticket.future.done():
