@@ -34,9 +34,8 @@ its max batch is below this share. What it learns then rests on a probe, one cal
 among a window of calls of one, and is extrapolated to the max batch: a call of two measured
 10 % fast by chance (another thread, the event loop, the garbage collector) reads as a gain of
 10 % or more at batch 8. A false gain costs a window of batched calls, each dearer per item
-than calls of one on a CPU (``bench/oip``, MobileNetV2, 2026-12-01: 13.6-15.2 ms of CPU per
-request batched against 12.1-12.9 unbatched); a model that truly gains (a GPU, a large
-batch-friendly model) clears this bar by far."""
+than calls of one on a CPU (``runtime/gate.py`` has the measurement); a model that truly gains
+(a GPU, a large batch-friendly model) clears this bar by far."""
 
 
 def per_item_ratio(cost: CallCost, n: int) -> float | None:
