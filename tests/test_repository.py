@@ -10,7 +10,7 @@ import pytest
 
 from sluiceway.config import Settings
 from sluiceway.kinds import kind_of
-from sluiceway.models.onnx_model import OnnxModel
+from sluiceway.models.onnx_model import OnnxModel, usable_cores
 from sluiceway.models.records import SourceKind
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan
@@ -122,6 +122,17 @@ def test_the_memory_arena_is_off_unless_the_config_turns_it_on(tmp_path: Path) -
         model = asyncio.run(kind_of(record, Settings()).load(None))
         assert isinstance(model, OnnxModel)
         assert model._session.get_session_options().enable_cpu_mem_arena is arena
+
+
+def test_wide_calls_are_on_unless_the_config_turns_it_off(tmp_path: Path) -> None:
+    on = add_model(tmp_path, "on", LINEAR_CONFIG)
+    off = add_model(tmp_path, "off", "wide = false\n" + LINEAR_CONFIG)
+    for folder, wide in ((on, True), (off, False)):
+        record = read_model(folder)
+        assert not isinstance(record, BrokenModel) and record.wide is wide
+        model = asyncio.run(kind_of(record, Settings()).load(None))
+        assert isinstance(model, OnnxModel)
+        assert model.runs_wide is (wide and usable_cores() > 1)
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,7 @@ def _onnx(record: ModelRecord, settings: Settings, progress: bool) -> ModelKind:
         batched=record.batched,
         threads=record.threads,
         memory_arena=record.memory_arena,
+        wide=record.wide,
     )
 
 

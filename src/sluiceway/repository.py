@@ -88,6 +88,7 @@ class RepositoryConfig(BaseModel):
     max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     memory_arena: bool = False
+    wide: bool = True
     version: Annotated[int, Field(ge=1)] | None = None
     labels: str | None = None
     inputs: list[_Tensor] = []
@@ -178,6 +179,7 @@ def _read(folder: Path) -> ModelRecord:
         logits=config.image.logits if config.image is not None else True,
         threads=config.threads,
         memory_arena=config.memory_arena,
+        wide=config.wide,
         batched=batched,
         warmup=_warmup(config, inputs) if config.warmup is not None else None,
     )

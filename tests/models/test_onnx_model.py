@@ -103,3 +103,36 @@ async def test_one_intra_op_thread_computes_on_the_calling_thread(
     _, path = weights_and_path
     assert (await load(path)).computes_on_caller
     assert not (await load(path, threads=2)).computes_on_caller
+
+
+async def test_a_wide_call_gives_the_same_rows_on_a_session_with_a_thread_per_core(
+    weights_and_path: tuple[np.ndarray, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = weights_and_path
+    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    model = await load(path)
+    assert model.runs_wide and model.computes_on_caller  # the narrow session is still one thread
+    rng = np.random.default_rng(2)
+    requests = [{"x": rng.normal(size=(n, 4)).astype(np.float32)} for n in (1, 3)]
+    narrow = model.predict_batch(requests)
+    wide = model.infer_wide(requests)
+    for one, other in zip(narrow, wide, strict=True):
+        np.testing.assert_allclose(one["y"], other["y"], rtol=1e-6)
+    assert model._wide_session is not None
+    assert model._wide_session.get_session_options().intra_op_num_threads == 2
+
+
+async def test_no_wide_session_when_turned_off_or_a_call_has_every_core_already(
+    weights_and_path: tuple[np.ndarray, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = weights_and_path
+    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    wide = await load(path)
+    for model in (await load(path, wide=False), await load(path, threads=2)):
+        assert not model.runs_wide
+        with pytest.raises(NotImplementedError, match="no wide session"):
+            model.infer_wide([{"x": np.ones((1, 4), np.float32)}])
+    # The wide session holds the weights a second time, and the cache budget counts it.
+    assert wide.nbytes == 2 * (await load(path, wide=False)).nbytes
+    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 1)
+    assert not (await load(path)).runs_wide

@@ -55,6 +55,18 @@ class Model(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not run inline")
 
     @property
+    def runs_wide(self) -> bool:
+        """Whether ``infer_wide`` may be called: the same call as ``infer_inline``, computed
+        on every core at once. Worth it only while no other model call computes, which the
+        runtime knows and the model does not (``runtime/threads.py``): a lone request then
+        gets the whole machine instead of one core, at some extra CPU per call."""
+        return False
+
+    def infer_wide(self, inputs: Sequence[Any]) -> list[Any]:
+        """``infer_inline`` computed on every core (only if ``runs_wide``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run wide")
+
+    @property
     def computes_on_caller(self) -> bool:
         """Whether a call's compute runs on the calling thread alone (no pool of its own), so
         that thread's CPU time is the call's cost; the scheduler then judges batching by it

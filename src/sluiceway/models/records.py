@@ -64,6 +64,9 @@ class ModelRecord:
     activations for good (about 85 MB per MobileNetV2 session after a batch of 8), so only the
     packaged models have one. Repository models live in the cache under its budget and must
     give their memory back when evicted (``bench/repository``)."""
+    wide: bool = True
+    """Whether a call made while no other model call computes may use every core (an ONNX
+    model: a second session with a thread per core, holding its weights twice)."""
 
     @property
     def is_image_classifier(self) -> bool:

@@ -33,6 +33,7 @@ from sluiceway.errors import DeadlineExceeded
 from sluiceway.models.base import Model
 from sluiceway.runtime.planning import plan_calls
 from sluiceway.runtime.slots import Claim
+from sluiceway.runtime.threads import COMPUTING
 from sluiceway.runtime.tickets import QUEUED, Ticket
 
 if TYPE_CHECKING:  # a batcher serves its lane; the lane module imports this one
@@ -146,7 +147,8 @@ class Batcher:
                     if model.runs_inline and lane.cost.seconds(len(batch)) < lane.inline_below_s:
                         self._run_inline(model, batch)
                     else:
-                        lane._spawn(self._run(model, batch), f"batch {lane.model}")
+                        wide = lane.may_go_wide(model, len(batch), len(batches))
+                        lane._spawn(self._run(model, batch, wide), f"batch {lane.model}")
                 for _ in range(calls - len(batches)):
                     lane.slots.release()
         except Exception as error:  # a bug here must not leave callers waiting forever
@@ -240,9 +242,10 @@ class Batcher:
             if not ticket.future.done():
                 ticket.future.set_exception(error)
 
-    async def _run(self, model: Model, batch: list[Ticket]) -> None:
+    async def _run(self, model: Model, batch: list[Ticket], wide: bool = False) -> None:
         """One model call; a blocking model's call goes to a worker thread, timed there, so its
-        cost is the compute alone and not the hop (which decides ``_run_inline``)."""
+        cost is the compute alone and not the hop (which decides ``_run_inline``), and runs on
+        every core there if ``wide`` and no other call computes (``Lane.may_go_wide``)."""
         lane = self.lane
         payloads = [ticket.job.payload for ticket in batch]
         started = time.perf_counter()
@@ -254,11 +257,19 @@ class Batcher:
         lane._running += len(batch)
         try:
             if model.runs_inline:
-                results, took, spent = await lane.threads.run(model.infer_inline, payloads)
-                if model.computes_on_caller:
-                    cpu = spent
+                wide_call = model.infer_wide if wide else None
+                timed = await lane.threads.run(model.infer_inline, payloads, wide_call)
+                results, took = timed.results, timed.seconds
+                if timed.wide:
+                    lane.wide_calls.inc()
+                elif model.computes_on_caller:
+                    cpu = timed.cpu
             else:
-                results = await model.infer(payloads)
+                alone = COMPUTING.enter()  # its own threads compute: no call goes wide meanwhile
+                try:
+                    results = await model.infer(payloads)
+                finally:
+                    COMPUTING.leave(alone)
         except Exception as error:
             results = error
         finally:

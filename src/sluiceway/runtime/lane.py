@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 Resolver = Callable[[Job], Awaitable[Model]]
 
+WIDE_ABOVE_S = 0.002
+"""The shortest expected call that may run on every core. ONNX Runtime's threads split
+each operator, at a cost per operator that a short call does not earn back; MobileNetV2's
+13 ms call ran 1.7x as fast on two threads as on one (``Model.runs_wide``)."""
+
 
 class Lane:
     """One model's compute slots, queue bound, call cost and batchers (one per batching key)."""
@@ -88,6 +93,7 @@ class Lane:
         self._quota_rejected = metrics.quota_rejected.labels(model)
         self._splits = metrics.splits.labels(model)
         self._deferred = metrics.deferred.labels(model)
+        self.wide_calls = metrics.wide_calls.labels(model)
         self._cancelled = metrics.cancelled.labels(model)
         self.expired = metrics.expired.labels(model)
 
@@ -96,6 +102,20 @@ class Lane:
         limit = self.gate.limit()
         self.slots.open_deck(self.threaded and (limit == 1 or self.gate.unbatched))
         return limit
+
+    def may_go_wide(self, model: Model, n: int, calls: int) -> bool:
+        """Whether a call of ``n`` jobs, formed now with ``calls - 1`` others, may run on
+        every core if it turns out to be the only call computing (``threads.py``): the model
+        offers it, the call is long enough for per-operator threads to pay
+        (``WIDE_ABOVE_S``), and it is the lane's only call, with no job left waiting for
+        another slot: that call would share the cores with it."""
+        return (
+            model.runs_wide
+            and calls == 1
+            and not self._ends
+            and (self._depth == 0 or self.policy.slots == 1)
+            and self.cost.seconds(n) >= WIDE_ABOVE_S
+        )
 
     def take_now(self, waiting: int, calls: int) -> int:
         """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take:

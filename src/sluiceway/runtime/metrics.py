@@ -110,6 +110,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.wide_calls = Counter(
+            "sluiceway_wide_calls",
+            "Model calls run on every core, made while no other model call computed",
+            ["model"],
+            registry=r,
+        )
         self.cancelled = Counter(
             "sluiceway_cancelled",
             "Jobs removed unrun because their caller went away",

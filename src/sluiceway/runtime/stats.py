@@ -169,6 +169,17 @@ class _TimedModel(Model):
     def computes_on_caller(self) -> bool:
         return self._model.computes_on_caller
 
+    @property
+    def runs_wide(self) -> bool:
+        return self._model.runs_wide
+
+    def infer_wide(self, inputs: Sequence[Any]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return self._model.infer_wide(inputs)
+        finally:
+            self._count(inputs, started)
+
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         started = time.perf_counter()
         try:
