@@ -10,7 +10,8 @@ One run measures, one after the other on the same machine:
   batching (max batch 8, 2 compute slots) and with batching off (max batch 1), and with JSON
   tensors (batching on) to compare with MLServer on the same encoding; all with ONNX Runtime's
   memory arena on (``memory_arena = true``: the ceiling's and the peers' sessions have it), and
-  once more batched without it, a repository's default;
+  once more batched without it, a repository's default; and once more batched with every call
+  on one core (``wide = false``), the baseline of wide calls (a call made alone on every core);
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed);
@@ -188,18 +189,21 @@ def peer_python(venvs: Path, peer: str) -> str:
 
 
 def sluiceway_server(
-    folder: Path, max_batch: int, port: int, arena: bool = True
+    folder: Path, max_batch: int, port: int, arena: bool = True, wide: bool = True
 ) -> tuple[list[str], dict[str, str]]:
     """Sluiceway serving the file from a repository; ``arena``: ONNX Runtime's memory arena on
     (``memory_arena = true``, what a model served all the time should use, as the ceiling and
-    the peers' default sessions do)."""
-    repository = folder / f"repository-{max_batch}-{'arena' if arena else 'lean'}"
+    the peers' default sessions do); ``wide``: a call made alone runs on every core (the
+    default, ``wide = true``)."""
+    variant = f"{'arena' if arena else 'lean'}-{'wide' if wide else 'one'}"
+    repository = folder / f"repository-{max_batch}-{variant}"
     model = repository / MODEL
     model.mkdir(parents=True, exist_ok=True)
     (model / "model.onnx").write_bytes(imagenet_model_path().read_bytes())
     (model / "config.toml").write_text(
         f'platform = "onnx"\nmax_batch_size = {max_batch}\ninstances = 2\nthreads = 1\n'
         f"max_queue = 4096\nmemory_arena = {'true' if arena else 'false'}\n"
+        f"wide = {'true' if wide else 'false'}\n"
         '[[inputs]]\nname = "input"\ndatatype = "FP32"\ndims = [3, 224, 224]\n'
         '[[outputs]]\nname = "logits"\ndatatype = "FP32"\ndims = [1000]\n[warmup]\n'
     )
@@ -679,10 +683,13 @@ def main() -> None:
         folder = Path(tmp)
         binary, header_length, as_json = bodies(folder, prepared_image())
         plans = [
-            ("sluiceway", "max batch 8, 2 slots x 1 ORT thread, 1 process, memory arena on",
-             "binary", lambda p: sluiceway_server(folder, 8, p)),
+            ("sluiceway", "max batch 8, 2 slots x 1 ORT thread (a call made alone: 2, "
+             "`wide = true`), 1 process, memory arena on", "binary",
+             lambda p: sluiceway_server(folder, 8, p)),
             ("sluiceway-unbatched", "max batch 1, 2 slots x 1 ORT thread, memory arena on",
              "binary", lambda p: sluiceway_server(folder, 1, p)),
+            ("sluiceway-one-core", "as sluiceway, every call on 1 ORT thread (`wide = false`)",
+             "binary", lambda p: sluiceway_server(folder, 8, p, wide=False)),
             ("sluiceway-no-arena", "as sluiceway, a repository's default (no memory arena)",
              "binary", lambda p: sluiceway_server(folder, 8, p, arena=False)),
             ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", "binary",
