@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sluiceway.models.base import BatchPolicy, Model, ModelKind, ThreadedModel
-from sluiceway.models.costs import CallCost
+from sluiceway.models.costs import CallCost, DeclaredCost
 from sluiceway.runtime.dispatch import LocalDispatcher
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
@@ -48,25 +48,20 @@ class WideModel(ThreadedModel):
         return [x * 2 for x in inputs]
 
 
-class Quick(CallCost):
-    """A declared cost of 0.1 ms per call: too short to go wide."""
-
-    def seconds(self, n: int) -> float:
-        return 0.0001
-
-    def observe(self, n: int, seconds: float) -> None:
-        pass
-
-
 class WideKind(ModelKind):
-    def __init__(self, name: str, quick: bool = False) -> None:
+    """Calls declared to cost ``cost`` (by default 10 ms per job, nothing per call), whatever
+    the calls measure: they take no time."""
+
+    def __init__(
+        self, name: str, policy: BatchPolicy | None = None, cost: CallCost | None = None
+    ) -> None:
         self.name = name
-        self.policy = BatchPolicy(slots=2, max_batch=1)
+        self.policy = policy or BatchPolicy(slots=2, max_batch=1)
         self.model = WideModel()
-        self.quick = quick
+        self.cost = cost or DeclaredCost(0.0, 0.01)
 
     def call_cost(self) -> CallCost:
-        return Quick() if self.quick else super().call_cost()
+        return self.cost
 
     async def load(self, spec: Any) -> Model:
         return self.model
@@ -103,7 +98,7 @@ async def test_a_call_made_alone_goes_wide_and_one_made_beside_another_does_not(
 
 
 async def test_a_short_call_or_one_with_jobs_waiting_for_another_slot_stays_on_one_core() -> None:
-    quick, busy = WideKind("quick", quick=True), WideKind("busy")
+    quick, busy = WideKind("quick", cost=DeclaredCost(0.0, 0.0001)), WideKind("busy")
     dispatcher = LocalDispatcher([quick, busy], 10**9, Metrics())
     quick.model.gate.set()
     assert await dispatcher.submit(job("quick", 1)) == 2
@@ -114,6 +109,20 @@ async def test_a_short_call_or_one_with_jobs_waiting_for_another_slot_stays_on_o
     assert busy.model.calls == ["narrow", "narrow"]
     busy.model.gate.set()
     assert await asyncio.gather(*both) == [2, 4]
+    await dispatcher.close()
+
+
+async def test_a_batch_of_several_jobs_stays_on_one_core() -> None:
+    """Jobs that came together do more per second on one core each than in one wide call."""
+    batching_pays = DeclaredCost(0.01, 0.001)
+    kind = WideKind("batched", BatchPolicy(slots=1, max_batch=8), batching_pays)
+    dispatcher = LocalDispatcher([kind], 10**9, Metrics())
+    kind.model.gate.set()
+    together = [asyncio.ensure_future(dispatcher.submit(job("batched", i))) for i in (1, 2, 3)]
+    assert await asyncio.gather(*together) == [2, 4, 6]
+    assert kind.model.calls == ["narrow"]  # one call of all three, on one core
+    assert await dispatcher.submit(job("batched", 4)) == 8
+    assert kind.model.calls == ["narrow", "wide"]  # a job alone goes wide
     await dispatcher.close()
 
 
