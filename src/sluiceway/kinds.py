@@ -91,6 +91,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             threads=s.imagenet.threads,
             builtin=True,
             memory_arena=True,
+            wide=s.imagenet.wide,
         ),
         ModelRecord(
             name=CAPTION,
@@ -148,6 +149,7 @@ def _onnx_classifier(record: ModelRecord, settings: Settings, progress: bool) ->
         logits=record.logits,
         threads=record.threads,
         memory_arena=record.memory_arena,
+        wide=record.wide,
     )
 
 

@@ -77,6 +77,7 @@ class ImagenetSettings(ModelSettings):
     """The packaged ImageNet MobileNetV2 (``SLUICEWAY_IMAGENET_*``)."""
 
     threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
+    wide: bool = Field(True, description="a call made while no other computes uses every core")
     slots: int = Field(2, ge=1, description="ImageNet model calls running at once")
     max_batch: int = Field(8, ge=1, description="images per ImageNet model call")
     max_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")

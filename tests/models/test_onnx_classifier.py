@@ -11,6 +11,7 @@ import pytest
 import skimage
 from PIL import Image
 
+from sluiceway.errors import BadInput
 from sluiceway.inputs.images import decode_image
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.base import BatchPolicy
@@ -20,7 +21,9 @@ from sluiceway.models.onnx_classifier import (
     OnnxClassifier,
     imagenet_kind,
     imagenet_labels,
+    imagenet_model_path,
     keras_name,
+    onnx_nbytes,
     softmax,
 )
 
@@ -75,6 +78,26 @@ def test_a_batch_matches_singles(imagenet: OnnxClassifier) -> None:
         (single,) = imagenet.predict_batch([image])
         assert [p.label for p in ranked] == [p.label for p in single]
         assert [p.score for p in ranked] == pytest.approx([p.score for p in single], abs=1e-5)
+
+
+def test_a_wide_call_ranks_as_a_call_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    policy = BatchPolicy(slots=2, max_batch=8)
+    wide = asyncio.run(imagenet_kind(policy).load(None))
+    assert wide.runs_wide
+    images = [photo("chelsea.png"), photo("coffee.png"), Pixels(np.zeros(3), 5)]
+    narrow_ranks, wide_ranks = wide.predict_batch(images), wide.infer_wide(images)
+    for one, other in zip(narrow_ranks[:2], wide_ranks[:2], strict=True):
+        assert [p.label for p in one] == [p.label for p in other]
+        assert [p.score for p in one] == pytest.approx([p.score for p in other], abs=1e-5)
+    assert isinstance(wide_ranks[2], BadInput)  # a malformed payload fails alone here too
+    # The wide session is counted: a second session and one more image's arena.
+    one_core = asyncio.run(imagenet_kind(policy, wide=False).load(None))
+    assert not one_core.runs_wide
+    file_bytes = imagenet_model_path().stat().st_size
+    side = IMAGENET_INPUT.size
+    assert one_core.nbytes == onnx_nbytes(file_bytes, side, policy)
+    assert wide.nbytes == onnx_nbytes(file_bytes, side, policy, wide=True) > one_core.nbytes
 
 
 def test_images_run_one_at_a_time_give_the_stacked_batch_probabilities(

@@ -10,7 +10,7 @@ turns them back).
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -76,6 +76,12 @@ class Classifier(ThreadedModel):
 
     def predict_batch(self, inputs: Sequence[Any]) -> list[Any]:
         """Rank each input's classes; a malformed payload fails alone, not the batch."""
+        return self._ranked(inputs, self.probabilities_of)
+
+    def _ranked(
+        self, inputs: Sequence[Any], probabilities_of: Callable[[Sequence[np.ndarray]], np.ndarray]
+    ) -> list[Any]:
+        """``predict_batch`` with ``probabilities_of`` computing (a wide call gives its own)."""
         results: list[Any] = [None] * len(inputs)
         good: list[tuple[int, Pixels]] = []
         for index, item in enumerate(inputs):
@@ -89,7 +95,7 @@ class Classifier(ThreadedModel):
             else:
                 results[index] = BadInput(f"payload is not a prepared {self._shape} image")
         if good:
-            probabilities = self.probabilities_of([pixels.array for _, pixels in good])
+            probabilities = probabilities_of([pixels.array for _, pixels in good])
             for row, (index, pixels) in enumerate(good):
                 if pixels.k == ALL_SCORES:
                     results[index] = probabilities[row]

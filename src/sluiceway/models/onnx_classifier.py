@@ -3,7 +3,9 @@
 The ONNX file takes float32 NCHW images with a dynamic batch axis and returns logits; the
 softmax is applied here. One ``InferenceSession`` serves every compute slot: ``run`` is
 thread-safe, and each call uses ``threads`` intra-op threads (1 by default, so two slots on a
-2-core box run two batches side by side instead of two threads fighting over each).
+2-core box run two batches side by side instead of two threads fighting over each). A second
+session with a thread per core serves the calls made while no other model call computes
+(``Model.runs_wide``): a lone upload gets every core.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.models.onnx_model import build_peak_nbytes, open_session
+from sluiceway.models.onnx_model import build_peak_nbytes, open_session, open_wide_session
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +84,11 @@ class OnnxClassifier(Classifier):
         *,
         logits: bool,
         nbytes: int,
+        wide_session: ort.InferenceSession | None = None,
     ) -> None:
         super().__init__(labels, input_spec)
         self._session = session
+        self._wide_session = wide_session
         self._input = session.get_inputs()[0].name
         self._logits = logits
         self._nbytes = nbytes
@@ -108,7 +112,24 @@ class OnnxClassifier(Classifier):
         the inputs is made. The batcher still gathers jobs, so a batch still costs one
         hand-off to a thread.
         """
-        outputs = [self._session.run(None, {self._input: image[None]})[0] for image in images]
+        return self._probabilities_on(self._session, images)
+
+    @property
+    def runs_wide(self) -> bool:
+        """Whether it holds a wide session (``open_wide_session``)."""
+        return self._wide_session is not None
+
+    def infer_wide(self, inputs: Sequence[Any]) -> list[Any]:
+        """``predict_batch`` on the wide session: the same results, on every core."""
+        session = self._wide_session
+        if session is None:
+            raise NotImplementedError(f"{type(self).__name__} has no wide session")
+        return self._ranked(inputs, lambda images: self._probabilities_on(session, images))
+
+    def _probabilities_on(
+        self, session: ort.InferenceSession, images: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        outputs = [session.run(None, {self._input: image[None]})[0] for image in images]
         output = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         return self._scores(np.asarray(output, dtype=np.float32))
 
@@ -130,6 +151,7 @@ class OnnxClassifierKind(ModelKind):
         logits: bool = True,
         threads: int = 1,
         memory_arena: bool = True,
+        wide: bool = True,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -139,6 +161,8 @@ class OnnxClassifierKind(ModelKind):
         self.logits = logits
         self.threads = threads
         self.memory_arena = memory_arena
+        self.wide = wide
+        """Whether to open a wide session too (``open_wide_session``)."""
 
     def load_peak_nbytes(self) -> int:
         return build_peak_nbytes(self.path)
@@ -148,24 +172,41 @@ class OnnxClassifierKind(ModelKind):
         return await asyncio.to_thread(self._build)
 
     def _build(self) -> OnnxClassifier:
-        session = open_session(self.path, self.threads, self.memory_arena, f"{self.name} model")
+        owner = f"{self.name} model"
+        session = open_session(self.path, self.threads, self.memory_arena, owner)
         classes = session.get_outputs()[0].shape[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelUnavailable(f"{self.name}: {classes} classes but {len(self.labels)} labels")
         logger.info("%s: %d classes from %s", self.name, len(self.labels), self.path)
+        wide = (
+            open_wide_session(self.path, self.threads, self.memory_arena, owner)
+            if self.wide
+            else None
+        )
         nbytes = onnx_nbytes(
             self.path.stat().st_size,
             self.input_spec.size,
             self.policy,
             memory_arena=self.memory_arena,
+            wide=wide is not None,
         )
         return OnnxClassifier(
-            session, self.labels, self.input_spec, logits=self.logits, nbytes=nbytes
+            session,
+            self.labels,
+            self.input_spec,
+            logits=self.logits,
+            nbytes=nbytes,
+            wide_session=wide,
         )
 
 
 def imagenet_kind(
-    policy: BatchPolicy, threads: int = 1, name: str = "imagenet", *, memory_arena: bool = True
+    policy: BatchPolicy,
+    threads: int = 1,
+    name: str = "imagenet",
+    *,
+    memory_arena: bool = True,
+    wide: bool = True,
 ) -> OnnxClassifierKind:
     """The upload page's ImageNet MobileNetV2, from the packaged ONNX file."""
     return OnnxClassifierKind(
@@ -176,6 +217,7 @@ def imagenet_kind(
         input_spec=IMAGENET_INPUT,
         threads=threads,
         memory_arena=memory_arena,
+        wide=wide,
     )
 
 
@@ -193,11 +235,19 @@ _LEAN_SESSION_PER_FILE_BYTE = 1.1
 
 
 def onnx_nbytes(
-    file_bytes: int, input_side: int, policy: BatchPolicy, *, memory_arena: bool = True
+    file_bytes: int,
+    input_side: int,
+    policy: BatchPolicy,
+    *,
+    memory_arena: bool = True,
+    wide: bool = False,
 ) -> int:
     """Memory a loaded session holds once every slot has run a full batch (one image per
-    ``run``, so a batch's size does not count)."""
+    ``run``, so a batch's size does not count); with ``wide``, the wide session's too, whose
+    arena keeps one image's worth (one call at a time)."""
+    sessions = 2 if wide else 1
     if not memory_arena:
-        return int(file_bytes * _LEAN_SESSION_PER_FILE_BYTE)
-    arena = policy.slots * input_side * input_side * _ARENA_PER_INPUT_PIXEL
-    return int(file_bytes * _SESSION_PER_FILE_BYTE) + arena
+        return int(sessions * file_bytes * _LEAN_SESSION_PER_FILE_BYTE)
+    runs = policy.slots + (1 if wide else 0)  # each keeps one image's activations
+    arena = runs * input_side * input_side * _ARENA_PER_INPUT_PIXEL
+    return int(sessions * file_bytes * _SESSION_PER_FILE_BYTE) + arena

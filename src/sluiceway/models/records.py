@@ -66,7 +66,8 @@ class ModelRecord:
     give their memory back when evicted (``bench/repository``)."""
     wide: bool = True
     """Whether a call made while no other model call computes may use every core (an ONNX
-    model: a second session with a thread per core, holding its weights twice)."""
+    model or ONNX classifier: a second session with a thread per core, holding its weights
+    twice)."""
 
     @property
     def is_image_classifier(self) -> bool:
