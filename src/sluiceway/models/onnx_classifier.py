@@ -25,7 +25,12 @@ from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
-from sluiceway.models.onnx_model import build_peak_nbytes, open_session, open_wide_session
+from sluiceway.models.onnx_model import (
+    WIDE_SESSION_PER_FILE_BYTE,
+    build_peak_nbytes,
+    open_session,
+    open_wide_session,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +250,9 @@ def onnx_nbytes(
     """Memory a loaded session holds once every slot has run a full batch (one image per
     ``run``, so a batch's size does not count); with ``wide``, the wide session's too, whose
     arena keeps one image's worth (one call at a time)."""
-    sessions = 2 if wide else 1
     if not memory_arena:
-        return int(sessions * file_bytes * _LEAN_SESSION_PER_FILE_BYTE)
+        return int((2 if wide else 1) * file_bytes * _LEAN_SESSION_PER_FILE_BYTE)
     runs = policy.slots + (1 if wide else 0)  # each keeps one image's activations
     arena = runs * input_side * input_side * _ARENA_PER_INPUT_PIXEL
-    return int(sessions * file_bytes * _SESSION_PER_FILE_BYTE) + arena
+    wide_session = file_bytes * WIDE_SESSION_PER_FILE_BYTE if wide else 0
+    return int(file_bytes * _SESSION_PER_FILE_BYTE + wide_session) + arena
