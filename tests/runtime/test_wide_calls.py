@@ -112,17 +112,21 @@ async def test_a_short_call_or_one_with_jobs_waiting_for_another_slot_stays_on_o
     await dispatcher.close()
 
 
-async def test_a_batch_of_several_jobs_stays_on_one_core() -> None:
-    """Jobs that came together do more per second on one core each than in one wide call."""
+async def test_a_batch_of_several_jobs_stays_on_one_core_unless_the_lane_has_one_slot() -> None:
+    """Jobs that came together do more per second on one core each than in one wide call; a
+    lane of one slot has no second slot to put them on."""
     batching_pays = DeclaredCost(0.01, 0.001)
-    kind = WideKind("batched", BatchPolicy(slots=1, max_batch=8), batching_pays)
-    dispatcher = LocalDispatcher([kind], 10**9, Metrics())
-    kind.model.gate.set()
-    together = [asyncio.ensure_future(dispatcher.submit(job("batched", i))) for i in (1, 2, 3)]
-    assert await asyncio.gather(*together) == [2, 4, 6]
-    assert kind.model.calls == ["narrow"]  # one call of all three, on one core
-    assert await dispatcher.submit(job("batched", 4)) == 8
-    assert kind.model.calls == ["narrow", "wide"]  # a job alone goes wide
+    two = WideKind("two", BatchPolicy(slots=2, max_batch=8, split=False), batching_pays)
+    one = WideKind("one", BatchPolicy(slots=1, max_batch=8), batching_pays)
+    dispatcher = LocalDispatcher([two, one], 10**9, Metrics())
+    for kind in (two, one):
+        kind.model.gate.set()
+        together = [asyncio.ensure_future(dispatcher.submit(job(kind.name, i))) for i in (1, 2, 3)]
+        assert await asyncio.gather(*together) == [2, 4, 6]
+    assert two.model.calls == ["narrow"]  # one call of all three, on one core
+    assert one.model.calls == ["wide"]
+    assert await dispatcher.submit(job("two", 4)) == 8
+    assert two.model.calls == ["narrow", "wide"]  # a job alone goes wide
     await dispatcher.close()
 
 

@@ -107,22 +107,25 @@ class Lane:
         """Whether a call of ``n`` jobs, formed now with ``calls - 1`` others, may run on
         every core if it turns out to be the only call computing (``threads.py``): the model
         offers it, the call is long enough for per-operator threads to pay
-        (``WIDE_ABOVE_S``), and it is the lane's only call, of one job, with no job left
-        waiting for another slot (that call would share the cores with it).
+        (``WIDE_ABOVE_S``), and it is the lane's only call, with no job left waiting for
+        another slot (that call would share the cores with it).
 
-        One job only: jobs that came together run more per second as calls side by side, one
-        core each, than as one call on every core (MobileNetV2 in a tight loop on 2 cores:
-        362 against 290 images/s, ``bench/oip``'s ceiling), and the lane's planner splits
-        them over the slots when that finishes them sooner. In ``bench/oip`` at two clients,
-        a batch of both requests went wide whenever they arrived together, and the server
-        answered 18 % fewer requests than with every call on one core.
+        A lane of several slots makes only calls of one job wide: jobs that came together run
+        more per second as calls side by side, one core each, than as one call on every core
+        (MobileNetV2 in a tight loop on 2 cores: 362 against 290 images/s, ``bench/oip``'s
+        ceiling), and the lane's planner splits them over the slots when that finishes them
+        sooner. In ``bench/oip`` at two clients, a batch of both requests went wide whenever
+        they arrived together, and the server answered 18 % fewer requests than with every
+        call on one core. A lane of one slot (a repository's default) has no second slot to
+        split onto: any call of it may go wide, and jobs may wait meanwhile.
         """
+        single = self.policy.slots == 1
         return (
-            n == 1
+            (n == 1 or single)
             and calls == 1
             and model.runs_wide
             and not self._ends
-            and (self._depth == 0 or self.policy.slots == 1)
+            and (self._depth == 0 or single)
             and self.cost.seconds(n) >= WIDE_ABOVE_S
         )
 
