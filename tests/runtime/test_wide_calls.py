@@ -130,6 +130,21 @@ async def test_a_batch_of_several_jobs_stays_on_one_core_unless_the_lane_has_one
     await dispatcher.close()
 
 
+async def test_in_a_lane_of_one_slot_a_call_formed_on_deck_goes_wide_too() -> None:
+    """Its one thread starts it only once the running call has ended: it computes alone."""
+    kind = WideKind("single", BatchPolicy(slots=1, max_batch=1))
+    dispatcher = LocalDispatcher([kind], 10**9, Metrics())
+    lane = dispatcher.lane("single")
+    first = asyncio.ensure_future(dispatcher.submit(job("single", 1)))
+    await eventually(lambda: kind.model.calls == ["wide"])
+    second = asyncio.ensure_future(dispatcher.submit(job("single", 2)))
+    await eventually(lambda: lane.depth == 0)  # formed, waiting on deck for the thread
+    kind.model.gate.set()
+    assert await asyncio.gather(first, second) == [2, 4]
+    assert kind.model.calls == ["wide", "wide"]
+    await dispatcher.close()
+
+
 async def test_a_wide_call_reports_no_cpu_of_its_thread() -> None:
     model = WideModel()
     model.gate.set()

@@ -117,17 +117,13 @@ class Lane:
         sooner. In ``bench/oip`` at two clients, a batch of both requests went wide whenever
         they arrived together, and the server answered 18 % fewer requests than with every
         call on one core. A lane of one slot (a repository's default) has no second slot to
-        split onto: any call of it may go wide, and jobs may wait meanwhile.
+        split onto: any call of it may go wide, and jobs may wait meanwhile; so may a call
+        formed on deck while the last one runs, since its one thread starts it only once that
+        call has ended.
         """
-        single = self.policy.slots == 1
-        return (
-            (n == 1 or single)
-            and calls == 1
-            and model.runs_wide
-            and not self._ends
-            and (self._depth == 0 or single)
-            and self.cost.seconds(n) >= WIDE_ABOVE_S
-        )
+        if not model.runs_wide or calls > 1 or self.cost.seconds(n) < WIDE_ABOVE_S:
+            return False
+        return self.policy.slots == 1 or (n == 1 and not self._ends and self._depth == 0)
 
     def take_now(self, waiting: int, calls: int) -> int:
         """How many of a key's ``waiting`` jobs its ``calls`` calls starting now should take:
