@@ -135,5 +135,10 @@ async def test_no_wide_session_when_turned_off_or_a_call_has_every_core_already(
     # The wide session holds the weights a second time, and the cache budget counts it.
     extra = int(path.stat().st_size * WIDE_SESSION_PER_FILE_BYTE)
     assert wide.nbytes == (await load(path, wide=False)).nbytes + extra
+    # The wide session is built while the first is held: the cache makes room for both.
+    kind = OnnxModelKind("linear", POLICY, path=path)
+    one_core = OnnxModelKind("linear", POLICY, path=path, wide=False)
+    assert kind.load_peak_nbytes() == 2 * one_core.load_peak_nbytes() > 0
     monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 1)
     assert not (await load(path)).runs_wide
+    assert kind.load_peak_nbytes() == one_core.load_peak_nbytes()

@@ -29,10 +29,14 @@ logger = logging.getLogger(__name__)
 BUILD_PEAK_PER_FILE_BYTE = 2.7
 
 
-def build_peak_nbytes(path: Path) -> int:
-    """Memory building a session from ``path`` takes at its peak (0 if the file is gone)."""
+def build_peak_nbytes(path: Path, *, wide: bool = False) -> int:
+    """Memory building a session from ``path`` takes at its peak (0 if the file is gone).
+
+    With ``wide``, a wide session is built next while the first is held: counted as twice a
+    build's peak, a bound, since the first session holds less than its build took.
+    """
     try:
-        return int(path.stat().st_size * BUILD_PEAK_PER_FILE_BYTE)
+        return int(path.stat().st_size * BUILD_PEAK_PER_FILE_BYTE) * (2 if wide else 1)
     except OSError:
         return 0
 
@@ -82,6 +86,12 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def opens_wide(wide: bool, threads: int) -> bool:
+    """Whether a model asked for ``wide`` gets a wide session: not if a call already has every
+    core."""
+    return wide and usable_cores() > threads
+
+
 def open_wide_session(
     path: Path, threads: int, memory_arena: bool, owner: str
 ) -> ort.InferenceSession | None:
@@ -93,13 +103,12 @@ def open_wide_session(
     at 15-16 ms of CPU per image against 13.5-14; two threads without spinning ran 77-84, no
     faster than one, since each operator then waits for a sleeping thread to wake.
     """
-    cores = usable_cores()
-    if cores <= threads:
+    if not opens_wide(True, threads):
         return None
     try:
         return ort.InferenceSession(
             str(path),
-            session_options(cores, memory_arena=memory_arena, spinning=True),
+            session_options(usable_cores(), memory_arena=memory_arena, spinning=True),
             providers=["CPUExecutionProvider"],
         )
     except Exception as error:  # onnxruntime raises its own untyped errors
@@ -250,8 +259,7 @@ class OnnxModelKind(ModelKind):
         """Whether to open a wide session too (``open_wide_session``)."""
 
     def load_peak_nbytes(self) -> int:
-        # The sessions are built one after the other: one build's peak at a time.
-        return build_peak_nbytes(self.path)
+        return build_peak_nbytes(self.path, wide=opens_wide(self.wide, self.threads))
 
     async def load(self, spec: Any) -> OnnxModel:
         """Open the session in a thread (graph optimisation takes a moment)."""

@@ -76,9 +76,10 @@ class Computing:
     (``Model.runs_wide``).
 
     A wide call that another call joins shares the cores three ways or more, and its spinning
-    threads take turns away from the newcomer: with two closed-loop clients, running each
-    call that started alone cut MobileNetV2's throughput by 13 % (``bench/oip``'s model,
-    2026-12-01), since the other client's request arrives during nearly every call. So the
+    threads take turns away from the newcomer: with two closed-loop clients, making every call
+    that started alone wide took MobileNetV2 from 106 to 92 requests/s (``bench/oip``'s model,
+    one 8 s round each, 2026-12-01), since the other client's request arrives during nearly
+    every call. So the
     count also learns, over the last calls or so that started alone (wide or not), the share
     that no other call joined before they ended, and calls go wide only while most did.
     """
