@@ -41,13 +41,15 @@ def build_peak_nbytes(path: Path, *, wide: bool = False) -> int:
         return 0
 
 
-def open_session(path: Path, threads: int, memory_arena: bool, owner: str) -> ort.InferenceSession:
+def open_session(
+    path: Path, threads: int, memory_arena: bool, owner: str, *, spinning: bool = False
+) -> ort.InferenceSession:
     """An ONNX Runtime session on the CPU for ``path`` with ``session_options``; a file it
     cannot load is ``ModelUnavailable``, naming ``owner``."""
     try:
         return ort.InferenceSession(
             str(path),
-            session_options(threads, memory_arena=memory_arena),
+            session_options(threads, memory_arena=memory_arena, spinning=spinning),
             providers=["CPUExecutionProvider"],
         )
     except Exception as error:  # onnxruntime raises its own untyped errors
@@ -103,16 +105,10 @@ def open_wide_session(
     at 15-16 ms of CPU per image against 13.5-14; two threads without spinning ran 77-84, no
     faster than one, since each operator then waits for a sleeping thread to wake.
     """
-    if not opens_wide(True, threads):
+    cores = usable_cores()
+    if cores <= threads:
         return None
-    try:
-        return ort.InferenceSession(
-            str(path),
-            session_options(usable_cores(), memory_arena=memory_arena, spinning=True),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as error:  # onnxruntime raises its own untyped errors
-        raise ModelUnavailable(f"{owner} cannot be loaded: {error}") from error
+    return open_session(path, cores, memory_arena, owner, spinning=True)
 
 
 def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -174,11 +174,7 @@ class _TimedModel(Model):
         return self._model.runs_wide
 
     def infer_wide(self, inputs: Sequence[Any]) -> list[Any]:
-        started = time.perf_counter()
-        try:
-            return self._model.infer_wide(inputs)
-        finally:
-            self._count(inputs, started)
+        return self._counted(self._model.infer_wide, inputs)
 
     async def infer(self, inputs: Sequence[Any]) -> list[Any]:
         started = time.perf_counter()
@@ -188,9 +184,15 @@ class _TimedModel(Model):
             self._count(inputs, started)
 
     def infer_inline(self, inputs: Sequence[Any]) -> list[Any]:
+        return self._counted(self._model.infer_inline, inputs)
+
+    def _counted(
+        self, call: Callable[[Sequence[Any]], list[Any]], inputs: Sequence[Any]
+    ) -> list[Any]:
+        """``call(inputs)``, a blocking call of the model, counted and timed."""
         started = time.perf_counter()
         try:
-            return self._model.infer_inline(inputs)
+            return call(inputs)
         finally:
             self._count(inputs, started)
 
