@@ -493,6 +493,19 @@ async def test_the_fast_path_answers_as_the_framework_route(tmp_path: Path) -> N
         ("POST", "/v2/models/linear/infer", orjson.dumps({"inputs": [x]}), bad_timeout),
         ("GET", "/v2/models/linear/infer", b"", {}),
         ("POST", "/v2/models/linear/infer/", orjson.dumps({"inputs": [x]}), {}),
+        # The probes, served from ASGI too, and what they refuse.
+        ("GET", "/v2", b"", {}),
+        ("GET", "/v2/health/live", b"", {}),
+        ("HEAD", "/v2/health/live", b"", {}),
+        ("GET", "/v2/health/ready", b"", {}),
+        ("GET", "/v2/models/linear/ready", b"", {}),
+        ("HEAD", "/v2/models/linear/versions/1/ready", b"", {}),
+        ("GET", "/v2/models/linear/versions/9/ready", b"", {}),
+        ("GET", "/v2/models/broken/ready", b"", {}),
+        ("GET", "/v2/models/nope/ready", b"", {}),
+        ("POST", "/v2/health/live", b"", {}),
+        ("DELETE", "/v2/models/linear/ready", b"", {}),
+        ("GET", "/v2/nowhere", b"", {}),
     ]  # fmt: skip
     async with app_client(fast) as one, app_client(routed) as other:
         for method, path, content, headers in requests:
@@ -503,10 +516,13 @@ async def test_the_fast_path_answers_as_the_framework_route(tmp_path: Path) -> N
             first, second = answers
             assert first.status_code == second.status_code, (path, first.text, second.text)
             assert first.content == second.content, path
-            for name in ("content-type", "inference-header-content-length", "retry-after"):
+            for name in ("content-type", "inference-header-content-length", "retry-after", "allow"):
                 assert first.headers.get(name) == second.headers.get(name), (path, name)
+            if first.status_code >= 400 and method != "HEAD":  # the protocol's error shape
+                assert set(first.json()) == {"error"}, (method, path, first.text)
         metrics = (await one.get("/metrics")).text
         assert 'route="/v2/models/{name}/infer"' in metrics
+        assert 'route="/v2/models/{name}/ready"' in metrics
 
 
 async def test_statistics_in_tritons_shape_and_histograms(http: httpx.AsyncClient) -> None:

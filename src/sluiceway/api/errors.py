@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from sluiceway.errors import (
@@ -87,9 +89,25 @@ class ErrorResponses:
                 raise error
             return response
 
+        async def handle_framework(request: Request, error: Exception) -> Response:
+            # The router's own 404 and 405 (no such path, a method the route does not serve):
+            # FastAPI answers {"detail": ...}; a protocol client reads "error" under /v2/.
+            assert isinstance(error, HTTPException)
+            headers = error.headers
+            if headers and "Allow" in headers:  # Starlette joins a set: sort it, for one order
+                allowed = sorted(method.strip() for method in headers["Allow"].split(","))
+                headers = {**headers, "Allow": ", ".join(allowed)}
+            if error_key(request.url.path) == "error":
+                return JSONResponse(
+                    {"error": error.detail}, status_code=error.status_code, headers=headers
+                )
+            error = HTTPException(error.status_code, error.detail, headers)
+            return await http_exception_handler(request, error)
+
         app.add_exception_handler(RequestError, handle)
         app.add_exception_handler(SluicewayError, handle)
         app.add_exception_handler(ClientGone, handle)
+        app.add_exception_handler(HTTPException, handle_framework)
 
 
 def _reply(

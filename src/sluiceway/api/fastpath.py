@@ -9,8 +9,8 @@ their fixed prefix. Errors go through the same ``ErrorResponses`` table as every
 (``{"error": ...}`` on the Open Inference Protocol's ``/v2/`` routes, as its handler does);
 every other request goes on to the full app untouched.
 
-A templated route serves only its own methods: any other method goes on to the app, which
-answers it as it answers any route (``405`` with its ``Allow``).
+A route serves only its own methods: any other method goes on to the app, which answers it
+as it answers any route (``405`` with its ``Allow``; ``{"error": ...}`` under ``/v2/``).
 
 ``FastApp`` puts these routes, and ``RequestContext``, in front of the whole FastAPI stack:
 FastAPI's own layers (its error, telemetry and body-limit middleware, the router's exception
@@ -85,23 +85,18 @@ class FastRoutes:
             return
         path = scope["path"]
         route = self._routes.get(path)
-        response: Response | None
-        if route is not None:
-            if route.methods and scope["method"] not in route.methods:
-                allow = ", ".join(sorted(route.methods))
-                response = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": allow})
-                _matched(scope, route)
-                await response(scope, receive, send)
-                return
-        else:
+        if route is None:
             route = self._match(scope, path)
-            if route is None:
-                await self.app(scope, receive, send)
-                return
+        elif route.methods and scope["method"] not in route.methods:
+            route = None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
         if self.full_stack():
             await self.app(scope, receive, send)
             return
         _matched(scope, route)
+        response: Response | None
         try:
             response = await route.endpoint(Request(scope, receive))
         except Exception as error:

@@ -4,8 +4,8 @@ configuration and statistics, and inference (also served by ``FastRoutes``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -40,6 +40,15 @@ EXTENSIONS = (
 )
 
 
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def _head(path: str) -> Callable[[_Endpoint], _Endpoint]:
+    """HEAD too on a route that probes ask (some load balancers probe with it), as the fast
+    path's copies serve it (``fast_routes``); the document lists the GET."""
+    return router.api_route(path, methods=["HEAD"], include_in_schema=False)
+
+
 PLATFORMS = {
     "onnx": "onnxruntime_onnx",
     "onnx-classifier": "onnxruntime_onnx",
@@ -51,18 +60,21 @@ PLATFORMS = {
 
 
 @router.get("/v2")
+@_head("/v2")
 async def server_metadata() -> Response:
     """Server name, version and the protocol extensions it speaks."""
     return _json({"name": "sluiceway", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 @router.get("/v2/health/live")
+@_head("/v2/health/live")
 async def live() -> Response:
     """The process answers."""
     return _json({"live": True})
 
 
 @router.get("/v2/health/ready")
+@_head("/v2/health/ready")
 async def ready(request: Request) -> Response:
     """The server can take inference requests (``503`` while it cannot)."""
     if not services_of(request).dispatcher.ready():
@@ -117,7 +129,9 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 
 
 @router.get("/v2/models/{name}/ready")
+@_head("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
+@_head("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """``200`` when the model takes requests now; ``503`` with the reason while it does not."""
     services = services_of(request)
@@ -175,12 +189,31 @@ async def _fast_infer(request: Request) -> Response:
     return await _infer(request, params["name"], params.get("version"))
 
 
+async def _fast_server_metadata(_: Request) -> Response:
+    return await server_metadata()
+
+
+async def _fast_live(_: Request) -> Response:
+    return await live()
+
+
+async def _fast_model_ready(request: Request) -> Response:
+    params = request.path_params
+    return await model_ready(request, params["name"], params.get("version"))
+
+
 fast_routes = [
     Route("/v2/models/{name}/infer", _fast_infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", _fast_infer, methods=["POST"]),
+    # Probes: Kubernetes and load balancers ask these every few seconds per replica.
+    Route("/v2", _fast_server_metadata, methods=["GET"]),
+    Route("/v2/health/live", _fast_live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/v2/models/{name}/ready", _fast_model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}/ready", _fast_model_ready, methods=["GET"]),
 ]
-"""The inference routes for ``FastRoutes``; the router's copies document them (OpenAPI) and
-answer whatever the fast path passes on."""
+"""Inference and the health probes for ``FastRoutes``; the router's copies document them
+(OpenAPI) and answer whatever the fast path passes on."""
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
