@@ -97,12 +97,19 @@ class ServerRun:
     encoding: str
     levels: list[Level] = field(default_factory=list)
     error: str = ""
+    nearby_ceiling_images_s: float = 0.0
+    """The better ceiling (batch 1 or 8) measured just before this server and just after it,
+    the higher of the two: the machine's speed while this server ran."""
 
 
 @dataclass
 class Ceiling:
     batch1_images_s: float
     batch8_images_s: float
+
+    @property
+    def best(self) -> float:
+        return max(self.batch1_images_s, self.batch8_images_s)
 
 
 def prepared_image() -> np.ndarray:
@@ -584,6 +591,17 @@ def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _spread(samples: list[Ceiling]) -> str:
+    """How far the ceiling moved through the run, when it was measured more than once."""
+    if len(samples) < 2:
+        return ""
+    bests = [sample.best for sample in samples]
+    return (
+        f" Measured {len(samples)} times, the better of batch 1 and 8 ranged from "
+        f"{min(bests):.1f} to {max(bests):.1f} images/s: the machine's speed in the run."
+    )
+
+
 def overhead_table(overhead: dict[str, Any]) -> list[str]:
     """The report's protocol-overhead paragraph: one table row per server and trivial route.
 
@@ -676,6 +694,7 @@ def main() -> None:
         return
     started = dt.datetime.now(dt.UTC)
     ceiling_rates, expected = ceiling(args.ceiling_s)
+    samples = [ceiling_rates]  # before the first server, then after each
     print(f"ceiling: batch 1 {ceiling_rates.batch1_images_s:.1f}/s, "
           f"batch 8 {ceiling_rates.batch8_images_s:.1f}/s", flush=True)  # fmt: skip
     runs: list[ServerRun] = []
@@ -712,12 +731,16 @@ def main() -> None:
                 continue
             body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
             measure(run, command, env, port, body, length, expected, args)
+            # The machine's speed moves within minutes: bracket each server with the ceiling.
+            samples.append(ceiling(args.ceiling_s)[0])
+            run.nearby_ceiling_images_s = max(samples[-2].best, samples[-1].best)
+            print(f"ceiling: {samples[-1].best:.1f}/s", flush=True)
         overhead: dict[str, Any] = {}
         if not args.only or "overhead" in args.only:
             overhead = protocol_overhead(folder, args)
             print(f"overhead: {overhead}", flush=True)
-    ceiling_rates = higher(ceiling_rates, ceiling(args.ceiling_s)[0])
-    report(started, ceiling_rates, runs, overhead, args)
+    samples.append(ceiling(args.ceiling_s)[0])
+    report(started, highest(samples), runs, overhead, args, samples)
 
 
 def rewrite_report(args: argparse.Namespace) -> None:
@@ -730,23 +753,26 @@ def rewrite_report(args: argparse.Namespace) -> None:
             server["encoding"],
             [Level(**level) for level in server["levels"]],
             server["error"],
+            server.get("nearby_ceiling_images_s", 0.0),
         )
         for server in saved["servers"]
     ]
     args.duration = saved["duration_s_per_level"]
     started = dt.datetime.fromisoformat(saved["started"])
+    samples = [Ceiling(**sample) for sample in saved.get("ceiling_samples", [])]
     ceiling_rates = Ceiling(**saved["ceiling"])
     if args.ceiling_again:  # the end-of-run ceiling, for a run made before it was measured
-        ceiling_rates = higher(ceiling_rates, ceiling(args.ceiling_s)[0])
-    report(started, ceiling_rates, runs, saved["protocol_overhead"], args)
+        samples.append(ceiling(args.ceiling_s)[0])
+        ceiling_rates = highest([ceiling_rates, samples[-1]])
+    report(started, ceiling_rates, runs, saved["protocol_overhead"], args, samples)
 
 
-def higher(first: Ceiling, last: Ceiling) -> Ceiling:
-    """The higher ceiling of two measurements: other work on a shared machine can only lower
-    one, and a lowered ceiling would flatter every server."""
+def highest(samples: list[Ceiling]) -> Ceiling:
+    """The highest ceiling measured, per batch size: other work on a shared machine can only
+    lower one, and a lowered ceiling would flatter every server."""
     return Ceiling(
-        max(first.batch1_images_s, last.batch1_images_s),
-        max(first.batch8_images_s, last.batch8_images_s),
+        max(sample.batch1_images_s for sample in samples),
+        max(sample.batch8_images_s for sample in samples),
     )
 
 
@@ -756,6 +782,7 @@ def report(
     runs: list[ServerRun],
     overhead: dict[str, Any],
     args: argparse.Namespace,
+    samples: list[Ceiling],
 ) -> None:
     results = {
         "date": started.date().isoformat(),
@@ -764,12 +791,13 @@ def report(
         "shared_machine": True,
         "duration_s_per_level": args.duration,
         "ceiling": asdict(ceiling),
+        "ceiling_samples": [asdict(sample) for sample in samples],
         "servers": [asdict(run) for run in runs],
         "protocol_overhead": overhead,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    best = max(ceiling.batch1_images_s, ceiling.batch8_images_s)
+    best = ceiling.best
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
         if not run.levels:
@@ -798,10 +826,11 @@ def report(
         "The ImageNet MobileNetV2 ONNX file, one prepared 224x224 image per request, over "
         f"`POST /v2/models/{MODEL}/infer`; `wrk` closed loop, {args.duration:g} s per level.",
         "",
-        "Ceiling (tight loop, two threads, tensor in memory; measured at the start and at the "
-        "end of the run, the higher of the two kept, as other work can only lower it): batch 1 "
+        "Ceiling (tight loop, two threads, tensor in memory; measured before the first server "
+        "and after each, the highest kept, as other work can only lower it): batch 1 "
         f"**{ceiling.batch1_images_s:.1f}** images/s, batch 8 **{ceiling.batch8_images_s:.1f}** "
-        f"images/s (batching gains {ceiling.batch8_images_s / ceiling.batch1_images_s:.2f}x).",
+        f"images/s (batching gains {ceiling.batch8_images_s / ceiling.batch1_images_s:.2f}x)."
+        + _spread(samples),
         "",
         "| server | setup | encoding |",
         "| --- | --- | --- |",
@@ -809,28 +838,32 @@ def report(
     lines += [f"| {run.name} | {run.setup} | {run.encoding} |" for run in runs]
     lines += [
         "",
-        f"x ceiling: against the better of the two ({best:.1f} images/s). wrk %: the share of the "
+        f"x ceiling: against the better of the two ({best:.1f} images/s); x nearby: against the "
+        "better ceiling measured just before and just after that server (the machine's speed "
+        "while it ran). wrk %: the share of the "
         "machine's CPU the load generator itself used (the ceiling had both cores to itself); "
         "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left. CPU "
         "bound: the req/s the server's CPU per request would give if it used every cycle of "
         "the cores wrk left, against the ceiling: the most it can reach without spending less "
         "per request (the gap to x ceiling w/o wrk is CPU left idle).",
         "",
-        "| server | clients | req/s | x ceiling | x ceiling w/o wrk | CPU bound | p50 ms "
-        "| p95 ms | p99 ms | failures | CPU ms/req | wrk % | peak RSS MB |",
+        "| server | clients | req/s | x ceiling | x nearby | x ceiling w/o wrk | CPU bound "
+        "| p50 ms | p95 ms | p99 ms | failures | CPU ms/req | wrk % | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
     cores = os.cpu_count() or 1
     for run in runs:
         if run.error:
-            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | | | | |")
+            lines.append(f"| {run.name} | error: {run.error} | | | | | | | | | | | | |")
         for level in run.levels:
             left = best * max(1e-9, 1 - level.wrk_cpu_share)
             bound = cores * (1 - level.wrk_cpu_share) * 1000 / max(1e-9, level.cpu_ms_per_request)
+            nearby = run.nearby_ceiling_images_s
             lines.append(
-                f"| {run.name} | {level.concurrency} | {level.rps:.1f} | "
-                f"{level.rps / best:.2f} | {level.rps / left:.2f} | {bound / best:.2f} | "
+                f"| {run.name} | {level.concurrency} | {level.rps:.1f} | {level.rps / best:.2f} | "
+                f"{f'{level.rps / nearby:.2f}' if nearby else ''} | "
+                f"{level.rps / left:.2f} | {bound / best:.2f} | "
                 f"{level.p50_ms:.1f} | "
                 f"{level.p95_ms:.1f} | {level.p99_ms:.1f} | {level.failures} | "
                 f"{level.cpu_ms_per_request:.1f} | {100 * level.wrk_cpu_share:.1f} | "
