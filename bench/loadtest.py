@@ -17,6 +17,9 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+CHECKOUT_PATH = os.pathsep.join((str(REPO / "src"), str(REPO)))
+"""``PYTHONPATH`` for a server under test: this checkout's code, not whichever tree the
+virtualenv installed Sluiceway from (a worktree shares the main checkout's virtualenv)."""
 
 
 def free_port() -> int:
@@ -125,7 +128,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        env = {**os.environ, "PYTHONPATH": CHECKOUT_PATH, **self.env}
         process = subprocess.Popen(self.command, cwd=REPO, env=env)
         try:
             wait_for_port(self.port)
@@ -191,7 +194,7 @@ def run_locust(
     subprocess.run(
         command,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **(env or {})},
         check=False,
         timeout=duration_s + 120,
     )

@@ -45,7 +45,7 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import REPO, free_port, machine, stop, wait_for_port
+from bench.loadtest import CHECKOUT_PATH, REPO, free_port, machine, stop, wait_for_port
 from sluiceway.inputs.addresses import AllowList
 from sluiceway.inputs.fetch import ImageFetcher
 
@@ -193,7 +193,7 @@ def main() -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.images.imageserver", folder, "--port", str(port)],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": CHECKOUT_PATH},
         )
         try:
             wait_for_port(port)

@@ -39,7 +39,15 @@ import matplotlib.pyplot as plt
 from ai_edge_litert.interpreter import Interpreter
 
 from bench.images.corpus import BIRDS_DIR, MODEL_FILE, MODEL_SHA256, make_variants
-from bench.loadtest import ProcessWatch, Server, free_port, machine, stop, wait_for_port
+from bench.loadtest import (
+    CHECKOUT_PATH,
+    ProcessWatch,
+    Server,
+    free_port,
+    machine,
+    stop,
+    wait_for_port,
+)
 from sluiceway.config import Settings
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.tflite_classifier import BIRDS_INPUT
@@ -345,7 +353,7 @@ def main() -> None:
         images = subprocess.Popen(
             [python, "-m", "bench.images.imageserver", str(folder), "--port", str(image_port)],
             cwd=HERE.parents[1],
-            env={**os.environ, "PYTHONPATH": str(HERE.parents[1])},
+            env={**os.environ, "PYTHONPATH": CHECKOUT_PATH},
         )
         try:
             wait_for_port(image_port)

@@ -57,7 +57,7 @@ import skimage
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import REPO, ProcessWatch, free_port, machine, stop
+from bench.loadtest import CHECKOUT_PATH, REPO, ProcessWatch, free_port, machine, stop
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT, imagenet_model_path
 
@@ -337,7 +337,7 @@ def measure(
     process = subprocess.Popen(
         command,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -500,7 +500,7 @@ def overhead_of(
     process = subprocess.Popen(
         command,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench.loadtest import ProcessWatch, free_port, machine, stop, wait_for_port
+from bench.loadtest import CHECKOUT_PATH, ProcessWatch, free_port, machine, stop, wait_for_port
 from bench.peers import workloads
 
 HERE = Path(__file__).resolve().parent
@@ -378,7 +378,7 @@ def start(
         cwd=REPO,
         env={
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": CHECKOUT_PATH,
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOML_HOME": str(Path(tempfile.gettempdir()) / "sluiceway-peers" / "bentoml-home"),
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -455,7 +455,7 @@ def prepare_birds(folder: Path, models: Path) -> BirdSetup:
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.images.imageserver", str(images), "--port", str(port)],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH},
     )
     wait_for_port(port)
     base = f"http://127.0.0.1:{port}"
