@@ -10,7 +10,8 @@ import pytest
 
 from sluiceway.config import Settings
 from sluiceway.kinds import kind_of
-from sluiceway.models.onnx_model import OnnxModel, usable_cores
+from sluiceway.models.cores import usable_cores
+from sluiceway.models.onnx_model import OnnxModel
 from sluiceway.models.records import SourceKind
 from sluiceway.models.tensors import TensorSpec
 from sluiceway.repository import BrokenModel, read_model, scan

@@ -78,6 +78,7 @@ def builtin_records(settings: Settings) -> list[ModelRecord]:
             image=BIRDS_INPUT,
             threads=s.birds.threads,
             builtin=True,
+            wide=s.birds.wide,
         ),
         ModelRecord(
             name=IMAGENET,
@@ -132,6 +133,7 @@ def _tflite_classifier(record: ModelRecord, settings: Settings, progress: bool) 
         store=ArtifactStore(settings.model_cache_dir),
         input_spec=record.image,
         threads=record.threads,
+        wide=record.wide,
         # A folder's file is never downloaded; a URL's takes the birds model's allowance.
         download_timeout_s=settings.birds.download_timeout_s,
         progress=progress,

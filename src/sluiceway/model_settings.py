@@ -63,6 +63,7 @@ class BirdsSettings(ModelSettings):
     )
     download_timeout_s: float = Field(120.0, gt=0, description="whole model download")
     threads: int = Field(1, ge=1, description="LiteRT threads per compute slot")
+    wide: bool = Field(True, description="a call made while no other computes uses every core")
     slots: int = Field(2, ge=1, description="bird model calls running at once")
     # XNNPACK's cost per image does not fall with batch size, while each batch size held by an
     # interpreter keeps its own arena (batch 16 ≈ +28 MB per slot): 8 batches enough.

@@ -81,7 +81,7 @@ def test_a_batch_matches_singles(imagenet: OnnxClassifier) -> None:
 
 
 def test_a_wide_call_ranks_as_a_call_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 2)
     policy = BatchPolicy(slots=2, max_batch=8)
     wide = asyncio.run(imagenet_kind(policy).load(None))
     assert wide.runs_wide

@@ -109,7 +109,7 @@ async def test_a_wide_call_gives_the_same_rows_on_a_session_with_a_thread_per_co
     weights_and_path: tuple[np.ndarray, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, path = weights_and_path
-    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 2)
     model = await load(path)
     assert model.runs_wide and model.computes_on_caller  # the narrow session is still one thread
     rng = np.random.default_rng(2)
@@ -126,7 +126,7 @@ async def test_no_wide_session_when_turned_off_or_a_call_has_every_core_already(
     weights_and_path: tuple[np.ndarray, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, path = weights_and_path
-    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 2)
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 2)
     wide = await load(path)
     for model in (await load(path, wide=False), await load(path, threads=2)):
         assert not model.runs_wide
@@ -139,6 +139,6 @@ async def test_no_wide_session_when_turned_off_or_a_call_has_every_core_already(
     kind = OnnxModelKind("linear", POLICY, path=path)
     one_core = OnnxModelKind("linear", POLICY, path=path, wide=False)
     assert kind.load_peak_nbytes() == 2 * one_core.load_peak_nbytes() > 0
-    monkeypatch.setattr("sluiceway.models.onnx_model.usable_cores", lambda: 1)
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 1)
     assert not (await load(path)).runs_wide
     assert kind.load_peak_nbytes() == one_core.load_peak_nbytes()

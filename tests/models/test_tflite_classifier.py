@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from sluiceway.models.tflite_classifier import (
     TfliteClassifier,
     TfliteClassifierKind,
     embedded_labels,
+    tflite_nbytes,
 )
 from sluiceway.split.wire import pack, unpack
 from sluiceway.stores.artifacts import ArtifactStore
@@ -30,7 +32,7 @@ SCORE_MOVE = 0.05
 
 
 def birds_kind(
-    server: FileServer, cache: Path, path: str = f"files/{BIRDS_MODEL_FILE}"
+    server: FileServer, cache: Path, path: str = f"files/{BIRDS_MODEL_FILE}", wide: bool = True
 ) -> TfliteClassifierKind:
     return TfliteClassifierKind(
         "birds",
@@ -38,6 +40,7 @@ def birds_kind(
         url=server.url(path),
         sha256=BIRDS_SHA256,
         store=ArtifactStore(cache),
+        wide=wide,
     )
 
 
@@ -114,3 +117,66 @@ def test_payloads_and_results_cross_the_split_mode_wire(birds: TfliteClassifier)
     (result,) = birds.predict_batch([unpack(pack(payload))])
     assert ranked(unpack(pack(result))) == birds.predict_batch([payload])[0]
     assert ranked(unpack(pack(result)))[0].label == "Porphyrio martinicus"
+
+
+async def test_a_wide_call_ranks_as_a_call_on_one_core(
+    birds_server: FileServer, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 2)
+    wide = await birds_kind(birds_server, model_cache).load(None)
+    assert wide.runs_wide
+    noise = np.random.default_rng(1).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    images = [photo("bird.jpg", k=5), Pixels(noise, 5), Pixels(np.zeros(3), 5)]
+    narrow_ranks, wide_ranks = wide.predict_batch(images), wide.infer_wide(images)
+    assert wide_ranks[:2] == narrow_ranks[:2]  # XNNPACK's threads split work, not arithmetic
+    assert isinstance(wide_ranks[2], BadInput)  # a malformed payload fails alone here too
+    assert wide.infer_wide(images[:1]) == wide.predict_batch(images[:1])
+    # The wide interpreter is counted as one more interpreter.
+    one_core = await birds_kind(birds_server, model_cache, wide=False).load(None)
+    assert not one_core.runs_wide
+    file_bytes = require(BIRDS_MODEL).stat().st_size
+    assert one_core.nbytes == tflite_nbytes(file_bytes, 224, 2, 8)
+    assert wide.nbytes == tflite_nbytes(file_bytes, 224, 3, 8) > one_core.nbytes
+
+
+async def test_no_wide_interpreter_on_one_core(
+    birds_server: FileServer, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sluiceway.models.cores.usable_cores", lambda: 1)
+    birds = await birds_kind(birds_server, model_cache).load(None)
+    assert not birds.runs_wide
+    with pytest.raises(NotImplementedError):
+        birds.infer_wide([photo("bird.jpg")])
+
+
+def test_wide_calls_that_meet_take_a_slots_interpreter(
+    birds: TfliteClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two calls that both found the process idle: the second does not wait for the wide
+    interpreter (it runs one call at once) but takes a slot's."""
+    if not birds.runs_wide:
+        pytest.skip("one core: no wide interpreter")
+    images = [photo("bird.jpg", k=3), photo("PurpleGallinule.jpg", k=3)]
+    expected = birds.predict_batch(images)
+    gate = threading.Event()
+    release = threading.Event()
+    wide_runner = birds._wide
+    assert wide_runner is not None
+    plain_run = wide_runner.run
+
+    def held_run(batch: np.ndarray) -> np.ndarray:
+        gate.set()
+        release.wait(10)
+        return plain_run(batch)
+
+    monkeypatch.setattr(wide_runner, "run", held_run)
+    first: list[object] = []
+    holder = threading.Thread(target=lambda: first.append(birds.infer_wide(images)))
+    holder.start()
+    assert gate.wait(10)
+    try:
+        assert birds.infer_wide(images) == expected  # while the first holds the wide one
+    finally:
+        release.set()
+        holder.join(10)
+    assert first == [expected]

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from sluiceway.errors import ModelUnavailable
 from sluiceway.inputs.pixels import Fit, ImageInput
+from sluiceway.models import cores
 from sluiceway.models.base import BatchPolicy, ModelKind
 from sluiceway.models.classifier import Classifier
 from sluiceway.models.onnx_model import (
@@ -30,7 +31,6 @@ from sluiceway.models.onnx_model import (
     build_peak_nbytes,
     open_session,
     open_wide_session,
-    opens_wide,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class OnnxClassifierKind(ModelKind):
         """Whether to open a wide session too (``open_wide_session``)."""
 
     def load_peak_nbytes(self) -> int:
-        return build_peak_nbytes(self.path, wide=opens_wide(self.wide, self.threads))
+        return build_peak_nbytes(self.path, wide=cores.opens_wide(self.wide, self.threads))
 
     async def load(self, spec: Any) -> OnnxClassifier:
         """Open the session in a thread (graph optimisation takes a moment)."""

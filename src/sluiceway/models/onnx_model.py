@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sluiceway.errors import BadInput, ModelUnavailable
+from sluiceway.models import cores
 from sluiceway.models.base import BatchPolicy, ModelKind, ThreadedModel
 from sluiceway.models.tensors import ONNX_TYPES, TensorSpec, rows_of, split_rows
 
@@ -81,19 +81,6 @@ with the arena, 14 MB without; a first session costs more (``onnx_classifier.py`
 also sets up ONNX Runtime's process-wide state."""
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def opens_wide(wide: bool, threads: int) -> bool:
-    """Whether a model asked for ``wide`` gets a wide session: not if a call already has every
-    core."""
-    return wide and usable_cores() > threads
-
-
 def open_wide_session(
     path: Path, threads: int, memory_arena: bool, owner: str
 ) -> ort.InferenceSession | None:
@@ -105,10 +92,9 @@ def open_wide_session(
     at 15-16 ms of CPU per image against 13.5-14; two threads without spinning ran 77-84, no
     faster than one, since each operator then waits for a sleeping thread to wake.
     """
-    cores = usable_cores()
-    if cores <= threads:
+    if not cores.opens_wide(True, threads):
         return None
-    return open_session(path, cores, memory_arena, owner, spinning=True)
+    return open_session(path, cores.usable_cores(), memory_arena, owner, spinning=True)
 
 
 def read_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -255,7 +241,7 @@ class OnnxModelKind(ModelKind):
         """Whether to open a wide session too (``open_wide_session``)."""
 
     def load_peak_nbytes(self) -> int:
-        return build_peak_nbytes(self.path, wide=opens_wide(self.wide, self.threads))
+        return build_peak_nbytes(self.path, wide=cores.opens_wide(self.wide, self.threads))
 
     async def load(self, spec: Any) -> OnnxModel:
         """Open the session in a thread (graph optimisation takes a moment)."""
