@@ -196,17 +196,24 @@ def peer_python(venvs: Path, peer: str) -> str:
 
 
 def sluiceway_server(
-    folder: Path, max_batch: int, port: int, arena: bool = True, wide: bool = True
+    folder: Path,
+    max_batch: int,
+    port: int,
+    arena: bool = True,
+    wide: bool = True,
+    model_file: Path | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """Sluiceway serving the file from a repository; ``arena``: ONNX Runtime's memory arena on
-    (``memory_arena = true``, what a model served all the time should use, as the ceiling and
-    the peers' default sessions do); ``wide``: a call made alone runs on every core (the
-    default, ``wide = true``)."""
+    """Sluiceway serving the file (``model_file``, the ImageNet one unless given) from a
+    repository; ``arena``: ONNX Runtime's memory arena on (``memory_arena = true``, what a model
+    served all the time should use, as the ceiling and the peers' default sessions do);
+    ``wide``: a call made alone runs on every core (the default, ``wide = true``)."""
     variant = f"{'arena' if arena else 'lean'}-{'wide' if wide else 'one'}"
+    if model_file is not None:
+        variant += f"-{model_file.stem}"
     repository = folder / f"repository-{max_batch}-{variant}"
     model = repository / MODEL
     model.mkdir(parents=True, exist_ok=True)
-    (model / "model.onnx").write_bytes(imagenet_model_path().read_bytes())
+    (model / "model.onnx").write_bytes((model_file or imagenet_model_path()).read_bytes())
     (model / "config.toml").write_text(
         f'platform = "onnx"\nmax_batch_size = {max_batch}\ninstances = 2\nthreads = 1\n'
         f"max_queue = 4096\nmemory_arena = {'true' if arena else 'false'}\n"
@@ -216,7 +223,38 @@ def sluiceway_server(
     )
     command = [sys.executable, "-m", "sluiceway", "serve", "--port", str(port)]
     env = {"SLUICEWAY_MODEL_REPOSITORY": str(repository), "SLUICEWAY_LOG_LEVEL": "WARNING"}
+    if model_file is not None:  # calls hop to the model threads as the real model's do
+        env["SLUICEWAY_INLINE_CALL_US"] = "0"
     return command, env
+
+
+def floor_model(folder: Path) -> Path:
+    """A near-free stand-in for the ImageNet file, with its tensors: the image's first 1000
+    values as ``logits`` (Reshape, then Slice). Served as the real model is, it measures what
+    serving a request costs beside the model call."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    path = folder / "floor.onnx"
+    constants = {
+        "flat": np.array([0, -1], dtype=np.int64),  # 0: keep the batch dimension
+        "starts": np.array([0], dtype=np.int64),
+        "ends": np.array([1000], dtype=np.int64),
+        "axes": np.array([1], dtype=np.int64),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["input", "flat"], ["rows"]),
+            helper.make_node("Slice", ["rows", "starts", "ends", "axes"], ["logits"]),
+        ],
+        "floor",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    save(onnx_model, str(path))
+    return path
 
 
 def kserve_server(
@@ -278,8 +316,9 @@ def wait_ready(
     raise TimeoutError(f"not ready after {timeout_s} s")
 
 
-def check_answer(base: str, body: Path, header_length: int | None, expected: int) -> None:
-    """One request, read fully: the top class must be the ceiling's."""
+def check_answer(base: str, body: Path, header_length: int | None, expected: int | None) -> None:
+    """One request, read fully: 1000 logits, whose top class must be the ceiling's (unless
+    ``expected`` is ``None``: the serving floor's stand-in model)."""
     headers = {"Content-Type": "application/json"}
     if header_length is not None:
         headers = {
@@ -295,7 +334,9 @@ def check_answer(base: str, body: Path, header_length: int | None, expected: int
         logits = np.frombuffer(response.content[int(length) :], "<f4")
     else:
         logits = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32)
-    if int(np.argmax(logits)) != expected:
+    if logits.shape != (1000,):
+        raise AssertionError(f"{logits.shape} logits, expected 1000")
+    if expected is not None and int(np.argmax(logits)) != expected:
         raise AssertionError(f"top class {int(np.argmax(logits))}, expected {expected}")
 
 
@@ -330,7 +371,7 @@ def measure(
     port: int,
     body: Path,
     header_length: int | None,
-    expected: int,
+    expected: int | None,
     args: argparse.Namespace,
 ) -> None:
     base = f"http://127.0.0.1:{port}"
@@ -375,6 +416,9 @@ def measure(
     finally:
         stop(process)
 
+
+FLOOR = "sluiceway-floor"
+"""The server whose model costs next to nothing: what serving one request costs."""
 
 TRIVIAL = "trivial"
 """The protocol-overhead model's name on every server."""
@@ -591,6 +635,31 @@ def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def floor_table(floor: ServerRun, best: float, cores: int) -> list[str]:
+    """The serving floor: what a request costs beside the model call, and the most a server
+    with that cost can reach on these cores (the model's own CPU per image as in the ceiling)."""
+    lines = [
+        f"Serving floor ({floor.setup}). Bound: with the ceiling's CPU per image "
+        f"({cores * 1000 / best:.1f} ms: {cores} cores at {best:.1f} images/s) plus this much per "
+        "request, the most any server could reach, against the ceiling.",
+        "",
+    ]
+    if floor.error:
+        return [*lines, f"error: {floor.error}"]
+    lines += [
+        "| clients | req/s | CPU ms/req | bound x ceiling | p50 ms | p95 ms | failures |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    model_ms = cores * 1000 / best
+    for level in floor.levels:
+        bound = model_ms / (model_ms + level.cpu_ms_per_request)
+        lines.append(
+            f"| {level.concurrency} | {level.rps:.1f} | {level.cpu_ms_per_request:.2f} | "
+            f"{bound:.2f} | {level.p50_ms:.1f} | {level.p95_ms:.1f} | {level.failures} |"
+        )
+    return lines
+
+
 def _spread(samples: list[Ceiling]) -> str:
     """How far the ceiling moved through the run, when it was measured more than once."""
     if len(samples) < 2:
@@ -717,6 +786,10 @@ def main() -> None:
              "ORT thread", "json", lambda p: mlserver_server(args.venvs, folder, p)),
             ("sluiceway-json", "as sluiceway, JSON tensors", "json",
              lambda p: sluiceway_server(folder, 8, p)),
+            (FLOOR, "as sluiceway, the model replaced by a near-free one with its tensors (the "
+             "image's first 1000 values as logits), calls on the model threads: the serving "
+             "cost alone", "binary",
+             lambda p: sluiceway_server(folder, 8, p, model_file=floor_model(folder))),
         ]  # fmt: skip
         for name, setup, encoding, build in plans:
             if args.only and name not in args.only:
@@ -730,7 +803,8 @@ def main() -> None:
                 run.error = f"{type(error).__name__}: {error}"
                 continue
             body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
-            measure(run, command, env, port, body, length, expected, args)
+            checked = None if name == FLOOR else expected
+            measure(run, command, env, port, body, length, checked, args)
             # The machine's speed moves within minutes: bracket each server with the ceiling.
             samples.append(ceiling(args.ceiling_s)[0])
             run.nearby_ceiling_images_s = max(samples[-2].best, samples[-1].best)
@@ -798,6 +872,8 @@ def report(
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     best = ceiling.best
+    floor = next((run for run in runs if run.name == FLOOR), None)
+    runs = [run for run in runs if run.name != FLOOR]  # not the model: its own paragraph
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
         if not run.levels:
@@ -869,6 +945,8 @@ def report(
                 f"{level.cpu_ms_per_request:.1f} | {100 * level.wrk_cpu_share:.1f} | "
                 f"{level.rss_mb:.0f} |"
             )
+    if floor is not None:
+        lines += ["", *floor_table(floor, best, cores)]
     if overhead:
         lines += ["", *overhead_table(overhead)]
     lines += [
