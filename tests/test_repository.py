@@ -14,7 +14,9 @@ from sluiceway.models.cores import usable_cores
 from sluiceway.models.onnx_model import OnnxModel
 from sluiceway.models.records import SourceKind
 from sluiceway.models.tensors import TensorSpec
+from sluiceway.models.tflite_classifier import TfliteClassifier, embedded_labels
 from sluiceway.repository import BrokenModel, read_model, scan
+from tests.fixtures.external import BIRDS_MODEL, require
 from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
 
@@ -133,6 +135,26 @@ def test_wide_calls_are_on_unless_the_config_turns_it_off(tmp_path: Path) -> Non
         assert not isinstance(record, BrokenModel) and record.wide is wide
         model = asyncio.run(kind_of(record, Settings()).load(None))
         assert isinstance(model, OnnxModel)
+        assert model.runs_wide is (wide and usable_cores() > 1)
+
+
+def test_a_tflite_classifier_follows_the_configs_wide(tmp_path: Path) -> None:
+    """``wide`` reaches a LiteRT classifier too: its wide interpreter is built or not."""
+    data = require(BIRDS_MODEL).read_bytes()
+    labels = "\n".join(embedded_labels(data, "probability-labels-en.txt"))
+    for name, wide in (("on", True), ("off", False)):
+        folder = tmp_path / name
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / "model.tflite").write_bytes(data)
+        (folder / "labels.txt").write_text(labels)
+        (folder / "config.toml").write_text(
+            f'platform = "tflite"\nlabels = "labels.txt"\nwide = {str(wide).lower()}\n'
+            '[image]\nsize = 224\nfit = "stretch"\nlayout = "NHWC"\ndtype = "uint8"\n'
+        )
+        record = read_model(folder)
+        assert not isinstance(record, BrokenModel) and record.wide is wide
+        model = asyncio.run(kind_of(record, Settings()).load(None))
+        assert isinstance(model, TfliteClassifier)
         assert model.runs_wide is (wide and usable_cores() > 1)
 
 
