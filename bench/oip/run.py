@@ -27,6 +27,9 @@ ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-
 So the one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
 prepared image (the chelsea photo) every request. Every server's answer is checked once (the
 class must be the ceiling's) and every load answer must be 200 with the output in it.
+Sluiceway batched, unbatched and with one-core calls are started together and measured level by
+level in turn (``TOGETHER``), so their comparisons are made within the same minutes; the other
+servers run one after the other.
 Writes ``bench/oip/REPORT.md``, ``oip.png`` and ``results.json``.
 """
 
@@ -364,57 +367,102 @@ def wrk(
     return result
 
 
+@dataclass
+class Served:
+    """One server under test, started: what to send it and the run its levels go to."""
+
+    run: ServerRun
+    process: subprocess.Popen[bytes]
+    url: str
+    body: Path
+    header_length: int | None
+
+
 def measure(
-    run: ServerRun,
-    command: list[str],
-    env: dict[str, str],
-    port: int,
-    body: Path,
-    header_length: int | None,
-    expected: int | None,
+    plans: list[tuple[ServerRun, list[str], dict[str, str], int, Path, int | None, int | None]],
     args: argparse.Namespace,
 ) -> None:
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """Start every server of ``plans`` (run, command, environment, port, body, header length,
+    expected class), then measure each level on each in turn, the order reversed every other
+    level: servers compared in one group see the same minutes of a machine whose speed moves
+    (the others idle meanwhile). A server that fails is reported; the others still run."""
+    served: list[Served] = []
     try:
-        wait_ready(base, process)
-        check_answer(base, body, header_length, expected)
-        url = f"{base}/v2/models/{MODEL}/infer"
-        wrk(url, body, header_length, 4, 2)  # warm-up, not counted
-        for concurrency in args.levels:
-            with ProcessWatch(process.pid, interval_s=0.5) as watch:
-                result = wrk(url, body, header_length, concurrency, args.duration)
-            seconds = result["duration_us"] / 1e6
-            failures = int(
-                result["not_200"] + result["wrong"] + result["socket_errors"] + result["timeouts"]
+        for run, command, env, port, body, header_length, expected in plans:
+            process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-            good = max(1, int(result["requests"]) - failures)
-            level = Level(
-                concurrency=concurrency,
-                requests=int(result["requests"]),
-                rps=result["requests"] / seconds,
-                failures=failures,
-                p50_ms=result["p50_ms"],
-                p95_ms=result["p95_ms"],
-                p99_ms=result["p99_ms"],
-                cpu_ms_per_request=watch.cpu_s * 1000 / good,
-                rss_mb=watch.peak_rss_mb,
-                wrk_cpu_share=result["cpu_s"] / (seconds * (os.cpu_count() or 1)),
-            )
-            run.levels.append(level)
-            print(f"{run.name} c={concurrency}: {level.rps:.1f} req/s p95 {level.p95_ms} ms "
-                  f"failures {failures}", flush=True)  # fmt: skip
-    except Exception as error:  # a peer that cannot run is reported, the others still run
-        run.error = f"{type(error).__name__}: {error}"
-        print(f"{run.name}: {run.error}", flush=True)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(base, process)
+                check_answer(base, body, header_length, expected)
+                url = f"{base}/v2/models/{MODEL}/infer"
+                wrk(url, body, header_length, 4, 2)  # warm-up, not counted
+            except Exception as error:  # a peer that cannot run is reported
+                failed(run, error)
+                stop(process)
+                continue
+            served.append(Served(run, process, url, body, header_length))
+        for index, concurrency in enumerate(args.levels):
+            for server in served if index % 2 == 0 else served[::-1]:
+                if server.run.error:
+                    continue
+                try:
+                    measure_level(server, concurrency, args)
+                except Exception as error:
+                    failed(server.run, error)
     finally:
-        stop(process)
+        for server in served:
+            stop(server.process)
+
+
+def failed(run: ServerRun, error: Exception) -> None:
+    run.error = f"{type(error).__name__}: {error}"
+    print(f"{run.name}: {run.error}", flush=True)
+
+
+def measure_level(server: Served, concurrency: int, args: argparse.Namespace) -> None:
+    with ProcessWatch(server.process.pid, interval_s=0.5) as watch:
+        result = wrk(server.url, server.body, server.header_length, concurrency, args.duration)
+    seconds = result["duration_us"] / 1e6
+    failures = int(
+        result["not_200"] + result["wrong"] + result["socket_errors"] + result["timeouts"]
+    )
+    good = max(1, int(result["requests"]) - failures)
+    level = Level(
+        concurrency=concurrency,
+        requests=int(result["requests"]),
+        rps=result["requests"] / seconds,
+        failures=failures,
+        p50_ms=result["p50_ms"],
+        p95_ms=result["p95_ms"],
+        p99_ms=result["p99_ms"],
+        cpu_ms_per_request=watch.cpu_s * 1000 / good,
+        rss_mb=watch.peak_rss_mb,
+        wrk_cpu_share=result["cpu_s"] / (seconds * (os.cpu_count() or 1)),
+    )
+    server.run.levels.append(level)
+    print(f"{server.run.name} c={concurrency}: {level.rps:.1f} req/s p95 {level.p95_ms} ms "
+          f"failures {failures}", flush=True)  # fmt: skip
+
+
+TOGETHER = ("sluiceway", "sluiceway-unbatched", "sluiceway-one-core")
+"""Servers measured level by level in turn (``measure``): the batching and wide-call
+comparisons are read within one minute of the machine, not across minutes."""
+
+Plan = tuple[str, str, str, Callable[[int], tuple[list[str], dict[str, str]]]]
+
+
+def groups(plans: list[Plan], only: list[str] | None) -> list[list[Plan]]:
+    """The plans to run (``--only``), those in ``TOGETHER`` as one group, each other alone."""
+    chosen = [plan for plan in plans if not only or plan[0] in only]
+    together = [plan for plan in chosen if plan[0] in TOGETHER]
+    alone = [[plan] for plan in chosen if plan[0] not in TOGETHER]
+    return ([together] if together else []) + alone
 
 
 FLOOR = "sluiceway-floor"
@@ -791,23 +839,26 @@ def main() -> None:
              "cost alone", "binary",
              lambda p: sluiceway_server(folder, 8, p, model_file=floor_model(folder))),
         ]  # fmt: skip
-        for name, setup, encoding, build in plans:
-            if args.only and name not in args.only:
-                continue
-            run = ServerRun(name, setup, encoding)
-            runs.append(run)
-            port = free_port()
-            try:
-                command, env = build(port)
-            except Exception as error:
-                run.error = f"{type(error).__name__}: {error}"
-                continue
-            body, length = (binary, header_length) if encoding == "binary" else (as_json, None)
-            checked = None if name == FLOOR else expected
-            measure(run, command, env, port, body, length, checked, args)
-            # The machine's speed moves within minutes: bracket each server with the ceiling.
+        for group in groups(plans, args.only):
+            ready = []
+            for name, setup, encoding, build in group:
+                run = ServerRun(name, setup, encoding)
+                runs.append(run)
+                port = free_port()
+                try:
+                    command, env = build(port)
+                except Exception as error:
+                    run.error = f"{type(error).__name__}: {error}"
+                    continue
+                binary_body = encoding == "binary"
+                body, length = (binary, header_length) if binary_body else (as_json, None)
+                checked = None if name == FLOOR else expected
+                ready.append((run, command, env, port, body, length, checked))
+            measure(ready, args)
+            # The machine's speed moves within minutes: bracket each group with the ceiling.
             samples.append(ceiling(args.ceiling_s)[0])
-            run.nearby_ceiling_images_s = max(samples[-2].best, samples[-1].best)
+            for run, *_ in ready:
+                run.nearby_ceiling_images_s = max(samples[-2].best, samples[-1].best)
             print(f"ceiling: {samples[-1].best:.1f}/s", flush=True)
         overhead: dict[str, Any] = {}
         if not args.only or "overhead" in args.only:
@@ -918,7 +969,8 @@ def report(
         "",
         f"x ceiling: against the better of the two ({best:.1f} images/s); x nearby: against the "
         "better ceiling measured just before and just after that server (the machine's speed "
-        "while it ran). wrk %: the share of the "
+        f"while it ran; {', '.join(TOGETHER)} are measured level by level in turn, and share "
+        "one bracket). wrk %: the share of the "
         "machine's CPU the load generator itself used (the ceiling had both cores to itself); "
         "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left. CPU "
         "bound: the req/s the server's CPU per request would give if it used every cycle of "
