@@ -367,6 +367,17 @@ def wrk(
     return result
 
 
+def start_server(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A server under test, started from this checkout's code, its output dropped."""
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @dataclass
 class Served:
     """One server under test, started: what to send it and the run its levels go to."""
@@ -389,13 +400,7 @@ def measure(
     served: list[Served] = []
     try:
         for run, command, env, port, body, header_length, expected in plans:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            process = start_server(command, env)
             base = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(base, process)
@@ -589,13 +594,7 @@ def overhead_of(
     base = f"http://127.0.0.1:{port}"
     rows = [Overhead(server, setup, route) for route in routes]
     cores = os.cpu_count() or 1
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_server(command, env)
     try:
         wait_ready(base, process, model=TRIVIAL)
         check_trivial(base, body)

@@ -79,9 +79,9 @@ class Computing:
     threads take turns away from the newcomer: with two closed-loop clients, making every call
     that started alone wide took MobileNetV2 from 106 to 92 requests/s (``bench/oip``'s model,
     one 8 s round each, 2026-12-01), since the other client's request arrives during nearly
-    every call. So the
-    count also learns, over the last calls or so that started alone (wide or not), the share
-    that no other call joined before they ended, and calls go wide only while most did.
+    every call. So the count also learns, over the last ten or so calls that started alone
+    (wide or not), the share that no other call joined before they ended, and calls go wide
+    only while most did.
     """
 
     def __init__(self) -> None:
