@@ -49,7 +49,9 @@ COLD_KIOSKS = 50
 FIT_COST_S = 2.0
 PERCENTILES = ["p50", "p75", "p90", "p95", "p99", "p99.9"]
 
-Runs = dict[str, dict[str, list[dict[str, object]]]]  # scenario -> server -> rounds
+WrkResult = dict[str, float | str]
+"""One run's figures: wrk's numbers (and ``other_statuses``, a string), then ours."""
+Runs = dict[str, dict[str, list[WrkResult]]]  # scenario -> server -> rounds
 
 
 def bodies(restaurants: list[list[list[int]]], per_restaurant: int = 20) -> list[str]:
@@ -208,7 +210,7 @@ def wrk_result(process: subprocess.Popen[str]) -> dict[str, Any]:
     return parsed
 
 
-def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> dict[str, object]:
+def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> WrkResult:
     restaurants = training_sets()
     warm = restaurants if scenario == "warm" else restaurants[:4]
     if scenario == "fair":
@@ -229,14 +231,13 @@ def measure(srv: Server, scenario: str, duration_s: int, workdir: Path) -> dict[
                 cold = asyncio.run(first_requests(srv.port, fifth, COLD_KIOSKS))
             elif scenario == "fair":
                 cold = asyncio.run(lone_kiosk(srv.port, fifth, duration_s - 0.5))
-            result: dict[str, object] = dict(wrk_result(wrk))
+            result: WrkResult = wrk_result(wrk)
             wrk_cpu_s = children_cpu_s() - reaped_cpu_s
-        seconds = float(result["duration_us"]) / 1e6  # type: ignore[arg-type]
-        requests = float(result["requests"]) + len(cold)  # type: ignore[arg-type]
-        result["rps"] = float(result["requests"]) / seconds  # type: ignore[arg-type]
+        seconds = float(result["duration_us"]) / 1e6
+        requests = float(result["requests"]) + len(cold)
+        result["rps"] = float(result["requests"]) / seconds
         result["failures"] = sum(
-            int(result[k])
-            for k in ("not_200", "connect", "read", "write", "timeout")  # type: ignore[call-overload]
+            int(result[k]) for k in ("not_200", "connect", "read", "write", "timeout")
         ) + sum(1 for t in cold if t != t)
         result["server_cpu_ms_per_request"] = 1000 * server_watch.cpu_s / requests
         result["wrk_cpu_share"] = wrk_cpu_s / seconds / (os.cpu_count() or 1)
@@ -260,7 +261,7 @@ def plot(runs: Runs, path: Path) -> None:
         for name, rounds in runs[scenario].items():
             color, line = styles[name]
             for index, result in enumerate(rounds):
-                values = [float(result[f"{p}_ms"]) for p in PERCENTILES]  # type: ignore[arg-type]
+                values = [float(result[f"{p}_ms"]) for p in PERCENTILES]
                 label = name if index == 0 else None
                 axis.plot(PERCENTILES, values, linestyle=line, marker="o", color=color, label=label)
         axis.axhline(300, color="black", linewidth=0.6)
@@ -305,7 +306,7 @@ def report(runs: Runs, duration_s: int, rounds: int) -> str:
                 f" {r['failures']} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} |"
                 f" {r['max_ms']:.0f} |"
                 f" {cold_p50} | {cold_max} | {r['server_cpu_ms_per_request']:.2f} |"
-                f" {100 * float(r['wrk_cpu_share']):.0f}% |"  # type: ignore[arg-type]
+                f" {100 * float(r['wrk_cpu_share']):.0f}% |"
             )
     if "fair" in runs:
         lines += [
@@ -316,9 +317,9 @@ def report(runs: Runs, duration_s: int, rounds: int) -> str:
             "| server | round | busy p50 ms | lone p99 ms | ratio | lone requests | RPS |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, rounds in runs["fair"].items():
-            for index, r in enumerate(rounds, 1):
-                busy, lone = float(r["p50_ms"]), float(r["lone_p99_ms"])  # type: ignore[arg-type]
+        for name, fair_rounds in runs["fair"].items():
+            for index, r in enumerate(fair_rounds, 1):
+                busy, lone = float(r["p50_ms"]), float(r["lone_p99_ms"])
                 lines.append(
                     f"| {name} | {index} | {busy:.0f} | {lone:.0f} | {lone / busy:.2f} |"
                     f" {r['lone_requests']} | {r['rps']:.0f} |"

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -212,7 +213,8 @@ async def _trickle(
 
 def rss_mb(pid: int) -> float:
     process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+    rss: int = sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+    return rss / 2**20
 
 
 async def phase(name: str, port: int, pid: int, duration_s: float) -> dict[str, object]:
@@ -274,7 +276,7 @@ async def phase(name: str, port: int, pid: int, duration_s: float) -> dict[str, 
     return result
 
 
-def start(stack: str) -> tuple[Server, object]:
+def start(stack: str) -> tuple[Server, subprocess.Popen[bytes]]:
     port = free_port()
     python = sys.executable
     env = {"SLUICEWAY_LOG_LEVEL": "WARNING"}
@@ -297,9 +299,9 @@ def main() -> None:
     phases: dict[str, object] = {}
     try:
         for name in PHASES:
-            phases[name] = asyncio.run(phase(name, server.port, process.pid, args.duration))  # type: ignore[attr-defined]
+            phases[name] = asyncio.run(phase(name, server.port, process.pid, args.duration))
     finally:
-        stop(process)  # type: ignore[arg-type]
+        stop(process)
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
         "machine": machine(),

@@ -126,7 +126,10 @@ def main() -> None:
         results["edge"].append(uvloop.run(cost(EdgeProtocol, args.requests, args.reads)))
     base = statistics.median(results["httptools"])
     edge = statistics.median(results["edge"])
-    out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "machine": machine()}
+    out: dict[str, object] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+        "machine": machine(),
+    }
     out |= {"reads_per_request": args.reads, "us_per_request": results}
     out |= {"median_httptools": base, "median_edge": edge}
     out["edge_extra_us"] = edge - base

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib
 
@@ -34,6 +35,17 @@ from bench.loadtest import (
 HERE = Path(__file__).resolve().parent
 USERS, SPAWN_RATE = 250, 10
 SLOTS_LIMITED = 16
+
+
+class KioskRun(TypedDict):
+    """One server's run: Locust's figures and the server process tree's."""
+
+    result: LocustResult
+    rss_peak_mb: float
+    rss: list[tuple[float, float]]
+    """(seconds since the start, MB) every second."""
+    server_cpu_ms_per_request: float
+    labels_checked: bool
 
 
 def servers(before_src: Path | None = None) -> list[tuple[Server, bool]]:
@@ -97,9 +109,7 @@ def servers(before_src: Path | None = None) -> list[tuple[Server, bool]]:
     ]
 
 
-def measure(
-    server: Server, check_labels: bool, duration_s: int, workdir: Path
-) -> dict[str, object]:
+def measure(server: Server, check_labels: bool, duration_s: int, workdir: Path) -> KioskRun:
     process = server.start()
     try:
         with ProcessWatch(process.pid) as watch:
@@ -129,11 +139,10 @@ def measure(
     }
 
 
-def plot(runs: dict[str, dict[str, object]], path: Path) -> None:
+def plot(runs: dict[str, KioskRun], path: Path) -> None:
     fig, (ax_rps, ax_lat) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for name, run in runs.items():
         result = run["result"]
-        assert isinstance(result, LocustResult)
         t = [row["t"] for row in result.history]
         ax_rps.plot(t, [row["rps"] for row in result.history], label=name)
         ax_lat.plot(t, [row["p95"] for row in result.history], label=f"{name} p95")
@@ -150,9 +159,9 @@ def plot(runs: dict[str, dict[str, object]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(runs: dict[str, dict[str, object]], duration_s: int) -> str:
+def report(runs: dict[str, KioskRun], duration_s: int) -> str:
     ceiling = runs.get("ceiling")
-    ceiling_rps = ceiling["result"].rps_steady if ceiling else None  # type: ignore[attr-defined]
+    ceiling_rps = ceiling["result"].rps_steady if ceiling else None
     bound = USERS / (0.165 + 0.05 * USERS / SLOTS_LIMITED)
     lines = [
         "# Kiosk benchmark",
@@ -179,7 +188,6 @@ def report(runs: dict[str, dict[str, object]], duration_s: int) -> str:
     ]
     for name, run in runs.items():
         r = run["result"]
-        assert isinstance(r, LocustResult)
         ratio = f"{r.rps_steady / ceiling_rps:.2f}" if ceiling_rps else "–"
         lines.append(
             f"| {name} | {r.rps_steady:.0f} | {r.rps_mean:.0f} | {ratio} | {r.p50_ms:.0f} | "
@@ -198,7 +206,6 @@ def report(runs: dict[str, dict[str, object]], duration_s: int) -> str:
     ]
     for name, run in runs.items():
         r = run["result"]
-        assert isinstance(r, LocustResult)
         if r.failure_reasons:
             lines.append(f"- {name} failures: " + "; ".join(r.failure_reasons))
     lines += ["", "![RPS and p95 latency over time](kiosk.png)", ""]
@@ -215,7 +222,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     workdir = HERE / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    runs: dict[str, dict[str, object]] = {}
+    runs: dict[str, KioskRun] = {}
     for server, check in servers(args.before_src):
         if args.only and server.name not in args.only:
             continue
@@ -225,7 +232,7 @@ def main() -> None:
     (args.out / "REPORT.md").write_text(report(runs, args.duration))
     summary = {
         name: {
-            **{k: v for k, v in asdict(run["result"]).items() if k != "history"},  # type: ignore[call-overload]
+            **{k: v for k, v in asdict(run["result"]).items() if k != "history"},
             "rss_peak_mb": run["rss_peak_mb"],
             "server_cpu_ms_per_request": run["server_cpu_ms_per_request"],
         }

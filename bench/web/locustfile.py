@@ -43,7 +43,7 @@ ACKNOWLEDGED: list[str] = []
 """Ids of the reports the server answered 200 to; ``run.py`` looks for each in the CSV."""
 
 
-@events.test_stop.add_listener  # type: ignore[untyped-decorator]
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]  # locust leaves it unannotated
 def save_acknowledged(**_: Any) -> None:
     """Write the acknowledged report ids to ``$WEB_ACK_FILE`` when the run ends."""
     path = os.environ.get("WEB_ACK_FILE")

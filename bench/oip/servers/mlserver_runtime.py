@@ -16,7 +16,9 @@ from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 
-class OnnxImageNet(MLModel):
+# mlserver is installed only in this server's own virtualenv (bench/oip/run.py), so mypy sees
+# its MLModel as Any.
+class OnnxImageNet(MLModel):  # type: ignore[misc]
     """The ONNX file in an ONNX Runtime session; a batch of requests per ``run``, its first
     output answered under the file's own name (``logits`` for ImageNet, ``y`` for the trivial
     one)."""

@@ -132,7 +132,9 @@ class ImageNet:
         image = Image.open(io.BytesIO(data)).convert("RGB")
         width, height = image.size
         scale = 256 / min(width, height)
-        image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+        image = image.resize(
+            (round(width * scale), round(height * scale)), Image.Resampling.BILINEAR
+        )
         width, height = image.size
         left, top = (width - 224) // 2, (height - 224) // 2
         image = image.crop((left, top, left + 224, top + 224))
@@ -183,8 +185,8 @@ class Birds:
 
     @staticmethod
     def preprocess(data: bytes) -> np.ndarray:
-        image = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.BILINEAR)
-        return np.asarray(image, np.uint8)
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        return np.asarray(image.resize((224, 224), Image.Resampling.BILINEAR), np.uint8)
 
     @classmethod
     def load(cls, url: str) -> np.ndarray | None:
