@@ -35,6 +35,7 @@ from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.memory import settle_heap
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.services import Services
+from sluiceway.shared_memory import SharedMemoryRegions
 from sluiceway.split.dispatcher import RedisDispatcher
 from sluiceway.split.fleet import Fleet
 
@@ -73,6 +74,7 @@ def create_app(
         metrics=metrics,
         images=ImageClassifiers(dispatcher, settings, registry.image_inputs),
         registry=registry,
+        shared_memory=SharedMemoryRegions() if settings.allow_client_shm else None,
     )
     fetcher = ImageFetcher.from_settings(settings)
 
@@ -94,6 +96,8 @@ def create_app(
             if fleet is not None:
                 await fleet.close()
             await fetcher.aclose()
+            if services.shared_memory is not None:
+                services.shared_memory.close()
 
     app = FastApp(title="Sluiceway", version=__version__, lifespan=lifespan)
     app.state.services = services
@@ -106,6 +110,7 @@ def create_app(
     app.include_router(predict.router)
     app.include_router(repository.router)
     app.include_router(oip.router)
+    app.include_router(oip.regions_router)
     app.include_router(classifiers.router)
     app.include_router(captions.build_router(settings))
     web.install(app, settings)

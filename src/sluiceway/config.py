@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="one log line per request")
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    allow_client_shm: bool = Field(
+        False,
+        description="clients may register shared memory regions and send or get tensors "
+        "through them (Triton's --allow-client-shm): only where every client is trusted",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request's deadline")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
     model_cache_budget_mb: float = Field(1024.0, gt=0, description="LRU budget for loaded models")

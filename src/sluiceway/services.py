@@ -11,6 +11,7 @@ from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.registry import ModelRegistry
 from sluiceway.runtime.dispatch import Dispatcher
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.shared_memory import SharedMemoryRegions
 
 
 @dataclass(slots=True)
@@ -22,6 +23,8 @@ class Services:
     metrics: Metrics
     images: ImageClassifiers
     registry: ModelRegistry
+    shared_memory: SharedMemoryRegions | None = None
+    """Clients' shared memory regions; ``None`` unless ``allow_client_shm``."""
 
 
 def services_of(request: Request) -> Services:

@@ -1,12 +1,14 @@
 """The Open Inference Protocol (KServe's v2 REST protocol), as Triton and KServe speak it.
 
 Modules, each importing only those before it: ``forms`` (how a model takes tensors),
-``inference_request`` (the body, checked), ``answer`` (the outputs, encoded), ``routes``.
+``inference_request`` (the body, checked), ``answer`` (the outputs, encoded), ``routes``;
+``regions`` (Triton's system shared memory extension) stands beside them.
 
 Endpoints: ``GET /v2`` (server metadata), ``GET /v2/health/live``, ``GET /v2/health/ready``,
 ``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``,
 ``POST .../infer``, and Triton's statistics extension ``GET /v2/models[/{name}]/stats``. The
-repository extension lives in ``api/repository.py``. Errors are ``{"error": "..."}``.
+repository extension lives in ``api/repository.py``; the system shared memory extension, where
+``SLUICEWAY_ALLOW_CLIENT_SHM`` turns it on, in ``regions``. Errors are ``{"error": "..."}``.
 
 Inference takes JSON tensors (``data`` nested or flat) or Triton's binary tensors (a JSON header
 of ``Inference-Header-Content-Length`` bytes, then each input's raw bytes), answers either way,
@@ -22,6 +24,7 @@ output's ``classification`` (Triton's classification extension) for its top clas
 ``"score:index[:label]"`` strings.
 """
 
+from sluiceway.api.oip.regions import router as regions_router
 from sluiceway.api.oip.routes import fast_routes, router
 
-__all__ = ["fast_routes", "router"]
+__all__ = ["fast_routes", "regions_router", "router"]

@@ -15,6 +15,7 @@ from sluiceway.api.oip.inference_request import InferRequest, OutputRequest
 from sluiceway.errors import BadInput
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import DATATYPES, tensor_to_bytes, tensor_to_json
+from sluiceway.shared_memory import SharedMemoryRegions
 
 _DTYPE_NAMES = {str(dtype): name for name, dtype in DATATYPES.items() if name != "BYTES"}
 
@@ -25,7 +26,11 @@ def answer(
     form: TensorForm,
     request: InferRequest,
     outputs: dict[str, np.ndarray],
+    regions: SharedMemoryRegions | None = None,
 ) -> Response:
+    """The answer to ``request``: its outputs as JSON, binary or written into shared memory
+    (``regions``, where the request asked for it: ``InferRequest.parse`` checked that the
+    server allows it)."""
     declared = {spec.name: spec for spec in form.outputs}
     if request.outputs is None:
         wanted = [OutputRequest(key, request.binary_output) for key in outputs]
@@ -51,7 +56,13 @@ def answer(
             "datatype": datatype,
             "shape": list(array.shape),
         }
-        if binary:
+        if item.span is not None and regions is not None:
+            span = item.span
+            blob = tensor_to_bytes(array, datatype)
+            where = f"output {item.name!r}"
+            regions.write(span.region, span.offset, span.byte_size, blob, where)
+            tensor["parameters"] = {**span.parameters(), "shared_memory_byte_size": len(blob)}
+        elif binary:
             blob = tensor_to_bytes(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

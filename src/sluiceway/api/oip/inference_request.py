@@ -20,9 +20,28 @@ from sluiceway.api.oip.forms import TensorForm
 from sluiceway.config import Settings
 from sluiceway.errors import BadInput
 from sluiceway.models.tensors import DATATYPES, TensorSpec, tensor_from_bytes, tensor_from_json
+from sluiceway.shared_memory import SharedMemoryRegions
 
 HEADER_LENGTH = "inference-header-content-length"
 """Triton's binary extension: how many bytes of the body are the JSON header."""
+
+
+@dataclass(slots=True, frozen=True)
+class RegionSpan:
+    """Where a tensor lies in a registered shared memory region (the shared memory
+    extension's ``shared_memory_region``, ``shared_memory_offset`` and
+    ``shared_memory_byte_size`` parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "shared_memory_region": self.region,
+            "shared_memory_offset": self.offset,
+            "shared_memory_byte_size": self.byte_size,
+        }
 
 
 @dataclass(slots=True)
@@ -31,6 +50,8 @@ class OutputRequest:
     binary: bool | None
     """``None``: as the request's ``binary_data_output`` says."""
     classes: int = 0
+    span: RegionSpan | None = None
+    """Written into shared memory rather than into the answer."""
 
 
 @dataclass(slots=True)
@@ -46,7 +67,15 @@ class InferRequest:
     """``Job.priority`` (higher first) of the request's level: ``job_priority``."""
 
     @classmethod
-    def parse(cls, header: bytes, tail: memoryview, form: TensorForm) -> InferRequest:
+    def parse(
+        cls,
+        header: bytes,
+        tail: memoryview,
+        form: TensorForm,
+        regions: SharedMemoryRegions | None = None,
+    ) -> InferRequest:
+        """The request, checked; ``regions``: the server's shared memory regions (``None``
+        where clients may not use shared memory)."""
         try:
             body = orjson.loads(header)
         except orjson.JSONDecodeError as error:
@@ -63,20 +92,25 @@ class InferRequest:
         priority = job_priority(parameters.get("priority", 0))
         if "sequence_id" in parameters and parameters["sequence_id"] not in (0, ""):
             raise BadInput("sequences (sequence_id) are not supported: every request stands alone")
-        tensors = _inputs(body.get("inputs"), tail, form.inputs)
+        tensors = _inputs(body.get("inputs"), tail, form.inputs, regions)
         if form.batched:
             _check_rows(tensors)
         return cls(
             id=request_id,
             tensors=tensors,
-            outputs=_outputs(body.get("outputs")),
+            outputs=_outputs(body.get("outputs"), regions),
             binary_output=binary_output,
             timeout_s=_timeout(parameters.get("timeout")),
             priority=priority,
         )
 
 
-def _inputs(given: Any, tail: memoryview, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def _inputs(
+    given: Any,
+    tail: memoryview,
+    specs: Sequence[TensorSpec],
+    regions: SharedMemoryRegions | None,
+) -> dict[str, np.ndarray]:
     if not isinstance(given, list) or not given:
         raise BadInput("'inputs' must be a non-empty list of tensors")
     by_name = {spec.name: spec for spec in specs}
@@ -105,7 +139,15 @@ def _inputs(given: Any, tail: memoryview, specs: Sequence[TensorSpec]) -> dict[s
             raise BadInput(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
         parameters = _parameters(item.get("parameters"), f"input {name!r}'s 'parameters'")
         size = parameters.get("binary_data_size")
-        if size is not None:
+        span = _span(parameters, f"input {name!r}", regions)
+        if span is not None:
+            assert regions is not None  # _span refuses a span without them
+            where = f"input {name!r}"
+            if size is not None or "data" in item:
+                raise BadInput(f"{where} is in shared memory and in the request: send it once")
+            raw = regions.read(span.region, span.offset, span.byte_size, where)
+            array = tensor_from_bytes(name, datatype, shape, raw)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadInput(f"input {name!r}: 'binary_data_size' must be a byte count")
             if offset + size > len(tail):
@@ -143,7 +185,32 @@ def _check_rows(tensors: dict[str, np.ndarray]) -> None:
         raise BadInput("the batch is empty (first dimension 0)")
 
 
-def _outputs(given: Any) -> list[OutputRequest] | None:
+def _span(
+    parameters: dict[str, Any], what: str, regions: SharedMemoryRegions | None
+) -> RegionSpan | None:
+    """A tensor's place in shared memory, from its parameters; ``None`` when it has none."""
+    region = parameters.get("shared_memory_region")
+    size = parameters.get("shared_memory_byte_size")
+    offset = parameters.get("shared_memory_offset", 0)
+    if region is None and size is None:
+        return None
+    if regions is None:
+        raise RequestError(
+            403,
+            f"{what}: this server takes no tensors in shared memory "
+            f"(SLUICEWAY_ALLOW_CLIENT_SHM is off)",
+        )
+    if not isinstance(region, str) or size is None:
+        raise BadInput(
+            f"{what}: 'shared_memory_region' (a name) and 'shared_memory_byte_size' go together"
+        )
+    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadInput(f"{what}: {key!r} must be a byte count")
+    return RegionSpan(region, offset, size)
+
+
+def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequest] | None:
     if given is None:
         return None
     if not isinstance(given, list):
@@ -159,7 +226,8 @@ def _outputs(given: Any) -> list[OutputRequest] | None:
             raise BadInput(f"output {item['name']!r}: 'binary_data' must be true or false")
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise BadInput(f"output {item['name']!r}: 'classification' must be a class count")
-        wanted.append(OutputRequest(item["name"], binary, classes))
+        span = _span(parameters, f"output {item['name']!r}", regions)
+        wanted.append(OutputRequest(item["name"], binary, classes, span))
     return wanted
 
 

@@ -61,9 +61,12 @@ PLATFORMS = {
 
 @router.get("/v2")
 @_head("/v2")
-async def server_metadata() -> Response:
+async def server_metadata(request: Request) -> Response:
     """Server name, version and the protocol extensions it speaks."""
-    return _json({"name": "sluiceway", "version": __version__, "extensions": list(EXTENSIONS)})
+    extensions = list(EXTENSIONS)
+    if services_of(request).shared_memory is not None:
+        extensions.append("system_shared_memory")
+    return _json({"name": "sluiceway", "version": __version__, "extensions": extensions})
 
 
 @router.get("/v2/health/live")
@@ -189,8 +192,8 @@ async def _fast_infer(request: Request) -> Response:
     return await _infer(request, params["name"], params.get("version"))
 
 
-async def _fast_server_metadata(_: Request) -> Response:
-    return await server_metadata()
+async def _fast_server_metadata(request: Request) -> Response:
+    return await server_metadata(request)
 
 
 async def _fast_live(_: Request) -> Response:
@@ -232,7 +235,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     body = await receive_body(request.receive, declared, settings.max_body_bytes)
     body = decompressed(body, encoding, settings)
     header, tail = split_body(body, header_length)
-    parsed = InferRequest.parse(header, tail, form)
+    parsed = InferRequest.parse(header, tail, form, services.shared_memory)
     rows = request_rows(parsed.tensors) if form.batched else 1
     if rows > record.policy.max_queue:
         # One job per row: more rows than the queue holds could never be accepted whole.
@@ -243,7 +246,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if parsed.timeout_s is not None:
         deadline = min(deadline, time.time() + parsed.timeout_s)
     outputs = await form.run(parsed.tensors, deadline, services, parsed.priority)
-    return answer(name, record, form, parsed, outputs)
+    return answer(name, record, form, parsed, outputs, services.shared_memory)
 
 
 def _headers(

@@ -24,6 +24,20 @@ def _model_control(action: str) -> dict[str, Any]:
     }
 
 
+def _shared_memory(summary: str, answered: Any | None = None) -> dict[str, Any]:
+    """A route of the system shared memory extension (``api/oip/regions.py``)."""
+    error = (JSON, ref("ProtocolError"))
+    ok = answer(summary, (JSON, answered)) if answered is not None else answer(summary)
+    return {
+        "summary": summary,
+        "responses": {
+            "200": ok,
+            "400": answer("what is wrong with the region or the request", error),
+            "403": answer("shared memory is off: SLUICEWAY_ALLOW_CLIENT_SHM is not set", error),
+        },
+    }
+
+
 def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[str, Any]:
     """An Open Inference Protocol route: its errors are ``{"error": ...}``."""
     error = (JSON, ref("ProtocolError"))
@@ -41,6 +55,9 @@ def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[s
         )
         responses["400"] = answer(
             "the request is not the protocol's, or the model refuses it", error
+        )
+        responses["403"] = answer(
+            "a tensor in shared memory, and SLUICEWAY_ALLOW_CLIENT_SHM is off", error
         )
         responses["413"] = answer("body over its limit", error)
         responses["504"] = answer("the deadline (or the request's timeout) passed", error)
@@ -60,3 +77,17 @@ for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
     PROTOCOL[(f"{_prefix}/infer", "post")] = _protocol("the model's outputs", body=True)
 PROTOCOL[("/v2/repository/models/{name}/load", "post")] = _model_control("load")
 PROTOCOL[("/v2/repository/models/{name}/unload", "post")] = _model_control("unload")
+
+_REGIONS = {"type": "array", "items": ref("SharedMemoryRegion")}
+_SHM = "/v2/systemsharedmemory"
+PROTOCOL[(f"{_SHM}/region/{{name}}/register", "post")] = {
+    **_shared_memory("register a region of a shared-memory object"),
+    "requestBody": request_body((JSON, ref("SharedMemoryRegistration")), required=True),
+}
+PROTOCOL[(f"{_SHM}/region/{{name}}/register", "post")]["responses"]["413"] = answer(
+    "body over its limit", (JSON, ref("ProtocolError"))
+)
+PROTOCOL[(f"{_SHM}/unregister", "post")] = _shared_memory("unregister every region")
+PROTOCOL[(f"{_SHM}/region/{{name}}/unregister", "post")] = _shared_memory("unregister a region")
+PROTOCOL[(f"{_SHM}/status", "get")] = _shared_memory("every registered region", _REGIONS)
+PROTOCOL[(f"{_SHM}/region/{{name}}/status", "get")] = _shared_memory("the region", _REGIONS)

@@ -170,6 +170,25 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"error": {"type": "string"}},
         "description": "The Open Inference Protocol's error shape.",
     },
+    "SharedMemoryRegistration": {
+        "type": "object",
+        "required": ["key", "byte_size"],
+        "properties": {
+            "key": {"type": "string", "description": "the POSIX shared-memory object, '/name'"},
+            "offset": {"type": "integer", "minimum": 0, "default": 0},
+            "byte_size": {"type": "integer", "minimum": 1},
+        },
+    },
+    "SharedMemoryRegion": {
+        "type": "object",
+        "required": ["name", "key", "offset", "byte_size"],
+        "properties": {
+            "name": {"type": "string"},
+            "key": {"type": "string"},
+            "offset": {"type": "integer"},
+            "byte_size": {"type": "integer"},
+        },
+    },
     "CaptionRequest": {
         "type": "object",
         "required": ["image"],

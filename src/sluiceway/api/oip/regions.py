@@ -1,0 +1,95 @@
+"""Triton's system shared memory extension over HTTP: register, unregister, status.
+
+- ``POST /v2/systemsharedmemory/region/{name}/register`` with
+  ``{"key": "/shm-object", "offset": 0, "byte_size": N}``;
+- ``POST /v2/systemsharedmemory[/region/{name}]/unregister`` (every region, or one);
+- ``GET /v2/systemsharedmemory[/region/{name}]/status``: ``[{"name", "key", "offset",
+  "byte_size"}]``.
+
+Inference requests then name a region in an input's or output's parameters
+(``inference_request.RegionSpan``). Off unless ``SLUICEWAY_ALLOW_CLIENT_SHM``: each answers
+403 saying so (``sluiceway/shared_memory.py`` says why).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from sluiceway.api.bodies import read_body
+from sluiceway.api.errors import RequestError
+from sluiceway.errors import BadInput
+from sluiceway.services import services_of
+from sluiceway.shared_memory import SharedMemoryRegions
+
+router = APIRouter(tags=["open inference protocol"])
+
+_PREFIX = "/v2/systemsharedmemory"
+
+
+def _regions(request: Request) -> SharedMemoryRegions:
+    regions = services_of(request).shared_memory
+    if regions is None:
+        raise RequestError(
+            403,
+            "shared memory is off on this server: start it with SLUICEWAY_ALLOW_CLIENT_SHM=true "
+            "to let clients on this machine register regions (only where they are trusted)",
+        )
+    return regions
+
+
+@router.post(_PREFIX + "/region/{name}/register")
+async def register(name: str, request: Request) -> Response:
+    """Register ``byte_size`` bytes from ``offset`` of the shared-memory object ``key``."""
+    regions = _regions(request)
+    body = await read_body(request, 64 * 1024)
+    try:
+        given: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadInput(
+            'the body must be JSON: {"key": "/name", "offset": 0, "byte_size": N}'
+        ) from None
+    if not isinstance(given, dict) or not isinstance(given.get("key"), str):
+        raise BadInput('the body must be {"key": "/name", "offset": 0, "byte_size": N}')
+    offset, byte_size = _bytes(given, "offset", 0), _bytes(given, "byte_size", None)
+    regions.register(name, given["key"], offset, byte_size)
+    return Response(status_code=200)
+
+
+@router.post(_PREFIX + "/unregister")
+async def unregister_all(request: Request) -> Response:
+    """Unregister every region."""
+    _regions(request).unregister()
+    return Response(status_code=200)
+
+
+@router.post(_PREFIX + "/region/{name}/unregister")
+async def unregister(name: str, request: Request) -> Response:
+    """Unregister one region (a name not registered is no error)."""
+    _regions(request).unregister(name)
+    return Response(status_code=200)
+
+
+@router.get(_PREFIX + "/status")
+async def status_all(request: Request) -> Response:
+    """Every registered region."""
+    return _json(_regions(request).status())
+
+
+@router.get(_PREFIX + "/region/{name}/status")
+async def status(name: str, request: Request) -> Response:
+    """One registered region."""
+    return _json(_regions(request).status(name))
+
+
+def _bytes(given: dict[str, Any], key: str, default: int | None) -> int:
+    value = given.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadInput(f"{key!r} must be a whole number of bytes")
+    return value
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
