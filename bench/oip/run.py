@@ -12,6 +12,9 @@ One run measures, one after the other on the same machine:
   memory arena on (``memory_arena = true``: the ceiling's and the peers' sessions have it), and
   once more batched without it, a repository's default; and once more batched with every call
   on one core (``wide = false``), the baseline of wide calls (a call made alone on every core);
+  and once more batched with the image in a shared memory region (Triton's system shared memory
+  extension, ``SLUICEWAY_ALLOW_CLIENT_SHM``): a client on the same machine registers it once
+  and each request sends the JSON header only;
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed);
@@ -27,9 +30,9 @@ ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-
 So the one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
 prepared image (the chelsea photo) every request. Every server's answer is checked once (the
 class must be the ceiling's) and every load answer must be 200 with the output in it.
-Sluiceway batched, unbatched and with one-core calls are started together and measured level by
-level in turn (``TOGETHER``), so their comparisons are made within the same minutes; the other
-servers run one after the other.
+Sluiceway batched, unbatched, with one-core calls and with shared memory are started together
+and measured level by level in turn (``TOGETHER``), so their comparisons are made within the
+same minutes; the other servers run one after the other.
 Writes ``bench/oip/REPORT.md``, ``oip.png`` and ``results.json``.
 """
 
@@ -46,8 +49,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +152,50 @@ def bodies(folder: Path, pixels: np.ndarray) -> tuple[Path, int, Path]:
     return binary, len(header), as_json
 
 
+SHM = "sluiceway-shm"
+REGION = "image"
+
+
+@contextmanager
+def image_region(pixels: np.ndarray) -> Iterator[str]:
+    """The prepared image in a POSIX shared-memory object, as a same-host client would put it
+    there (``tritonclient.utils.shared_memory`` does the same); its key. Removed afterwards."""
+    region = shared_memory.SharedMemory(create=True, size=pixels.nbytes)
+    try:
+        np.ndarray(pixels.shape, np.float32, buffer=region.buf)[:] = pixels
+        yield f"/{region.name.lstrip('/')}"
+    finally:
+        region.close()
+        region.unlink()
+
+
+def shm_body(folder: Path, pixels: np.ndarray) -> Path:
+    """A request naming the registered region for its input: the JSON header alone."""
+    item = {
+        "name": "input",
+        "shape": list(pixels.shape),
+        "datatype": "FP32",
+        "parameters": {"shared_memory_region": REGION, "shared_memory_byte_size": pixels.nbytes},
+    }
+    path = folder / "shm.body"
+    path.write_text(json.dumps({"inputs": [item], "parameters": {"binary_data_output": True}}))
+    return path
+
+
+def register_region(key: str, byte_size: int) -> Callable[[str], None]:
+    """Registers the image's region with a server at a base URL, once it is up."""
+
+    def register(base: str) -> None:
+        answer = httpx.post(
+            f"{base}/v2/systemsharedmemory/region/{REGION}/register",
+            json={"key": key, "offset": 0, "byte_size": byte_size},
+            timeout=10,
+        )
+        answer.raise_for_status()
+
+    return register
+
+
 def ceiling(seconds: float) -> tuple[Ceiling, int]:
     """Images/s of the model in a tight loop on two threads, at batch 1 and 8; its class.
 
@@ -205,6 +254,7 @@ def sluiceway_server(
     arena: bool = True,
     wide: bool = True,
     model_file: Path | None = None,
+    shm: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """Sluiceway serving the file (``model_file``, the ImageNet one unless given) from a
     repository; ``arena``: ONNX Runtime's memory arena on (``memory_arena = true``, what a model
@@ -228,6 +278,8 @@ def sluiceway_server(
     env = {"SLUICEWAY_MODEL_REPOSITORY": str(repository), "SLUICEWAY_LOG_LEVEL": "WARNING"}
     if model_file is not None:  # calls hop to the model threads as the real model's do
         env["SLUICEWAY_INLINE_CALL_US"] = "0"
+    if shm:
+        env["SLUICEWAY_ALLOW_CLIENT_SHM"] = "true"
     return command, env
 
 
@@ -389,21 +441,32 @@ class Served:
     header_length: int | None
 
 
+Prepare = Callable[[str], None]
+"""What a server needs once it is up and before it is checked (given its base URL)."""
+
+
 def measure(
-    plans: list[tuple[ServerRun, list[str], dict[str, str], int, Path, int | None, int | None]],
+    plans: list[
+        tuple[
+            ServerRun, list[str], dict[str, str], int, Path, int | None, int | None, Prepare | None
+        ]
+    ],
     args: argparse.Namespace,
 ) -> None:
     """Start every server of ``plans`` (run, command, environment, port, body, header length,
-    expected class), then measure each level on each in turn, the order reversed every other
-    level: servers compared in one group see the same minutes of a machine whose speed moves
-    (the others idle meanwhile). A server that fails is reported; the others still run."""
+    expected class, what to do once it is up), then measure each level on each in turn, the
+    order reversed every other level: servers compared in one group see the same minutes of a
+    machine whose speed moves (the others idle meanwhile). A server that fails is reported; the
+    others still run."""
     served: list[Served] = []
     try:
-        for run, command, env, port, body, header_length, expected in plans:
+        for run, command, env, port, body, header_length, expected, prepare in plans:
             process = start_server(command, env)
             base = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(base, process)
+                if prepare is not None:
+                    prepare(base)
                 check_answer(base, body, header_length, expected)
                 url = f"{base}/v2/models/{MODEL}/infer"
                 wrk(url, body, header_length, 4, 2)  # warm-up, not counted
@@ -455,7 +518,7 @@ def measure_level(server: Served, concurrency: int, args: argparse.Namespace) ->
           f"failures {failures}", flush=True)  # fmt: skip
 
 
-TOGETHER = ("sluiceway", "sluiceway-unbatched", "sluiceway-one-core")
+TOGETHER = ("sluiceway", "sluiceway-unbatched", "sluiceway-one-core", SHM)
 """Servers measured level by level in turn (``measure``): the batching and wide-call
 comparisons are read within one minute of the machine, not across minutes."""
 
@@ -814,9 +877,11 @@ def main() -> None:
     print(f"ceiling: batch 1 {ceiling_rates.batch1_images_s:.1f}/s, "
           f"batch 8 {ceiling_rates.batch8_images_s:.1f}/s", flush=True)  # fmt: skip
     runs: list[ServerRun] = []
-    with tempfile.TemporaryDirectory(prefix="oip-bench-") as tmp:
+    pixels = prepared_image()
+    with tempfile.TemporaryDirectory(prefix="oip-bench-") as tmp, image_region(pixels) as key:
         folder = Path(tmp)
-        binary, header_length, as_json = bodies(folder, prepared_image())
+        binary, header_length, as_json = bodies(folder, pixels)
+        in_shm, register = shm_body(folder, pixels), register_region(key, pixels.nbytes)
         plans = [
             ("sluiceway", "max batch 8, 2 slots x 1 ORT thread (a call made alone: 2, "
              "`wide = true`), 1 process, memory arena on", "binary",
@@ -825,6 +890,9 @@ def main() -> None:
              "binary", lambda p: sluiceway_server(folder, 1, p)),
             ("sluiceway-one-core", "as sluiceway, every call on 1 ORT thread (`wide = false`)",
              "binary", lambda p: sluiceway_server(folder, 8, p, wide=False)),
+            (SHM, "as sluiceway, the image in a shared memory region registered once "
+             "(`SLUICEWAY_ALLOW_CLIENT_SHM=true`): each request sends its JSON header only, and "
+             "the answer is binary", "shm", lambda p: sluiceway_server(folder, 8, p, shm=True)),
             ("sluiceway-no-arena", "as sluiceway, a repository's default (no memory arena)",
              "binary", lambda p: sluiceway_server(folder, 8, p, arena=False)),
             ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", "binary",
@@ -849,10 +917,14 @@ def main() -> None:
                 except Exception as error:
                     run.error = f"{type(error).__name__}: {error}"
                     continue
-                binary_body = encoding == "binary"
-                body, length = (binary, header_length) if binary_body else (as_json, None)
+                body, length = {
+                    "binary": (binary, header_length),
+                    "json": (as_json, None),
+                    "shm": (in_shm, None),
+                }[encoding]
                 checked = None if name == FLOOR else expected
-                ready.append((run, command, env, port, body, length, checked))
+                prepare = register if encoding == "shm" else None
+                ready.append((run, command, env, port, body, length, checked, prepare))
             measure(ready, args)
             # The machine's speed moves within minutes: bracket each group with the ceiling.
             samples.append(ceiling(args.ceiling_s)[0])
