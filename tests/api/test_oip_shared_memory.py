@@ -177,6 +177,8 @@ def test_inference_errors_name_the_region(
     with pytest.raises(InferenceServerException, match="more than the 4 bytes") as raised:
         infer("small", 32, out=4)
     assert raised.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="128 bytes at offset 0 do not fit"):
+        infer("small", 32, out=128)  # refused before the model runs
 
 
 def test_a_shrunk_object_is_refused_not_a_crash(

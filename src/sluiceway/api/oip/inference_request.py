@@ -226,7 +226,11 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
             raise BadInput(f"output {item['name']!r}: 'binary_data' must be true or false")
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise BadInput(f"output {item['name']!r}: 'classification' must be a class count")
-        span = _span(parameters, f"output {item['name']!r}", regions)
+        what = f"output {item['name']!r}"
+        span = _span(parameters, what, regions)
+        if span is not None and regions is not None:
+            # Refused before the model runs, not after: the region and the room given exist.
+            regions.region(span.region).span(span.offset, span.byte_size, what)
         wanted.append(OutputRequest(item["name"], binary, classes, span))
     return wanted
 
