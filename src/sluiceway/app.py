@@ -74,7 +74,9 @@ def create_app(
         metrics=metrics,
         images=ImageClassifiers(dispatcher, settings, registry.image_inputs),
         registry=registry,
-        shared_memory=SharedMemoryRegions() if settings.allow_client_shm else None,
+        shared_memory=(
+            SharedMemoryRegions(settings.max_body_bytes) if settings.allow_client_shm else None
+        ),
     )
     fetcher = ImageFetcher.from_settings(settings)
 

@@ -220,6 +220,17 @@ class Settings(BaseSettings):
             folded[model] = {**given, **flat}
         return folded
 
+    @model_validator(mode="after")
+    def _one_process_for_shared_memory(self) -> Settings:
+        """Clients register shared memory regions with one process: with several workers the
+        next request may reach one that has never heard of the region."""
+        if self.allow_client_shm and self.workers > 1:
+            raise ValueError(
+                "SLUICEWAY_ALLOW_CLIENT_SHM needs SLUICEWAY_WORKERS=1: shared memory regions "
+                "are registered with one process"
+            )
+        return self
+
     @classmethod
     def variables(cls) -> Iterator[tuple[str, FieldInfo]]:
         """Every ``SLUICEWAY_*`` variable with the field it sets, in declaration order."""

@@ -31,5 +31,9 @@ class UnknownModel(SluicewayError):
     """No model of that name is served or in the repository."""
 
 
+class UnknownRegion(SluicewayError):
+    """No shared memory region of that name is registered (Triton answers this 404)."""
+
+
 class ModelControlError(SluicewayError):
     """A load or unload that cannot be done as asked; the message says why."""

@@ -23,10 +23,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+MAX_BODY = 64 * 1024
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, np.ndarray]]:
     root, weights = repository(tmp_path_factory.mktemp("shm") / "models")
-    env = {"SLUICEWAY_MODEL_REPOSITORY": str(root), "SLUICEWAY_ALLOW_CLIENT_SHM": "true"}
+    env = {
+        "SLUICEWAY_MODEL_REPOSITORY": str(root),
+        "SLUICEWAY_ALLOW_CLIENT_SHM": "true",
+        "SLUICEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+    }
     with live_server(env) as url:
         yield url.removeprefix("http://"), weights
 
@@ -74,10 +81,9 @@ def test_inputs_and_outputs_through_shared_memory(
     result = client.infer("linear", [item], outputs=[wanted])
 
     [output] = result.get_response()["outputs"]
-    # The data are in shared memory, not in the answer (as Triton answers: tritonclient's
+    # Name, datatype and shape, as Triton answers: the data are in the region (tritonclient's
     # users read them with get_contents_as_numpy, not as_numpy).
-    assert "data" not in output and "binary_data_size" not in output["parameters"]
-    assert output["parameters"]["shared_memory_region"] == "y-out"
+    assert output == {"name": "y", "datatype": "FP32", "shape": [3, 3]}
     y = shm.get_contents_as_numpy(out_handle, np.float32, output["shape"])
     np.testing.assert_allclose(y, linear(server[1], x), rtol=1e-5)
 
@@ -105,7 +111,7 @@ def test_status_and_unregister(
     assert [region["name"] for region in client.get_system_shared_memory_status()] == ["b"]
     with pytest.raises(InferenceServerException, match="no shared memory region 'a'") as gone:
         client.get_system_shared_memory_status("a")
-    assert gone.value.status() == "400"
+    assert gone.value.status() == "404"  # Triton's NOT_FOUND
     client.unregister_system_shared_memory()
     assert client.get_system_shared_memory_status() == []
 
@@ -122,6 +128,7 @@ def test_the_server_says_it_speaks_the_extension(client: triton.InferenceServerC
         ("MADE", 4096, 0, "holds 256 bytes"),
         ("MADE", 200, 100, "do not fit"),
         ("MADE", 0, 0, "'byte_size' more than 0"),
+        ("/a\u0000b", 16, 0, "must name a POSIX shared-memory object"),
     ],
 )
 def test_registration_errors(
@@ -166,8 +173,9 @@ def test_inference_errors_name_the_region(
             outputs = [wanted]
         client.infer("linear", [item], outputs=outputs)
 
-    with pytest.raises(InferenceServerException, match="no shared memory region 'nope'"):
+    with pytest.raises(InferenceServerException, match="no shared memory region 'nope'") as gone:
         infer("nope", 32)
+    assert gone.value.status() == "404"
     with pytest.raises(InferenceServerException, match="do not fit shared memory region"):
         infer("small", 32, offset=48)
     with pytest.raises(
@@ -177,8 +185,27 @@ def test_inference_errors_name_the_region(
     with pytest.raises(InferenceServerException, match="more than the 4 bytes") as raised:
         infer("small", 32, out=4)
     assert raised.value.status() == "400"
+    calls = _calls(client)
     with pytest.raises(InferenceServerException, match="128 bytes at offset 0 do not fit"):
-        infer("small", 32, out=128)  # refused before the model runs
+        infer("small", 32, out=128)
+    assert _calls(client) == calls  # refused before the model ran
+
+
+def _calls(client: triton.InferenceServerClient) -> int:
+    [entry] = client.get_inference_statistics("linear")["model_stats"]
+    return int(entry["inference_count"])
+
+
+def test_an_input_over_the_body_limit_is_refused(
+    client: triton.InferenceServerClient, regions: list[shm.SharedMemoryRegion]
+) -> None:
+    rows = MAX_BODY // 16 + 1  # 16 bytes a row: one row over the limit a body would have
+    key, _ = _region(regions, "large", rows * 16)
+    client.register_system_shared_memory("large", key, rows * 16)
+    item = triton.InferInput("x", [rows, 4], "FP32")
+    item.set_shared_memory("large", rows * 16)
+    with pytest.raises(InferenceServerException, match="over the server's 65536-byte limit"):
+        client.infer("linear", [item])
 
 
 def test_a_shrunk_object_is_refused_not_a_crash(
@@ -202,17 +229,30 @@ def test_off_unless_allowed(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException, match="SLUICEWAY_ALLOW_CLIENT_SHM") as off:
             client.register_system_shared_memory("r", "/anything", 16)
         assert off.value.status() == "403"
+        for call in (
+            client.get_system_shared_memory_status,
+            client.unregister_system_shared_memory,
+        ):
+            with pytest.raises(InferenceServerException, match="SLUICEWAY_ALLOW_CLIENT_SHM"):
+                call()
+        params = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
         request = {
             "inputs": [
                 {
                     "name": "x",
                     "shape": [1, 4],
                     "datatype": "FP32",
-                    "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 16},
+                    "parameters": params,
                 }
             ]
         }
         answer = httpx.post(f"{url}/v2/models/linear/infer", json=request)
         assert answer.status_code == 403
         assert "SLUICEWAY_ALLOW_CLIENT_SHM" in answer.json()["error"]
+        request = {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+            "outputs": [{"name": "y", "parameters": params}],
+        }
+        answer = httpx.post(f"{url}/v2/models/linear/infer", json=request)
+        assert answer.status_code == 403
         client.close()

@@ -19,6 +19,7 @@ from sluiceway.errors import (
     QuotaExceeded,
     SluicewayError,
     UnknownModel,
+    UnknownRegion,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ErrorResponses:
             return _reply(error.status, error, key)
         if isinstance(error, BadInput):
             return _reply(400, error, key)
-        if isinstance(error, UnknownModel):
+        if isinstance(error, UnknownModel | UnknownRegion):
             return _reply(404, error, key)
         if isinstance(error, ModelControlError):
             return _reply(409, error, key)

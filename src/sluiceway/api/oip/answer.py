@@ -11,11 +11,11 @@ import orjson
 from fastapi import Response
 
 from sluiceway.api.oip.forms import TensorForm
-from sluiceway.api.oip.inference_request import InferRequest, OutputRequest
+from sluiceway.api.oip.inference_request import InferRequest, OutputRequest, RegionSpan
 from sluiceway.errors import BadInput
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import DATATYPES, tensor_to_bytes, tensor_to_json
-from sluiceway.shared_memory import SharedMemoryRegions
+from sluiceway.shared_memory import Region, SharedMemoryRegions
 
 _DTYPE_NAMES = {str(dtype): name for name, dtype in DATATYPES.items() if name != "BYTES"}
 
@@ -44,6 +44,7 @@ def answer(
         body["id"] = request.id
     tensors = []
     blobs = []
+    writes: list[tuple[Region, int, bytes, str]] = []
     for item in wanted:
         array = outputs[item.name]
         spec = declared.get(item.name)
@@ -56,12 +57,10 @@ def answer(
             "datatype": datatype,
             "shape": list(array.shape),
         }
-        if item.span is not None and regions is not None:
-            span = item.span
-            blob = tensor_to_bytes(array, datatype)
-            where = f"output {item.name!r}"
-            regions.write(span.region, span.offset, span.byte_size, blob, where)
-            tensor["parameters"] = {**span.parameters(), "shared_memory_byte_size": len(blob)}
+        if item.span is not None:
+            # As Triton answers it: name, datatype and shape; the data are in the region.
+            assert regions is not None  # InferRequest.parse refused the span otherwise
+            writes.append(_checked_write(regions, item.span, item.name, array, datatype))
         elif binary:
             blob = tensor_to_bytes(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}
@@ -70,6 +69,8 @@ def answer(
             tensor["data"] = tensor_to_json(array, datatype)
         tensors.append(tensor)
     body["outputs"] = tensors
+    for region, offset, blob, where in writes:  # every output checked before any is written
+        region.write(offset, blob, where)
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return _Answer(header, _JSON)
@@ -78,6 +79,23 @@ def answer(
         _BINARY,
         (b"inference-header-content-length", b"%d" % len(header)),
     )
+
+
+def _checked_write(
+    regions: SharedMemoryRegions, span: RegionSpan, name: str, array: np.ndarray, datatype: str
+) -> tuple[Region, int, bytes, str]:
+    """An output's bytes and where they go in shared memory, checked to fit the room the
+    request gave them."""
+    blob = tensor_to_bytes(array, datatype)
+    where = f"output {name!r}"
+    if len(blob) > span.byte_size:
+        raise BadInput(
+            f"{where} is {len(blob)} bytes, more than the {span.byte_size} bytes of shared "
+            f"memory given for it"
+        )
+    region = regions.region(span.region)
+    region.check(span.offset, len(blob), where)
+    return region, span.offset, blob, where
 
 
 _JSON = (b"content-type", b"application/json")

@@ -36,13 +36,6 @@ class RegionSpan:
     offset: int
     byte_size: int
 
-    def parameters(self) -> dict[str, Any]:
-        return {
-            "shared_memory_region": self.region,
-            "shared_memory_offset": self.offset,
-            "shared_memory_byte_size": self.byte_size,
-        }
-
 
 @dataclass(slots=True)
 class OutputRequest:
@@ -230,7 +223,7 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
         span = _span(parameters, what, regions)
         if span is not None and regions is not None:
             # Refused before the model runs, not after: the region and the room given exist.
-            regions.region(span.region).span(span.offset, span.byte_size, what)
+            regions.region(span.region).check(span.offset, span.byte_size, what)
         wanted.append(OutputRequest(item["name"], binary, classes, span))
     return wanted
 

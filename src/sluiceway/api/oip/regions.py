@@ -8,7 +8,8 @@
 
 Inference requests then name a region in an input's or output's parameters
 (``inference_request.RegionSpan``). Off unless ``SLUICEWAY_ALLOW_CLIENT_SHM``: each answers
-403 saying so (``sluiceway/shared_memory.py`` says why).
+403 saying so (``sluiceway/shared_memory.py`` says why). A region not registered is a 404, as
+in Triton.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from sluiceway.shared_memory import SharedMemoryRegions
 router = APIRouter(tags=["open inference protocol"])
 
 _PREFIX = "/v2/systemsharedmemory"
+_REGISTRATION_MAX_BYTES = 64 * 1024
+"""A registration is a key and two numbers: anything larger is not one."""
 
 
 def _regions(request: Request) -> SharedMemoryRegions:
@@ -44,7 +47,7 @@ def _regions(request: Request) -> SharedMemoryRegions:
 async def register(name: str, request: Request) -> Response:
     """Register ``byte_size`` bytes from ``offset`` of the shared-memory object ``key``."""
     regions = _regions(request)
-    body = await read_body(request, 64 * 1024)
+    body = await read_body(request, _REGISTRATION_MAX_BYTES)
     try:
         given: Any = orjson.loads(body)
     except orjson.JSONDecodeError:

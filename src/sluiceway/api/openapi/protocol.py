@@ -24,18 +24,27 @@ def _model_control(action: str) -> dict[str, Any]:
     }
 
 
-def _shared_memory(summary: str, answered: Any | None = None) -> dict[str, Any]:
-    """A route of the system shared memory extension (``api/oip/regions.py``)."""
+def _shared_memory(
+    summary: str, answered: Any | None = None, *, named: bool = False, body: bool = False
+) -> dict[str, Any]:
+    """A route of the system shared memory extension (``api/oip/regions.py``); ``named``: it
+    names one region, which may not be registered; ``body``: it takes a registration."""
     error = (JSON, ref("ProtocolError"))
     ok = answer(summary, (JSON, answered)) if answered is not None else answer(summary)
-    return {
-        "summary": summary,
-        "responses": {
-            "200": ok,
-            "400": answer("what is wrong with the region or the request", error),
-            "403": answer("shared memory is off: SLUICEWAY_ALLOW_CLIENT_SHM is not set", error),
-        },
+    responses = {
+        "200": ok,
+        "400": answer("what is wrong with the region or the request", error),
+        "403": answer("shared memory is off: SLUICEWAY_ALLOW_CLIENT_SHM is not set", error),
     }
+    if named:
+        responses["404"] = answer("no region of that name is registered", error)
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        responses["413"] = answer("body over its limit", error)
+        operation["requestBody"] = request_body(
+            (JSON, ref("SharedMemoryRegistration")), required=True
+        )
+    return operation
 
 
 def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[str, Any]:
@@ -59,6 +68,9 @@ def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[s
         responses["403"] = answer(
             "a tensor in shared memory, and SLUICEWAY_ALLOW_CLIENT_SHM is off", error
         )
+        responses["404"] = answer(
+            "no model (or version) of that name, or no shared memory region", error
+        )
         responses["413"] = answer("body over its limit", error)
         responses["504"] = answer("the deadline (or the request's timeout) passed", error)
     return operation
@@ -80,14 +92,12 @@ PROTOCOL[("/v2/repository/models/{name}/unload", "post")] = _model_control("unlo
 
 _REGIONS = {"type": "array", "items": ref("SharedMemoryRegion")}
 _SHM = "/v2/systemsharedmemory"
-PROTOCOL[(f"{_SHM}/region/{{name}}/register", "post")] = {
-    **_shared_memory("register a region of a shared-memory object"),
-    "requestBody": request_body((JSON, ref("SharedMemoryRegistration")), required=True),
-}
-PROTOCOL[(f"{_SHM}/region/{{name}}/register", "post")]["responses"]["413"] = answer(
-    "body over its limit", (JSON, ref("ProtocolError"))
+PROTOCOL[(f"{_SHM}/region/{{name}}/register", "post")] = _shared_memory(
+    "register a region of a shared-memory object", body=True
 )
 PROTOCOL[(f"{_SHM}/unregister", "post")] = _shared_memory("unregister every region")
 PROTOCOL[(f"{_SHM}/region/{{name}}/unregister", "post")] = _shared_memory("unregister a region")
 PROTOCOL[(f"{_SHM}/status", "get")] = _shared_memory("every registered region", _REGIONS)
-PROTOCOL[(f"{_SHM}/region/{{name}}/status", "get")] = _shared_memory("the region", _REGIONS)
+PROTOCOL[(f"{_SHM}/region/{{name}}/status", "get")] = _shared_memory(
+    "the region", _REGIONS, named=True
+)
