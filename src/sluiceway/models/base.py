@@ -110,6 +110,14 @@ class ModelKind(ABC):
         """What one call of n items costs; by default learned online from measured calls."""
         return LearnedCost()
 
+    def prepare(self) -> None:
+        """Import what loading needs, before the first request (blocking; nothing by default).
+
+        Called by a dispatcher that will run this kind (``LocalDispatcher.start``), so a
+        process that only routes its jobs (a split-mode API node) never imports its library,
+        and one that runs them does not import it on a request's time."""
+        return None
+
     def load_peak_nbytes(self) -> int:
         """Memory one load may take at its peak, known before loading; 0 = unknown.
 

@@ -8,22 +8,37 @@ real scikit-learn prediction alongside, so labels are true and batching is what 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sklearn
-from sklearn.neighbors import KNeighborsClassifier
 
 from sluiceway.models.base import BatchPolicy, Model, ModelKind
 from sluiceway.models.costs import CallCost, DeclaredCost
 
+if TYPE_CHECKING:
+    from sklearn.neighbors import KNeighborsClassifier
+
 logger = logging.getLogger(__name__)
 
-# sklearn re-validates every input on every call (~1 ms for a 2-feature query); inputs are
-# validated at the edge, so skip that. This is sklearn's process-wide config.
-sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+
+@functools.cache
+def _classifier_class() -> type[KNeighborsClassifier]:
+    """scikit-learn's classifier, imported on first use (``TenantKNN.prepare``): it weighs 88 MB
+    of RSS and 1.4 s of start-up (2026-12-01), which every Sluiceway process paid when this
+    module imported it, split-mode API nodes and workers that never fit a k-NN included."""
+    import sklearn
+    from sklearn.neighbors import KNeighborsClassifier
+
+    # sklearn re-validates every input on every call (~1 ms for a 2-feature query); inputs are
+    # validated at the edge, so skip that. sklearn keeps its config per thread: this sets the
+    # calling thread's, the event loop's (``prepare`` runs there), where small predictions run.
+    sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+    found: type[KNeighborsClassifier] = KNeighborsClassifier
+    return found
+
 
 # Memory of a fitted model beyond its arrays: the classifier's and tree's Python objects and
 # attribute dicts, the array headers, this wrapper and its cache entry. Measured as RSS growth
@@ -209,10 +224,13 @@ class TenantKNN(ModelKind):
         """The simulated cost, exactly: ``base + per_query * (n - 1)`` for one query per job."""
         return DeclaredCost(self._base_cost_s - self._per_query_cost_s, self._per_query_cost_s)
 
+    def prepare(self) -> None:
+        _classifier_class()
+
     async def load(self, spec: Any) -> FittedKNN:
         """Fit on ``spec``, an int array of shape (rows, features + 1)."""
         rows = np.asarray(spec)
-        classifier = KNeighborsClassifier(n_neighbors=self.neighbors)
+        classifier = _classifier_class()(n_neighbors=self.neighbors)
         # Fitted on the integers as sent: scikit-learn breaks distance ties differently for
         # int64 and float64 inputs, and the kiosk's reference fits on its integers.
         await asyncio.to_thread(classifier.fit, rows[:, :-1], rows[:, -1])

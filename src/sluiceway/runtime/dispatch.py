@@ -99,6 +99,8 @@ class LocalDispatcher:
         return self._lanes[model]
 
     async def start(self) -> None:
+        for kind in self._kinds.values():
+            kind.prepare()
         self._closing = False
 
     async def close(self) -> None:
