@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, triton_to_np_dtype
 
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import linear, repository
+from tests.fixtures.onnx_models import ECHO_TYPES
 
 pytestmark = pytest.mark.skipif(
     not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm (Linux)"
@@ -90,6 +91,35 @@ def test_inputs_and_outputs_through_shared_memory(
     # An input in shared memory, the output in the answer, as JSON.
     result = client.infer("linear", [item], outputs=[triton.InferRequestedOutput("y", False)])
     np.testing.assert_allclose(result.as_numpy("y"), y, rtol=1e-6)
+
+
+def test_bytes_tensors_through_shared_memory(
+    client: triton.InferenceServerClient, regions: list[shm.SharedMemoryRegion]
+) -> None:
+    # BYTES elements each prefixed with their 4-byte length, as tritonclient serializes them.
+    words = np.array([[b"kiosk", b""], [b"nul\x00inside", "caf\u00e9".encode()]], np.object_)
+    raw = serialize_byte_tensor(words).item()
+    in_key, in_handle = _region(regions, "words-in", len(raw))
+    out_key, out_handle = _region(regions, "words-out", 256)
+    shm.set_shared_memory_region(in_handle, [np.array(raw, dtype=np.object_)])
+    client.register_system_shared_memory("words-in", in_key, len(raw))
+    client.register_system_shared_memory("words-out", out_key, 256)
+    inputs = []
+    for datatype in ECHO_TYPES:  # the echo model takes every datatype at once
+        item = triton.InferInput(f"in_{datatype}", [2, 2], datatype)
+        if datatype == "BYTES":
+            item.set_shared_memory("words-in", len(raw))
+        else:
+            item.set_data_from_numpy(np.ones((2, 2), triton_to_np_dtype(datatype)))
+        inputs.append(item)
+    wanted = triton.InferRequestedOutput("out_BYTES")
+    wanted.set_shared_memory("words-out", 256)
+    result = client.infer("echo", inputs, outputs=[wanted])
+    assert result.get_response()["outputs"] == [
+        {"name": "out_BYTES", "datatype": "BYTES", "shape": [2, 2]}
+    ]
+    echoed = shm.get_contents_as_numpy(out_handle, np.object_, [2, 2])
+    assert echoed.tolist() == words.tolist()
 
 
 def test_status_and_unregister(
