@@ -132,7 +132,7 @@ def _inputs(
             raise BadInput(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
         parameters = _parameters(item.get("parameters"), f"input {name!r}'s 'parameters'")
         size = parameters.get("binary_data_size")
-        span = _span(parameters, f"input {name!r}", regions)
+        span = _span(parameters, "input", name, regions)
         if span is not None:
             assert regions is not None  # _span refuses a span without them
             where = f"input {name!r}"
@@ -179,14 +179,17 @@ def _check_rows(tensors: dict[str, np.ndarray]) -> None:
 
 
 def _span(
-    parameters: dict[str, Any], what: str, regions: SharedMemoryRegions | None
+    parameters: dict[str, Any], kind: str, name: str, regions: SharedMemoryRegions | None
 ) -> RegionSpan | None:
-    """A tensor's place in shared memory, from its parameters; ``None`` when it has none."""
+    """Where the ``kind`` (input or output) ``name`` lies in shared memory, from its
+    parameters; ``None`` when it has none (every tensor of every request asks, so nothing is
+    formatted before then)."""
     region = parameters.get("shared_memory_region")
     size = parameters.get("shared_memory_byte_size")
-    offset = parameters.get("shared_memory_offset", 0)
     if region is None and size is None:
         return None
+    offset = parameters.get("shared_memory_offset", 0)
+    what = f"{kind} {name!r}"
     if regions is None:
         raise RequestError(
             403,
@@ -219,10 +222,10 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
             raise BadInput(f"output {item['name']!r}: 'binary_data' must be true or false")
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise BadInput(f"output {item['name']!r}: 'classification' must be a class count")
-        what = f"output {item['name']!r}"
-        span = _span(parameters, what, regions)
+        span = _span(parameters, "output", item["name"], regions)
         if span is not None and regions is not None:
             # Refused before the model runs, not after: the region and the room given exist.
+            what = f"output {item['name']!r}"
             regions.region(span.region).check(span.offset, span.byte_size, what)
         wanted.append(OutputRequest(item["name"], binary, classes, span))
     return wanted
