@@ -47,6 +47,28 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; its queued work was withdrawn."""
 
 
+def status_of(error: Exception) -> int | None:
+    """The HTTP status of a known error type, or ``None`` for a bug (which becomes 500): the
+    one table, which the gRPC endpoint translates too (``api/oip/grpc_service.py``)."""
+    if isinstance(error, RequestError):
+        return error.status
+    if isinstance(error, BadInput):
+        return 400
+    if isinstance(error, UnknownModel | UnknownRegion):
+        return 404
+    if isinstance(error, ModelControlError):
+        return 409
+    if isinstance(error, QuotaExceeded):
+        return 429
+    if isinstance(error, Overloaded | ModelUnavailable):
+        return 503
+    if isinstance(error, DeadlineExceeded):
+        return 504
+    if isinstance(error, ClientGone):
+        return 499
+    return None
+
+
 class ErrorResponses:
     """The one table from error types to responses."""
 
@@ -59,27 +81,15 @@ class ErrorResponses:
         The message goes under ``key``: ``detail`` (FastAPI's) by default, ``error`` on the
         Open Inference Protocol's ``/v2`` routes.
         """
-        if isinstance(error, RequestError):
-            return _reply(error.status, error, key)
-        if isinstance(error, BadInput):
-            return _reply(400, error, key)
-        if isinstance(error, UnknownModel | UnknownRegion):
-            return _reply(404, error, key)
-        if isinstance(error, ModelControlError):
-            return _reply(409, error, key)
-        if isinstance(error, QuotaExceeded):
-            return _reply(429, error, key, self._retry)
-        if isinstance(error, Overloaded):
-            return _reply(503, error, key, self._retry)
-        if isinstance(error, ModelUnavailable):
-            # An outage answers every request alike: logs.RepeatFilter writes it once per 10 s.
-            logger.warning("model unavailable: %s", error)
-            return _reply(503, error, key, self._retry)
-        if isinstance(error, DeadlineExceeded):
-            return _reply(504, error, key)
         if isinstance(error, ClientGone):  # nobody reads it; 499 (nginx's) labels the metrics
             return Response(status_code=499)
-        return None
+        status = status_of(error)
+        if status is None:
+            return None
+        if status == 503 and isinstance(error, ModelUnavailable):
+            # An outage answers every request alike: logs.RepeatFilter writes it once per 10 s.
+            logger.warning("model unavailable: %s", error)
+        return _reply(status, error, key, self._retry if status in (429, 503) else None)
 
     def install(self, app: FastAPI) -> None:
         """Register the table as ``app``'s exception handlers."""

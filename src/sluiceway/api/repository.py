@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
@@ -66,7 +67,7 @@ async def repository_index(request: Request) -> Response:
             return _error(400, "'ready' must be true or false")
         ready_only = options.get("ready", False)
     index = [
-        _index_entry(entry)
+        index_entry(entry)
         for entry in registry_of(request).entries()
         if not ready_only or entry.state is ModelState.READY
     ]
@@ -151,28 +152,39 @@ async def _control(request: Request, action: Callable[[], Awaitable[ModelEntry]]
         return _error(409, str(error))
     if entry.state is ModelState.UNAVAILABLE and entry.reason != "unloaded":
         return _error(400, f"{entry.name} did not load: {entry.reason}")
-    return Response(orjson.dumps(_index_entry(entry)), media_type="application/json")
+    return Response(orjson.dumps(index_entry(entry)), media_type="application/json")
 
 
 def _denied(request: Request) -> Response | None:
     """403 while model control is off, 401 without the right bearer token, else ``None``."""
     token = services_of(request).settings.admin_token
+    refusal = control_refusal(token, request.headers.get("authorization", ""))
+    if refusal is None:
+        return None
+    response = _error(*refusal)
+    if refusal[0] == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sluiceway models"'
+    return response
+
+
+def control_refusal(token: SecretStr | None, authorization: str) -> tuple[int, str] | None:
+    """Why a caller sending ``authorization`` may not load or unload models (403 while model
+    control is off, 401 without the right bearer token), or ``None`` when it may: over HTTP
+    and gRPC alike."""
     if token is None:
-        return _error(
+        return (
             403,
             "loading and unloading models is off: set SLUICEWAY_ADMIN_TOKEN on the server and "
             "send 'Authorization: Bearer <token>'",
         )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     expected = token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        response = _error(401, "send 'Authorization: Bearer <SLUICEWAY_ADMIN_TOKEN>'")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="sluiceway models"'
-        return response
+        return 401, "send 'Authorization: Bearer <SLUICEWAY_ADMIN_TOKEN>'"
     return None
 
 
-def _index_entry(entry: ModelEntry) -> dict[str, Any]:
+def index_entry(entry: ModelEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
         "version": entry.version,

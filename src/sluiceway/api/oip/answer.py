@@ -4,6 +4,7 @@ classification extension's top classes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,17 +21,30 @@ from sluiceway.shared_memory import Region, SharedMemoryRegions
 _DTYPE_NAMES = {str(dtype): name for name, dtype in DATATYPES.items() if name != "BYTES"}
 
 
-def answer(
-    name: str,
+@dataclass(slots=True, frozen=True)
+class AnsweredOutput:
+    """One output as the answer carries it."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool
+    """Sent as raw bytes (Triton's binary extension; always, over gRPC)."""
+    in_region: bool
+    """Written into shared memory: the answer carries its name, datatype and shape only."""
+
+
+def answered_outputs(
     record: ModelRecord,
     form: TensorForm,
     request: InferRequest,
     outputs: dict[str, np.ndarray],
     regions: SharedMemoryRegions | None = None,
-) -> Response:
-    """The answer to ``request``: its outputs as JSON, binary or written into shared memory
-    (``regions``, where the request asked for it: ``InferRequest.parse`` checked that the
-    server allows it)."""
+) -> list[AnsweredOutput]:
+    """The outputs ``request`` asked for (every output when it named none), classified where
+    it asked for top classes, and those it asked for in shared memory written there
+    (``regions``: ``InferRequest.parse`` checked that the server allows it), all checked to
+    fit before any is written."""
     declared = {spec.name: spec for spec in form.outputs}
     if request.outputs is None:
         wanted = [OutputRequest(key, request.binary_output) for key in outputs]
@@ -39,11 +53,7 @@ def answer(
         for item in wanted:
             if item.name not in outputs:
                 raise BadInput(f"unknown output {item.name!r}; the model gives {list(outputs)}")
-    body: dict[str, Any] = {"model_name": name, "model_version": record.version}
-    if request.id is not None:
-        body["id"] = request.id
-    tensors = []
-    blobs = []
+    answered = []
     writes: list[tuple[Region, int, bytes, str]] = []
     for item in wanted:
         array = outputs[item.name]
@@ -52,25 +62,46 @@ def answer(
         if item.classes:
             array, datatype = _classified(array, item.classes, record.labels), "BYTES"
         binary = item.binary if item.binary is not None else request.binary_output
-        tensor: dict[str, Any] = {
-            "name": item.name,
-            "datatype": datatype,
-            "shape": list(array.shape),
-        }
         if item.span is not None:
-            # As Triton answers it: name, datatype and shape; the data are in the region.
             assert regions is not None  # InferRequest.parse refused the span otherwise
             writes.append(_checked_write(regions, item.span, item.name, array, datatype))
-        elif binary:
-            blob = tensor_to_bytes(array, datatype)
+        answered.append(AnsweredOutput(item.name, datatype, array, binary, item.span is not None))
+    for region, offset, blob, where in writes:  # every output checked before any is written
+        region.write(offset, blob, where)
+    return answered
+
+
+def answer(
+    name: str,
+    record: ModelRecord,
+    form: TensorForm,
+    request: InferRequest,
+    outputs: dict[str, np.ndarray],
+    regions: SharedMemoryRegions | None = None,
+) -> Response:
+    """The HTTP answer to ``request``: its outputs as JSON, binary or written into shared
+    memory (``answered_outputs``)."""
+    body: dict[str, Any] = {"model_name": name, "model_version": record.version}
+    if request.id is not None:
+        body["id"] = request.id
+    tensors = []
+    blobs = []
+    for output in answered_outputs(record, form, request, outputs, regions):
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.array.shape),
+        }
+        if output.in_region:
+            pass  # as Triton answers it: name, datatype and shape; the data are in the region
+        elif output.binary:
+            blob = tensor_to_bytes(output.array, output.datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = tensor_to_json(array, datatype)
+            tensor["data"] = tensor_to_json(output.array, output.datatype)
         tensors.append(tensor)
     body["outputs"] = tensors
-    for region, offset, blob, where in writes:  # every output checked before any is written
-        region.write(offset, blob, where)
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return _Answer(header, _JSON)

@@ -87,13 +87,13 @@ class InferRequest:
             raise BadInput("sequences (sequence_id) are not supported: every request stands alone")
         tensors = _inputs(body.get("inputs"), tail, form.inputs, regions)
         if form.batched:
-            _check_rows(tensors)
+            check_rows(tensors)
         return cls(
             id=request_id,
             tensors=tensors,
             outputs=_outputs(body.get("outputs"), regions),
             binary_output=binary_output,
-            timeout_s=_timeout(parameters.get("timeout")),
+            timeout_s=timeout_seconds(parameters.get("timeout")),
             priority=priority,
         )
 
@@ -123,16 +123,10 @@ def _inputs(
             raise BadInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
         if not isinstance(datatype, str):
             raise BadInput(f"input {name!r} needs a 'datatype'")
-        spec = by_name.get(name) if by_name else _undeclared(name, datatype, shape)
-        if spec is None:
-            raise BadInput(f"unknown input {name!r}; the model takes {list(by_name)}")
-        if name in tensors:
-            raise BadInput(f"input {name!r} is given twice")
-        if datatype != spec.datatype:
-            raise BadInput(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
+        spec = input_spec(name, datatype, shape, by_name, tensors)
         parameters = _parameters(item.get("parameters"), f"input {name!r}'s 'parameters'")
         size = parameters.get("binary_data_size")
-        span = _span(parameters, "input", name, regions)
+        span = region_span(parameters, "input", name, regions)
         if span is not None:
             assert regions is not None  # _span refuses a span without them
             where = f"input {name!r}"
@@ -157,20 +151,44 @@ def _inputs(
         tensors[name] = spec.check(array)
     if offset != len(tail):
         raise BadInput(f"{len(tail) - offset} bytes after the binary inputs belong to none")
-    missing = [name for name in by_name if name not in tensors]
-    if missing:
-        raise BadInput(f"missing inputs {missing}; the model takes {list(by_name)}")
+    check_complete(tensors, by_name)
     return tensors
 
 
-def _undeclared(name: str, datatype: str, shape: list[int]) -> TensorSpec:
+def input_spec(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    by_name: dict[str, TensorSpec],
+    given: dict[str, np.ndarray],
+) -> TensorSpec:
+    """The model's spec of the input ``name`` (``by_name``: empty where the model declares
+    none), checked to be known, not ``given`` already, and of the model's datatype."""
+    spec = by_name.get(name) if by_name else _undeclared(name, datatype, shape)
+    if spec is None:
+        raise BadInput(f"unknown input {name!r}; the model takes {list(by_name)}")
+    if name in given:
+        raise BadInput(f"input {name!r} is given twice")
+    if datatype != spec.datatype:
+        raise BadInput(f"input {name!r} is {datatype}; the model takes {spec.datatype}")
+    return spec
+
+
+def check_complete(tensors: dict[str, np.ndarray], by_name: dict[str, TensorSpec]) -> None:
+    """``BadInput`` naming the inputs the model declares and the request lacks."""
+    missing = [name for name in by_name if name not in tensors]
+    if missing:
+        raise BadInput(f"missing inputs {missing}; the model takes {list(by_name)}")
+
+
+def _undeclared(name: str, datatype: str, shape: Sequence[int]) -> TensorSpec:
     """A tensor of a model whose config declares none: the model file checks it."""
     if datatype not in DATATYPES:
         raise BadInput(f"input {name!r}: unknown datatype {datatype!r}; known: {sorted(DATATYPES)}")
     return TensorSpec(name, datatype, tuple(-1 for _ in shape))
 
 
-def _check_rows(tensors: dict[str, np.ndarray]) -> None:
+def check_rows(tensors: dict[str, np.ndarray]) -> None:
     rows = {array.shape[0] for array in tensors.values()}
     if len(rows) > 1:
         raise BadInput(f"every input needs the same batch size (first dimension), got {rows}")
@@ -178,7 +196,7 @@ def _check_rows(tensors: dict[str, np.ndarray]) -> None:
         raise BadInput("the batch is empty (first dimension 0)")
 
 
-def _span(
+def region_span(
     parameters: dict[str, Any], kind: str, name: str, regions: SharedMemoryRegions | None
 ) -> RegionSpan | None:
     """Where the ``kind`` (input or output) ``name`` lies in shared memory, from its
@@ -216,19 +234,26 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadInput("each requested output needs a 'name'")
         parameters = _parameters(item.get("parameters"), f"output {item['name']!r}'s 'parameters'")
-        binary = parameters.get("binary_data", None)
-        classes = parameters.get("classification", 0)
-        if binary is not None and not isinstance(binary, bool):
-            raise BadInput(f"output {item['name']!r}: 'binary_data' must be true or false")
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
-            raise BadInput(f"output {item['name']!r}: 'classification' must be a class count")
-        span = _span(parameters, "output", item["name"], regions)
-        if span is not None and regions is not None:
-            # Refused before the model runs, not after: the region and the room given exist.
-            what = f"output {item['name']!r}"
-            regions.region(span.region).check(span.offset, span.byte_size, what)
-        wanted.append(OutputRequest(item["name"], binary, classes, span))
+        wanted.append(output_request(item["name"], parameters, regions))
     return wanted
+
+
+def output_request(
+    name: str, parameters: dict[str, Any], regions: SharedMemoryRegions | None
+) -> OutputRequest:
+    """A requested output from its parameters: ``binary_data``, ``classification`` and the
+    shared memory extension's (its region checked now, before the model runs)."""
+    binary = parameters.get("binary_data")
+    classes = parameters.get("classification", 0)
+    if binary is not None and not isinstance(binary, bool):
+        raise BadInput(f"output {name!r}: 'binary_data' must be true or false")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+        raise BadInput(f"output {name!r}: 'classification' must be a class count")
+    span = region_span(parameters, "output", name, regions)
+    if span is not None and regions is not None:
+        # Refused before the model runs, not after: the region and the room given exist.
+        regions.region(span.region).check(span.offset, span.byte_size, f"output {name!r}")
+    return OutputRequest(name, binary, classes, span)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -274,7 +299,7 @@ def _parameters(given: Any, where: str) -> dict[str, Any]:
     return given
 
 
-def _timeout(given: Any) -> float | None:
+def timeout_seconds(given: Any) -> float | None:
     """The ``timeout`` parameter (microseconds; 0 or absent: the server's own deadline)."""
     if given is None:
         return None
