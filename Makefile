@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extras the tests need; `make run` installs the core only. The captions extra pins
 # torch==2.13.0, whose CPU build lies in /opt/wheels on these machines (any other torch, or the
 # registry's build of this one, pulls gigabytes of CUDA packages).
-TEST_EXTRAS ?= dev,captions
+TEST_EXTRAS ?= dev,captions,grpc
 WHEELS ?= /opt/wheels
 PIP_FIND := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 

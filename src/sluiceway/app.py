@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -38,6 +38,9 @@ from sluiceway.services import Services
 from sluiceway.shared_memory import SharedMemoryRegions
 from sluiceway.split.dispatcher import RedisDispatcher
 from sluiceway.split.fleet import Fleet
+
+if TYPE_CHECKING:
+    from sluiceway.api.oip.grpc_service import GrpcEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ def create_app(
         if fleet is not None:
             await fleet.start()
         await services.registry.start()
+        grpc = _grpc_endpoint(services)
+        if grpc is not None:
+            await grpc.start()
         # Everything built so far lives as long as the process: out of the collector's way.
         settle_heap()
         logger.info("sluiceway %s serving models %s", __version__, services.dispatcher.models())
@@ -94,6 +100,8 @@ def create_app(
             # each request: that is how the edge gets this app's limits and metrics.
             yield {STATE_KEY: Edge(EdgeLimits.from_settings(settings), metrics)}
         finally:
+            if grpc is not None:
+                await grpc.stop()
             await services.dispatcher.close()
             if fleet is not None:
                 await fleet.close()
@@ -126,3 +134,17 @@ def create_app(
         fast_routes=fast_routes,
     )
     return app
+
+
+def _grpc_endpoint(services: Services) -> GrpcEndpoint | None:
+    """The gRPC endpoint, where ``SLUICEWAY_GRPC_PORT`` asks for one (imported only then: it
+    needs the ``grpc`` extra)."""
+    if services.settings.grpc_port is None:
+        return None
+    try:
+        from sluiceway.api.oip.grpc_service import GrpcEndpoint
+    except ImportError as error:
+        raise RuntimeError(
+            f"SLUICEWAY_GRPC_PORT needs the grpc extra: pip install 'sluiceway[grpc]' ({error})"
+        ) from None
+    return GrpcEndpoint(services, services.settings)

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         description="clients may register shared memory regions and send or get tensors "
         "through them (Triton's --allow-client-shm): only where every client is trusted",
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve the Open Inference Protocol over gRPC on this port too (Triton's "
+        "8001; needs the grpc extra); unset = off",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request's deadline")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
     model_cache_budget_mb: float = Field(1024.0, gt=0, description="LRU budget for loaded models")

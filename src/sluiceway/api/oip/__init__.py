@@ -1,8 +1,11 @@
 """The Open Inference Protocol (KServe's v2 REST protocol), as Triton and KServe speak it.
 
 Modules, each importing only those before it: ``forms`` (how a model takes tensors),
-``inference_request`` (the body, checked), ``answer`` (the outputs, encoded), ``routes``;
-``regions`` (Triton's system shared memory extension) stands beside them.
+``inference_request`` (the body, checked), ``answer`` (the outputs, encoded), ``serving``
+(what the protocol answers, whichever transport carries it), ``routes`` (over HTTP);
+``regions`` (Triton's system shared memory extension) stands beside them. Over gRPC
+(``SLUICEWAY_GRPC_PORT``, the ``grpc`` extra): ``grpc_messages`` (the messages to and from
+``serving``'s values) and ``grpc_service`` (the service and its server), imported only then.
 
 Endpoints: ``GET /v2`` (server metadata), ``GET /v2/health/live``, ``GET /v2/health/ready``,
 ``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``,

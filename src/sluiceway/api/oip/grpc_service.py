@@ -1,0 +1,403 @@
+"""The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService``, as
+``tritonclient.grpc``, ``perf_analyzer -i grpc`` and KServe's and MLServer's gRPC clients call
+it. On when ``SLUICEWAY_GRPC_PORT`` is set; it needs the ``grpc`` extra.
+
+The service runs on the app's own event loop, started and stopped by its lifespan, and calls
+the same ``serving`` functions as the REST routes: the same models, batchers, deadlines and
+errors. Message classes are tritonclient's (``tritonclient.grpc.service_pb2``), generated from
+Triton's ``grpc_service.proto``: the wire format its clients speak, without a copy of the proto
+here.
+
+Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
+(``ServerMetadata``, ``ModelMetadata``, ``ModelConfig``), ``ModelInfer`` and
+``ModelStreamInfer``, ``ModelStatistics``, the repository extension (``RepositoryIndex``,
+``RepositoryModelLoad`` and ``RepositoryModelUnload``, with the admin token as
+``authorization`` metadata) and system shared memory (where ``SLUICEWAY_ALLOW_CLIENT_SHM``).
+The rest (CUDA shared memory, trace and log settings) answer ``UNIMPLEMENTED``.
+
+Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
+gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from sluiceway import __version__
+from sluiceway.api.errors import RequestError, status_of
+from sluiceway.api.oip import serving
+from sluiceway.api.oip.grpc_messages import infer_request, infer_response
+from sluiceway.api.repository import control_refusal, index_entry
+from sluiceway.config import Settings
+from sluiceway.errors import ModelUnavailable, UnknownModel
+from sluiceway.model_entries import ModelEntry, ModelState
+from sluiceway.services import Services
+from sluiceway.shared_memory import SharedMemoryRegions
+
+logger = logging.getLogger(__name__)
+
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+"""The REST status of each error (``api.errors.status_of``) as a gRPC code; any other is
+``INTERNAL``."""
+
+_Answer = TypeVar("_Answer")
+
+
+class _Failure(Exception):
+    """A call's error as a gRPC code and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = CODES.get(status, grpc.StatusCode.INTERNAL)
+
+
+def _failure(error: Exception, method: str) -> _Failure:
+    status = status_of(error)
+    if status is None:  # a bug: logged whole, answered without its details (as a 500)
+        logger.exception("gRPC %s failed", method, exc_info=error)
+        return _Failure(500, "internal error: the server's log says more")
+    if isinstance(error, ModelUnavailable):
+        logger.warning("model unavailable: %s", error)
+    return _Failure(status, str(error))
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """``inference.GRPCInferenceService`` over one app's ``Services``; method names are the
+    proto's. (tritonclient's generated classes are untyped: mypy sees them as ``Any``.)"""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_Answer]]
+    ) -> _Answer:
+        """Run ``work``, count it in ``sluiceway_requests`` (route ``grpc:<method>``, its
+        REST status) and turn an error into the call's gRPC status."""
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            status = 499  # the client went away or its deadline passed
+            raise
+        except Exception as error:
+            failure = _failure(error, method)
+            status = failure.status
+            await context.abort(failure.code, str(failure))
+            raise  # abort raises; said for the type checker
+        finally:
+            count, seconds = self.services.metrics.request_children(
+                f"grpc:{method}", "POST", status
+            )
+            count.inc()
+            seconds.observe(time.perf_counter() - started)
+
+    # Health and metadata.
+
+    async def ServerLive(
+        self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: service_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=self.services.dispatcher.ready())
+
+    async def ModelReady(
+        self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelReadyResponse:
+        # As Triton: a model unknown, or known and not ready, is not ready (no error).
+        try:
+            entry = serving.entry_of(self.services, request.name, request.version or None)
+        except UnknownModel:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=entry.state is ModelState.READY)
+
+    async def ServerMetadata(
+        self, request: service_pb2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ServerMetadataResponse:
+        metadata = serving.server_metadata(self.services)
+        return service_pb2.ServerMetadataResponse(
+            name=metadata["name"], version=__version__, extensions=metadata["extensions"]
+        )
+
+    async def ModelMetadata(
+        self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelMetadataResponse:
+        async def work() -> service_pb2.ModelMetadataResponse:
+            metadata = serving.model_metadata(self.services, request.name, request.version or None)
+            # The message has no parameters: whether and why not a model takes tensors is in
+            # the REST answer, and an inference request says it.
+            metadata.pop("parameters")
+            return json_format.ParseDict(metadata, service_pb2.ModelMetadataResponse())
+
+        return await self._call("ModelMetadata", context, work)
+
+    async def ModelConfig(
+        self, request: service_pb2.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelConfigResponse:
+        async def work() -> service_pb2.ModelConfigResponse:
+            config = serving.model_config(self.services, request.name, request.version or None)
+            return service_pb2.ModelConfigResponse(
+                config=json_format.ParseDict(config, model_config_pb2.ModelConfig())
+            )
+
+        return await self._call("ModelConfig", context, work)
+
+    async def ModelStatistics(
+        self, request: service_pb2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelStatisticsResponse:
+        async def work() -> service_pb2.ModelStatisticsResponse:
+            stats = serving.model_statistics(
+                self.services, request.name or None, request.version or None
+            )
+            return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
+
+        return await self._call("ModelStatistics", context, work)
+
+    # Inference.
+
+    async def ModelInfer(
+        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelInferResponse:
+        return await self._call("ModelInfer", context, lambda: self._infer(request, context))
+
+    async def ModelStreamInfer(
+        self,
+        requests: AsyncIterator[service_pb2.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Each request on the stream answered as soon as it is done (not in order: a client
+        matches answers by ``id``); an error is that request's ``error_message``, and the
+        stream goes on."""
+        answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: service_pb2.ModelInferRequest) -> None:
+            started = time.perf_counter()
+            status = 200
+            try:
+                response = await self._infer(request, context)
+                answer = service_pb2.ModelStreamInferResponse(infer_response=response)
+            except Exception as error:
+                failure = _failure(error, "ModelStreamInfer")
+                status = failure.status
+                answer = service_pb2.ModelStreamInferResponse(
+                    error_message=str(failure),
+                    infer_response=service_pb2.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    ),
+                )
+            finally:
+                count, seconds = self.services.metrics.request_children(
+                    "grpc:ModelStreamInfer", "POST", status
+                )
+                count.inc()
+                seconds.observe(time.perf_counter() - started)
+            await answers.put(answer)
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(set(pending))
+            await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # its error, if reading the stream failed
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _infer(
+        self, message: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelInferResponse:
+        services = self.services
+        name = message.model_name
+        record, form = serving.tensor_model(services, name, message.model_version or None)
+        request = infer_request(message, form, services.shared_memory)
+        allowed = services.settings.request_timeout_s
+        remaining = context.time_remaining()
+        deadline = time.time() + (allowed if remaining is None else min(remaining, allowed))
+        outputs = await serving.run_request(services, record, form, request, deadline)
+        return infer_response(name, record, form, request, outputs, services.shared_memory)
+
+    # The repository extension.
+
+    async def RepositoryIndex(
+        self, request: service_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RepositoryIndexResponse:
+        entries = [
+            index_entry(entry)
+            for entry in self.services.registry.entries()
+            if not request.ready or entry.state is ModelState.READY
+        ]
+        return service_pb2.RepositoryIndexResponse(
+            models=[
+                service_pb2.RepositoryIndexResponse.ModelIndex(
+                    name=entry["name"],
+                    version=entry["version"] or "",
+                    state=str(entry["state"]),
+                    reason=entry["reason"] or "",
+                )
+                for entry in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: service_pb2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        async def work() -> service_pb2.RepositoryModelLoadResponse:
+            entry = await self._control(context, self.services.registry.load, request.model_name)
+            if entry.state is ModelState.UNAVAILABLE:
+                raise RequestError(400, f"{entry.name} did not load: {entry.reason}")
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await self._call("RepositoryModelLoad", context, work)
+
+    async def RepositoryModelUnload(
+        self,
+        request: service_pb2.RepositoryModelUnloadRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        async def work() -> service_pb2.RepositoryModelUnloadResponse:
+            await self._control(context, self.services.registry.unload, request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await self._call("RepositoryModelUnload", context, work)
+
+    async def _control(
+        self,
+        context: grpc.aio.ServicerContext,
+        action: Callable[[str], Awaitable[ModelEntry]],
+        name: str,
+    ) -> ModelEntry:
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization", "")
+        if not isinstance(authorization, str):
+            authorization = ""
+        refusal = control_refusal(self.services.settings.admin_token, authorization)
+        if refusal is not None:
+            raise RequestError(*refusal)
+        return await action(name)
+
+    # The system shared memory extension.
+
+    def _regions(self) -> SharedMemoryRegions:
+        regions = self.services.shared_memory
+        if regions is None:
+            raise RequestError(
+                403,
+                "shared memory is off on this server: start it with "
+                "SLUICEWAY_ALLOW_CLIENT_SHM=true to let clients on this machine register regions "
+                "(only where they are trusted)",
+            )
+        return regions
+
+    async def SystemSharedMemoryRegister(
+        self,
+        request: service_pb2.SystemSharedMemoryRegisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryRegisterResponse:
+        async def work() -> service_pb2.SystemSharedMemoryRegisterResponse:
+            self._regions().register(request.name, request.key, request.offset, request.byte_size)
+            return service_pb2.SystemSharedMemoryRegisterResponse()
+
+        return await self._call("SystemSharedMemoryRegister", context, work)
+
+    async def SystemSharedMemoryUnregister(
+        self,
+        request: service_pb2.SystemSharedMemoryUnregisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryUnregisterResponse:
+        async def work() -> service_pb2.SystemSharedMemoryUnregisterResponse:
+            self._regions().unregister(request.name or None)
+            return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+        return await self._call("SystemSharedMemoryUnregister", context, work)
+
+    async def SystemSharedMemoryStatus(
+        self,
+        request: service_pb2.SystemSharedMemoryStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.SystemSharedMemoryStatusResponse:
+        async def work() -> service_pb2.SystemSharedMemoryStatusResponse:
+            response = service_pb2.SystemSharedMemoryStatusResponse()
+            for region in self._regions().status(request.name or None):
+                response.regions[region["name"]].CopyFrom(
+                    service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
+            return response
+
+        return await self._call("SystemSharedMemoryStatus", context, work)
+
+
+class GrpcEndpoint:
+    """The gRPC server of one app process, on ``SLUICEWAY_HOST:SLUICEWAY_GRPC_PORT``."""
+
+    def __init__(self, services: Services, settings: Settings) -> None:
+        assert settings.grpc_port is not None
+        self.settings = settings
+        self._server = grpc.aio.server(
+            options=[
+                # The same body limit as HTTP: a larger message is RESOURCE_EXHAUSTED.
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+                # Several worker processes share the port; the kernel spreads connections.
+                ("grpc.so_reuseport", 1),
+            ],
+            # Calls in progress, as SLUICEWAY_MAX_REQUESTS bounds HTTP's: more are refused with
+            # RESOURCE_EXHAUSTED before any work.
+            maximum_concurrent_rpcs=settings.max_requests,
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(services), self._server
+        )
+        self.port = 0
+        """The port bound (``grpc_port``, or the one given for 0), once started."""
+
+    async def start(self) -> None:
+        host = self.settings.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        address = f"{host}:{self.settings.grpc_port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as error:
+            message = f"SLUICEWAY_GRPC_PORT: cannot listen on {address}: {error}"
+            raise RuntimeError(message) from None
+        await self._server.start()
+        logger.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop taking calls; those in progress finish (within the request deadline)."""
+        await self._server.stop(grace=self.settings.request_timeout_s)

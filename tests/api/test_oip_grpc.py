@@ -1,0 +1,352 @@
+"""The Open Inference Protocol over gRPC, driven by Triton's own ``tritonclient.grpc`` (and its
+generated stub, for what tritonclient never sends) against a real Sluiceway server."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.utils.shared_memory as shm
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from tests.fixtures.live_server import live_server
+from tests.fixtures.model_repository import linear, repository
+from tests.fixtures.onnx_models import ECHO_TYPES
+
+MAX_BODY = 64 * 1024
+TOKEN = "grpc-test-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Served:
+    def __init__(self, url: str, grpc_url: str, weights: np.ndarray) -> None:
+        self.url = url
+        self.grpc_url = grpc_url
+        self.weights = weights
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root, weights = repository(tmp_path_factory.mktemp("grpc") / "models")
+    port = _free_port()
+    env = {
+        "SLUICEWAY_MODEL_REPOSITORY": str(root),
+        "SLUICEWAY_GRPC_PORT": str(port),
+        "SLUICEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+        "SLUICEWAY_ADMIN_TOKEN": TOKEN,
+        "SLUICEWAY_ALLOW_CLIENT_SHM": "true",
+    }
+    with live_server(env) as url:
+        yield Served(url, f"127.0.0.1:{port}", weights)
+
+
+@pytest.fixture
+def client(server: Served) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stub(server: Served) -> Iterator[Any]:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def x_input(x: np.ndarray) -> triton.InferInput:
+    item = triton.InferInput("x", list(x.shape), "FP32")
+    item.set_data_from_numpy(x)
+    return item
+
+
+def test_health_and_metadata_say_what_rest_says(
+    client: triton.InferenceServerClient, server: Served
+) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("linear")
+    assert client.is_model_ready("linear", "1")
+    assert not client.is_model_ready("linear", "2")
+    assert not client.is_model_ready("broken")
+    assert not client.is_model_ready("nope")
+    metadata = client.get_server_metadata(as_json=True)
+    rest = httpx.get(f"{server.url}/v2").json()
+    assert metadata["name"] == "sluiceway" == rest["name"]
+    assert metadata["extensions"] == rest["extensions"]
+    assert "system_shared_memory" in metadata["extensions"]
+    model = client.get_model_metadata("linear", as_json=True)
+    rest_model = httpx.get(f"{server.url}/v2/models/linear").json()
+    assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]
+    assert [int(d) for d in model["inputs"][0]["shape"]] == rest_model["inputs"][0]["shape"]
+    assert model["versions"] == rest_model["versions"] and model["platform"] == "onnxruntime_onnx"
+    config = client.get_model_config("linear", as_json=True)["config"]
+    assert config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": ["4"]}]
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+
+
+def test_infer_numpy_arrays(client: triton.InferenceServerClient, server: Served) -> None:
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    result = client.infer(
+        "linear",
+        [x_input(x)],
+        outputs=[triton.InferRequestedOutput("y")],
+        request_id="r1",
+        model_version="1",
+    )
+    np.testing.assert_allclose(result.as_numpy("y"), linear(server.weights, x), rtol=1e-5)
+    response = result.get_response()
+    assert (response.id, response.model_name, response.model_version) == ("r1", "linear", "1")
+    # Without outputs named, every output comes back.
+    everything = client.infer("linear", [x_input(x)])
+    np.testing.assert_array_equal(everything.as_numpy("y"), result.as_numpy("y"))
+
+
+def test_every_datatype_round_trips(client: triton.InferenceServerClient) -> None:
+    rng = np.random.default_rng(2)
+    inputs = []
+    sent = {}
+    for datatype in ECHO_TYPES:
+        if datatype == "BYTES":
+            array = np.array([[b"a", b""], ["\u00e9t\u00e9".encode(), b"\x00z"]], dtype=np.object_)
+        elif datatype == "BOOL":
+            array = np.array([[True, False], [False, True]])
+        else:
+            array = (rng.random((2, 2)) * 100).astype(triton_to_np_dtype(datatype))
+        item = triton.InferInput(f"in_{datatype}", [2, 2], datatype)
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+        sent[datatype] = array
+    result = client.infer("echo", inputs)
+    for datatype, array in sent.items():
+        got = result.as_numpy(f"out_{datatype}")
+        assert got is not None and got.shape == (2, 2), datatype
+        np.testing.assert_array_equal(got, array, err_msg=datatype)
+
+
+def test_typed_contents_as_other_clients_send_them(stub: Any, server: Served) -> None:
+    """KServe's and MLServer's clients send ``contents`` (``fp32_contents``...), not raw bytes."""
+    x = [0.5, -1.0, 2.0, 3.5, 1.0, 0.0, -2.0, 4.0]
+    request = service_pb2.ModelInferRequest(model_name="linear", id="typed")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend(x)
+    response = stub.ModelInfer(request)
+    assert response.id == "typed" and [o.name for o in response.outputs] == ["y"]
+    y = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, -1)
+    expected = linear(server.weights, np.array(x, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    # A value the datatype cannot hold is the caller's error, named.
+    request = service_pb2.ModelInferRequest(model_name="echo")
+    for datatype in ECHO_TYPES:
+        tensor = request.inputs.add(name=f"in_{datatype}", datatype=datatype, shape=[1, 2])
+        if datatype == "INT8":
+            tensor.contents.int_contents.extend([1, 300])
+        elif datatype == "FP16":
+            request.raw_input_contents.append(np.zeros(2, np.float16).tobytes())
+        elif datatype == "BYTES":
+            tensor.contents.bytes_contents.extend([b"a", b"b"])
+        elif datatype == "BOOL":
+            tensor.contents.bool_contents.extend([True, False])
+        else:
+            field = {"INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents"}
+            field |= {"UINT8": "uint_contents", "UINT16": "uint_contents"}
+            field |= {"UINT32": "uint_contents", "UINT64": "uint64_contents"}
+            field |= {"FP32": "fp32_contents", "FP64": "fp64_contents"}
+            getattr(tensor.contents, field[datatype]).extend([1, 2])
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ModelInfer(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'in_INT8'" in raised.value.details() and "INT8" in raised.value.details()
+    # Fixed, the same request answers every datatype.
+    request.inputs[[t.name for t in request.inputs].index("in_INT8")].contents.int_contents[1] = 3
+    response = stub.ModelInfer(request)
+    names = [output.name for output in response.outputs]
+    by_name = dict(zip(names, response.raw_output_contents, strict=True))
+    assert np.frombuffer(by_name["out_INT8"], np.int8).tolist() == [1, 3]
+    assert by_name["out_BYTES"] == b"\x01\x00\x00\x00a\x01\x00\x00\x00b"
+
+
+def test_raw_contents_must_match_the_inputs(stub: Any) -> None:
+    def infer(raw: list[bytes], *, contents: bool = False) -> grpc.RpcError:
+        request = service_pb2.ModelInferRequest(model_name="linear")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        if contents:
+            tensor.contents.fp32_contents.extend([1, 2, 3, 4])
+        request.raw_input_contents.extend(raw)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return raised.value
+
+    assert "has no data" in infer([]).details()
+    four = np.ones(4, np.float32).tobytes()
+    assert "1 raw_input_contents entries belong to no input" in infer([four, four]).details()
+    assert "belong to no input" in infer([four], contents=True).details()
+    assert "not a whole number of FP32" in infer([b"\x00" * 5]).details()
+
+
+def test_async_and_streamed_inference(client: triton.InferenceServerClient, server: Served) -> None:
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+    def done(result: Any, error: Any) -> None:
+        results.put((result, error))
+
+    xs = {f"r{i}": np.full((1, 4), float(i), dtype=np.float32) for i in range(8)}
+    for request_id, x in xs.items():
+        client.async_infer("linear", [x_input(x)], partial(done), request_id=request_id)
+    _check_answers(results, xs, server)
+    client.start_stream(callback=done)
+    try:
+        for request_id, x in xs.items():
+            client.async_stream_infer("linear", [x_input(x)], request_id=request_id)
+        _check_answers(results, xs, server)
+        # An error is that request's answer; the stream goes on.
+        client.async_stream_infer("nope", [x_input(xs["r0"])], request_id="bad")
+        _, error = results.get(timeout=30)
+        assert isinstance(error, InferenceServerException) and "nope" in error.message()
+        client.async_stream_infer("linear", [x_input(xs["r1"])], request_id="r1")
+        _check_answers(results, {"r1": xs["r1"]}, server)
+    finally:
+        client.stop_stream()
+
+
+def _check_answers(results: queue.Queue[Any], xs: dict[str, np.ndarray], server: Served) -> None:
+    for _ in xs:
+        result, error = results.get(timeout=30)
+        assert error is None
+        request_id = result.get_response().id
+        expected = linear(server.weights, xs[request_id])
+        np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-5)
+
+
+def test_errors_carry_the_servers_reason_and_code(client: triton.InferenceServerClient) -> None:
+    def fails(call: Any, code: str, match: str) -> None:
+        with pytest.raises(InferenceServerException, match=match) as raised:
+            call()
+        assert raised.value.status() == code
+
+    fails(lambda: client.get_model_metadata("nope"), "StatusCode.NOT_FOUND", "no model named")
+    fails(lambda: client.get_model_metadata("linear", "2"), "StatusCode.NOT_FOUND", "version")
+    wrong = np.ones((1, 3), dtype=np.float32)
+    fails(
+        lambda: client.infer("linear", [x_input(wrong)]),
+        "StatusCode.INVALID_ARGUMENT",
+        "has 3 in dimension 1",
+    )
+    fails(lambda: client.infer("knn", [x_input(wrong)]), "StatusCode.INVALID_ARGUMENT", "tensor")
+    fails(lambda: client.infer("broken", [x_input(wrong)]), "StatusCode.UNAVAILABLE", "'broken'")
+    one = np.ones((1, 4), dtype=np.float32)
+    fails(
+        lambda: client.infer("linear", [x_input(one)], timeout=1),
+        "StatusCode.DEADLINE_EXCEEDED",
+        "deadline",
+    )
+    fails(
+        lambda: client.infer("linear", [x_input(one)], outputs=[triton.InferRequestedOutput("z")]),
+        "StatusCode.INVALID_ARGUMENT",
+        "unknown output 'z'",
+    )
+    # Larger than SLUICEWAY_MAX_BODY_BYTES: refused by gRPC itself before any work.
+    big = np.ones((MAX_BODY // 16 + 1, 4), dtype=np.float32)
+    too_big = "StatusCode.RESOURCE_EXHAUSTED"
+    fails(lambda: client.infer("linear", [x_input(big)]), too_big, "larger than max")
+    assert client.is_server_live()
+
+
+def test_priority_and_classification(client: triton.InferenceServerClient) -> None:
+    image = np.random.default_rng(3).random((1, 3, 16, 16)).astype(np.float32)
+    metadata = client.get_model_metadata("colours", as_json=True)
+    item = triton.InferInput(metadata["inputs"][0]["name"], [1, 3, 16, 16], "FP32")
+    item.set_data_from_numpy(image)
+    output = metadata["outputs"][0]["name"]
+    scores = client.infer("colours", [item], priority=1).as_numpy(output)
+    assert scores is not None and scores.shape == (1, 3)
+    top = client.infer(
+        "colours", [item], outputs=[triton.InferRequestedOutput(output, class_count=2)]
+    ).as_numpy(output)
+    best = int(np.argmax(scores[0]))
+    assert top is not None and top.shape == (1, 2)
+    assert top[0][0].decode().split(":")[1:] == [str(best), ["red", "green", "blue"][best]]
+    with pytest.raises(InferenceServerException, match="priority"):
+        client.infer("colours", [item], priority=2**31)
+
+
+def test_statistics_and_metrics(client: triton.InferenceServerClient, server: Served) -> None:
+    before = _success(client)
+    client.infer("linear", [x_input(np.ones((2, 4), np.float32))])
+    assert _success(client) == before + 2  # one job per row (runtime/stats.py says why)
+    every = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert {"linear", "echo"} <= {entry["name"] for entry in every}
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'route="grpc:ModelInfer"' in metrics
+    assert 'route="grpc:ModelMetadata",status="404"' in metrics
+
+
+def _success(client: triton.InferenceServerClient) -> int:
+    [entry] = client.get_inference_statistics("linear", as_json=True)["model_stats"]
+    return int(entry["inference_stats"]["success"].get("count", 0))
+
+
+def test_the_repository_extension(client: triton.InferenceServerClient) -> None:
+    models = client.get_model_repository_index(as_json=True)["models"]
+    index = {model["name"]: model for model in models}
+    assert index["linear"]["state"] == "READY" and index["broken"]["state"] == "UNAVAILABLE"
+    assert "reason" in index["broken"]
+    with pytest.raises(InferenceServerException, match="Bearer") as raised:
+        client.unload_model("single")
+    assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    client.unload_model("single", headers=headers)
+    assert not client.is_model_ready("single")
+    client.load_model("single", headers=headers)
+    assert client.is_model_ready("single")
+    with pytest.raises(InferenceServerException, match="did not load") as raised:
+        client.load_model("broken", headers=headers)
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm")
+def test_shared_memory(client: triton.InferenceServerClient, server: Served) -> None:
+    x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    key_in, key_out = (f"/sluiceway-grpc-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    into = shm.create_shared_memory_region("in", key_in, x.nbytes)
+    out = shm.create_shared_memory_region("out", key_out, 64)
+    try:
+        shm.set_shared_memory_region(into, [x])
+        client.register_system_shared_memory("in", key_in, x.nbytes)
+        client.register_system_shared_memory("out", key_out, 64)
+        status = client.get_system_shared_memory_status(as_json=True)["regions"]
+        assert status["in"]["key"] == key_in and int(status["out"]["byte_size"]) == 64
+        item = triton.InferInput("x", [2, 4], "FP32")
+        item.set_shared_memory("in", x.nbytes)
+        wanted = triton.InferRequestedOutput("y")
+        wanted.set_shared_memory("out", 64)
+        result = client.infer("linear", [item], outputs=[wanted])
+        [output] = result.get_response().outputs
+        assert (output.name, output.datatype, list(output.shape)) == ("y", "FP32", [2, 3])
+        y = shm.get_contents_as_numpy(out, np.float32, [2, 3])
+        np.testing.assert_allclose(y, linear(server.weights, x), rtol=1e-5)
+        with pytest.raises(InferenceServerException, match="'gone'") as raised:
+            item.set_shared_memory("gone", x.nbytes)
+            client.infer("linear", [item])
+        assert raised.value.status() == "StatusCode.NOT_FOUND"
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(into)
+        shm.destroy_shared_memory_region(out)
+    assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
