@@ -10,7 +10,8 @@ WHEELS ?= /opt/wheels
 PIP_FIND := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
 .PHONY: run test install-run install-test system-deps lint typecheck pytest clean \
-	bench-kiosk bench-images bench-web bench-captions bench-scaleout bench-oip
+	bench-kiosk bench-images bench-web bench-captions bench-scaleout bench-oip \
+	bench-grpc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ bench-scaleout: install-test system-deps
 
 bench-oip: install-test
 	flock /tmp/sluiceway-bench.lock $(BIN)/python -m bench.oip.run
+
+bench-grpc: install-test system-deps
+	flock /tmp/sluiceway-bench.lock $(BIN)/python -m bench.grpc.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

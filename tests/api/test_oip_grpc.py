@@ -350,3 +350,102 @@ def test_shared_memory(client: triton.InferenceServerClient, server: Served) -> 
         shm.destroy_shared_memory_region(into)
         shm.destroy_shared_memory_region(out)
     assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
+
+
+def test_classification_of_a_non_numeric_output_is_refused(
+    client: triton.InferenceServerClient,
+) -> None:
+    inputs = []
+    for datatype in ECHO_TYPES:
+        item = triton.InferInput(f"in_{datatype}", [1, 2], datatype)
+        dtype = np.object_ if datatype == "BYTES" else triton_to_np_dtype(datatype)
+        item.set_data_from_numpy(
+            np.array([[b"a", b"b"]] if datatype == "BYTES" else [[1, 0]], dtype)
+        )
+        inputs.append(item)
+    for datatype in ("BYTES", "BOOL"):
+        wanted = [triton.InferRequestedOutput(f"out_{datatype}", class_count=1)]
+        with pytest.raises(InferenceServerException, match="'classification' ranks") as raised:
+            client.infer("echo", inputs, outputs=wanted)
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # An unsigned output ranks its largest value first (negating it would wrap 0 to the top).
+    wanted = [triton.InferRequestedOutput("out_UINT8", class_count=1)]
+    top = client.infer("echo", inputs, outputs=wanted).as_numpy("out_UINT8")
+    assert top is not None and top[0][0].decode().split(":")[:2] == ["1.000000", "0"]
+
+
+def test_every_call_is_counted(client: triton.InferenceServerClient, server: Served) -> None:
+    assert client.is_server_live() and client.is_model_ready("linear")
+    client.get_server_metadata()
+    client.get_model_repository_index()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for method in ("ServerLive", "ModelReady", "ServerMetadata", "RepositoryIndex"):
+        assert f'route="grpc:{method}",status="200"' in metrics, method
+
+
+def _request(request_id: str, value: float) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="linear", id=request_id)
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([value] * 4)
+    return request
+
+
+def _raw_stream(address: str) -> Any:
+    """ModelStreamInfer taking messages already serialized (or not messages at all)."""
+    channel = grpc.insecure_channel(address)
+    return channel, channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=lambda message: message,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+
+
+def test_a_bad_message_ends_the_stream_after_the_good_ones_are_answered(server: Served) -> None:
+    """A message that is not a ModelInferRequest ends the stream with INVALID_ARGUMENT once
+    the requests read before it are answered: it never hangs."""
+    channel, call = _raw_stream(server.grpc_url)
+    with channel:
+        messages = iter([_request("good", 1.0).SerializeToString(), b"\xff\xff\xff"])
+        answers = call(messages, timeout=20)
+        seen = []
+        with pytest.raises(grpc.RpcError) as raised:
+            for answer in answers:
+                seen.append(answer.infer_response.id)
+                assert not answer.error_message
+        assert seen == ["good"]
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a request" in raised.value.details()
+
+
+def test_streams_are_held_to_the_request_limit(tmp_path: Path) -> None:
+    """With SLUICEWAY_MAX_REQUESTS=2 a stream of 40 requests is read two at a time and every
+    request is answered; a stream abandoned mid-way gives its permits back."""
+    root, weights = repository(tmp_path / "models")
+    port = _free_port()
+    env = {
+        "SLUICEWAY_MODEL_REPOSITORY": str(root),
+        "SLUICEWAY_GRPC_PORT": str(port),
+        "SLUICEWAY_MAX_REQUESTS": "2",
+    }
+    with live_server(env):
+        address = f"127.0.0.1:{port}"
+        channel, call = _raw_stream(address)
+        with channel:
+            # Abandoned: the client cancels after the first answer.
+            answers = call(
+                iter([_request(f"a{i}", i).SerializeToString() for i in range(10)]), timeout=20
+            )
+            next(answers)
+            answers.cancel()
+            requests = {f"r{i}": float(i) for i in range(40)}
+            answers = call(
+                iter([_request(key, value).SerializeToString() for key, value in requests.items()]),
+                timeout=30,
+            )
+            got = {answer.infer_response.id: answer for answer in answers}
+        assert set(got) == set(requests)
+        for key, answer in got.items():
+            assert not answer.error_message
+            y = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32)
+            expected = linear(weights, np.full((1, 4), requests[key], dtype=np.float32))
+            np.testing.assert_allclose(y, expected.ravel(), rtol=1e-5)

@@ -47,7 +47,7 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; its queued work was withdrawn."""
 
 
-def status_of(error: Exception) -> int | None:
+def status_of(error: BaseException) -> int | None:
     """The HTTP status of a known error type, or ``None`` for a bug (which becomes 500): the
     one table, which the gRPC endpoint translates too (``api/oip/grpc_service.py``)."""
     if isinstance(error, RequestError):

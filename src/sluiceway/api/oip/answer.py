@@ -60,6 +60,10 @@ def answered_outputs(
         spec = declared.get(item.name)
         datatype = spec.datatype if spec is not None else _datatype(array)
         if item.classes:
+            if datatype in ("BYTES", "BOOL"):
+                raise BadInput(
+                    f"output {item.name!r} is {datatype}: 'classification' ranks numbers"
+                )
             array, datatype = _classified(array, item.classes, record.labels), "BYTES"
         binary = item.binary if item.binary is not None else request.binary_output
         if item.span is not None:
@@ -151,7 +155,8 @@ def _classified(scores: np.ndarray, classes: int, labels: Sequence[str]) -> np.n
     if scores.ndim != 2:
         raise BadInput("'classification' needs an output of shape [batch, classes]")
     k = min(classes, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    # As float64: negating an unsigned score would wrap (0 would rank first).
+    order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
     rows = []
     for row, indices in zip(scores, order, strict=True):
         items = []

@@ -22,6 +22,7 @@ gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``)
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from sluiceway import __version__
@@ -39,6 +41,7 @@ from sluiceway.api.repository import control_refusal, index_entry
 from sluiceway.config import Settings
 from sluiceway.errors import ModelUnavailable, UnknownModel
 from sluiceway.model_entries import ModelEntry, ModelState
+from sluiceway.runtime.memory import keep_freed_heap
 from sluiceway.services import Services
 from sluiceway.shared_memory import SharedMemoryRegions
 
@@ -71,7 +74,7 @@ class _Failure(Exception):
         self.code = CODES.get(status, grpc.StatusCode.INTERNAL)
 
 
-def _failure(error: Exception, method: str) -> _Failure:
+def _failure(error: BaseException, method: str) -> _Failure:
     status = status_of(error)
     if status is None:  # a bug: logged whole, answered without its details (as a 500)
         logger.exception("gRPC %s failed", method, exc_info=error)
@@ -87,16 +90,25 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._stream_permits = asyncio.Semaphore(services.settings.max_requests)
+        """Requests of streams in progress at once, in the whole process."""
 
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_Answer]]
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        work: Callable[[], Awaitable[_Answer]] | Callable[[], _Answer],
     ) -> _Answer:
-        """Run ``work``, count it in ``sluiceway_requests`` (route ``grpc:<method>``, its
-        REST status) and turn an error into the call's gRPC status."""
+        """Run ``work`` (a coroutine function, or a plain one), count it in
+        ``sluiceway_requests`` (route ``grpc:<method>``, its REST status) and turn an error
+        into the call's gRPC status."""
         started = time.perf_counter()
         status = 200
         try:
-            return await work()
+            answer = work()
+            if inspect.isawaitable(answer):
+                return await answer
+            return answer
         except asyncio.CancelledError:
             status = 499  # the client went away or its deadline passed
             raise
@@ -117,30 +129,41 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ServerLiveResponse:
-        return service_pb2.ServerLiveResponse(live=True)
+        return await self._call(
+            "ServerLive", context, lambda: service_pb2.ServerLiveResponse(live=True)
+        )
 
     async def ServerReady(
         self, request: service_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ServerReadyResponse:
-        return service_pb2.ServerReadyResponse(ready=self.services.dispatcher.ready())
+        ready = self.services.dispatcher.ready
+        return await self._call(
+            "ServerReady", context, lambda: service_pb2.ServerReadyResponse(ready=ready())
+        )
 
     async def ModelReady(
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelReadyResponse:
-        # As Triton: a model unknown, or known and not ready, is not ready (no error).
-        try:
-            entry = serving.entry_of(self.services, request.name, request.version or None)
-        except UnknownModel:
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=entry.state is ModelState.READY)
+        def work() -> service_pb2.ModelReadyResponse:
+            # As Triton: a model unknown, or known and not ready, is not ready (no error).
+            try:
+                entry = serving.entry_of(self.services, request.name, request.version or None)
+            except UnknownModel:
+                return service_pb2.ModelReadyResponse(ready=False)
+            return service_pb2.ModelReadyResponse(ready=entry.state is ModelState.READY)
+
+        return await self._call("ModelReady", context, work)
 
     async def ServerMetadata(
         self, request: service_pb2.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ServerMetadataResponse:
-        metadata = serving.server_metadata(self.services)
-        return service_pb2.ServerMetadataResponse(
-            name=metadata["name"], version=__version__, extensions=metadata["extensions"]
-        )
+        def work() -> service_pb2.ServerMetadataResponse:
+            metadata = serving.server_metadata(self.services)
+            return service_pb2.ServerMetadataResponse(
+                name=metadata["name"], version=__version__, extensions=metadata["extensions"]
+            )
+
+        return await self._call("ServerMetadata", context, work)
 
     async def ModelMetadata(
         self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -190,53 +213,90 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Each request on the stream answered as soon as it is done (not in order: a client
         matches answers by ``id``); an error is that request's ``error_message``, and the
-        stream goes on."""
+        stream goes on.
+
+        A request read holds one of the process's ``stream_permits`` until its answer is
+        sent: with them all taken, streams stop reading (HTTP/2 flow control then holds their
+        clients back), so streams run at most ``SLUICEWAY_MAX_REQUESTS`` requests at once, as
+        unary calls do.
+        """
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        permits = self._stream_permits
 
         async def one(request: service_pb2.ModelInferRequest) -> None:
-            started = time.perf_counter()
-            status = 200
             try:
-                response = await self._infer(request, context)
-                answer = service_pb2.ModelStreamInferResponse(infer_response=response)
-            except Exception as error:
-                failure = _failure(error, "ModelStreamInfer")
-                status = failure.status
-                answer = service_pb2.ModelStreamInferResponse(
-                    error_message=str(failure),
-                    infer_response=service_pb2.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
-                )
-            finally:
-                count, seconds = self.services.metrics.request_children(
-                    "grpc:ModelStreamInfer", "POST", status
-                )
-                count.inc()
-                seconds.observe(time.perf_counter() - started)
-            await answers.put(answer)
+                answer = await self._stream_answer(request, context)
+            except BaseException:
+                permits.release()
+                raise
+            answers.put_nowait(answer)  # bounded by the permits: one per request read
 
         async def read() -> None:
-            async for request in requests:
-                task = asyncio.create_task(one(request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.wait(set(pending))
-            await answers.put(None)
+            try:
+                async for request in requests:
+                    await permits.acquire()
+                    task = asyncio.create_task(one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+            finally:
+                try:  # the requests already read are answered, even after a bad message
+                    if pending:
+                        await asyncio.wait(set(pending))
+                finally:
+                    answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (answer := await answers.get()) is not None:
+                permits.release()
                 yield answer
-            await reader  # its error, if reading the stream failed
+            await asyncio.wait([reader])
+            error = None if reader.cancelled() else reader.exception()
+            if error is not None:
+                if isinstance(error, DecodeError):
+                    failure = _Failure(400, f"a message on the stream is not a request: {error}")
+                else:
+                    failure = _failure(error, "ModelStreamInfer")
+                await context.abort(failure.code, str(failure))
         finally:
             reader.cancel()
             for task in list(pending):
                 task.cancel()
+            while not answers.empty():  # answers never sent (the client went away)
+                if answers.get_nowait() is not None:
+                    permits.release()
+
+    async def _stream_answer(
+        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelStreamInferResponse:
+        """One request of a stream answered: its outputs, or its error as ``error_message``;
+        counted as a unary call is."""
+        started = time.perf_counter()
+        status = 200
+        try:
+            response = await self._infer(request, context)
+            return service_pb2.ModelStreamInferResponse(infer_response=response)
+        except asyncio.CancelledError:
+            status = 499  # the stream was cancelled, or its deadline passed
+            raise
+        except Exception as error:
+            failure = _failure(error, "ModelStreamInfer")
+            status = failure.status
+            return service_pb2.ModelStreamInferResponse(
+                error_message=str(failure),
+                infer_response=service_pb2.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+        finally:
+            count, seconds = self.services.metrics.request_children(
+                "grpc:ModelStreamInfer", "POST", status
+            )
+            count.inc()
+            seconds.observe(time.perf_counter() - started)
 
     async def _infer(
         self, message: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -256,22 +316,25 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def RepositoryIndex(
         self, request: service_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryIndexResponse:
-        entries = [
-            index_entry(entry)
-            for entry in self.services.registry.entries()
-            if not request.ready or entry.state is ModelState.READY
-        ]
-        return service_pb2.RepositoryIndexResponse(
-            models=[
-                service_pb2.RepositoryIndexResponse.ModelIndex(
-                    name=entry["name"],
-                    version=entry["version"] or "",
-                    state=str(entry["state"]),
-                    reason=entry["reason"] or "",
-                )
-                for entry in entries
+        def work() -> service_pb2.RepositoryIndexResponse:
+            entries = [
+                index_entry(entry)
+                for entry in self.services.registry.entries()
+                if not request.ready or entry.state is ModelState.READY
             ]
-        )
+            return service_pb2.RepositoryIndexResponse(
+                models=[
+                    service_pb2.RepositoryIndexResponse.ModelIndex(
+                        name=entry["name"],
+                        version=entry["version"] or "",
+                        state=str(entry["state"]),
+                        reason=entry["reason"] or "",
+                    )
+                    for entry in entries
+                ]
+            )
+
+        return await self._call("RepositoryIndex", context, work)
 
     async def RepositoryModelLoad(
         self, request: service_pb2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
@@ -372,8 +435,9 @@ class GrpcEndpoint:
                 # The same body limit as HTTP: a larger message is RESOURCE_EXHAUSTED.
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
                 ("grpc.max_send_message_length", -1),
-                # Several worker processes share the port; the kernel spreads connections.
-                ("grpc.so_reuseport", 1),
+                # Several worker processes share the port (the kernel spreads connections);
+                # one process alone refuses a port another server holds, as Triton does.
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ],
             # Calls in progress, as SLUICEWAY_MAX_REQUESTS bounds HTTP's: more are refused with
             # RESOURCE_EXHAUSTED before any work.
@@ -395,6 +459,9 @@ class GrpcEndpoint:
         except RuntimeError as error:
             message = f"SLUICEWAY_GRPC_PORT: cannot listen on {address}: {error}"
             raise RuntimeError(message) from None
+        # Messages are copied through buffers freed at the top of the heap: keep them for
+        # the next message rather than fault them in again (runtime/memory.py says how much).
+        keep_freed_heap(max(2 * self.settings.max_body_bytes, 8 * 1024 * 1024))
         await self._server.start()
         logger.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.port)
 
