@@ -47,6 +47,8 @@ from bench.oip.run import (
     MODEL,
     TRIVIAL,
     ceiling,
+    kserve_server,
+    mlserver_server,
     prepared_image,
     sluiceway_server,
     sluiceway_trivial_server,
@@ -63,6 +65,7 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 class Round:
     """One timed round of one transport at one level."""
 
+    server: str
     model: str
     transport: str
     clients: int
@@ -135,6 +138,8 @@ def h2load(
         raise RuntimeError(f"h2load printed no counts: {output[-500:]}")
     keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
     found = dict(zip(keys, (int(value) for value in counts.groups()), strict=True))
+    data = re.search(r"\((\d+)\) data", output)
+    found["data_bytes"] = int(data.group(1)) if data else 0
     latencies = []
     for line in log.read_text().splitlines():
         fields = line.split()
@@ -156,56 +161,78 @@ def grpc_calls(base: str) -> dict[str, int]:
     return counts
 
 
-def measure_round(
-    model: str,
-    transport: str,
-    clients: int,
-    args: argparse.Namespace,
-    base: str,
-    grpc_port: int,
-    body: Path,
-    header_length: int,
-    pid: int,
-    folder: Path,
-) -> Round:
-    log = folder / f"{model}-{transport}-{clients}.log"
-    if transport == "http":
-        url = f"{base}/v2/models/{model}/infer"
-        headers = [
-            "content-type: application/octet-stream",
-            f"inference-header-content-length: {header_length}",
-        ]
-    else:
-        url = f"http://127.0.0.1:{grpc_port}{METHOD}"
-        headers = ["content-type: application/grpc", "te: trailers"]
-    calls_before = grpc_calls(base)
-    with ProcessWatch(pid) as watch:
+@dataclass
+class Target:
+    """Where one round's load goes: a server, a model and a transport."""
+
+    server: str
+    model: str
+    transport: str
+    url: str
+    body: Path
+    headers: list[str]
+    pid: int
+    metrics: str | None
+    """Sluiceway's base URL, whose metrics count gRPC errors; ``None`` for a peer."""
+    answer_bytes: int
+    """The least a successful answer's body holds (the output's values)."""
+
+
+def sluiceway_targets(
+    model: str, base: str, grpc_port: int, pid: int, bodies: tuple[Path, int, Path], answer: int
+) -> list[Target]:
+    http, header_length, grpc = bodies
+    return [
+        Target(
+            "sluiceway", model, "http", f"{base}/v2/models/{model}/infer", http,
+            ["content-type: application/octet-stream",
+             f"inference-header-content-length: {header_length}"],
+            pid, base, answer,
+        ),
+        Target(
+            "sluiceway", model, "grpc", f"http://127.0.0.1:{grpc_port}{METHOD}", grpc,
+            GRPC_HEADERS, pid, base, answer,
+        ),
+    ]  # fmt: skip
+
+
+GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"]
+
+
+def measure_round(target: Target, clients: int, seconds: float, folder: Path) -> Round:
+    log = folder / f"{target.server}-{target.model}-{target.transport}-{clients}.log"
+    calls_before = grpc_calls(target.metrics) if target.metrics else {}
+    with ProcessWatch(target.pid) as watch:
         counts, latencies, generator_cpu = h2load(
-            url, body, headers, clients, args.seconds, transport == "http", log
-        )
+            target.url, target.body, target.headers, clients, seconds,
+            target.transport == "http", log,
+        )  # fmt: skip
     done = counts["done"]
-    if transport == "grpc":
-        # h2load sees HTTP/2 status 200 for every gRPC answer: the server counts the others.
-        calls = grpc_calls(base)
-        # 499: calls h2load abandoned when its time ran out (HTTP's are not counted either).
-        refused = sum(
-            n - calls_before.get(k, 0) for k, n in calls.items() if k not in ("200", "499")
-        )
-        failures = refused + counts["errored"] + counts["timeout"]
-    else:
-        failures = done - counts["succeeded"] + counts["errored"] + counts["timeout"]
+    failures = done - counts["succeeded"] + counts["errored"] + counts["timeout"]
+    if target.transport == "grpc":
+        # h2load sees HTTP/2 status 200 for every gRPC answer. Sluiceway counts the errors
+        # (499: calls h2load abandoned when its time ran out; HTTP's are not counted either);
+        # for a peer, answers too short to hold the output are counted as failures.
+        if target.metrics:
+            calls = grpc_calls(target.metrics)
+            failures += sum(
+                n - calls_before.get(k, 0) for k, n in calls.items() if k not in ("200", "499")
+            )
+        else:
+            failures += max(0, done - counts["data_bytes"] // target.answer_bytes)
     cores = 2
     return Round(
-        model=model,
-        transport=transport,
+        server=target.server,
+        model=target.model,
+        transport=target.transport,
         clients=clients,
         requests=done,
-        rps=done / args.seconds,
+        rps=done / seconds,
         failures=failures,
         p50_ms=float(np.percentile(latencies, 50)) if latencies else 0.0,
         p95_ms=float(np.percentile(latencies, 95)) if latencies else 0.0,
         server_cpu_ms=watch.cpu_s * 1000 / max(done, 1),
-        generator_share=generator_cpu / (args.seconds * cores),
+        generator_share=generator_cpu / (seconds * cores),
     )
 
 
@@ -215,11 +242,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--trivial-clients", type=int, default=16)
+    parser.add_argument("--peers", default="kserve,mlserver", help="'' for none")
+    parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("needs h2load: apt-get install nghttp2-client")
     levels = [int(level) for level in args.levels.split(",")]
+    peers = [peer for peer in args.peers.split(",") if peer]
     started = dt.datetime.now(dt.UTC)
     rounds: list[Round] = []
     ceilings = []
@@ -227,45 +257,66 @@ def main() -> None:
         folder = Path(scratch)
         ceilings.append(ceiling(4.0)[0])
         pixels = prepared_image()
-        image_http, image_header = http_body(folder, "image", "input", pixels)
-        image_grpc = grpc_body(folder, "image", MODEL, "input", pixels)
+        image = (*http_body(folder, "image", "input", pixels),
+                 grpc_body(folder, "image", MODEL, "input", pixels))  # fmt: skip
         one = np.array([[0.5]], dtype=np.float32)
-        trivial_http, trivial_header = http_body(folder, "trivial", "x", one)
-        trivial_grpc = grpc_body(folder, "trivial", TRIVIAL, "x", one)
-        setups = [
-            (MODEL, sluiceway_server(folder, 8, free_port()), levels, image_http, image_header,
-             image_grpc),
-            (TRIVIAL, sluiceway_trivial_server(folder, trivial_model(folder), free_port()),
-             [args.trivial_clients], trivial_http, trivial_header, trivial_grpc),
-        ]  # fmt: skip
-        for model, (command, env), model_levels, http, header, grpc in setups:
-            port = int(command[command.index("--port") + 1])
-            grpc_port = free_port()
-            env = {**env, "SLUICEWAY_GRPC_PORT": str(grpc_port)}
+        trivial = (*http_body(folder, "trivial", "x", one),
+                   grpc_body(folder, "trivial", TRIVIAL, "x", one))  # fmt: skip
+        # The ImageNet servers all start at once (idle while another is measured), so each
+        # level's rounds rotate through them in the same minutes.
+        processes = []
+        try:
+            targets = []
+            for name in ["sluiceway", *peers]:
+                port, grpc_port = free_port(), free_port()
+                if name == "sluiceway":
+                    command, env = sluiceway_server(folder, 8, port)
+                    env = {**env, "SLUICEWAY_GRPC_PORT": str(grpc_port)}
+                elif name == "kserve":
+                    command, env = kserve_server(args.venvs, port, grpc_port=grpc_port)
+                else:
+                    command, env = mlserver_server(args.venvs, folder, port, grpc_port=grpc_port)
+                process = start_server(command, env)
+                processes.append(process)
+                base = f"http://127.0.0.1:{port}"
+                wait_ready(base, process)
+                if name == "sluiceway":
+                    targets += sluiceway_targets(MODEL, base, grpc_port, process.pid, image, 4000)
+                else:
+                    url = f"http://127.0.0.1:{grpc_port}{METHOD}"
+                    targets.append(
+                        Target(
+                            name,
+                            MODEL,
+                            "grpc",
+                            url,
+                            image[2],
+                            GRPC_HEADERS,
+                            process.pid,
+                            None,
+                            4000,
+                        )
+                    )
+            for clients in levels:
+                for _ in range(args.rounds):
+                    for target in targets:
+                        rounds.append(measure_round(target, clients, args.seconds, folder))
+                        print(rounds[-1], flush=True)
+        finally:
+            stop(*processes)
+        port, grpc_port = free_port(), free_port()
+        command, env = sluiceway_trivial_server(folder, trivial_model(folder), port)
+        process = start_server(command, {**env, "SLUICEWAY_GRPC_PORT": str(grpc_port)})
+        try:
             base = f"http://127.0.0.1:{port}"
-            process = start_server(command, env)
-            try:
-                wait_ready(base, process, model=model)
-                for clients in model_levels:
-                    for _ in range(args.rounds):
-                        for transport, body in (("http", http), ("grpc", grpc)):
-                            rounds.append(
-                                measure_round(
-                                    model,
-                                    transport,
-                                    clients,
-                                    args,
-                                    base,
-                                    grpc_port,
-                                    body,
-                                    header,
-                                    process.pid,
-                                    folder,
-                                )
-                            )
-                            print(rounds[-1], flush=True)
-            finally:
-                stop(process)
+            wait_ready(base, process, model=TRIVIAL)
+            targets = sluiceway_targets(TRIVIAL, base, grpc_port, process.pid, trivial, 4)
+            for _ in range(args.rounds):
+                for target in targets:
+                    rounds.append(measure_round(target, args.trivial_clients, args.seconds, folder))
+                    print(rounds[-1], flush=True)
+        finally:
+            stop(process)
         ceilings.append(ceiling(4.0)[0])
     results = {
         "started": started.isoformat(timespec="seconds"),
@@ -283,46 +334,62 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+SERIES = (
+    ("sluiceway", "http"),
+    ("sluiceway", "grpc"),
+    ("kserve", "grpc"),
+    ("mlserver", "grpc"),
+)
+"""The report's rows at each level, in order."""
+
+
 def report(results: dict[str, Any], out: Path) -> None:
     rounds = [Round(**r) for r in results["rounds"]]
     ceilings = [max(c["batch1_images_s"], c["batch8_images_s"]) for c in results["ceilings"]]
-    keys = sorted({(r.model, r.clients) for r in rounds}, key=lambda k: (k[0] != MODEL, k[1]))
+
+    def of(model: str, clients: int, server: str, transport: str) -> list[Round]:
+        key = (model, clients, server, transport)
+        return [r for r in rounds if (r.model, r.clients, r.server, r.transport) == key]
+
     lines = [
-        "# The Open Inference Protocol over gRPC and over HTTP, one server, one generator",
+        "# The Open Inference Protocol over gRPC: Sluiceway's gRPC, its HTTP, and the peers'",
         "",
         f"{results['started']} UTC, {results['machine']}. Generated by `bench/grpc/run.py`; "
         "read ratios within this run (a shared machine).",
         "",
-        "One Sluiceway server listening on both; `h2load` drives both (HTTP/1.1 binary tensors "
-        "with `--h1`; gRPC `ModelInfer` with `raw_input_contents` over HTTP/2, one stream per "
-        "connection), rounds alternating at each level. Medians of the rounds; the gRPC/HTTP "
-        "column is the ratio of the medians. Failures: HTTP answers other than 200, and gRPC "
-        "calls the server answered with an error (h2load sees HTTP/2 status 200 for every gRPC "
-        "answer), apart from those h2load abandoned in flight when its time ran out.",
+        "`h2load` (nghttp2's C load generator) drives every server: HTTP/1.1 with Triton's "
+        "binary tensors (`--h1`), and gRPC `ModelInfer` with `raw_input_contents` over HTTP/2, "
+        "one stream per connection (a closed loop, as wrk's). The ImageNet servers run at once, "
+        "idle while another is measured, and each level's rounds rotate through them, so all "
+        "see the same minutes. Sluiceway as in bench/oip (max batch 8, 2 slots, one process), "
+        "with `SLUICEWAY_GRPC_PORT`; KServe 0.21 and MLServer 1.7.1 as in bench/oip (KServe: "
+        "2 REST workers, its gRPC server in the main process; MLServer: 2 parallel workers, "
+        "adaptive batching 8 / 5 ms), each with its gRPC server on. Medians of the rounds; "
+        "x Sluiceway HTTP: req/s against Sluiceway's HTTP at the same level.",
+        "",
+        "Failures: HTTP answers other than 200; gRPC calls Sluiceway answered with an error "
+        "(its metrics: h2load sees HTTP/2 status 200 for every gRPC answer), apart from those "
+        "h2load abandoned in flight when its time ran out; for a peer, answers too short to "
+        "hold the output's values.",
         "",
         "ImageNet tight-loop ceiling (bench/oip's, two threads, tensor in memory), before and "
         f"after: {ceilings[0]:.1f} and {ceilings[-1]:.1f} images/s.",
         "",
-        "| model | clients | transport | req/s | gRPC/HTTP | p50 ms | p95 ms | failures | "
-        "server CPU ms/req | h2load % |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | clients | server | transport | req/s | x Sluiceway HTTP | p50 ms | p95 ms | "
+        "failures | server CPU ms/req | h2load % |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    keys = sorted({(r.model, r.clients) for r in rounds}, key=lambda k: (k[0] != MODEL, k[1]))
     for model, clients in keys:
-        medians = {}
-        for transport in ("http", "grpc"):
-            mine = [
-                r
-                for r in rounds
-                if (r.model, r.clients, r.transport) == (model, clients, transport)
-            ]
-            medians[transport] = _median([r.rps for r in mine])
-            ratio = (
-                f"{medians['grpc'] / medians['http']:.2f}"
-                if transport == "grpc" and medians["http"]
-                else ""
-            )
+        baseline = _median([r.rps for r in of(model, clients, "sluiceway", "http")])
+        for server, transport in SERIES:
+            mine = of(model, clients, server, transport)
+            if not mine:
+                continue
+            rate = _median([r.rps for r in mine])
             lines.append(
-                f"| {model} | {clients} | {transport} | {medians[transport]:.1f} | {ratio} | "
+                f"| {model} | {clients} | {server} | {transport} | {rate:.1f} | "
+                f"{rate / baseline if baseline else 0:.2f} | "
                 f"{_median([r.p50_ms for r in mine]):.2f} | "
                 f"{_median([r.p95_ms for r in mine]):.2f} | "
                 f"{sum(r.failures for r in mine)} | "
@@ -334,18 +401,10 @@ def report(results: dict[str, Any], out: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, model in zip(axes, (MODEL, TRIVIAL), strict=True):
         levels = sorted({r.clients for r in rounds if r.model == model})
-        for transport in ("http", "grpc"):
-            values = [
-                _median(
-                    [
-                        r.rps
-                        for r in rounds
-                        if (r.model, r.clients, r.transport) == (model, c, transport)
-                    ]
-                )
-                for c in levels
-            ]
-            axis.plot(levels, values, marker="o", label=transport)
+        for server, transport in SERIES:
+            values = [_median([r.rps for r in of(model, c, server, transport)]) for c in levels]
+            if any(values):
+                axis.plot(levels, values, marker="o", label=f"{server} {transport}")
         if model == MODEL:
             axis.axhline(max(ceilings), linestyle="--", color="grey", label="ceiling")
         axis.set_title(model)

@@ -313,28 +313,42 @@ def floor_model(folder: Path) -> Path:
 
 
 def kserve_server(
-    venvs: Path, port: int, name: str = MODEL, path: Path | None = None
+    venvs: Path,
+    port: int,
+    name: str = MODEL,
+    path: Path | None = None,
+    grpc_port: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """KServe hosting ``path`` (the ImageNet file unless given) as model ``name``."""
+    """KServe hosting ``path`` (the ImageNet file unless given) as model ``name``; its gRPC
+    server on ``grpc_port`` too when given (it runs in the main process, beside the REST
+    workers)."""
     command = [
         peer_python(venvs, "kserve"), str(HERE / "servers" / "kserve_app.py"),
         "--model_name", name, "--model_path", str(path or imagenet_model_path()),
         "--http_port", str(port), "--workers", "2", "--threads", "1",
         "--configure_logging", "false",
     ]  # fmt: skip
+    if grpc_port is not None:
+        command += ["--serve_grpc", "--grpc_port", str(grpc_port)]
     return command, {}
 
 
 def mlserver_server(
-    venvs: Path, folder: Path, port: int, name: str = MODEL, path: Path | None = None
+    venvs: Path,
+    folder: Path,
+    port: int,
+    name: str = MODEL,
+    path: Path | None = None,
+    grpc_port: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """MLServer hosting ``path`` (the ImageNet file unless given) as model ``name``, with
-    adaptive batching (8 / 5 ms) and 2 parallel workers whichever the model."""
+    adaptive batching (8 / 5 ms) and 2 parallel workers whichever the model; its gRPC server
+    (always on) on ``grpc_port`` when given."""
     root = folder / ("mlserver" if name == MODEL else f"mlserver-{name}")
     (root / name).mkdir(parents=True, exist_ok=True)
     settings = {
         "http_port": port,
-        "grpc_port": free_port(),
+        "grpc_port": grpc_port if grpc_port is not None else free_port(),
         "metrics_port": free_port(),
         "parallel_workers": 2,
         "debug": False,

@@ -72,9 +72,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(parents=[kserve_model_server.parser])
     parser.add_argument("--model_path", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--serve_grpc", action="store_true", help="gRPC on --grpc_port too")
     args, _ = parser.parse_known_args()
     model = OnnxImageNet(args.model_name, args.model_path, args.threads)
-    ModelServer(http_port=args.http_port, workers=args.workers, enable_grpc=False).start([model])
+    ModelServer(
+        http_port=args.http_port,
+        workers=args.workers,
+        enable_grpc=args.serve_grpc,
+        grpc_port=args.grpc_port,
+    ).start([model])
 
 
 if __name__ == "__main__":
