@@ -245,7 +245,13 @@ def main() -> None:
     parser.add_argument("--peers", default="kserve,mlserver", help="'' for none")
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/sluiceway-oip-peers"))
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from results.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        report(json.loads((args.out / "results.json").read_text()), args.out)
+        return
     if shutil.which("h2load") is None:
         raise SystemExit("needs h2load: apt-get install nghttp2-client")
     levels = [int(level) for level in args.levels.split(",")]
@@ -401,6 +407,17 @@ def report(results: dict[str, Any], out: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, model in zip(axes, (MODEL, TRIVIAL), strict=True):
         levels = sorted({r.clients for r in rounds if r.model == model})
+        if len(levels) == 1:  # one level (the trivial model): bars, one per series
+            names, values = [], []
+            for server, transport in SERIES:
+                mine = of(model, levels[0], server, transport)
+                if mine:
+                    names.append(f"{server} {transport}")
+                    values.append(_median([r.rps for r in mine]))
+            axis.bar(names, values, color=["C0", "C1", "C2", "C3"][: len(names)])
+            axis.set_title(f"{model}, {levels[0]} clients")
+            axis.set_ylabel("req/s")
+            continue
         for server, transport in SERIES:
             values = [_median([r.rps for r in of(model, c, server, transport)]) for c in levels]
             if any(values):

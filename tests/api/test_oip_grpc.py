@@ -449,3 +449,11 @@ def test_streams_are_held_to_the_request_limit(tmp_path: Path) -> None:
             y = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32)
             expected = linear(weights, np.full((1, 4), requests[key], dtype=np.float32))
             np.testing.assert_allclose(y, expected.ravel(), rtol=1e-5)
+
+
+def test_what_is_not_served_says_so(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException, match="CPU") as raised:
+        client.get_cuda_shared_memory_status()
+    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+    with pytest.raises(InferenceServerException, match="SLUICEWAY_LOG_LEVEL"):
+        client.get_log_settings()

@@ -423,6 +423,38 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
         return await self._call("SystemSharedMemoryStatus", context, work)
 
+    # Triton's extensions not served here: said plainly, not as the stub's bare
+    # "Method not implemented!".
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext, why: str) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
+
+    async def CudaSharedMemoryStatus(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._unimplemented(context, _NO_CUDA)
+
+    async def CudaSharedMemoryRegister(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._unimplemented(context, _NO_CUDA)
+
+    async def CudaSharedMemoryUnregister(
+        self, request: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._unimplemented(context, _NO_CUDA)
+
+    async def TraceSetting(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await self._unimplemented(context, "Triton's trace extension is not served here")
+
+    async def LogSettings(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await self._unimplemented(
+            context, "log settings are not served: set SLUICEWAY_LOG_LEVEL at start-up"
+        )
+
+
+_NO_CUDA = "CUDA shared memory is not served: Sluiceway runs models on the CPU"
+
 
 class GrpcEndpoint:
     """The gRPC server of one app process, on ``SLUICEWAY_HOST:SLUICEWAY_GRPC_PORT``."""
