@@ -1,6 +1,7 @@
-"""The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService``, as
-``tritonclient.grpc``, ``perf_analyzer -i grpc`` and KServe's and MLServer's gRPC clients call
-it. On when ``SLUICEWAY_GRPC_PORT`` is set; it needs the ``grpc`` extra.
+"""The Open Inference Protocol over gRPC: Triton's ``inference.GRPCInferenceService``, the
+service ``tritonclient.grpc``, ``perf_analyzer -i grpc`` and KServe's and MLServer's gRPC clients
+call (tested with tritonclient and the bare stub). On when ``SLUICEWAY_GRPC_PORT`` is set; it
+needs the ``grpc`` extra.
 
 The service runs on the app's own event loop, started and stopped by its lifespan, and calls
 the same ``serving`` functions as the REST routes: the same models, batchers, deadlines and
