@@ -108,10 +108,11 @@ def test_workers_scale_horizontally() -> None:
 def test_the_image_installs_the_package_and_runs_unprivileged() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     instructions = [line.split(maxsplit=1) for line in dockerfile.splitlines() if line.strip()]
-    assert ["RUN", "pip install . && rm -rf /src"] in instructions
+    # With the grpc extra, so SLUICEWAY_GRPC_PORT works in the image as documented.
+    assert ["RUN", 'pip install ".[grpc]" && rm -rf /src'] in instructions
     users = [rest for word, *rest in instructions if word == "USER"]
     assert users and users[-1] != ["root"] and users[-1] != ["0"]
-    assert ["EXPOSE", "8000 8001"] in instructions
+    assert ["EXPOSE", "8000 8001 8081"] in instructions
     assert re.search(r"HEALTHCHECK .*\n?.*127\.0\.0\.1:8000/healthz", dockerfile)
 
 
