@@ -3,12 +3,16 @@ generated stub, for what tritonclient never sends) against a real Sluiceway serv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -20,6 +24,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from sluiceway.api.oip.grpc_service import InferenceService
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import linear, repository
 from tests.fixtures.onnx_models import ECHO_TYPES
@@ -417,9 +422,10 @@ def test_a_bad_message_ends_the_stream_after_the_good_ones_are_answered(server: 
         assert "not a request" in raised.value.details()
 
 
-def test_streams_are_held_to_the_request_limit(tmp_path: Path) -> None:
-    """With SLUICEWAY_MAX_REQUESTS=2 a stream of 40 requests is read two at a time and every
-    request is answered; a stream abandoned mid-way gives its permits back."""
+def test_a_stream_whose_client_stops_reading_holds_back_no_other(tmp_path: Path) -> None:
+    """With SLUICEWAY_MAX_REQUESTS=2: one client floods a stream and stops reading after its
+    first answer (a 64 KB receive window, no growth); another client's stream is answered
+    all the same, and so is a stream after an abandoned one."""
     root, weights = repository(tmp_path / "models")
     port = _free_port()
     env = {
@@ -429,20 +435,35 @@ def test_streams_are_held_to_the_request_limit(tmp_path: Path) -> None:
     }
     with live_server(env):
         address = f"127.0.0.1:{port}"
-        channel, call = _raw_stream(address)
-        with channel:
-            # Abandoned: the client cancels after the first answer.
-            answers = call(
-                iter([_request(f"a{i}", i).SerializeToString() for i in range(10)]), timeout=20
-            )
-            next(answers)
-            answers.cancel()
-            requests = {f"r{i}": float(i) for i in range(40)}
-            answers = call(
-                iter([_request(key, value).SerializeToString() for key, value in requests.items()]),
-                timeout=30,
-            )
-            got = {answer.infer_response.id: answer for answer in answers}
+        slow = grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+        flood = slow.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda message: message,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        unread = flood(iter([_request(f"s{i}", i).SerializeToString() for i in range(3000)]))
+        try:
+            next(unread)
+            time.sleep(2)  # its answers pile up until flow control stops them
+            channel, call = _raw_stream(address)
+            with channel:
+                # Abandoned: the client cancels after the first answer.
+                abandoned = call(
+                    iter([_request(f"a{i}", i).SerializeToString() for i in range(10)]),
+                    timeout=20,
+                )
+                next(abandoned)
+                abandoned.cancel()
+                requests = {f"r{i}": float(i) for i in range(40)}
+                messages = [
+                    _request(key, value).SerializeToString() for key, value in requests.items()
+                ]
+                got = {
+                    answer.infer_response.id: answer for answer in call(iter(messages), timeout=20)
+                }
+        finally:
+            unread.cancel()
+            slow.close()
         assert set(got) == set(requests)
         for key, answer in got.items():
             assert not answer.error_message
@@ -451,9 +472,52 @@ def test_streams_are_held_to_the_request_limit(tmp_path: Path) -> None:
             np.testing.assert_allclose(y, expected.ravel(), rtol=1e-5)
 
 
-def test_what_is_not_served_says_so(client: triton.InferenceServerClient) -> None:
+async def test_a_stream_holds_the_running_places_only_while_its_requests_run() -> None:
+    """Streams cancelled at any moment (even as a request is read) give back every running
+    place: a stream afterwards runs at most SLUICEWAY_MAX_REQUESTS requests at once and gets
+    every answer."""
+    service = InferenceService(SimpleNamespace(settings=SimpleNamespace(max_requests=3)))
+    running, most = 0, 0
+
+    async def answer(request: int, context: object) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.01)
+            return request
+        finally:
+            running -= 1
+
+    service._stream_answer = answer
+
+    async def consume(count: int, cancel_at: int | None) -> list[int]:
+        consumer = asyncio.current_task()
+        assert consumer is not None
+
+        async def requests() -> AsyncIterator[int]:
+            for i in range(count):
+                if i == cancel_at:
+                    consumer.cancel()  # the client goes away as this request arrives
+                yield i
+                await asyncio.sleep(0.002)
+
+        return [item async for item in service.ModelStreamInfer(requests(), None)]
+
+    for cancel_at in (0, 1, 2, 5):
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.create_task(consume(10, cancel_at))
+    most = 0
+    answered = await asyncio.wait_for(consume(30, None), 10)
+    assert sorted(answered) == list(range(30))
+    assert most == 3
+
+
+def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server: Served) -> None:
     with pytest.raises(InferenceServerException, match="CPU") as raised:
         client.get_cuda_shared_memory_status()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException, match="SLUICEWAY_LOG_LEVEL"):
         client.get_log_settings()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'route="grpc:CudaSharedMemoryStatus",status="501"' in metrics

@@ -84,8 +84,9 @@ def keep_freed_heap(threshold: int) -> bool:
     freed at the top of a heap, and with the default every one was given back and faulted in
     again on the next message: 3.7 ms of CPU per request against 1.9 with 64 MiB kept
     (``bench/grpc``'s floor, 2026-12-01). Setting it stops glibc raising the mapping threshold
-    too, so it stays where it is (1 MiB in a process serving a repository,
-    ``map_large_blocks``). ``release_freed_memory`` still trims. False where not available.
+    too, so it stays where it is: the caller sets that as well (``map_large_blocks``), or
+    blocks over 128 KiB are mapped and faulted in every time. ``release_freed_memory`` still
+    trims. False where not available.
     """
     libc = _glibc()
     if libc is None:

@@ -40,9 +40,9 @@ from sluiceway.api.oip import serving
 from sluiceway.api.oip.grpc_messages import infer_request, infer_response
 from sluiceway.api.repository import control_refusal, index_entry
 from sluiceway.config import Settings
-from sluiceway.errors import ModelUnavailable, UnknownModel
+from sluiceway.errors import ModelUnavailable, Overloaded, UnknownModel
 from sluiceway.model_entries import ModelEntry, ModelState
-from sluiceway.runtime.memory import keep_freed_heap
+from sluiceway.runtime.memory import keep_freed_heap, map_large_blocks
 from sluiceway.services import Services
 from sluiceway.shared_memory import SharedMemoryRegions
 
@@ -54,6 +54,7 @@ CODES = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,
@@ -64,6 +65,13 @@ CODES = {
 ``INTERNAL``."""
 
 _Answer = TypeVar("_Answer")
+
+MIB = 1024 * 1024
+
+STREAM_WINDOW = 64
+"""Requests a stream reads ahead of the answers its client has taken (``ModelStreamInfer``):
+room for a client that pipelines dozens of requests on one stream (perf_analyzer's streaming
+mode keeps its concurrency there), a bound on what a client that stops reading holds."""
 
 
 class _Failure(Exception):
@@ -91,8 +99,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._stream_permits = asyncio.Semaphore(services.settings.max_requests)
-        """Requests of streams in progress at once, in the whole process."""
+        self._running = asyncio.Semaphore(services.settings.max_requests)
+        """Inference requests running at once in this process, unary and streamed."""
 
     async def _call(
         self,
@@ -205,7 +213,16 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
-        return await self._call("ModelInfer", context, lambda: self._infer(request, context))
+        async def work() -> service_pb2.ModelInferResponse:
+            if self._running.locked():
+                raise Overloaded(
+                    f"{self.services.settings.max_requests} inference requests are in progress "
+                    f"(SLUICEWAY_MAX_REQUESTS): retry shortly"
+                )
+            async with self._running:
+                return await self._infer(request, context)
+
+        return await self._call("ModelInfer", context, work)
 
     async def ModelStreamInfer(
         self,
@@ -216,30 +233,36 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         matches answers by ``id``); an error is that request's ``error_message``, and the
         stream goes on.
 
-        A request read holds one of the process's ``stream_permits`` until its answer is
-        sent: with them all taken, streams stop reading (HTTP/2 flow control then holds their
-        clients back), so streams run at most ``SLUICEWAY_MAX_REQUESTS`` requests at once, as
-        unary calls do.
+        Two bounds, so that no stream can take from another:
+        - a request runs while it holds one of the process's ``SLUICEWAY_MAX_REQUESTS`` running
+          places, which unary calls share (where they find none free they are refused,
+          where a stream's request finds none it waits): taken and given back around the run
+          itself, so nothing that waits on a client holds one;
+        - a stream reads at most ``STREAM_WINDOW`` requests ahead of the answers its client
+          has taken: a client that stops reading stops its own stream (HTTP/2 flow control
+          then holds it back), and holds at most that many requests and answers in memory.
         """
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
-        permits = self._stream_permits
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(request: service_pb2.ModelInferRequest) -> None:
-            try:
+            async with self._running:
                 answer = await self._stream_answer(request, context)
-            except BaseException:
-                permits.release()
-                raise
-            answers.put_nowait(answer)  # bounded by the permits: one per request read
+            answers.put_nowait(answer)
+
+        def settled(task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            if task.cancelled() or task.exception() is not None:
+                window.release()  # no answer of it will be taken
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    await permits.acquire()
+                    await window.acquire()
                     task = asyncio.create_task(one(request))
                     pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    task.add_done_callback(settled)
             finally:
                 try:  # the requests already read are answered, even after a bad message
                     if pending:
@@ -250,7 +273,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         reader = asyncio.create_task(read())
         try:
             while (answer := await answers.get()) is not None:
-                permits.release()
+                window.release()
                 yield answer
             await asyncio.wait([reader])
             error = None if reader.cancelled() else reader.exception()
@@ -264,9 +287,6 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             reader.cancel()
             for task in list(pending):
                 task.cancel()
-            while not answers.empty():  # answers never sent (the client went away)
-                if answers.get_nowait() is not None:
-                    permits.release()
 
     async def _stream_answer(
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -427,30 +447,39 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     # Triton's extensions not served here: said plainly, not as the stub's bare
     # "Method not implemented!".
 
-    async def _unimplemented(self, context: grpc.aio.ServicerContext, why: str) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
+    async def _unimplemented(
+        self, method: str, context: grpc.aio.ServicerContext, why: str
+    ) -> None:
+        def refuse() -> None:
+            raise RequestError(501, why)
+
+        await self._call(method, context, refuse)
 
     async def CudaSharedMemoryStatus(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> None:
-        await self._unimplemented(context, _NO_CUDA)
+        await self._unimplemented("CudaSharedMemoryStatus", context, _NO_CUDA)
 
     async def CudaSharedMemoryRegister(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> None:
-        await self._unimplemented(context, _NO_CUDA)
+        await self._unimplemented("CudaSharedMemoryRegister", context, _NO_CUDA)
 
     async def CudaSharedMemoryUnregister(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> None:
-        await self._unimplemented(context, _NO_CUDA)
+        await self._unimplemented("CudaSharedMemoryUnregister", context, _NO_CUDA)
 
     async def TraceSetting(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await self._unimplemented(context, "Triton's trace extension is not served here")
+        await self._unimplemented(
+            "TraceSetting", context, "Triton's trace extension is not served here"
+        )
 
     async def LogSettings(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await self._unimplemented(
-            context, "log settings are not served: set SLUICEWAY_LOG_LEVEL at start-up"
+            "LogSettings",
+            context,
+            "log settings are not served: set SLUICEWAY_LOG_LEVEL at start-up",
         )
 
 
@@ -472,9 +501,10 @@ class GrpcEndpoint:
                 # one process alone refuses a port another server holds, as Triton does.
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ],
-            # Calls in progress, as SLUICEWAY_MAX_REQUESTS bounds HTTP's: more are refused with
-            # RESOURCE_EXHAUSTED before any work.
-            maximum_concurrent_rpcs=settings.max_requests,
+            # A backstop against floods of calls (each open stream is one): inference itself
+            # is held to SLUICEWAY_MAX_REQUESTS by InferenceService, so probes and streams
+            # waiting on their clients are not refused for it.
+            maximum_concurrent_rpcs=4 * settings.max_requests,
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(services), self._server
@@ -494,7 +524,10 @@ class GrpcEndpoint:
             raise RuntimeError(message) from None
         # Messages are copied through buffers freed at the top of the heap: keep them for
         # the next message rather than fault them in again (runtime/memory.py says how much).
-        keep_freed_heap(max(2 * self.settings.max_body_bytes, 8 * 1024 * 1024))
+        # Blocks of 1 MiB and more are then mapped on their own: setting one threshold stops
+        # glibc raising the other, which would stay at 128 KiB and map every image's buffers.
+        map_large_blocks()
+        keep_freed_heap(min(max(2 * self.settings.max_body_bytes, 8 * MIB), 64 * MIB))
         await self._server.start()
         logger.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.port)
 
