@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from sluiceway.api.oip.grpc_service import InferenceService
+from sluiceway.runtime.metrics import Metrics
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import linear, repository
 from tests.fixtures.onnx_models import ECHO_TYPES
@@ -521,3 +522,39 @@ def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server
         client.get_log_settings()
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'route="grpc:CudaSharedMemoryStatus",status="501"' in metrics
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class _Context:
+    """What ``InferenceService`` asks of a unary call's context."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+async def test_a_unary_call_finding_no_running_place_is_refused_and_counted() -> None:
+    metrics = Metrics()
+    settings = SimpleNamespace(max_requests=1)
+    service = InferenceService(SimpleNamespace(settings=settings, metrics=metrics))
+    release = asyncio.Event()
+
+    async def infer(request: object, context: object) -> str:
+        await release.wait()
+        return "answered"
+
+    service._infer = infer
+    first = asyncio.create_task(service.ModelInfer(None, _Context()))
+    await asyncio.sleep(0)
+    with pytest.raises(_Aborted, match="SLUICEWAY_MAX_REQUESTS") as refused:
+        await asyncio.wait_for(service.ModelInfer(None, _Context()), 5)
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    release.set()
+    assert await first == "answered"
+    assert await service.ModelInfer(None, _Context()) == "answered"  # the place came back
+    labels = {"route": "grpc:ModelInfer", "method": "POST", "status": "503"}
+    assert metrics.registry.get_sample_value("sluiceway_requests_total", labels) == 1
