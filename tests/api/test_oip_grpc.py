@@ -558,3 +558,19 @@ async def test_a_unary_call_finding_no_running_place_is_refused_and_counted() ->
     assert await service.ModelInfer(None, _Context()) == "answered"  # the place came back
     labels = {"route": "grpc:ModelInfer", "method": "POST", "status": "503"}
     assert metrics.registry.get_sample_value("sluiceway_requests_total", labels) == 1
+
+
+def test_compressed_requests_and_the_limit_after_inflating(
+    client: triton.InferenceServerClient, server: Served
+) -> None:
+    """gzip-compressed messages (tritonclient's compression_algorithm) are inflated by gRPC,
+    and the body limit holds for what they inflate to: a small bomb is refused."""
+    x = np.random.default_rng(5).normal(size=(2, 4)).astype(np.float32)
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer("linear", [x_input(x)], compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("y"), linear(server.weights, x), rtol=1e-5)
+    zeros = np.zeros((MAX_BODY // 16 + 1, 4), dtype=np.float32)  # inflates past MAX_BODY
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("linear", [x_input(zeros)], compression_algorithm="gzip")
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.is_server_live()
