@@ -66,12 +66,17 @@ async def repository_index(request: Request) -> Response:
         if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
             return _error(400, "'ready' must be true or false")
         ready_only = options.get("ready", False)
-    index = [
+    index = repository_index_of(registry_of(request), ready_only)
+    return Response(orjson.dumps(index), media_type="application/json")
+
+
+def repository_index_of(registry: ModelRegistry, ready_only: bool) -> list[dict[str, Any]]:
+    """The repository index (every model, or the ready ones): over HTTP and gRPC alike."""
+    return [
         index_entry(entry)
-        for entry in registry_of(request).entries()
+        for entry in registry.entries()
         if not ready_only or entry.state is ModelState.READY
     ]
-    return Response(orjson.dumps(index), media_type="application/json")
 
 
 @router.post("/v2/repository/models/{name}/load")
@@ -150,9 +155,18 @@ async def _control(request: Request, action: Callable[[], Awaitable[ModelEntry]]
         return _error(404, str(error))
     except ModelControlError as error:
         return _error(409, str(error))
-    if entry.state is ModelState.UNAVAILABLE and entry.reason != "unloaded":
-        return _error(400, f"{entry.name} did not load: {entry.reason}")
+    failed = load_failure(entry)
+    if failed is not None:
+        return _error(400, failed)
     return Response(orjson.dumps(index_entry(entry)), media_type="application/json")
+
+
+def load_failure(entry: ModelEntry) -> str | None:
+    """Why a load or unload left ``entry`` not as asked (a load that failed), else ``None``:
+    over HTTP and gRPC alike."""
+    if entry.state is ModelState.UNAVAILABLE and entry.reason != "unloaded":
+        return f"{entry.name} did not load: {entry.reason}"
+    return None
 
 
 def _denied(request: Request) -> Response | None:

@@ -34,17 +34,16 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from sluiceway import __version__
 from sluiceway.api.errors import RequestError, status_of
 from sluiceway.api.oip import serving
 from sluiceway.api.oip.grpc_messages import infer_request, infer_response
-from sluiceway.api.repository import control_refusal, index_entry
+from sluiceway.api.oip.regions import regions_of
+from sluiceway.api.repository import control_refusal, load_failure, repository_index_of
 from sluiceway.config import Settings
 from sluiceway.errors import ModelUnavailable, Overloaded, UnknownModel
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.runtime.memory import keep_freed_heap, map_large_blocks
 from sluiceway.services import Services
-from sluiceway.shared_memory import SharedMemoryRegions
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +53,10 @@ CODES = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
-    501: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -127,11 +126,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             await context.abort(failure.code, str(failure))
             raise  # abort raises; said for the type checker
         finally:
-            count, seconds = self.services.metrics.request_children(
-                f"grpc:{method}", "POST", status
-            )
-            count.inc()
-            seconds.observe(time.perf_counter() - started)
+            self._count(method, status, started)
+
+    def _count(self, method: str, status: int, started: float) -> None:
+        """One call (or one request of a stream) in ``sluiceway_requests`` and
+        ``sluiceway_request_duration_seconds``, under the route ``grpc:<method>``."""
+        count, seconds = self.services.metrics.request_children(f"grpc:{method}", "POST", status)
+        count.inc()
+        seconds.observe(time.perf_counter() - started)
 
     # Health and metadata.
 
@@ -168,9 +170,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     ) -> service_pb2.ServerMetadataResponse:
         def work() -> service_pb2.ServerMetadataResponse:
             metadata = serving.server_metadata(self.services)
-            return service_pb2.ServerMetadataResponse(
-                name=metadata["name"], version=__version__, extensions=metadata["extensions"]
-            )
+            return json_format.ParseDict(metadata, service_pb2.ServerMetadataResponse())
 
         return await self._call("ServerMetadata", context, work)
 
@@ -313,11 +313,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 ),
             )
         finally:
-            count, seconds = self.services.metrics.request_children(
-                "grpc:ModelStreamInfer", "POST", status
-            )
-            count.inc()
-            seconds.observe(time.perf_counter() - started)
+            self._count("ModelStreamInfer", status, started)
 
     async def _infer(
         self, message: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -338,11 +334,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         self, request: service_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryIndexResponse:
         def work() -> service_pb2.RepositoryIndexResponse:
-            entries = [
-                index_entry(entry)
-                for entry in self.services.registry.entries()
-                if not request.ready or entry.state is ModelState.READY
-            ]
+            entries = repository_index_of(self.services.registry, request.ready)
             return service_pb2.RepositoryIndexResponse(
                 models=[
                     service_pb2.RepositoryIndexResponse.ModelIndex(
@@ -361,9 +353,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         self, request: service_pb2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryModelLoadResponse:
         async def work() -> service_pb2.RepositoryModelLoadResponse:
-            entry = await self._control(context, self.services.registry.load, request.model_name)
-            if entry.state is ModelState.UNAVAILABLE:
-                raise RequestError(400, f"{entry.name} did not load: {entry.reason}")
+            await self._control(context, self.services.registry.load, request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
 
         return await self._call("RepositoryModelLoad", context, work)
@@ -392,20 +382,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         refusal = control_refusal(self.services.settings.admin_token, authorization)
         if refusal is not None:
             raise RequestError(*refusal)
-        return await action(name)
+        entry = await action(name)
+        failed = load_failure(entry)
+        if failed is not None:
+            raise RequestError(400, failed)
+        return entry
 
     # The system shared memory extension.
-
-    def _regions(self) -> SharedMemoryRegions:
-        regions = self.services.shared_memory
-        if regions is None:
-            raise RequestError(
-                403,
-                "shared memory is off on this server: start it with "
-                "SLUICEWAY_ALLOW_CLIENT_SHM=true to let clients on this machine register regions "
-                "(only where they are trusted)",
-            )
-        return regions
 
     async def SystemSharedMemoryRegister(
         self,
@@ -413,7 +396,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.SystemSharedMemoryRegisterResponse:
         async def work() -> service_pb2.SystemSharedMemoryRegisterResponse:
-            self._regions().register(request.name, request.key, request.offset, request.byte_size)
+            regions_of(self.services).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return service_pb2.SystemSharedMemoryRegisterResponse()
 
         return await self._call("SystemSharedMemoryRegister", context, work)
@@ -424,7 +409,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.SystemSharedMemoryUnregisterResponse:
         async def work() -> service_pb2.SystemSharedMemoryUnregisterResponse:
-            self._regions().unregister(request.name or None)
+            regions_of(self.services).unregister(request.name or None)
             return service_pb2.SystemSharedMemoryUnregisterResponse()
 
         return await self._call("SystemSharedMemoryUnregister", context, work)
@@ -436,7 +421,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     ) -> service_pb2.SystemSharedMemoryStatusResponse:
         async def work() -> service_pb2.SystemSharedMemoryStatusResponse:
             response = service_pb2.SystemSharedMemoryStatusResponse()
-            for region in self._regions().status(request.name or None):
+            for region in regions_of(self.services).status(request.name or None):
                 response.regions[region["name"]].CopyFrom(
                     service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region)
                 )

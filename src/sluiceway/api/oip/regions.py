@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from sluiceway.api.bodies import read_body
 from sluiceway.api.errors import RequestError
 from sluiceway.errors import BadInput
-from sluiceway.services import services_of
+from sluiceway.services import Services, services_of
 from sluiceway.shared_memory import SharedMemoryRegions
 
 router = APIRouter(tags=["open inference protocol"])
@@ -33,7 +33,13 @@ _REGISTRATION_MAX_BYTES = 64 * 1024
 
 
 def _regions(request: Request) -> SharedMemoryRegions:
-    regions = services_of(request).shared_memory
+    return regions_of(services_of(request))
+
+
+def regions_of(services: Services) -> SharedMemoryRegions:
+    """The server's shared memory regions; ``403`` saying how to turn them on while they are
+    off (over HTTP and gRPC alike)."""
+    regions = services.shared_memory
     if regions is None:
         raise RequestError(
             403,
