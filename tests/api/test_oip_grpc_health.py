@@ -140,7 +140,9 @@ async def test_not_serving_until_ready_and_watchers_see_the_change(node: Node) -
     watches = [node.health.Watch(_request(name), timeout=30) for name in ("", "", INFERENCE)]
     for watch in watches:
         assert (await watch.read()).status == NOT_SERVING
-    # One watcher of "" leaves: the other one still hears of changes.
+    # One watcher of "" leaves: the other one still hears of changes. (The pause lets the
+    # server end the cancelled stream first, as it would in the field; the answers below do
+    # not depend on it.)
     watches.pop(0).cancel()
     await asyncio.sleep(0.1)
     worker = Worker(node.settings, served_kinds(node.settings), Metrics())
