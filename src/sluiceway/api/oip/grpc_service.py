@@ -14,7 +14,9 @@ Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 ``ModelStreamInfer``, ``ModelStatistics``, the repository extension (``RepositoryIndex``,
 ``RepositoryModelLoad`` and ``RepositoryModelUnload``, with the admin token as
 ``authorization`` metadata) and system shared memory (where ``SLUICEWAY_ALLOW_CLIENT_SHM``).
-The rest (CUDA shared memory, trace and log settings) answer ``UNIMPLEMENTED``.
+The rest (CUDA shared memory, trace and log settings) answer ``UNIMPLEMENTED``. Beside it, the
+standard health service ``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so
+that ``grpcurl`` lists and describes the services without the proto files.
 
 Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
 gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
@@ -32,10 +34,13 @@ from typing import TypeVar
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from sluiceway.api.errors import RequestError, status_of
 from sluiceway.api.oip import serving
+from sluiceway.api.oip.grpc_health import ServerHealth
 from sluiceway.api.oip.grpc_messages import infer_request, infer_response
 from sluiceway.api.oip.regions import regions_of
 from sluiceway.api.repository import control_refusal, load_failure, repository_index_of
@@ -64,6 +69,9 @@ CODES = {
 ``INTERNAL``."""
 
 _Answer = TypeVar("_Answer")
+
+INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+"""``inference.GRPCInferenceService``: the name health checks and reflection know it by."""
 
 MIB = 1024 * 1024
 
@@ -494,6 +502,13 @@ class GrpcEndpoint:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(services), self._server
         )
+        self.health = ServerHealth(services.dispatcher.ready, [INFERENCE_SERVICE])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        # Reflection (v1alpha, which grpcurl falls back to): the services and their messages,
+        # from the descriptors tritonclient's and the packages' modules registered.
+        reflection.enable_server_reflection(
+            [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
         self.port = 0
         """The port bound (``grpc_port``, or the one given for 0), once started."""
 
@@ -513,9 +528,12 @@ class GrpcEndpoint:
         # glibc raising the other, which would stay at 128 KiB and map every image's buffers.
         map_large_blocks()
         keep_freed_heap(min(max(2 * self.settings.max_body_bytes, 8 * MIB), 64 * MIB))
+        await self.health.start()  # the first probe sees the server's readiness
         await self._server.start()
         logger.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.port)
 
     async def stop(self) -> None:
-        """Stop taking calls; those in progress finish (within the request deadline)."""
+        """Say ``NOT_SERVING`` to health checks, then stop taking calls; those in progress
+        finish (within the request deadline)."""
+        await self.health.stop()
         await self._server.stop(grace=self.settings.request_timeout_s)
