@@ -161,7 +161,6 @@ def test_a_tflite_classifier_follows_the_configs_wide(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "reason"),
     [
-        (None, "no config.toml"),
         ("platform = onnx", "not valid TOML"),
         ('platform = "pytorch"', "platform 'pytorch' is not one of"),
         ('platform = "onnx"\nmax_batch_size = -1', "max_batch_size: Input should be greater"),
@@ -181,14 +180,13 @@ def test_a_tflite_classifier_follows_the_configs_wide(tmp_path: Path) -> None:
     ],
 )
 def test_a_broken_entry_says_why_and_the_rest_are_served(
-    tmp_path: Path, config: str | None, reason: str
+    tmp_path: Path, config: str, reason: str
 ) -> None:
     add_model(tmp_path, "good", LINEAR_CONFIG)
     broken = tmp_path / "broken"
     broken.mkdir()
     linear_model(broken / "model.onnx")
-    if config is not None:
-        (broken / "config.toml").write_text(config)
+    (broken / "config.toml").write_text(config)
     entries = {entry.name: entry for entry in scan(tmp_path)}
     assert isinstance(entries["broken"], BrokenModel)
     assert reason in entries["broken"].reason

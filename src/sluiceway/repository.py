@@ -1,6 +1,8 @@
-"""A model repository: a folder with one subfolder per model, each a file and a ``config.toml``.
+"""A model repository: a folder with one subfolder per model, each a file and its config.
 
-The layout follows Triton's, so a Triton user's folder needs only its config rewritten::
+The layout is Triton's, and so may be the config: a folder holds Sluiceway's ``config.toml``,
+or Triton's ``config.pbtxt`` (``triton_config.py`` reads it), or no config for an ONNX model
+(completed from the file, as Triton's auto-complete does)::
 
     models/
       my-classifier/
@@ -9,12 +11,12 @@ The layout follows Triton's, so a Triton user's folder needs only its config rew
         1/model.onnx            # numbered versions; the highest is served unless
         2/model.onnx            # ``version`` in config.toml names one
       tabular/
-        config.toml
+        config.pbtxt            # Triton's, as it is
         model.onnx              # or no version folders at all (version "1")
 
-``config.toml`` says what Triton's ``config.pbtxt`` says (see the README for every key). Reading
-a folder never raises: a model whose config or file is wrong comes back as a ``BrokenModel``
-saying why, and the others are served.
+``config.toml`` says what Triton's ``config.pbtxt`` says (see the README for every key); where
+a folder has both, ``config.toml`` is read. Reading a folder never raises: a model whose config
+or file is wrong comes back as a ``BrokenModel`` saying why, and the others are served.
 """
 
 from __future__ import annotations
@@ -36,10 +38,18 @@ from sluiceway.models.base import BatchPolicy
 from sluiceway.models.onnx_model import read_signature
 from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
 from sluiceway.models.tensors import DATATYPES, TensorSpec
+from sluiceway.triton_config import (
+    AUTO_BATCH,
+    DEFAULT_MAX_BATCH_SIZE,
+    ConfigRefused,
+    auto_config,
+    read_pbtxt,
+)
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.toml"
+TRITON_CONFIG_FILE = "config.pbtxt"
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 PLATFORMS = {"onnx": "onnx", "onnxruntime_onnx": "onnx", "tflite": "tflite"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,6 +100,7 @@ class RepositoryConfig(BaseModel):
     memory_arena: bool = False
     wide: bool = True
     version: Annotated[int, Field(ge=1)] | None = None
+    model_file: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")] | None = None
     labels: str | None = None
     inputs: list[_Tensor] = []
     outputs: list[_Tensor] = []
@@ -126,20 +137,18 @@ def _read(folder: Path) -> ModelRecord:
     name = folder.name
     if not _NAME.match(name):
         raise _Refused("a model's folder name is 1-64 letters, digits, '_', '.' or '-'")
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise _Refused(f"no {CONFIG_FILE} in its folder")
+    raw, source = _raw_config(folder)
+    auto_batch = bool(raw.pop(AUTO_BATCH, False))
     try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
         config = RepositoryConfig.model_validate(raw)
-    except tomllib.TOMLDecodeError as error:
-        raise _Refused(f"{CONFIG_FILE} is not valid TOML: {error}") from None
     except ValidationError as error:
-        raise _Refused(f"{CONFIG_FILE}: {_describe(error)}") from None
+        raise _Refused(f"{source}: {_describe(error)}") from None
     platform = PLATFORMS.get(config.platform)
     if platform is None:
         raise _Refused(f"platform {config.platform!r} is not one of {sorted(PLATFORMS)}")
-    version, path = _model_file(folder, MODEL_FILES[platform], config.version)
+    version, path = _model_file(folder, config.model_file or MODEL_FILES[platform], config.version)
+    if auto_batch and _batches(path):
+        config = config.model_copy(update={"max_batch_size": DEFAULT_MAX_BATCH_SIZE})
     batched = config.max_batch_size > 0
     labels = _labels(folder, config.labels)
     if platform == "tflite" and config.image is None:
@@ -183,6 +192,37 @@ def _read(folder: Path) -> ModelRecord:
         batched=batched,
         warmup=_warmup(config, inputs) if config.warmup is not None else None,
     )
+
+
+def _raw_config(folder: Path) -> tuple[dict[str, Any], str]:
+    """The folder's config keys and the file they came from: ``config.toml``, else Triton's
+    ``config.pbtxt``, else none at all (an ONNX model completed from its file, as Triton's
+    auto-complete does)."""
+    toml_path = folder / CONFIG_FILE
+    if toml_path.is_file():
+        try:
+            return tomllib.loads(toml_path.read_text(encoding="utf-8")), CONFIG_FILE
+        except tomllib.TOMLDecodeError as error:
+            raise _Refused(f"{CONFIG_FILE} is not valid TOML: {error}") from None
+    pbtxt_path = folder / TRITON_CONFIG_FILE
+    try:
+        if pbtxt_path.is_file():
+            return read_pbtxt(
+                pbtxt_path.read_text(encoding="utf-8"), folder.name
+            ), TRITON_CONFIG_FILE
+    except ConfigRefused as refused:
+        raise _Refused(str(refused)) from None
+    return auto_config(), "the config completed from the file"
+
+
+def _batches(path: Path) -> bool:
+    """Whether every input and output of the file has a variable first (batch) dimension."""
+    try:
+        stat = path.stat()
+        inputs, outputs = _signature(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, ModelUnavailable) as error:
+        raise _Refused(str(error)) from None
+    return all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
 
 
 def _model_file(folder: Path, file_name: str, wanted: int | None) -> tuple[str, Path]:

@@ -1,0 +1,166 @@
+"""Triton's ``config.pbtxt``, read into the keys of the repository's ``config.toml``.
+
+A Triton user's model repository works as it is: a folder whose config is Triton's is served
+with what that config says, and a folder of an ONNX model without any config is completed from
+the file, as Triton's auto-complete does. What Sluiceway cannot honour (another framework,
+sequence batching, ensembles, GPUs, reshaped tensors) makes the model unavailable with the
+reason, never served differently in silence; settings that only tune Triton itself (its graph
+optimisation, preferred batch sizes, priority levels, the response cache...) are read and not
+acted on: the README lists them.
+
+The text is parsed by protobuf into the ``ModelConfig`` message tritonclient generates from
+Triton's ``model_config.proto`` (the ``grpc`` extra), so every field Triton knows is read as
+Triton reads it and a misspelt one is an error naming its line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_MAX_BATCH_SIZE = 4
+"""Triton's ``default-max-batch-size``: what auto-complete gives a model whose file batches."""
+
+ONNX_PLATFORMS = {"onnxruntime_onnx"}
+ONNX_BACKENDS = {"onnxruntime"}
+
+AUTO_BATCH = "auto_batch"
+"""Key of the returned dict: ``max_batch_size`` is Triton's auto-complete's to decide (no
+tensors declared and no batch size given): ``DEFAULT_MAX_BATCH_SIZE`` if the file batches."""
+
+
+class ConfigRefused(ValueError):
+    """A ``config.pbtxt`` Sluiceway cannot serve as written; the message says why."""
+
+
+def read_pbtxt(text: str, folder_name: str) -> dict[str, Any]:
+    """The ``config.toml`` keys ``text`` (a ``config.pbtxt``) says, with ``AUTO_BATCH``."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise ConfigRefused(
+            "reading config.pbtxt needs the grpc extra (pip install 'sluiceway[grpc]'), which "
+            "brings Triton's ModelConfig message; or write a config.toml"
+        ) from None
+    try:
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as error:
+        raise ConfigRefused(f"config.pbtxt is not Triton's model configuration: {error}") from None
+    return _keys(config, folder_name)
+
+
+def auto_config() -> dict[str, Any]:
+    """The keys of a model folder without a config: an ONNX model, completed from its file."""
+    return {"platform": "onnx", "max_batch_size": 0, AUTO_BATCH: True}
+
+
+def _keys(config: Any, folder_name: str) -> dict[str, Any]:
+    if config.name and config.name != folder_name:
+        raise ConfigRefused(
+            f"config.pbtxt names the model {config.name!r}, but its folder is {folder_name!r}: "
+            "Triton requires them to match"
+        )
+    _check_platform(config.platform, config.backend)
+    for field, what in (
+        ("sequence_batching", "sequence batching (stateful models)"),
+        ("ensemble_scheduling", "ensembles"),
+    ):
+        if config.HasField(field):
+            raise ConfigRefused(f"config.pbtxt asks for {what}, which Sluiceway does not serve")
+    keys: dict[str, Any] = {"platform": "onnx", "max_batch_size": config.max_batch_size}
+    inputs = [_tensor(tensor, "input") for tensor in config.input]
+    outputs = [_tensor(tensor, "output") for tensor in config.output]
+    if inputs:
+        keys["inputs"] = inputs
+    if outputs:
+        keys["outputs"] = outputs
+    keys[AUTO_BATCH] = config.max_batch_size == 0 and not inputs and not outputs
+    labels = [tensor.label_filename for tensor in config.output if tensor.label_filename]
+    if len(set(labels)) > 1:
+        raise ConfigRefused("config.pbtxt names more than one label_filename; Sluiceway takes one")
+    if labels:
+        keys["labels"] = labels[0]
+    if config.HasField("dynamic_batching"):
+        batching = config.dynamic_batching
+        keys["max_queue_delay_ms"] = batching.max_queue_delay_microseconds / 1000
+        queue = batching.default_queue_policy.max_queue_size
+        if queue > 0:  # 0: Triton's unbounded queue; Sluiceway keeps its bound
+            keys["max_queue"] = queue
+    instances = _instances(config.instance_group)
+    if instances:
+        keys["instances"] = instances
+    version = _version(config.version_policy)
+    if version is not None:
+        keys["version"] = version
+    if config.default_model_filename:
+        keys["model_file"] = config.default_model_filename
+    threads = config.parameters.get("intra_op_thread_count")
+    if threads is not None and threads.string_value.strip():
+        try:
+            keys["threads"] = int(threads.string_value)
+        except ValueError:
+            raise ConfigRefused(
+                f"parameter intra_op_thread_count is {threads.string_value!r}, not a number"
+            ) from None
+    if config.model_warmup:
+        keys["warmup"] = {}
+    return keys
+
+
+def _check_platform(platform: str, backend: str) -> None:
+    if not platform and not backend:
+        return  # Triton's auto-complete finds the backend by the file: model.onnx
+    if platform in ONNX_PLATFORMS or backend in ONNX_BACKENDS:
+        if platform and platform not in ONNX_PLATFORMS:
+            raise ConfigRefused(f"config.pbtxt's platform {platform!r} is not ONNX Runtime's")
+        return
+    named = f"platform {platform!r}" if platform else f"backend {backend!r}"
+    raise ConfigRefused(
+        f"config.pbtxt's {named} is not served: Sluiceway serves ONNX models from Triton's "
+        "config (platform onnxruntime_onnx or backend onnxruntime)"
+    )
+
+
+def _tensor(tensor: Any, role: str) -> dict[str, Any]:
+    from tritonclient.grpc import model_config_pb2
+
+    name = tensor.name
+    if tensor.HasField("reshape"):
+        raise ConfigRefused(f"{role} {name!r} has a reshape, which Sluiceway does not apply")
+    if tensor.is_shape_tensor:
+        raise ConfigRefused(f"{role} {name!r} is a shape tensor, which Sluiceway does not serve")
+    if role == "input" and (tensor.optional or tensor.allow_ragged_batch):
+        what = "optional" if tensor.optional else "a ragged batch"
+        raise ConfigRefused(f"input {name!r} allows {what}, which Sluiceway does not serve")
+    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+    if datatype == "INVALID":
+        raise ConfigRefused(f"{role} {name!r} has no data_type")
+    return {
+        "name": name,
+        "datatype": "BYTES" if datatype == "STRING" else datatype,
+        "dims": list(tensor.dims),
+    }
+
+
+def _instances(groups: Any) -> int:
+    """The model calls that may run at once: every group's count (0 for Triton's default)."""
+    from tritonclient.grpc import model_config_pb2
+
+    kind = model_config_pb2.ModelInstanceGroup.Kind
+    total = 0
+    for group in groups:
+        if group.kind in (kind.KIND_GPU, kind.KIND_MODEL) or group.gpus:
+            raise ConfigRefused(
+                f"instance group {group.name or '(unnamed)'!r} asks for "
+                f"{kind.Name(group.kind)}: Sluiceway runs models on the CPU"
+            )
+        total += group.count or 1
+    return total
+
+
+def _version(policy: Any) -> int | None:
+    """The version folder to serve: Sluiceway serves one version of a model at a time."""
+    which = policy.WhichOneof("policy_choice")
+    if which == "specific" and policy.specific.versions:
+        return int(max(policy.specific.versions))
+    return None  # latest, all, or none given: the highest
