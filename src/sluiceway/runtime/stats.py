@@ -1,22 +1,32 @@
-"""Per-model inference statistics: Triton's statistics extension and two latency histograms.
+"""Per-model inference statistics: Triton's statistics extension, its Prometheus metrics
+(``runtime/triton_metrics.py``) and two latency histograms.
 
-Every job submitted to an in-process dispatcher is counted as a success or a failure with the
-time it took; a job that ran also has its queue time (submission to the start of its model
-call) and compute time (that call's duration), and every call is counted by its batch size.
-The counts are jobs: a request that the edge splits into one job per row (the Open Inference
-Protocol does) counts once per row, as ``inference_count`` does in Triton.
+Every request submitted to an in-process dispatcher is counted as a success or a failure with
+the time it took (a failure also by Triton's reason); it also has its queue time (submission to
+the start of its model call) and compute time (that call's duration), and every call is counted
+by its batch size and the jobs in it (``inference_count``, as Triton counts rows). A request is
+one job, or several (the Open Inference Protocol makes one job per row): its caller then counts
+it once (``Statistics.count_request``) and its jobs say what they add (``Job.counting``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from sluiceway.errors import (
+    BadInput,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    UnknownModel,
+)
 from sluiceway.models.base import Model
-from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.jobs import Counting, Job
 from sluiceway.runtime.metrics import Metrics
 
 
@@ -45,6 +55,8 @@ class ModelStatistics:
     compute: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=dict)
     """Model calls by batch size (jobs per call) and their compute time."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed requests by Triton's reason (``failure_reason``)."""
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
@@ -107,33 +119,61 @@ class Statistics:
         """Start measuring ``job``; ``done`` counts it (no coroutine of its own: a job answered
         on the spot costs its dispatcher no more than a call)."""
         key = id(job.payload)
-        watched = key not in self._calls  # two jobs sharing one payload: time the first only
+        # Two jobs sharing one payload: time the first only. A job of a request counted by
+        # its caller adds nothing beyond its model call unless it is the request's first.
+        watched = key not in self._calls and job.counting != Counting.CALL
         if watched:
             self._calls[key] = None
         return Watch(key if watched else None, time.perf_counter())
 
-    def done(self, job: Job, watch: Watch, succeeded: bool) -> None:
-        """Count ``job``, watched since ``watch``, as a success or a failure, with its times."""
+    def done(self, job: Job, watch: Watch, error: BaseException | None) -> None:
+        """Count ``job``, watched since ``watch``, as a success (``error`` ``None``) or a
+        failure, with its times, as far as ``job.counting`` says."""
         call = None
         if watch.key is not None:
             with _COUNTING:  # a model call on a worker thread may be writing it
                 call = self._calls.pop(watch.key, None)
-        self._record(job.model, watch.submitted, call, succeeded)
-
-    def _record(
-        self, model: str, submitted: float, call: tuple[float, float] | None, succeeded: bool
-    ) -> None:
-        stats = self.of(model)
-        elapsed = time.perf_counter() - submitted
-        (stats.success if succeeded else stats.fail).add(elapsed)
+        if job.counting == Counting.CALL:
+            return
+        stats = self.of(job.model)
+        if job.counting == Counting.REQUEST:
+            self._outcome(stats, watch.submitted, error)
         if call is None:
             return
         started, finished = call
-        queued = max(0.0, started - submitted)
-        stats.queue.add(queued)
+        stats.queue.add(max(0.0, started - watch.submitted))
         stats.compute.add(finished - started)
         # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
-        self._metrics.compute_of(model).observe(finished - started)
+        self._metrics.compute_of(job.model).observe(finished - started)
+
+    def count_request(self, model: str, submitted: float, error: BaseException | None) -> None:
+        """Count one request of several jobs (``Counting.TIMES`` and ``CALL``), submitted at
+        ``submitted`` (``perf_counter``), as a success (``error`` ``None``) or a failure."""
+        self._outcome(self.of(model), submitted, error)
+
+    @staticmethod
+    def _outcome(stats: ModelStatistics, submitted: float, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - submitted
+        if error is None:
+            stats.success.add(elapsed)
+            return
+        stats.fail.add(elapsed)
+        reason = failure_reason(error)
+        stats.failures[reason] = stats.failures.get(reason, 0) + 1
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's reason for a failed request (the ``reason`` label of
+    ``nv_inference_request_failure``): ``REJECTED`` for a request the server would not run
+    (queue full, deadline passed, model unavailable), ``CANCELED`` for one whose caller left,
+    ``BACKEND`` for the model's own error, ``OTHER`` for input the model could not take."""
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(error, Overloaded | DeadlineExceeded | ModelUnavailable | UnknownModel):
+        return "REJECTED"
+    if isinstance(error, BadInput):
+        return "OTHER"
+    return "BACKEND"
 
 
 class Watch(NamedTuple):
