@@ -327,3 +327,25 @@ async def test_workers_on_one_host_each_find_a_probe_port(redis_server: RedisSer
     finally:
         for worker in workers:
             await worker.close()
+
+
+async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
+    redis_server: RedisServer,
+) -> None:
+    settings = cluster_settings(redis_server, worker_port=0)
+    worker = new_worker(settings)
+    await worker.start()
+    try:
+        await eventually(lambda: len(worker.owned) == 16)
+        training = restaurant(5)
+        queries = [np.full((1, 2), float(i)) for i in range(3)]
+        async with api_node(settings) as api:
+            results = await asyncio.gather(*(api.submit(knn_job(training, q)) for q in queries))
+        assert results == [expected(training, q) for q in queries]
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text
+        assert 'nv_inference_request_success{model="knn",version="1"} 3\n' in text
+        assert 'nv_inference_count{model="knn",version="1"} 3\n' in text
+        assert 'nv_inference_request_failure{model="knn",version="1",reason="BACKEND"} 0\n' in text
+    finally:
+        await worker.close()
