@@ -46,8 +46,11 @@ async def test_requests_rows_calls_and_times_as_triton_counts_them(
     for count, seed in ((3, 1), (1, 2)):
         response = await http.post("/v2/models/linear/infer", json=rows(count, seed))
         assert response.status_code == 200, response.text
-    late = {**rows(1, 3), "parameters": {"timeout": 1}}  # 1 µs: past before it can run
+    late = {**rows(3, 3), "parameters": {"timeout": 1}}  # 1 µs: past before it can run
     assert (await http.post("/v2/models/linear/infer", json=late)).status_code == 504
+    # Refused before it reaches the model (a wrong shape): not a request of the model's.
+    wrong = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    assert (await http.post("/v2/models/linear/infer", json=wrong)).status_code == 400
     text = (await http.get("/metrics")).text
     assert "# TYPE nv_inference_request_success counter" in text
     linear = {"model": "linear", "version": "1"}
@@ -57,6 +60,7 @@ async def test_requests_rows_calls_and_times_as_triton_counts_them(
     assert sample(text, "nv_inference_count", **linear) == 4
     calls = sample(text, "nv_inference_exec_count", **linear)
     assert 2 <= calls <= 4
+    # The late request of three rows is one failure, and adds no rows.
     assert sample(text, "nv_inference_request_failure", **linear, reason="REJECTED") == 1
     for reason in ("CANCELED", "BACKEND", "OTHER"):
         assert sample(text, "nv_inference_request_failure", **linear, reason=reason) == 0

@@ -235,6 +235,9 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                     )
                 )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
+                # Counted as Triton counts a request past its deadline.
+                stats = worker.dispatcher.statistics.of("knn")
+                assert stats.failures == {"REJECTED": 1} and stats.success.count == 0
 
                 async def acknowledged() -> bool:  # its entry is acknowledged right after
                     return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0

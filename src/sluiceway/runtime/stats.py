@@ -2,11 +2,12 @@
 (``runtime/triton_metrics.py``) and two latency histograms.
 
 Every request submitted to an in-process dispatcher is counted as a success or a failure with
-the time it took (a failure also by Triton's reason); it also has its queue time (submission to
-the start of its model call) and compute time (that call's duration), and every call is counted
-by its batch size and the jobs in it (``inference_count``, as Triton counts rows). A request is
-one job, or several (the Open Inference Protocol makes one job per row): its caller then counts
-it once (``Statistics.count_request``) and its jobs say what they add (``Job.counting``).
+the time it took (a failure also by Triton's reason). As in Triton, a success also adds its
+rows (``inference_count``), its queue time (submission to the start of its model call) and its
+compute time (that call's duration); every model call is counted by its batch size
+(``execution_count``, ``batch_stats``). A request is one job, or several (the Open Inference
+Protocol makes one job per row): its caller then counts it once (``Statistics.count_request``)
+and its jobs say what they add (``Job.counting``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class Statistics:
         # Jobs being measured, by their payload's identity: the model call a job ran in is
         # written here by the timed model, since the batcher hands models payloads, not jobs.
         self._calls: dict[int, tuple[float, float] | None] = {}
+        # The call of each request's first job (``Counting.TIMES``) until its request is
+        # counted: its times are a success's only.
+        self._first_rows: dict[int, tuple[float, float]] = {}
 
     def of(self, model: str) -> ModelStatistics:
         """``model``'s counters (all zero before its first job)."""
@@ -133,42 +137,59 @@ class Statistics:
         if watch.key is not None:
             with _COUNTING:  # a model call on a worker thread may be writing it
                 call = self._calls.pop(watch.key, None)
-        if job.counting == Counting.CALL:
-            return
-        stats = self.of(job.model)
         if job.counting == Counting.REQUEST:
-            self._outcome(stats, watch.submitted, error)
+            self._count(job, 1, watch.submitted, call, error)
+        elif job.counting == Counting.TIMES and call is not None:
+            self._first_rows[id(job)] = call  # counted with its request, if that succeeds
+
+    def count_request(
+        self, first: Job, rows: int, submitted: float, error: BaseException | None
+    ) -> None:
+        """Count one request of ``rows`` jobs, ``first`` the one counted ``Counting.TIMES``
+        (the others ``CALL``), submitted at ``submitted`` (``perf_counter``), as a success
+        (``error`` ``None``) or a failure."""
+        call = self._first_rows.pop(id(first), None)
+        self._count(first, rows, submitted, call, error)
+
+    def _count(
+        self,
+        job: Job,
+        rows: int,
+        submitted: float,
+        call: tuple[float, float] | None,
+        error: BaseException | None,
+    ) -> None:
+        """One request's outcome. As Triton, only a success adds its rows (``inference_count``)
+        and its queue and compute times; a failure adds its time and its reason."""
+        stats = self.of(job.model)
+        elapsed = time.perf_counter() - submitted
+        if error is not None:
+            stats.fail.add(elapsed)
+            reason = failure_reason(error, job)
+            stats.failures[reason] = stats.failures.get(reason, 0) + 1
+            return
+        stats.success.add(elapsed)
+        stats.inference_count += rows
         if call is None:
             return
         started, finished = call
-        stats.queue.add(max(0.0, started - watch.submitted))
+        stats.queue.add(max(0.0, started - submitted))
         stats.compute.add(finished - started)
         # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
         self._metrics.compute_of(job.model).observe(finished - started)
 
-    def count_request(self, model: str, submitted: float, error: BaseException | None) -> None:
-        """Count one request of several jobs (``Counting.TIMES`` and ``CALL``), submitted at
-        ``submitted`` (``perf_counter``), as a success (``error`` ``None``) or a failure."""
-        self._outcome(self.of(model), submitted, error)
 
-    @staticmethod
-    def _outcome(stats: ModelStatistics, submitted: float, error: BaseException | None) -> None:
-        elapsed = time.perf_counter() - submitted
-        if error is None:
-            stats.success.add(elapsed)
-            return
-        stats.fail.add(elapsed)
-        reason = failure_reason(error)
-        stats.failures[reason] = stats.failures.get(reason, 0) + 1
-
-
-def failure_reason(error: BaseException) -> str:
-    """Triton's reason for a failed request (the ``reason`` label of
+def failure_reason(error: BaseException, job: Job) -> str:
+    """Triton's reason for ``job``'s request failing with ``error`` (the ``reason`` label of
     ``nv_inference_request_failure``): ``REJECTED`` for a request the server would not run
     (queue full, deadline passed, model unavailable), ``CANCELED`` for one whose caller left,
-    ``BACKEND`` for the model's own error, ``OTHER`` for input the model could not take."""
+    ``BACKEND`` for the model's own error, ``OTHER`` for input the model itself refused.
+
+    A cancellation at or after the job's deadline is the deadline's (a caller's own timeout,
+    as the bird API's, fires with the job's): ``REJECTED``, not a caller who left.
+    """
     if isinstance(error, asyncio.CancelledError):
-        return "CANCELED"
+        return "REJECTED" if job.remaining() <= 0 else "CANCELED"
     if isinstance(error, Overloaded | DeadlineExceeded | ModelUnavailable | UnknownModel):
         return "REJECTED"
     if isinstance(error, BadInput):
@@ -250,7 +271,6 @@ class _TimedModel(Model):
             if batch is None:
                 batch = stats.batches[size] = Duration()
             batch.add(finished - started)
-            stats.inference_count += size
             stats.execution_count += 1
             stats.last_inference_ms = int(time.time() * 1000)
 

@@ -36,18 +36,19 @@ _US = "in microseconds"
 _COUNTERS = {
     "nv_inference_request_success": "Successful inference requests (several rows count once)",
     "nv_inference_request_failure": "Failed inference requests, by reason",
-    "nv_inference_count": "Inferences performed (a request of n rows counts n)",
+    "nv_inference_count": "Rows of successful requests (a request of n rows counts n)",
     "nv_inference_exec_count": "Model calls (inference_count / exec_count: the mean batch)",
     "nv_inference_request_duration_us": f"Time of successful requests, received to answered, {_US}",
-    "nv_inference_queue_duration_us": f"Time requests waited for their model call, {_US}",
+    "nv_inference_queue_duration_us": f"Time successful requests waited for a call, {_US}",
     "nv_inference_compute_input_duration_us": f"Time preparing inputs in the call, {_US} (none)",
-    "nv_inference_compute_infer_duration_us": f"Time of the model calls requests ran in, {_US}",
+    "nv_inference_compute_infer_duration_us": f"Time of successful requests' model calls, {_US}",
     "nv_inference_compute_output_duration_us": f"Time shaping outputs in the call, {_US} (none)",
 }
 
 
 def render(models: Iterable[ModelMetrics]) -> bytes:
-    """Prometheus text exposition (version 0.0.4) of Triton's per-model metrics."""
+    """Prometheus text exposition of Triton's per-model metrics (its classic text format,
+    which ``/metrics`` serves)."""
     rows = list(models)
     lines: list[str] = []
     for name, help_text in _COUNTERS.items():
@@ -62,7 +63,7 @@ def render(models: Iterable[ModelMetrics]) -> bytes:
                 lines.append(f"{name}{{{labels}}} {_value(name, row.stats)}")
     name = "nv_inference_pending_request_count"
     lines += [
-        f"# HELP {name} Inference requests waiting for a model call now",
+        f"# HELP {name} Jobs (rows of requests) waiting for a model call now",
         f"# TYPE {name} gauge",
     ]
     for row in rows:

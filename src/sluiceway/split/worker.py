@@ -277,20 +277,20 @@ class Worker:
         watch = statistics.watch(job)
         if remaining <= 0:  # its caller has had its 504: no dead work
             self._metrics.expired.labels(model).inc()
-            statistics.done(job, watch, DeadlineExceeded("expired before a worker read it"))
             self._answers.finish(Finished(stream, model, entry_id))
+            statistics.done(job, watch, DeadlineExceeded("expired before a worker read it"))
             return
         if self._cancels.gone(job.id):  # its requester left
             self._metrics.cancelled.labels(model).inc()
-            statistics.done(job, watch, asyncio.CancelledError())
             self._answers.finish(Finished(stream, model, entry_id))
+            statistics.done(job, watch, asyncio.CancelledError())
             return
         finished = Finished(stream, model, entry_id, reply=record.reply)
         try:
             future = self._local.enqueue(job)
         except SluicewayError as error:
-            statistics.done(job, watch, error)
             self._fail(finished, data, job.id, error)
+            statistics.done(job, watch, error)
             return
         # A callback, not a task per job: at thousands of jobs a second the tasks cost more
         # than the model. The timer gives up on a job still queued at its deadline.
@@ -313,20 +313,18 @@ class Worker:
         self._running.discard(future)
         self._cancels.untrack(job.id)
         self._room.set()
-        statistics = self._local.statistics
+        error: BaseException | None
         if future.cancelled() and self._cancels.gone(job.id):
-            statistics.done(job, watch, asyncio.CancelledError())
+            error = asyncio.CancelledError()
             self._answers.finish(Finished(finished.stream, finished.model, finished.entry_id))
         elif future.cancelled():
-            deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
-            statistics.done(job, watch, deadline)
-            self._fail(finished, data, job.id, deadline)
+            error = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            self._fail(finished, data, job.id, error)
         elif (error := future.exception()) is not None:
-            statistics.done(job, watch, error)
             self._fail(finished, data, job.id, error)
         else:
-            statistics.done(job, watch, None)
             self._answers.reply(finished, ResultRecord(job.id, future.result()))
+        self._local.statistics.done(job, watch, error)  # after the answer is on its way
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""

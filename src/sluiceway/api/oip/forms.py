@@ -222,9 +222,9 @@ async def _submit_all(dispatcher: Dispatcher, jobs: list[Job]) -> list[Any]:
     try:
         results = await _gathered(dispatcher, jobs)
     except BaseException as error:
-        statistics.count_request(jobs[0].model, submitted, error)
+        statistics.count_request(jobs[0], len(jobs), submitted, error)
         raise
-    statistics.count_request(jobs[0].model, submitted, None)
+    statistics.count_request(jobs[0], len(jobs), submitted, None)
     return results
 
 
