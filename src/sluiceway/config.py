@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     fair_wait_calls: float = Field(
         2.0, ge=0, description="a key waiting this many of its call's cost goes first; 0 = off"
     )
+    triton_metrics: bool = Field(
+        True,
+        description="write Triton's per-model metrics (nv_inference_*) in /metrics too, for "
+        "dashboards and autoscalers made for Triton",
+    )
     inline_call_us: float = Field(
         300.0,
         ge=0,

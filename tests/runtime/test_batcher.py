@@ -554,7 +554,7 @@ async def test_a_lone_tiny_job_is_answered_on_the_spot_and_counted() -> None:
     # Answered within submit: no batcher task, no wait for a slot, the slot given back.
     assert ticket.future.done() and ticket.future.result() == 6
     assert lane.depth == 0 and lane.slots.free == 1
-    assert dispatcher.statistics.of("double").inference_count == 2
+    assert dispatcher.statistics.of("double").execution_count == 2  # two calls
     # With the slot taken, a job waits for the driver as before.
     await lane.slots.acquire()
     waiting = lane.submit(job(4))

@@ -235,6 +235,9 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                     )
                 )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
+                # Counted as Triton counts a request past its deadline.
+                stats = worker.dispatcher.statistics.of("knn")
+                assert stats.failures == {"REJECTED": 1} and stats.success.count == 0
 
                 async def acknowledged() -> bool:  # its entry is acknowledged right after
                     return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0
@@ -327,3 +330,25 @@ async def test_workers_on_one_host_each_find_a_probe_port(redis_server: RedisSer
     finally:
         for worker in workers:
             await worker.close()
+
+
+async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
+    redis_server: RedisServer,
+) -> None:
+    settings = cluster_settings(redis_server, worker_port=0)
+    worker = new_worker(settings)
+    await worker.start()
+    try:
+        await eventually(lambda: len(worker.owned) == 16)
+        training = restaurant(5)
+        queries = [np.full((1, 2), float(i)) for i in range(3)]
+        async with api_node(settings) as api:
+            results = await asyncio.gather(*(api.submit(knn_job(training, q)) for q in queries))
+        assert results == [expected(training, q) for q in queries]
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text
+        assert 'nv_inference_request_success{model="knn",version="1"} 3\n' in text
+        assert 'nv_inference_count{model="knn",version="1"} 3\n' in text
+        assert 'nv_inference_request_failure{model="knn",version="1",reason="BACKEND"} 0\n' in text
+    finally:
+        await worker.close()

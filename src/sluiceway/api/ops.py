@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluiceway.services import services_of
+from sluiceway.runtime.triton_metrics import ModelMetrics, render
+from sluiceway.services import Services, services_of
 
 router = APIRouter(tags=["operations"])
 
@@ -41,6 +42,25 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of this process's metrics."""
-    registry = services_of(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition of this process's metrics (and Triton's, ``triton_metrics``)."""
+    services = services_of(request)
+    text = generate_latest(services.metrics.registry) + triton_metrics(services)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def triton_metrics(services: Services) -> bytes:
+    """Triton's metrics of every model with a record (as the statistics extension lists them);
+    nothing in split mode, where the workers write their own, or when turned off."""
+    statistics = getattr(services.dispatcher, "statistics", None)
+    if statistics is None or not services.settings.triton_metrics:
+        return b""
+    return render(
+        ModelMetrics(
+            entry.name,
+            entry.version,
+            statistics.of(entry.name),
+            services.metrics.queued(entry.name),
+        )
+        for entry in services.registry.entries()
+        if entry.record is not None
+    )

@@ -121,7 +121,6 @@ class LocalDispatcher:
         """
         statistics = self.statistics
         watch = statistics.watch(job)
-        succeeded = False
         try:
             lane = self._lane_for(job)
             ticket = lane.submit(job)
@@ -130,10 +129,11 @@ class LocalDispatcher:
                 result = future.result()
             else:
                 result = await self._wait(lane, ticket)
-            succeeded = True
-            return result
-        finally:
-            statistics.done(job, watch, succeeded)
+        except BaseException as error:  # a cancelled caller too: counted by its reason
+            statistics.done(job, watch, error)
+            raise
+        statistics.done(job, watch, None)
+        return result
 
     async def _wait(self, lane: Lane, ticket: Ticket) -> Any:
         """A queued job's result, failed at its deadline; withdrawn if the caller goes away."""

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Counting(enum.IntEnum):
+    """What a job adds to its model's statistics (``runtime/stats.py``).
+
+    Triton counts requests, and a protocol request of several rows is one job per row: its
+    caller counts the request once (``Statistics.count_request``), its first job gives the
+    queue and compute times, and the others only their share of the model call.
+    """
+
+    REQUEST = 0
+    """The job is a whole request: its outcome and its times."""
+    TIMES = 1
+    """The first job of a request of several: its queue and compute times, not its outcome."""
+    CALL = 2
+    """Another job of such a request: counted in its model call only."""
 
 
 @dataclass(slots=True)
@@ -33,6 +50,8 @@ class Job:
     ``os.urandom`` per job was a system call on every request."""
     priority: int = 0
     tenant: str | None = None
+    counting: Counting = Counting.REQUEST
+    """What the job adds to its model's statistics; local only, never sent to a worker."""
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds left before the deadline (negative once it has passed)."""

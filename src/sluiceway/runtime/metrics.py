@@ -170,6 +170,11 @@ class Metrics:
             child = self._compute_children[model] = self.compute_seconds.labels(model)
         return child
 
+    def queued(self, model: str) -> int:
+        """Jobs of ``model`` waiting for a compute slot now (what ``sluiceway_queue_depth``
+        reads)."""
+        return sum(queue.depth for queue in list(self._queued.get(model, ())))
+
     def count_queued(self, model: str, queue: Queued) -> None:
         """Report ``queue``'s depth in ``sluiceway_queue_depth``, summed over ``model``'s queues
         alive (a replaced lane draining beside the new one), read when metrics are collected:

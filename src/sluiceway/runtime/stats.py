@@ -1,22 +1,33 @@
-"""Per-model inference statistics: Triton's statistics extension and two latency histograms.
+"""Per-model inference statistics: Triton's statistics extension, its Prometheus metrics
+(``runtime/triton_metrics.py``) and two latency histograms.
 
-Every job submitted to an in-process dispatcher is counted as a success or a failure with the
-time it took; a job that ran also has its queue time (submission to the start of its model
-call) and compute time (that call's duration), and every call is counted by its batch size.
-The counts are jobs: a request that the edge splits into one job per row (the Open Inference
-Protocol does) counts once per row, as ``inference_count`` does in Triton.
+Every request submitted to an in-process dispatcher is counted as a success or a failure with
+the time it took (a failure also by Triton's reason). As in Triton, a success also adds its
+rows (``inference_count``), its queue time (submission to the start of its model call) and its
+compute time (that call's duration); every model call is counted by its batch size
+(``execution_count``, ``batch_stats``). A request is one job, or several (the Open Inference
+Protocol makes one job per row): its caller then counts it once (``Statistics.count_request``)
+and its jobs say what they add (``Job.counting``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from sluiceway.errors import (
+    BadInput,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    UnknownModel,
+)
 from sluiceway.models.base import Model
-from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.jobs import Counting, Job
 from sluiceway.runtime.metrics import Metrics
 
 
@@ -45,6 +56,8 @@ class ModelStatistics:
     compute: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=dict)
     """Model calls by batch size (jobs per call) and their compute time."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed requests by Triton's reason (``failure_reason``)."""
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
@@ -91,6 +104,9 @@ class Statistics:
         # Jobs being measured, by their payload's identity: the model call a job ran in is
         # written here by the timed model, since the batcher hands models payloads, not jobs.
         self._calls: dict[int, tuple[float, float] | None] = {}
+        # The call of each request's first job (``Counting.TIMES``) until its request is
+        # counted: its times are a success's only.
+        self._first_rows: dict[int, tuple[float, float]] = {}
 
     def of(self, model: str) -> ModelStatistics:
         """``model``'s counters (all zero before its first job)."""
@@ -107,33 +123,78 @@ class Statistics:
         """Start measuring ``job``; ``done`` counts it (no coroutine of its own: a job answered
         on the spot costs its dispatcher no more than a call)."""
         key = id(job.payload)
-        watched = key not in self._calls  # two jobs sharing one payload: time the first only
+        # Two jobs sharing one payload: time the first only. A job of a request counted by
+        # its caller adds nothing beyond its model call unless it is the request's first.
+        watched = key not in self._calls and job.counting != Counting.CALL
         if watched:
             self._calls[key] = None
         return Watch(key if watched else None, time.perf_counter())
 
-    def done(self, job: Job, watch: Watch, succeeded: bool) -> None:
-        """Count ``job``, watched since ``watch``, as a success or a failure, with its times."""
+    def done(self, job: Job, watch: Watch, error: BaseException | None) -> None:
+        """Count ``job``, watched since ``watch``, as a success (``error`` ``None``) or a
+        failure, with its times, as far as ``job.counting`` says."""
         call = None
         if watch.key is not None:
             with _COUNTING:  # a model call on a worker thread may be writing it
                 call = self._calls.pop(watch.key, None)
-        self._record(job.model, watch.submitted, call, succeeded)
+        if job.counting == Counting.REQUEST:
+            self._count(job, 1, watch.submitted, call, error)
+        elif job.counting == Counting.TIMES and call is not None:
+            self._first_rows[id(job)] = call  # counted with its request, if that succeeds
 
-    def _record(
-        self, model: str, submitted: float, call: tuple[float, float] | None, succeeded: bool
+    def count_request(
+        self, first: Job, rows: int, submitted: float, error: BaseException | None
     ) -> None:
-        stats = self.of(model)
+        """Count one request of ``rows`` jobs, ``first`` the one counted ``Counting.TIMES``
+        (the others ``CALL``), submitted at ``submitted`` (``perf_counter``), as a success
+        (``error`` ``None``) or a failure."""
+        call = self._first_rows.pop(id(first), None)
+        self._count(first, rows, submitted, call, error)
+
+    def _count(
+        self,
+        job: Job,
+        rows: int,
+        submitted: float,
+        call: tuple[float, float] | None,
+        error: BaseException | None,
+    ) -> None:
+        """One request's outcome. As Triton, only a success adds its rows (``inference_count``)
+        and its queue and compute times; a failure adds its time and its reason."""
+        stats = self.of(job.model)
         elapsed = time.perf_counter() - submitted
-        (stats.success if succeeded else stats.fail).add(elapsed)
+        if error is not None:
+            stats.fail.add(elapsed)
+            reason = failure_reason(error, job)
+            stats.failures[reason] = stats.failures.get(reason, 0) + 1
+            return
+        stats.success.add(elapsed)
+        stats.inference_count += rows
         if call is None:
             return
         started, finished = call
-        queued = max(0.0, started - submitted)
-        stats.queue.add(queued)
+        stats.queue.add(max(0.0, started - submitted))
         stats.compute.add(finished - started)
         # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
-        self._metrics.compute_of(model).observe(finished - started)
+        self._metrics.compute_of(job.model).observe(finished - started)
+
+
+def failure_reason(error: BaseException, job: Job) -> str:
+    """Triton's reason for ``job``'s request failing with ``error`` (the ``reason`` label of
+    ``nv_inference_request_failure``): ``REJECTED`` for a request the server would not run
+    (queue full, deadline passed, model unavailable), ``CANCELED`` for one whose caller left,
+    ``BACKEND`` for the model's own error, ``OTHER`` for input the model itself refused.
+
+    A cancellation at or after the job's deadline is the deadline's (a caller's own timeout,
+    as the bird API's, fires with the job's): ``REJECTED``, not a caller who left.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        return "REJECTED" if job.remaining() <= 0 else "CANCELED"
+    if isinstance(error, Overloaded | DeadlineExceeded | ModelUnavailable | UnknownModel):
+        return "REJECTED"
+    if isinstance(error, BadInput):
+        return "OTHER"
+    return "BACKEND"
 
 
 class Watch(NamedTuple):
@@ -210,7 +271,6 @@ class _TimedModel(Model):
             if batch is None:
                 batch = stats.batches[size] = Duration()
             batch.add(finished - started)
-            stats.inference_count += size
             stats.execution_count += 1
             stats.last_inference_ms = int(time.time() * 1000)
 

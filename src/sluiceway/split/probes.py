@@ -27,8 +27,13 @@ PORTS_TRIED = 64
 on one host (the README's scale-out example) each get their own probes, 8001, 8002, ..."""
 
 
-def probe_app(ready: Callable[[], bool], registry: CollectorRegistry) -> Starlette:
-    """The probes of a process whose readiness ``ready`` says, with ``registry``'s metrics."""
+def probe_app(
+    ready: Callable[[], bool],
+    registry: CollectorRegistry,
+    more_metrics: Callable[[], bytes] = bytes,
+) -> Starlette:
+    """The probes of a process whose readiness ``ready`` says, with ``registry``'s metrics and
+    the exposition text ``more_metrics`` gives (Triton's, ``runtime/triton_metrics.py``)."""
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -39,7 +44,8 @@ def probe_app(ready: Callable[[], bool], registry: CollectorRegistry) -> Starlet
         return PlainTextResponse("not ready\n", status_code=503)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(registry) + more_metrics()
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -63,9 +69,14 @@ class Probes:
     """Serves :func:`probe_app` on ``host``:``port`` or the first free port above it."""
 
     def __init__(
-        self, ready: Callable[[], bool], registry: CollectorRegistry, host: str, port: int
+        self,
+        ready: Callable[[], bool],
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        more_metrics: Callable[[], bytes] = bytes,
     ) -> None:
-        self._app = probe_app(ready, registry)
+        self._app = probe_app(ready, registry, more_metrics)
         self._host = host
         self._wanted = port
         self._server: _Server | None = None

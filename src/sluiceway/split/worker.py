@@ -29,7 +29,10 @@ from sluiceway.config import Settings
 from sluiceway.errors import DeadlineExceeded, SluicewayError
 from sluiceway.models.base import ModelKind
 from sluiceway.runtime.dispatch import LocalDispatcher
+from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.stats import Watch
+from sluiceway.runtime.triton_metrics import ModelMetrics, render
 from sluiceway.split.answers import Answers, Finished
 from sluiceway.split.cancels import Cancels
 from sluiceway.split.claims import Claims
@@ -98,7 +101,13 @@ class Worker:
         )
         self._probes: Probes | None = None
         if settings.worker_port is not None:
-            self._probes = Probes(self.ready, metrics.registry, settings.host, settings.worker_port)
+            self._probes = Probes(
+                self.ready,
+                metrics.registry,
+                settings.host,
+                settings.worker_port,
+                self._triton_metrics if settings.triton_metrics else bytes,
+            )
         self._running: set[asyncio.Future[Any]] = set()
         self._room = asyncio.Event()
         self._stopping = False
@@ -119,6 +128,23 @@ class Worker:
     def helped(self) -> list[str]:
         """Saturated partitions of other workers this worker reads too (``helping.py``)."""
         return list(self._membership.helped)
+
+    def _triton_metrics(self) -> bytes:
+        """Triton's metrics of the models this worker serves: the jobs it ran (a worker sees
+        jobs, not the requests an API node split into them)."""
+        versions = {
+            name: status.version for name, status in self._convergence.report().models.items()
+        }
+        statistics = self._local.statistics
+        return render(
+            ModelMetrics(
+                name,
+                versions.get(name) or "1",
+                statistics.of(name),
+                self._metrics.queued(name),
+            )
+            for name in self._local.models()
+        )
 
     def ready(self) -> bool:
         """Connected to the broker and taking jobs."""
@@ -246,19 +272,25 @@ class Worker:
             return
         job = record.job
         remaining = job.remaining()
+        # Each job is counted in the worker's statistics (Triton's metrics on its probes).
+        statistics = self._local.statistics
+        watch = statistics.watch(job)
         if remaining <= 0:  # its caller has had its 504: no dead work
             self._metrics.expired.labels(model).inc()
             self._answers.finish(Finished(stream, model, entry_id))
+            statistics.done(job, watch, DeadlineExceeded("expired before a worker read it"))
             return
         if self._cancels.gone(job.id):  # its requester left
             self._metrics.cancelled.labels(model).inc()
             self._answers.finish(Finished(stream, model, entry_id))
+            statistics.done(job, watch, asyncio.CancelledError())
             return
         finished = Finished(stream, model, entry_id, reply=record.reply)
         try:
             future = self._local.enqueue(job)
         except SluicewayError as error:
             self._fail(finished, data, job.id, error)
+            statistics.done(job, watch, error)
             return
         # A callback, not a task per job: at thousands of jobs a second the tasks cost more
         # than the model. The timer gives up on a job still queued at its deadline.
@@ -266,7 +298,7 @@ class Worker:
         timer = loop.call_at(loop.time() + remaining, future.cancel)
         self._running.add(future)
         self._cancels.track(job.id, future)
-        future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job.id))
+        future.add_done_callback(lambda done: self._ran(done, timer, finished, data, job, watch))
 
     def _ran(
         self,
@@ -274,21 +306,25 @@ class Worker:
         timer: asyncio.TimerHandle,
         finished: Finished,
         data: bytes,
-        job_id: str,
+        job: Job,
+        watch: Watch,
     ) -> None:
         timer.cancel()
         self._running.discard(future)
-        self._cancels.untrack(job_id)
+        self._cancels.untrack(job.id)
         self._room.set()
-        if future.cancelled() and self._cancels.gone(job_id):
+        error: BaseException | None
+        if future.cancelled() and self._cancels.gone(job.id):
+            error = asyncio.CancelledError()
             self._answers.finish(Finished(finished.stream, finished.model, finished.entry_id))
         elif future.cancelled():
-            deadline = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
-            self._fail(finished, data, job_id, deadline)
+            error = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            self._fail(finished, data, job.id, error)
         elif (error := future.exception()) is not None:
-            self._fail(finished, data, job_id, error)
+            self._fail(finished, data, job.id, error)
         else:
-            self._answers.reply(finished, ResultRecord(job_id, future.result()))
+            self._answers.reply(finished, ResultRecord(job.id, future.result()))
+        self._local.statistics.done(job, watch, error)  # after the answer is on its way
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""

@@ -8,6 +8,7 @@ an image classifier one job per prepared image, the captioner one job per encode
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ from sluiceway.models.classifier import ALL_SCORES, Pixels
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import TensorSpec, shape_key
 from sluiceway.runtime.dispatch import Dispatcher
-from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.jobs import Counting, Job
+from sluiceway.runtime.stats import Statistics
 from sluiceway.services import Services
 
 
@@ -206,9 +208,27 @@ async def _submit_all(dispatcher: Dispatcher, jobs: list[Job]) -> list[Any]:
     yet run is then skipped) and the failure raised.
 
     All jobs are queued before any batcher runs, so a request's rows fill a batch together.
+    The request is counted once in its model's statistics, as Triton counts requests.
     """
     if len(jobs) == 1:
         return [await dispatcher.submit(jobs[0])]
+    statistics: Statistics | None = getattr(dispatcher, "statistics", None)
+    if statistics is None:  # split mode: the workers count the jobs they run
+        return await _gathered(dispatcher, jobs)
+    jobs[0].counting = Counting.TIMES
+    for job in jobs[1:]:
+        job.counting = Counting.CALL
+    submitted = time.perf_counter()
+    try:
+        results = await _gathered(dispatcher, jobs)
+    except BaseException as error:
+        statistics.count_request(jobs[0], len(jobs), submitted, error)
+        raise
+    statistics.count_request(jobs[0], len(jobs), submitted, None)
+    return results
+
+
+async def _gathered(dispatcher: Dispatcher, jobs: list[Job]) -> list[Any]:
     tasks = [asyncio.ensure_future(dispatcher.submit(job)) for job in jobs]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
