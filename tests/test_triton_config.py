@@ -7,16 +7,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from sluiceway.app import create_app
 from sluiceway.models.tensors import TensorSpec
-from sluiceway.repository import BrokenModel, read_model
+from sluiceway.repository import BrokenModel, read_model, scan
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.model_repository import linear
-from tests.fixtures.onnx_models import linear_model
+from tests.fixtures.onnx_models import echo_model, linear_model
 
 pbtxt = pytest.mark.skipif(
     importlib.util.find_spec("tritonclient") is None
@@ -71,17 +70,154 @@ def test_a_triton_config_is_served_as_it_says(tmp_path: Path) -> None:
 
 
 def test_a_folder_without_a_config_is_completed_from_its_file(tmp_path: Path) -> None:
-    # As Triton's auto-complete: the tensors from the file, and a batch of 4 when it batches.
+    # As Triton's auto-complete: the tensors from the file, a batch of 4 when it batches, and
+    # Triton's two instances of an ONNX Runtime model on the CPU.
     record = read_model(triton_folder(tmp_path, None))
     assert not isinstance(record, BrokenModel), record
     assert record.version == "3" and record.policy.max_batch == 4 and record.batched
+    assert record.policy.slots == 2
     assert record.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    empty = tmp_path / "empty"
+    (empty / "1").mkdir(parents=True)
+    refused = read_model(empty)
+    assert isinstance(refused, BrokenModel)
+    assert "no config.toml or config.pbtxt, and no model.onnx" in refused.reason
+
+
+@pbtxt
+def test_auto_complete_batches_unless_every_tensor_is_given(tmp_path: Path) -> None:
     fixed = tmp_path / "fixed"
     linear_model(fixed / "1" / "model.onnx", batch=1)
     (fixed / "config.pbtxt").write_text('backend: "onnxruntime"\n')
     unbatched = read_model(fixed)
     assert not isinstance(unbatched, BrokenModel), unbatched
     assert not unbatched.batched and unbatched.inputs == (TensorSpec("x", "FP32", (1, 4)),)
+    # Only the input given, no batch size: Triton still completes a batch of 4, and the
+    # declared dims gain the batch dimension.
+    partial = read_model(
+        triton_folder(tmp_path, 'input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ] } ]')
+    )
+    assert not isinstance(partial, BrokenModel), partial
+    assert partial.policy.max_batch == 4
+    assert partial.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert partial.outputs == (TensorSpec("y", "FP32", (-1, 3)),)
+    # Every tensor given and no batch size: unbatched, the dims as written.
+    whole = read_model(
+        triton_folder(
+            tmp_path,
+            'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 4 ] } ]\n'
+            'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 3 ] } ]',
+            name="whole",
+        )
+    )
+    assert not isinstance(whole, BrokenModel), whole
+    assert not whole.batched and whole.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+
+
+@pbtxt
+def test_instances_default_as_tritons_for_onnx_runtime_on_the_cpu(tmp_path: Path) -> None:
+    cases = {
+        "none": ("", 2),
+        "uncounted": ("instance_group [ { kind: KIND_CPU } ]", 2),
+        "counted": ("instance_group [ { count: 3, kind: KIND_CPU } ]", 3),
+        # KIND_AUTO is the CPU on a machine without a GPU, whatever gpus it lists.
+        "mixed": ("instance_group [ { count: 1 }, { kind: KIND_AUTO, gpus: [ 0 ] } ]", 3),
+    }
+    for name, (config, slots) in cases.items():
+        record = read_model(
+            triton_folder(tmp_path, f'platform: "onnxruntime_onnx"\n{config}', name)
+        )
+        assert not isinstance(record, BrokenModel), (name, record)
+        assert record.policy.slots == slots, name
+
+
+@pbtxt
+def test_tritons_types_queue_and_threads_as_sluiceways(tmp_path: Path) -> None:
+    from sluiceway.triton_config import read_pbtxt
+
+    keys = read_pbtxt(
+        'input [ { name: "s", data_type: TYPE_STRING, dims: [ 1 ] },'
+        ' { name: "h", data_type: TYPE_FP16, dims: [ 2 ] } ]',
+        "m",
+    ).keys
+    assert [t["datatype"] for t in keys["inputs"]] == ["BYTES", "FP16"]
+    unbounded = read_model(
+        triton_folder(
+            tmp_path,
+            "dynamic_batching { default_queue_policy { max_queue_size: 0 } }\n"
+            'parameters { key: "intra_op_thread_count" value: { string_value: "0" } }',
+        )
+    )
+    assert not isinstance(unbounded, BrokenModel), unbounded
+    # Triton's unbounded queue keeps Sluiceway's bound; 0 threads is ONNX Runtime's choice.
+    assert unbounded.policy.max_queue == 1024 and unbounded.threads == 1
+
+
+@pbtxt
+def test_several_versions_asked_serve_the_highest_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = read_model(
+        triton_folder(tmp_path, "version_policy: { specific: { versions: [ 1, 2, 7 ] } }")
+    )
+    assert not isinstance(record, BrokenModel) and record.version == "2"
+    assert "asks Triton to serve versions [1, 2, 7]" in caplog.text
+    latest = read_model(
+        triton_folder(tmp_path, "version_policy: { latest: { num_versions: 2 } }", "latest")
+    )
+    assert not isinstance(latest, BrokenModel) and latest.version == "3"
+    assert "the latest 2 versions" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        # The batch dimension written into dims as well.
+        ('max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ -1, 4 ] } ]',
+         "input 'x' has dims [-1, 4] in the config, [4] in the file after its batch dimension"),
+        ('input [ { name: "x", data_type: TYPE_FP32, dims: [ 5 ] } ]', "dims [5] in the config"),
+        ('input [ { name: "z", data_type: TYPE_FP32, dims: [ 4 ] } ]',
+         "the config declares input 'z'; the file's inputs are ['x']"),
+        ('output [ { name: "y", data_type: TYPE_FP32, dims: [ 3, 1 ] } ]', "output 'y' has dims"),
+    ],
+)  # fmt: skip
+@pbtxt
+def test_tensors_that_do_not_fit_the_file_are_refused(
+    tmp_path: Path, config: str, reason: str
+) -> None:
+    record = read_model(triton_folder(tmp_path, config))
+    assert isinstance(record, BrokenModel) and reason in record.reason, record
+
+
+@pbtxt
+def test_a_fixed_batch_file_or_a_partial_declaration_is_refused(tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed"
+    linear_model(fixed / "1" / "model.onnx", batch=1)
+    (fixed / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]'
+    )
+    refused = read_model(fixed)
+    assert isinstance(refused, BrokenModel)
+    assert "input 'x' of the file has shape [1, 4], no variable first" in refused.reason
+    echo = tmp_path / "echo"
+    echo_model(echo / "model.onnx")
+    (echo / "config.pbtxt").write_text(
+        'max_batch_size: 4\ninput [ { name: "in_FP32", data_type: TYPE_FP32, dims: [ 2 ] } ]'
+    )
+    partial = read_model(echo)
+    assert isinstance(partial, BrokenModel)
+    assert "leaves out the file's inputs ['in_BOOL'" in partial.reason
+
+
+def test_a_config_that_is_not_utf8_is_refused_and_the_rest_served(tmp_path: Path) -> None:
+    triton_folder(tmp_path, None, name="good")
+    bad = triton_folder(tmp_path, None, name="latin")
+    (bad / "config.pbtxt").write_bytes("# modèle\nmax_batch_size: 4\n".encode("latin-1"))
+    entries = {entry.name: entry for entry in scan(tmp_path)}
+    assert isinstance(entries["latin"], BrokenModel)
+    assert "config.pbtxt is not UTF-8 text (byte 5)" in entries["latin"].reason
+    assert not isinstance(entries["good"], BrokenModel)
 
 
 @pbtxt
@@ -107,7 +243,8 @@ def test_config_toml_wins_and_the_model_file_may_be_named(tmp_path: Path) -> Non
         ('name: "other"', "names the model 'other', but its folder is 'linear'"),
         ('platform: "tensorflow_savedmodel"', "platform 'tensorflow_savedmodel' is not served"),
         ('backend: "python"', "backend 'python' is not served"),
-        ('platform: "pytorch_libtorch"\nbackend: "onnxruntime"', "is not ONNX Runtime's"),
+        ('platform: "pytorch_libtorch"\nbackend: "onnxruntime"', "platform 'pytorch_libtorch'"),
+        ('platform: "onnxruntime_onnx"\nbackend: "pytorch"', "backend 'pytorch' is not served"),
         ("sequence_batching { }", "sequence batching"),
         ("ensemble_scheduling { }", "ensembles"),
         ("max_batch_size: 8\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 2, 2 ] "
@@ -115,6 +252,16 @@ def test_config_toml_wins_and_the_model_file_may_be_named(tmp_path: Path) -> Non
         ('input [ { name: "x" dims: [ 4 ] } ]', "input 'x' has no data_type"),
         ('input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] optional: true } ]', "optional"),
         ("instance_group [ { count: 1 kind: KIND_GPU } ]", "KIND_GPU: Sluiceway runs models on"),
+        ("instance_group [ { kind: KIND_MODEL } ]", "KIND_MODEL: Sluiceway runs models on"),
+        ('input [ { name: "x" data_type: TYPE_INT64 dims: [ 1 ] is_shape_tensor: true } ]',
+         "input 'x' is a shape tensor"),
+        ('input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] allow_ragged_batch: true } ]',
+         "allows a ragged batch"),
+        ('batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 } ]',
+         "batch_input or batch_output"),
+        ("model_transaction_policy { decoupled: true }", "decoupled model"),
+        ("dynamic_batching { max_queue_delay_microseconds: 20000000 }",
+         "dynamic_batching.max_queue_delay_microseconds: Input should be less than or equal"),
         ("max_batch_sise: 8", "not Triton's model configuration: 1:1"),
         ('max_batch_size: "eight"', "not Triton's model configuration"),
         ('output [ { name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "a.txt" }, '
@@ -123,7 +270,7 @@ def test_config_toml_wins_and_the_model_file_may_be_named(tmp_path: Path) -> Non
         ('parameters { key: "intra_op_thread_count" value: { string_value: "many" } }',
          "intra_op_thread_count is 'many'"),
         ('default_model_filename: "model.plan"', "no model.plan in"),
-        ("version_policy: { specific: { versions: [ 7 ] } }", "version 7 has no folder"),
+        ("version_policy: { specific: { versions: [ 7 ] } }", "none of the versions its config"),
         ("max_batch_size: 5000", "config.pbtxt: max_batch_size"),
     ],
 )  # fmt: skip
@@ -162,4 +309,3 @@ async def test_a_triton_repository_answers_the_protocol_as_configured(tmp_path: 
         assert (await http.get("/v2/models/auto/config")).json()["max_batch_size"] == 4
         missing = await http.get("/v2/models/linear/versions/3")
         assert missing.status_code == 404 and "serves version 2" in missing.json()["error"]
-        assert isinstance(http, httpx.AsyncClient)

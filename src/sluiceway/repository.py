@@ -25,6 +25,7 @@ import functools
 import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,9 +40,9 @@ from sluiceway.models.onnx_model import read_signature
 from sluiceway.models.records import ModelRecord, ModelSource, SourceKind
 from sluiceway.models.tensors import DATATYPES, TensorSpec
 from sluiceway.triton_config import (
-    AUTO_BATCH,
     DEFAULT_MAX_BATCH_SIZE,
     ConfigRefused,
+    TritonKeys,
     auto_config,
     read_pbtxt,
 )
@@ -137,17 +138,27 @@ def _read(folder: Path) -> ModelRecord:
     name = folder.name
     if not _NAME.match(name):
         raise _Refused("a model's folder name is 1-64 letters, digits, '_', '.' or '-'")
-    raw, source = _raw_config(folder)
-    auto_batch = bool(raw.pop(AUTO_BATCH, False))
+    raw, source, triton = _raw_config(folder)
     try:
         config = RepositoryConfig.model_validate(raw)
     except ValidationError as error:
-        raise _Refused(f"{source}: {_describe(error)}") from None
+        fields = triton.fields if triton is not None else {}
+        raise _Refused(f"{source}: {_describe(error, fields)}") from None
     platform = PLATFORMS.get(config.platform)
     if platform is None:
         raise _Refused(f"platform {config.platform!r} is not one of {sorted(PLATFORMS)}")
-    version, path = _model_file(folder, config.model_file or MODEL_FILES[platform], config.version)
-    if auto_batch and _batches(path):
+    named = triton.versions if triton is not None else ()
+    file_name = config.model_file or MODEL_FILES[platform]
+    version, path = _model_file(folder, file_name, config.version, named)
+    if triton is not None and triton.several_versions:
+        logger.warning(
+            "model %s: its config.pbtxt asks Triton to serve %s; Sluiceway serves one version "
+            "of a model at a time: %s",
+            name,
+            triton.several_versions,
+            version,
+        )
+    if triton is not None and triton.auto_batch and _batches(path):
         config = config.model_copy(update={"max_batch_size": DEFAULT_MAX_BATCH_SIZE})
     batched = config.max_batch_size > 0
     labels = _labels(folder, config.labels)
@@ -157,7 +168,7 @@ def _read(folder: Path) -> ModelRecord:
         raise _Refused("an image classifier needs its class names: set labels = '<file>'")
     inputs = tuple(_spec(t, batched) for t in config.inputs)
     outputs = tuple(_spec(t, batched) for t in config.outputs)
-    if platform == "onnx" and config.image is None and not (inputs and outputs):
+    if platform == "onnx" and config.image is None:
         inputs, outputs = _completed(path, inputs, outputs, batched)
     image = None
     if config.image is not None:
@@ -194,52 +205,79 @@ def _read(folder: Path) -> ModelRecord:
     )
 
 
-def _raw_config(folder: Path) -> tuple[dict[str, Any], str]:
-    """The folder's config keys and the file they came from: ``config.toml``, else Triton's
-    ``config.pbtxt``, else none at all (an ONNX model completed from its file, as Triton's
-    auto-complete does)."""
-    toml_path = folder / CONFIG_FILE
-    if toml_path.is_file():
+def _raw_config(folder: Path) -> tuple[dict[str, Any], str, TritonKeys | None]:
+    """The folder's config keys, the file they came from, and what Triton's config says
+    beyond them: ``config.toml``, else Triton's ``config.pbtxt``, else none at all (an ONNX
+    model completed from its file, as Triton's auto-complete does)."""
+    for source in (CONFIG_FILE, TRITON_CONFIG_FILE):
+        path = folder / source
+        if not path.is_file():
+            continue
         try:
-            return tomllib.loads(toml_path.read_text(encoding="utf-8")), CONFIG_FILE
+            text = path.read_text(encoding="utf-8")
+            if source == CONFIG_FILE:
+                return tomllib.loads(text), source, None
+            triton = read_pbtxt(text, folder.name)
+            return triton.keys, source, triton
+        except UnicodeDecodeError as error:
+            raise _Refused(f"{source} is not UTF-8 text (byte {error.start})") from None
+        except OSError as error:
+            raise _Refused(f"{source} cannot be read: {error}") from None
         except tomllib.TOMLDecodeError as error:
             raise _Refused(f"{CONFIG_FILE} is not valid TOML: {error}") from None
-    pbtxt_path = folder / TRITON_CONFIG_FILE
+        except ConfigRefused as refused:
+            raise _Refused(str(refused)) from None
+    triton = auto_config()
+    return triton.keys, "the config completed from the file", triton
+
+
+def _file_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The tensors ``path`` declares itself (read once per version of the file)."""
     try:
-        if pbtxt_path.is_file():
-            return read_pbtxt(
-                pbtxt_path.read_text(encoding="utf-8"), folder.name
-            ), TRITON_CONFIG_FILE
-    except ConfigRefused as refused:
-        raise _Refused(str(refused)) from None
-    return auto_config(), "the config completed from the file"
+        stat = path.stat()
+        return _signature(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, ModelUnavailable) as error:
+        raise _Refused(str(error)) from None
 
 
 def _batches(path: Path) -> bool:
     """Whether every input and output of the file has a variable first (batch) dimension."""
-    try:
-        stat = path.stat()
-        inputs, outputs = _signature(str(path), stat.st_mtime_ns, stat.st_size)
-    except (OSError, ModelUnavailable) as error:
-        raise _Refused(str(error)) from None
+    inputs, outputs = _file_signature(path)
     return all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
 
 
-def _model_file(folder: Path, file_name: str, wanted: int | None) -> tuple[str, Path]:
+def _model_file(
+    folder: Path, file_name: str, wanted: int | None, named: tuple[int, ...] = ()
+) -> tuple[str, Path]:
+    """The version served and its file: ``wanted``, else the highest of the ``named`` versions
+    that has a folder (Triton's ``specific`` policy), else the highest."""
     versions = {int(p.name): p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
     if wanted is not None:
         if wanted not in versions:
             raise _Refused(f"version {wanted} has no folder; found {sorted(versions) or 'none'}")
         candidates = {wanted: versions[wanted]}
+    elif named:
+        candidates = {number: versions[number] for number in named if number in versions}
+        if not candidates:
+            raise _Refused(
+                f"none of the versions its config names ({list(named)}) has a folder; found "
+                f"{sorted(versions) or 'none'}"
+            )
     else:
         candidates = versions
     for number in sorted(candidates, reverse=True):
         path = candidates[number] / file_name
         if path.is_file():
             return str(number), path
-    if wanted is None and (folder / file_name).is_file():
+    if wanted is None and not named and (folder / file_name).is_file():
         return "1", folder / file_name
     where = f"version {wanted}" if wanted is not None else "its folder or a version folder"
+    if (
+        wanted is None
+        and not named
+        and not any((folder / config).is_file() for config in (CONFIG_FILE, TRITON_CONFIG_FILE))
+    ):
+        raise _Refused(f"no config.toml or config.pbtxt, and no {file_name} to complete one from")
     raise _Refused(f"no {file_name} in {where}")
 
 
@@ -264,23 +302,64 @@ def _completed(
     path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], batched: bool
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The tensors the config leaves out, read from the file (Triton's auto-complete), so that
-    metadata, request checks and the warm-up know them before the model is loaded."""
-    try:
-        stat = path.stat()
-        file_inputs, file_outputs = _signature(str(path), stat.st_mtime_ns, stat.st_size)
-    except (OSError, ModelUnavailable) as error:
-        raise _Refused(str(error)) from None
+    metadata, request checks and the warm-up know them before the model is loaded; declared
+    ones checked against the file's, as Triton's ONNX Runtime backend checks them at load."""
+    file_inputs, file_outputs = _file_signature(path)
     completed = (inputs or file_inputs, outputs or file_outputs)
-    if batched:
-        for role, specs in zip(("input", "output"), completed, strict=True):
-            for spec in specs:
+    for role, specs, found in (
+        ("input", completed[0], file_inputs),
+        ("output", completed[1], file_outputs),
+    ):
+        if specs is not found:
+            _check_declared(role, specs, found, batched, every=role == "input")
+        if batched:
+            for spec in (found_spec for found_spec in found if found_spec.name in _names(specs)):
                 if not spec.shape or spec.shape[0] != -1:
                     raise _Refused(
                         f"{role} {spec.name!r} of the file has shape {list(spec.shape)}, no "
                         "variable first (batch) dimension: set max_batch_size = 0 to serve it "
-                        "unbatched, or declare its tensors"
+                        "unbatched, or export the model with a variable batch dimension"
                     )
     return completed
+
+
+def _names(specs: tuple[TensorSpec, ...]) -> set[str]:
+    return {spec.name for spec in specs}
+
+
+def _check_declared(
+    role: str,
+    declared: tuple[TensorSpec, ...],
+    found: tuple[TensorSpec, ...],
+    batched: bool,
+    *,
+    every: bool,
+) -> None:
+    """Declared tensors against the file's: each one there, of its rank, with its fixed
+    dimensions; and (``every``: inputs) none of the file's left out. Types are checked when
+    the model loads (``onnx_model.py``)."""
+    by_name = {spec.name: spec for spec in found}
+    for spec in declared:
+        file_spec = by_name.get(spec.name)
+        if file_spec is None:
+            raise _Refused(
+                f"the config declares {role} {spec.name!r}; the file's {role}s are "
+                f"{sorted(by_name)}"
+            )
+        given = list(spec.shape[1:] if batched else spec.shape)
+        shape = list(file_spec.shape[1:] if batched else file_spec.shape)
+        fits = len(given) == len(shape) and all(
+            mine == theirs or mine == -1 or theirs == -1
+            for mine, theirs in zip(given, shape, strict=True)
+        )
+        if not fits:
+            batch = " after its batch dimension" if batched else ""
+            raise _Refused(
+                f"{role} {spec.name!r} has dims {given} in the config, {shape} in the file{batch}"
+            )
+    missing = sorted(set(by_name) - _names(declared))
+    if every and missing:
+        raise _Refused(f"the config leaves out the file's {role}s {missing}: declare every one")
 
 
 @functools.lru_cache(maxsize=256)
@@ -307,9 +386,13 @@ def _warmup(config: RepositoryConfig, inputs: tuple[TensorSpec, ...]) -> dict[st
     return request
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, fields: Mapping[str, str]) -> str:
+    """The problems, each at the key (or the ``config.pbtxt`` field) it is about."""
     parts = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        loc = [str(part) for part in problem["loc"]]
+        if loc and loc[0] in fields:
+            loc[0] = fields[loc[0]]
+        where = ".".join(loc) or "config"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)

@@ -15,25 +15,55 @@ Triton reads it and a misspelt one is an error naming its line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_BATCH_SIZE = 4
 """Triton's ``default-max-batch-size``: what auto-complete gives a model whose file batches."""
 
+DEFAULT_INSTANCES = 2
+"""Triton's instance count for an ONNX Runtime model on the CPU when its config gives none."""
+
 ONNX_PLATFORMS = {"onnxruntime_onnx"}
 ONNX_BACKENDS = {"onnxruntime"}
 
-AUTO_BATCH = "auto_batch"
-"""Key of the returned dict: ``max_batch_size`` is Triton's auto-complete's to decide (no
-tensors declared and no batch size given): ``DEFAULT_MAX_BATCH_SIZE`` if the file batches."""
+FIELDS = {
+    "max_batch_size": "max_batch_size",
+    "inputs": "input",
+    "outputs": "output",
+    "labels": "output.label_filename",
+    "max_queue_delay_ms": "dynamic_batching.max_queue_delay_microseconds",
+    "max_queue": "dynamic_batching.default_queue_policy.max_queue_size",
+    "instances": "instance_group.count",
+    "model_file": "default_model_filename",
+    "threads": "parameters.intra_op_thread_count",
+}
+"""The ``config.pbtxt`` field each ``config.toml`` key comes from: errors name what was written."""
 
 
 class ConfigRefused(ValueError):
     """A ``config.pbtxt`` Sluiceway cannot serve as written; the message says why."""
 
 
-def read_pbtxt(text: str, folder_name: str) -> dict[str, Any]:
-    """The ``config.toml`` keys ``text`` (a ``config.pbtxt``) says, with ``AUTO_BATCH``."""
+@dataclass(frozen=True)
+class TritonKeys:
+    """What a Triton config (or none) says, as ``config.toml`` keys, and what those keys
+    cannot say: whether the batch size is auto-complete's to decide, and the versions named."""
+
+    keys: dict[str, Any]
+    auto_batch: bool = False
+    """No batch size and not every tensor given: ``DEFAULT_MAX_BATCH_SIZE`` if the file
+    batches (then the declared dims gain the batch dimension), else 0."""
+    versions: tuple[int, ...] = ()
+    """The versions a ``specific`` policy names: the highest with a folder is served."""
+    several_versions: str = ""
+    """A policy that would serve more than one version in Triton (said in the log)."""
+    fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
+
+
+def read_pbtxt(text: str, folder_name: str) -> TritonKeys:
+    """What ``text`` (a ``config.pbtxt``) says."""
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
@@ -49,24 +79,35 @@ def read_pbtxt(text: str, folder_name: str) -> dict[str, Any]:
     return _keys(config, folder_name)
 
 
-def auto_config() -> dict[str, Any]:
-    """The keys of a model folder without a config: an ONNX model, completed from its file."""
-    return {"platform": "onnx", "max_batch_size": 0, AUTO_BATCH: True}
+def auto_config() -> TritonKeys:
+    """A model folder without a config: an ONNX model, completed from its file."""
+    return TritonKeys(
+        {"platform": "onnx", "max_batch_size": 0, "instances": DEFAULT_INSTANCES}, auto_batch=True
+    )
 
 
-def _keys(config: Any, folder_name: str) -> dict[str, Any]:
+def _keys(config: Any, folder_name: str) -> TritonKeys:
     if config.name and config.name != folder_name:
         raise ConfigRefused(
             f"config.pbtxt names the model {config.name!r}, but its folder is {folder_name!r}: "
             "Triton requires them to match"
         )
     _check_platform(config.platform, config.backend)
-    for field, what in (
+    for name, what in (
         ("sequence_batching", "sequence batching (stateful models)"),
         ("ensemble_scheduling", "ensembles"),
     ):
-        if config.HasField(field):
+        if config.HasField(name):
             raise ConfigRefused(f"config.pbtxt asks for {what}, which Sluiceway does not serve")
+    if config.batch_input or config.batch_output:
+        raise ConfigRefused(
+            "config.pbtxt has batch_input or batch_output (ragged batching), which Sluiceway "
+            "does not serve"
+        )
+    if config.model_transaction_policy.decoupled:
+        raise ConfigRefused(
+            "config.pbtxt asks for a decoupled model, which Sluiceway does not serve"
+        )
     keys: dict[str, Any] = {"platform": "onnx", "max_batch_size": config.max_batch_size}
     inputs = [_tensor(tensor, "input") for tensor in config.input]
     outputs = [_tensor(tensor, "output") for tensor in config.output]
@@ -74,7 +115,6 @@ def _keys(config: Any, folder_name: str) -> dict[str, Any]:
         keys["inputs"] = inputs
     if outputs:
         keys["outputs"] = outputs
-    keys[AUTO_BATCH] = config.max_batch_size == 0 and not inputs and not outputs
     labels = [tensor.label_filename for tensor in config.output if tensor.label_filename]
     if len(set(labels)) > 1:
         raise ConfigRefused("config.pbtxt names more than one label_filename; Sluiceway takes one")
@@ -86,39 +126,44 @@ def _keys(config: Any, folder_name: str) -> dict[str, Any]:
         queue = batching.default_queue_policy.max_queue_size
         if queue > 0:  # 0: Triton's unbounded queue; Sluiceway keeps its bound
             keys["max_queue"] = queue
-    instances = _instances(config.instance_group)
-    if instances:
-        keys["instances"] = instances
-    version = _version(config.version_policy)
-    if version is not None:
-        keys["version"] = version
+    keys["instances"] = _instances(config.instance_group)
     if config.default_model_filename:
         keys["model_file"] = config.default_model_filename
     threads = config.parameters.get("intra_op_thread_count")
     if threads is not None and threads.string_value.strip():
         try:
-            keys["threads"] = int(threads.string_value)
+            count = int(threads.string_value)
         except ValueError:
             raise ConfigRefused(
                 f"parameter intra_op_thread_count is {threads.string_value!r}, not a number"
             ) from None
+        if count > 0:  # 0: ONNX Runtime's own choice, as Sluiceway's default
+            keys["threads"] = count
     if config.model_warmup:
         keys["warmup"] = {}
-    return keys
+    versions, several = _versions(config.version_policy)
+    return TritonKeys(
+        keys,
+        # As Triton's auto-complete: only a config giving every tensor keeps max_batch_size 0.
+        auto_batch=config.max_batch_size == 0 and not (inputs and outputs),
+        versions=versions,
+        several_versions=several,
+    )
 
 
 def _check_platform(platform: str, backend: str) -> None:
     if not platform and not backend:
         return  # Triton's auto-complete finds the backend by the file: model.onnx
-    if platform in ONNX_PLATFORMS or backend in ONNX_BACKENDS:
-        if platform and platform not in ONNX_PLATFORMS:
-            raise ConfigRefused(f"config.pbtxt's platform {platform!r} is not ONNX Runtime's")
-        return
-    named = f"platform {platform!r}" if platform else f"backend {backend!r}"
-    raise ConfigRefused(
-        f"config.pbtxt's {named} is not served: Sluiceway serves ONNX models from Triton's "
-        "config (platform onnxruntime_onnx or backend onnxruntime)"
-    )
+    if platform and platform not in ONNX_PLATFORMS:
+        raise ConfigRefused(
+            f"config.pbtxt's platform {platform!r} is not served: Sluiceway serves ONNX models "
+            "from Triton's config (platform onnxruntime_onnx or backend onnxruntime)"
+        )
+    if backend and backend not in ONNX_BACKENDS:
+        raise ConfigRefused(
+            f"config.pbtxt's backend {backend!r} is not served: Sluiceway serves ONNX models "
+            "from Triton's config (platform onnxruntime_onnx or backend onnxruntime)"
+        )
 
 
 def _tensor(tensor: Any, role: str) -> dict[str, Any]:
@@ -143,24 +188,34 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
 
 
 def _instances(groups: Any) -> int:
-    """The model calls that may run at once: every group's count (0 for Triton's default)."""
+    """The model calls that may run at once: every group's count, a group without one (or no
+    group at all) counting Triton's default for ONNX Runtime on the CPU."""
     from tritonclient.grpc import model_config_pb2
 
     kind = model_config_pb2.ModelInstanceGroup.Kind
+    if not groups:
+        return DEFAULT_INSTANCES
     total = 0
     for group in groups:
-        if group.kind in (kind.KIND_GPU, kind.KIND_MODEL) or group.gpus:
+        if group.kind in (kind.KIND_GPU, kind.KIND_MODEL):
             raise ConfigRefused(
                 f"instance group {group.name or '(unnamed)'!r} asks for "
                 f"{kind.Name(group.kind)}: Sluiceway runs models on the CPU"
             )
-        total += group.count or 1
+        # KIND_AUTO (with or without gpus) is the CPU on a machine without a GPU, as in Triton.
+        total += group.count if group.count > 0 else DEFAULT_INSTANCES
     return total
 
 
-def _version(policy: Any) -> int | None:
-    """The version folder to serve: Sluiceway serves one version of a model at a time."""
+def _versions(policy: Any) -> tuple[tuple[int, ...], str]:
+    """The versions a ``specific`` policy names, and what a policy serving several versions
+    would serve in Triton (Sluiceway serves one version of a model at a time: the highest)."""
     which = policy.WhichOneof("policy_choice")
-    if which == "specific" and policy.specific.versions:
-        return int(max(policy.specific.versions))
-    return None  # latest, all, or none given: the highest
+    if which == "specific":
+        named = tuple(sorted({int(v) for v in policy.specific.versions}))
+        return named, (f"versions {list(named)}" if len(named) > 1 else "")
+    if which == "all":
+        return (), "every version"
+    if which == "latest" and policy.latest.num_versions > 1:
+        return (), f"the latest {policy.latest.num_versions} versions"
+    return (), ""

@@ -406,9 +406,10 @@ async def test_a_repository_model_cannot_take_a_built_in_name(tmp_path: Path) ->
 async def test_a_warm_up_the_model_cannot_run_leaves_the_model_unavailable(tmp_path: Path) -> None:
     root = tmp_path / "models"
     linear_model(root / "cold" / "model.onnx")
-    # The declared input has 5 columns; the model multiplies by a 4-row matrix.
+    # The declared input's width is left open (-1); the warm-up's zeros then have 1 column,
+    # and the model multiplies by a 4-row matrix.
     (root / "cold" / "config.toml").write_text(
-        LINEAR_CONFIG.replace("dims = [4]", "dims = [5]") + "\n[warmup]\n"
+        LINEAR_CONFIG.replace("dims = [4]", "dims = [-1]") + "\n[warmup]\n"
     )
     settings = fast_settings(model_repository=str(root), admin_token=TOKEN)
     async with app_client(create_app(settings)) as http:
