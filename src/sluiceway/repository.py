@@ -56,6 +56,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
+class GivenConfig:
+    """A config given instead of the folder's (a load request's ``config``): the model's name,
+    the config's keys (as ``config.toml``'s, with ``AUTO_BATCH``) and its name in refusals."""
+
+    name: str
+    keys: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class BrokenModel:
     """A repository entry that cannot be served, and why (shown on the model list)."""
 
@@ -119,11 +129,15 @@ def scan(folder: Path) -> list[ModelRecord | BrokenModel]:
     return entries
 
 
-def read_model(folder: Path) -> ModelRecord | BrokenModel:
-    """The record of the model in ``folder`` (named after it), or why it cannot be served."""
-    name = folder.name
+def read_model(folder: Path, given: GivenConfig | None = None) -> ModelRecord | BrokenModel:
+    """The record of the model in ``folder`` (named after it), or why it cannot be served.
+
+    With ``given``, the model is ``given.name`` and its config is ``given``'s: the folder's
+    config files are not read, only its model and label files.
+    """
+    name = given.name if given is not None else folder.name
     try:
-        return _read(folder)
+        return _read(folder, name, given)
     except _Refused as refused:
         logger.warning("model %s is unavailable: %s", name, refused)
         return BrokenModel(name, str(refused))
@@ -133,11 +147,10 @@ class _Refused(Exception):
     pass
 
 
-def _read(folder: Path) -> ModelRecord:
-    name = folder.name
+def _read(folder: Path, name: str, given: GivenConfig | None) -> ModelRecord:
     if not _NAME.match(name):
-        raise _Refused("a model's folder name is 1-64 letters, digits, '_', '.' or '-'")
-    raw, source = _raw_config(folder)
+        raise _Refused("a model's name (its folder's) is 1-64 letters, digits, '_', '.' or '-'")
+    raw, source = (dict(given.keys), given.source) if given is not None else _raw_config(folder)
     auto_batch = bool(raw.pop(AUTO_BATCH, False))
     try:
         config = RepositoryConfig.model_validate(raw)
