@@ -4,6 +4,7 @@ against a real server, and what cannot be used refused with a 400 naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -30,6 +31,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from sluiceway.app import create_app
+from sluiceway.load_parameters import LoadOverride
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import LINEAR_CONFIG, linear
@@ -347,3 +349,43 @@ async def test_without_the_grpc_extra_a_config_is_refused_saying_which_extra(
         assert "sluiceway[grpc]" in answer.json()["error"], answer.text
         assert "config.toml" not in answer.json()["error"]
         assert (await client.get("/v2/models/linear/ready")).status_code == 200
+
+
+@pytest.mark.parametrize("plain_last", [True, False])
+async def test_a_load_with_parameters_neither_joins_nor_is_joined_by_a_plain_one(
+    tmp_path: Path, plain_last: bool
+) -> None:
+    """Loads of one name run one at a time; a plain load answers with a running plain load's
+    result, but a load with parameters is another load: it runs after, and so does a plain
+    load arriving while it runs. The last one asked is what serves."""
+    root = tmp_path / "models"
+    linear_model(root / "linear" / "1" / "model.onnx", seed=1)
+    (root / "linear" / "config.toml").write_text(LINEAR_CONFIG)
+    app = create_app(fast_settings(model_repository=str(root), admin_token=TOKEN))
+    override = LoadOverride(json.dumps(LINEAR_JSON))
+    async with app_client(app) as client:
+        registry = app.state.services.registry
+        first = registry.load("linear") if plain_last else registry.load("linear", override)
+        running = asyncio.create_task(first)
+        await asyncio.sleep(0)  # the first load has started
+        if plain_last:
+            await registry.load("linear", override)
+            wanted = 8
+        else:
+            await registry.load("linear")
+            wanted = 16
+        await running
+        config = (await client.get("/v2/models/linear/config")).json()
+        assert config["max_batch_size"] == wanted
+
+
+async def test_a_config_for_a_model_without_a_folder_or_files_is_404(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    settings = fast_settings(model_repository=str(root), admin_token=TOKEN)
+    async with app_client(create_app(settings)) as client:
+        body = {"parameters": {"config": json.dumps(LINEAR_JSON)}}
+        url = "/v2/repository/models/nosuch/load"
+        answer = await client.post(url, headers=HTTP_AUTH, json=body)
+        assert answer.status_code == 404
+        assert "give its files with the load" in answer.json()["error"]
