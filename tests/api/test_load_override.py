@@ -223,7 +223,7 @@ def _refusal(call: Any) -> str:
         ('{"instance_group": [{"kind": "KIND_GPU"}]}', None, "KIND_GPU: Sluiceway runs models"),
         ('{"backend": "python"}', None, "backend 'python' is not served"),
         ('{"max_batch_size": 5000}', None, "the load's config: max_batch_size"),
-        ('{"version_policy": {"specific": {"versions": [7]}}}', None, "version 7 has no folder"),
+        ('{"version_policy": {"specific": {"versions": [7]}}}', None, "none of the versions"),
         (json.dumps(LINEAR_JSON), {"file:1/model.onnx": b"not onnx"}, "kept"),
         (json.dumps(LINEAR_JSON), {"file:../model.onnx": b"x"}, "inside the model's folder"),
         (json.dumps(LINEAR_JSON), {"file:1/../../x.onnx": b"x"}, "without '..'"),
