@@ -37,3 +37,8 @@ class UnknownRegion(SluicewayError):
 
 class ModelControlError(SluicewayError):
     """A load or unload that cannot be done as asked; the message says why."""
+
+
+class LoadRefused(BadInput):
+    """A load request whose parameters (a config, model files) cannot be used as given; the
+    message says which and why. A model already serving keeps serving."""

@@ -9,6 +9,10 @@ the accepted work first.
 
 States follow Triton's repository extension: ``READY``, ``LOADING``, ``UNLOADING``,
 ``UNAVAILABLE`` (with a reason: a broken config, a failed load, or unloaded by an operator).
+
+A load may carry Triton's load parameters (``load_parameters.py``): a config used instead of
+the folder's, and the model's files, written to a private folder that lives as long as the
+version loaded from it serves (the model cache may load it again from there after an eviction).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from sluiceway.config import Settings
 from sluiceway.errors import (
+    LoadRefused,
     ModelControlError,
     ModelUnavailable,
     SluicewayError,
@@ -30,13 +36,24 @@ from sluiceway.errors import (
 from sluiceway.fleet_entries import FleetEntries, ModelFleet
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
+from sluiceway.load_parameters import LoadOverride, private_folder, remove_folder
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.records import ModelRecord
-from sluiceway.repository import BrokenModel, read_model, scan
+from sluiceway.repository import BrokenModel, GivenConfig, read_model, scan
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
 from sluiceway.runtime.memory import map_large_blocks
+from sluiceway.triton_config import JSON_SOURCE, ConfigRefused, read_json
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A load or unload running for one name; ``joinable``: another plain load or unload of
+    the name may wait for its answer instead of running again."""
+
+    task: asyncio.Task[ModelEntry]
+    joinable: bool
 
 
 class ModelRegistry:
@@ -64,7 +81,10 @@ class ModelRegistry:
         self._image_inputs: dict[str, ImageInput] = {}
         for entry in self._entries.values():
             self._publish(entry)
-        self._busy: dict[str, asyncio.Task[ModelEntry]] = {}
+        self._busy: dict[str, _Flight] = {}
+        self._private: dict[str, Path] = {}
+        """The private folder of each model whose serving version was loaded from files given
+        with its load."""
         self._fleet_entries = (
             FleetEntries(fleet, self.repository, self._entries, self._publish) if fleet else None
         )
@@ -145,25 +165,51 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} is {entry.state.lower()}{reason}")
         return entry.record
 
-    async def load(self, name: str) -> ModelEntry:
-        """Read ``name``'s folder again and (re)load it; the running version serves meanwhile."""
+    async def load(self, name: str, override: LoadOverride | None = None) -> ModelEntry:
+        """Read ``name``'s folder again and (re)load it; the running version serves meanwhile.
+
+        With ``override`` (a load request's parameters), its config is used instead of the
+        folder's, and its files (if any) instead of the folder; a later load without one reads
+        the folder again, as Triton does. ``LoadRefused`` when the override cannot be used."""
         fleet = self._fleet_entries
-        return await self._single_flight(name, fleet.load if fleet is not None else self._load)
+        if fleet is not None:
+            if override is not None:
+                self._check_controllable(name)
+                raise LoadRefused(
+                    "load parameters (config, files) are not passed on to split-mode workers, "
+                    "which load models from the shared repository folder: change the folder, "
+                    "then load without parameters"
+                )
+            return await self._single_flight(name, fleet.load)
+        if override is None:
+            return await self._single_flight(name, self._load)
+        return await self._single_flight(
+            name, lambda name: self._load(name, override), joinable=False
+        )
 
     async def unload(self, name: str) -> ModelEntry:
         """Stop serving ``name`` once its accepted requests are answered."""
         fleet = self._fleet_entries
         return await self._single_flight(name, fleet.unload if fleet is not None else self._unload)
 
-    async def _single_flight(self, name: str, action: Any) -> ModelEntry:
+    async def _single_flight(self, name: str, action: Any, *, joinable: bool = True) -> ModelEntry:
+        """Run ``action(name)`` unless a load or unload of ``name`` runs: then answer with that
+        one's result, or (a load with parameters, which is not the one running) run after it."""
         self._check_controllable(name)
-        task = self._busy.get(name)
-        if task is None:
-            task = asyncio.create_task(action(name), name=f"model control {name}")
-            self._busy[name] = task
-            task.add_done_callback(lambda _: self._busy.pop(name, None))
+        while (busy := self._busy.get(name)) is not None:
+            if joinable and busy.joinable:
+                return await asyncio.shield(busy.task)
+            await asyncio.wait([busy.task])
+        flight = _Flight(asyncio.create_task(action(name), name=f"model control {name}"), joinable)
+        self._busy[name] = flight
+
+        def done(_: object) -> None:
+            if self._busy.get(name) is flight:
+                del self._busy[name]
+
+        flight.task.add_done_callback(done)
         # Shielded: an operator's client that hangs up must not cancel a load half-way.
-        return await asyncio.shield(task)
+        return await asyncio.shield(flight.task)
 
     def _check_controllable(self, name: str) -> None:
         if name in self._builtin_names():
@@ -175,16 +221,51 @@ class ModelRegistry:
         if not self._hosts_models and self._fleet is None:
             raise ModelControlError("this dispatcher's models cannot be loaded or unloaded")
 
-    async def _load(self, name: str) -> ModelEntry:
+    async def _load(self, name: str, override: LoadOverride | None = None) -> ModelEntry:
         assert self.repository is not None
         folder = self.repository / name
-        if not folder.is_dir():
-            raise UnknownModel(f"no folder {name!r} in the model repository")
         current = self._entries.get(name)
+        given = self._given(name, current, override) if override is not None else None
+        if override is None or not override.files:
+            if not folder.is_dir():
+                hint = ": or give its files with the load ('file:1/model.onnx')" if given else ""
+                raise UnknownModel(f"no folder {name!r} in the model repository{hint}")
+            private = None
+        else:
+            private = folder = await asyncio.to_thread(private_folder, override.files)
+        try:
+            entry = await self._install(name, current, folder, given)
+        except BaseException:
+            if private is not None:
+                remove_folder(private)
+            raise
+        if entry.state is ModelState.READY:
+            # The version replaced has finished its work: its private folder (if any) can go.
+            replaced = self._private.pop(name, None)
+            if private is not None:
+                self._private[name] = private
+            if replaced is not None:
+                remove_folder(replaced)
+        elif private is not None:
+            remove_folder(private)
+        return entry
+
+    def _given(self, name: str, current: ModelEntry | None, override: LoadOverride) -> GivenConfig:
+        """The load's config as the repository's keys; refused before anything changes."""
+        try:
+            return GivenConfig(name, read_json(override.config, name), JSON_SOURCE)
+        except ConfigRefused as refused:
+            raise self._refused(name, current, str(refused)) from None
+
+    async def _install(
+        self, name: str, current: ModelEntry | None, folder: Path, given: GivenConfig | None
+    ) -> ModelEntry:
+        """Read ``folder`` (with ``given``'s config, if any) and serve the model it holds."""
         # In a thread: a config without its tensors has them read from the model file.
-        found = await asyncio.to_thread(read_model, folder)
+        found = await asyncio.to_thread(read_model, folder, given)
+        by_request = given is not None
         if isinstance(found, BrokenModel):
-            return self._failed(name, current, found.reason)
+            return self._failed(name, current, found.reason, by_request)
         if current is None or current.state is not ModelState.READY:
             self._entries[name] = ModelEntry(name, found, ModelState.LOADING)
         host = self._host()
@@ -192,20 +273,25 @@ class ModelRegistry:
             kind = kind_of(found, self._settings)
             await host.install(kind, found.warmup)
         except SluicewayError as error:
-            return self._failed(name, current, str(error))
+            return self._failed(name, current, str(error), by_request)
         except Exception as error:  # a bug must not leave the model LOADING for ever
             logger.exception("loading model %s failed unexpectedly", name)
-            return self._failed(name, current, f"unexpected error: {error}")
+            return self._failed(name, current, f"unexpected error: {error}", by_request)
         entry = ModelEntry(name, found, ModelState.READY)
         self._entries[name] = entry
         self._publish(entry)
         logger.info("model %s version %s is ready", name, found.version)
         return entry
 
-    def _failed(self, name: str, current: ModelEntry | None, reason: str) -> ModelEntry:
-        """A failed (re)load: a version already serving keeps serving; say why either way."""
+    def _failed(
+        self, name: str, current: ModelEntry | None, reason: str, by_request: bool = False
+    ) -> ModelEntry:
+        """A failed (re)load: a version already serving keeps serving; say why either way.
+        ``by_request``: the load's own parameters are the cause (a 400, not a conflict)."""
         logger.warning("model %s did not load: %s", name, reason)
         if current is not None and current.state is ModelState.READY:
+            if by_request:
+                raise self._refused(name, current, reason)
             raise ModelControlError(
                 f"{name}: the new version did not load ({reason}); "
                 f"version {current.version} still serves"
@@ -223,8 +309,22 @@ class ModelRegistry:
         await self._host().uninstall(name)
         entry = ModelEntry(name, entry.record, ModelState.UNAVAILABLE, "unloaded")
         self._entries[name] = entry
+        private = self._private.pop(name, None)
+        if private is not None:
+            remove_folder(private)
         logger.info("model %s unloaded", name)
         return entry
+
+    def close(self) -> None:
+        """Remove the private folders of models loaded from files given with their load."""
+        while self._private:
+            remove_folder(self._private.popitem()[1])
+
+    @staticmethod
+    def _refused(name: str, current: ModelEntry | None, reason: str) -> LoadRefused:
+        serving = current is not None and current.state is ModelState.READY
+        still = f"; version {current.version} still serves" if serving and current else ""
+        return LoadRefused(f"{name} did not load: {reason}{still}")
 
     async def _load_quietly(self, name: str) -> None:
         try:

@@ -57,6 +57,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
+class GivenConfig:
+    """A config given instead of the folder's (a load request's ``config``): the model's name,
+    what the config says, and its name in refusals."""
+
+    name: str
+    triton: TritonKeys
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class BrokenModel:
     """A repository entry that cannot be served, and why (shown on the model list)."""
 
@@ -120,11 +130,15 @@ def scan(folder: Path) -> list[ModelRecord | BrokenModel]:
     return entries
 
 
-def read_model(folder: Path) -> ModelRecord | BrokenModel:
-    """The record of the model in ``folder`` (named after it), or why it cannot be served."""
-    name = folder.name
+def read_model(folder: Path, given: GivenConfig | None = None) -> ModelRecord | BrokenModel:
+    """The record of the model in ``folder`` (named after it), or why it cannot be served.
+
+    With ``given``, the model is ``given.name`` and its config is ``given``'s: the folder's
+    config files are not read, only its model and label files.
+    """
+    name = given.name if given is not None else folder.name
     try:
-        return _read(folder)
+        return _read(folder, name, given)
     except _Refused as refused:
         logger.warning("model %s is unavailable: %s", name, refused)
         return BrokenModel(name, str(refused))
@@ -134,11 +148,14 @@ class _Refused(Exception):
     pass
 
 
-def _read(folder: Path) -> ModelRecord:
-    name = folder.name
+def _read(folder: Path, name: str, given: GivenConfig | None) -> ModelRecord:
     if not _NAME.match(name):
-        raise _Refused("a model's folder name is 1-64 letters, digits, '_', '.' or '-'")
-    raw, source, triton = _raw_config(folder)
+        raise _Refused("a model's name (its folder's) is 1-64 letters, digits, '_', '.' or '-'")
+    triton: TritonKeys | None
+    if given is not None:
+        raw, source, triton = dict(given.triton.keys), given.source, given.triton
+    else:
+        raw, source, triton = _raw_config(folder)
     try:
         config = RepositoryConfig.model_validate(raw)
     except ValidationError as error:
@@ -152,9 +169,10 @@ def _read(folder: Path) -> ModelRecord:
     version, path = _model_file(folder, file_name, config.version, named)
     if triton is not None and triton.several_versions:
         logger.warning(
-            "model %s: its config.pbtxt asks Triton to serve %s; Sluiceway serves one version "
-            "of a model at a time: %s",
+            "model %s: %s asks Triton to serve %s; Sluiceway serves one version of a model at "
+            "a time: %s",
             name,
+            source,
             triton.several_versions,
             version,
         )

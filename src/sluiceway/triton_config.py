@@ -10,7 +10,9 @@ acted on: the README lists them.
 
 The text is parsed by protobuf into the ``ModelConfig`` message tritonclient generates from
 Triton's ``model_config.proto`` (the ``grpc`` extra), so every field Triton knows is read as
-Triton reads it and a misspelt one is an error naming its line.
+Triton reads it and a misspelt one is an error naming its line. The same message comes as JSON
+with a load request (Triton's ``config`` load parameter, ``read_json``): both forms go through
+``config_keys``, so a folder's config and a load's config mean the same.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ FIELDS = {
 
 
 class ConfigRefused(ValueError):
-    """A ``config.pbtxt`` Sluiceway cannot serve as written; the message says why."""
+    """A Triton config (a ``config.pbtxt``, or a load's) Sluiceway cannot serve as written;
+    the message says why."""
+
+
+PBTXT_SOURCE = "config.pbtxt"
+JSON_SOURCE = "the load's config"
+"""What a refusal names as the config it refuses: a folder's file, or a load request's."""
 
 
 @dataclass(frozen=True)
@@ -64,19 +72,40 @@ class TritonKeys:
 
 def read_pbtxt(text: str, folder_name: str) -> TritonKeys:
     """What ``text`` (a ``config.pbtxt``) says."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise ConfigRefused(
-            "reading config.pbtxt needs the grpc extra (pip install 'sluiceway[grpc]'), which "
-            "brings Triton's ModelConfig message; or write a config.toml"
-        ) from None
+    model_config_pb2 = _messages(PBTXT_SOURCE)
+    from google.protobuf import text_format  # protobuf comes with tritonclient's grpc extra
+
     try:
         config = text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as error:
         raise ConfigRefused(f"config.pbtxt is not Triton's model configuration: {error}") from None
-    return _keys(config, folder_name)
+    return config_keys(config, folder_name, PBTXT_SOURCE, "its folder")
+
+
+def read_json(text: str, model_name: str) -> TritonKeys:
+    """What ``text``, Triton's ``ModelConfig`` as JSON (the ``config`` parameter of a load
+    request), says."""
+    model_config_pb2 = _messages(JSON_SOURCE)
+    from google.protobuf import json_format  # protobuf comes with tritonclient's grpc extra
+
+    try:
+        config = json_format.Parse(text, model_config_pb2.ModelConfig())
+    except (json_format.ParseError, ValueError) as error:
+        raise ConfigRefused(f"{JSON_SOURCE} is not Triton's model configuration: {error}") from None
+    return config_keys(config, model_name, JSON_SOURCE, "the model loaded")
+
+
+def _messages(source: str) -> Any:
+    """tritonclient's ``model_config_pb2`` (the ``grpc`` extra), or why it cannot be read."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        instead = "; or write a config.toml" if source == PBTXT_SOURCE else ""
+        raise ConfigRefused(
+            f"reading {source} needs the grpc extra (pip install 'sluiceway[grpc]'), which "
+            f"brings Triton's ModelConfig message{instead}"
+        ) from None
+    return model_config_pb2
 
 
 def auto_config() -> TritonKeys:
@@ -86,28 +115,29 @@ def auto_config() -> TritonKeys:
     )
 
 
-def _keys(config: Any, folder_name: str) -> TritonKeys:
-    if config.name and config.name != folder_name:
+def config_keys(config: Any, name: str, source: str, named_by: str) -> TritonKeys:
+    """What ``config`` (a ``ModelConfig`` message) says for the model ``name``; ``source`` is
+    the config's name in refusals, ``named_by`` what names the model (its folder, or the load
+    request)."""
+    if config.name and config.name != name:
         raise ConfigRefused(
-            f"config.pbtxt names the model {config.name!r}, but its folder is {folder_name!r}: "
+            f"{source} names the model {config.name!r}, but {named_by} is {name!r}: "
             "Triton requires them to match"
         )
-    _check_platform(config.platform, config.backend)
+    _check_platform(config.platform, config.backend, source)
     for name, what in (
         ("sequence_batching", "sequence batching (stateful models)"),
         ("ensemble_scheduling", "ensembles"),
     ):
         if config.HasField(name):
-            raise ConfigRefused(f"config.pbtxt asks for {what}, which Sluiceway does not serve")
+            raise ConfigRefused(f"{source} asks for {what}, which Sluiceway does not serve")
     if config.batch_input or config.batch_output:
         raise ConfigRefused(
-            "config.pbtxt has batch_input or batch_output (ragged batching), which Sluiceway "
+            f"{source} has batch_input or batch_output (ragged batching), which Sluiceway "
             "does not serve"
         )
     if config.model_transaction_policy.decoupled:
-        raise ConfigRefused(
-            "config.pbtxt asks for a decoupled model, which Sluiceway does not serve"
-        )
+        raise ConfigRefused(f"{source} asks for a decoupled model, which Sluiceway does not serve")
     keys: dict[str, Any] = {"platform": "onnx", "max_batch_size": config.max_batch_size}
     inputs = [_tensor(tensor, "input") for tensor in config.input]
     outputs = [_tensor(tensor, "output") for tensor in config.output]
@@ -117,7 +147,7 @@ def _keys(config: Any, folder_name: str) -> TritonKeys:
         keys["outputs"] = outputs
     labels = [tensor.label_filename for tensor in config.output if tensor.label_filename]
     if len(set(labels)) > 1:
-        raise ConfigRefused("config.pbtxt names more than one label_filename; Sluiceway takes one")
+        raise ConfigRefused(f"{source} names more than one label_filename; Sluiceway takes one")
     if labels:
         keys["labels"] = labels[0]
     if config.HasField("dynamic_batching"):
@@ -151,17 +181,17 @@ def _keys(config: Any, folder_name: str) -> TritonKeys:
     )
 
 
-def _check_platform(platform: str, backend: str) -> None:
+def _check_platform(platform: str, backend: str, source: str) -> None:
     if not platform and not backend:
         return  # Triton's auto-complete finds the backend by the file: model.onnx
     if platform and platform not in ONNX_PLATFORMS:
         raise ConfigRefused(
-            f"config.pbtxt's platform {platform!r} is not served: Sluiceway serves ONNX models "
+            f"{source}'s platform {platform!r} is not served: Sluiceway serves ONNX models "
             "from Triton's config (platform onnxruntime_onnx or backend onnxruntime)"
         )
     if backend and backend not in ONNX_BACKENDS:
         raise ConfigRefused(
-            f"config.pbtxt's backend {backend!r} is not served: Sluiceway serves ONNX models "
+            f"{source}'s backend {backend!r} is not served: Sluiceway serves ONNX models "
             "from Triton's config (platform onnxruntime_onnx or backend onnxruntime)"
         )
 

@@ -175,6 +175,21 @@ async def test_model_control_errors_are_those_of_an_embedded_server(cluster: Clu
     await eventually(lambda: ready(cluster.b, "linear"))
 
 
+async def test_load_parameters_are_refused_not_ignored(cluster: Cluster) -> None:
+    """Workers load from the shared folder: a config or files given to one API node would not
+    reach them, so a load carrying them is a 400 saying so, and nothing changes."""
+    config = '{"max_batch_size": 2}'
+    for parameters in ({"config": config}, {"config": config, "file:1/model.onnx": "AAAA"}):
+        answer = await cluster.a.post(
+            "/v2/repository/models/linear/load", headers=AUTH, json={"parameters": parameters}
+        )
+        assert answer.status_code == 400, answer.text
+        assert "not passed on to split-mode workers" in answer.json()["error"]
+    config_now = await cluster.b.get("/v2/models/linear/config")
+    assert config_now.json()["max_batch_size"] == 16
+    await eventually(lambda: ready(cluster.b, "linear"))
+
+
 async def test_a_model_no_worker_can_load_is_unavailable_with_the_workers_reason(
     cluster: Cluster,
 ) -> None:

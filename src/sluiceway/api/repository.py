@@ -7,7 +7,9 @@
 - ``POST /v2/repository/models/{name}/load`` and ``.../unload``: need
   ``Authorization: Bearer <SLUICEWAY_ADMIN_TOKEN>``; with no token set they answer 403 saying how
   to turn them on. A load answers once the model is ready (or why it is not); an unload once the
-  model's accepted requests are answered.
+  model's accepted requests are answered. A load's body may carry Triton's load parameters
+  (``{"parameters": {"config": "<JSON>", "file:1/model.onnx": "<base64>"}}``, see
+  ``load_parameters.py``); what cannot be used as given is a 400 naming it.
 - ``POST /v1/models/{name}/infer`` with ``{"inputs": {"<name>": nested lists}}`` →
   ``{"model", "version", "outputs": {"<name>": nested lists}}`` for tensor models; requests of
   the same shapes share one model call.
@@ -30,7 +32,8 @@ from pydantic import SecretStr
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
-from sluiceway.errors import BadInput, ModelControlError, UnknownModel
+from sluiceway.errors import BadInput, LoadRefused, ModelControlError, UnknownModel
+from sluiceway.load_parameters import from_http
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.tensors import TensorRequest, shape_key
 from sluiceway.registry import ModelRegistry
@@ -81,9 +84,15 @@ def repository_index_of(registry: ModelRegistry, ready_only: bool) -> list[dict[
 
 @router.post("/v2/repository/models/{name}/load")
 async def load_model(name: str, request: Request) -> Response:
-    """Load (or reload, from its folder as it is now) one repository model."""
+    """Load (or reload, from its folder as it is now) one repository model; with Triton's load
+    parameters in the body, from the config (and files) they give."""
     registry = registry_of(request)
-    return await _control(request, lambda: registry.load(name))
+
+    async def load() -> ModelEntry:
+        body = await read_body(request, services_of(request).settings.max_body_bytes)
+        return await registry.load(name, from_http(body))
+
+    return await _control(request, load)
 
 
 @router.post("/v2/repository/models/{name}/unload")
@@ -151,6 +160,8 @@ async def _control(request: Request, action: Callable[[], Awaitable[ModelEntry]]
         return denied
     try:
         entry = await action()
+    except LoadRefused as error:
+        return _error(400, str(error))
     except UnknownModel as error:
         return _error(404, str(error))
     except ModelControlError as error:

@@ -12,11 +12,12 @@ here.
 Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 (``ServerMetadata``, ``ModelMetadata``, ``ModelConfig``), ``ModelInfer`` and
 ``ModelStreamInfer``, ``ModelStatistics``, the repository extension (``RepositoryIndex``,
-``RepositoryModelLoad`` and ``RepositoryModelUnload``, with the admin token as
-``authorization`` metadata) and system shared memory (where ``SLUICEWAY_ALLOW_CLIENT_SHM``).
-The rest (CUDA shared memory, trace and log settings) answer ``UNIMPLEMENTED``. Beside it, the
-standard health service ``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so
-that ``grpcurl`` lists and describes the services without the proto files.
+``RepositoryModelLoad`` with its load parameters, and ``RepositoryModelUnload``, with the admin
+token as ``authorization`` metadata) and system shared memory (where
+``SLUICEWAY_ALLOW_CLIENT_SHM``). The rest (CUDA shared memory, trace and log settings) answer
+``UNIMPLEMENTED``. Beside it, the standard health service ``grpc.health.v1.Health``
+(``grpc_health``) and server reflection, so that ``grpcurl`` lists and describes the services
+without the proto files.
 
 Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
 gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
@@ -46,6 +47,7 @@ from sluiceway.api.oip.regions import regions_of
 from sluiceway.api.repository import control_refusal, load_failure, repository_index_of
 from sluiceway.config import Settings
 from sluiceway.errors import ModelUnavailable, Overloaded, UnknownModel
+from sluiceway.load_parameters import from_grpc
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.runtime.memory import keep_freed_heap, map_large_blocks
 from sluiceway.services import Services
@@ -361,7 +363,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         self, request: service_pb2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryModelLoadResponse:
         async def work() -> service_pb2.RepositoryModelLoadResponse:
-            await self._control(context, self.services.registry.load, request.model_name)
+            registry = self.services.registry
+
+            async def load(name: str) -> ModelEntry:
+                return await registry.load(name, from_grpc(request.parameters))
+
+            await self._control(context, load, request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
 
         return await self._call("RepositoryModelLoad", context, work)

@@ -36,6 +36,10 @@ PLATFORMS = {
 }
 """Each model kind's ``platform`` in model metadata (Triton's names where it has one)."""
 
+BACKENDS = {"onnx": "onnxruntime", "onnx-classifier": "onnxruntime", "tflite-classifier": "tflite"}
+"""Each model kind's ``backend`` in its config, Triton's name where it has one: a config read
+back and sent with a load (as Model Analyzer does) then names a backend the load accepts."""
+
 
 def server_metadata(services: Services) -> dict[str, Any]:
     """Server name, version and the protocol extensions it speaks."""
@@ -110,7 +114,7 @@ def model_config(services: Services, name: str, version: str | None) -> dict[str
     return {
         "name": name,
         "platform": PLATFORMS.get(record.kind, record.kind),
-        "backend": record.kind,
+        "backend": BACKENDS.get(record.kind, record.kind),
         "max_batch_size": policy.max_batch if batched else 0,
         "input": [config_tensor(spec) for spec in tensors.inputs] if tensors else [],
         "output": [config_tensor(spec) for spec in tensors.outputs] if tensors else [],
