@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def _imports(code: str, module: str = "sklearn") -> bool:
     """Whether running ``code`` in a fresh interpreter leaves ``module`` imported."""
@@ -39,6 +41,7 @@ def test_a_server_running_the_kiosk_imports_it_before_its_first_request() -> Non
 
 
 def test_grpc_is_imported_only_where_its_port_is_set() -> None:
+    pytest.importorskip("grpc", reason="the grpc extra is not installed (pip install -e '.[grpc]')")
     # grpcio and the protocol's message classes: an optional extra, loaded only when asked for.
     started = (
         "import asyncio\n"

@@ -3,7 +3,6 @@ without a config completed from its ONNX file, and what cannot be served refused
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,9 +16,18 @@ from tests.conftest import app_client, fast_settings
 from tests.fixtures.model_repository import linear
 from tests.fixtures.onnx_models import echo_model, linear_model
 
+
+def _triton_messages() -> bool:
+    """Whether Triton's ModelConfig message can be imported (the grpc extra)."""
+    try:
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except (ImportError, RuntimeError):  # tritonclient without grpcio raises the latter
+        return False
+    return True
+
+
 pbtxt = pytest.mark.skipif(
-    importlib.util.find_spec("tritonclient") is None
-    or importlib.util.find_spec("tritonclient.grpc") is None,
+    not _triton_messages(),
     reason="config.pbtxt is read with the grpc extra (pip install 'sluiceway[grpc]')",
 )
 

@@ -99,7 +99,7 @@ def _messages(source: str) -> Any:
     """tritonclient's ``model_config_pb2`` (the ``grpc`` extra), or why it cannot be read."""
     try:
         from tritonclient.grpc import model_config_pb2
-    except ImportError:
+    except (ImportError, RuntimeError):  # tritonclient without its grpc part raises the latter
         instead = "; or write a config.toml" if source == PBTXT_SOURCE else ""
         raise ConfigRefused(
             f"reading {source} needs the grpc extra (pip install 'sluiceway[grpc]'), which "

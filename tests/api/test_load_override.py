@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+pytest.importorskip("grpc", reason="the grpc extra is not installed (pip install -e '.[grpc]')")
 pytest.importorskip(
     "tritonclient.grpc", reason="load configs are Triton's ModelConfig: the grpc extra"
 )

@@ -15,20 +15,25 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as triton
-import tritonclient.utils.shared_memory as shm
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from sluiceway.api.oip.grpc_service import InferenceService
-from sluiceway.runtime.metrics import Metrics
-from tests.fixtures.live_server import live_server
-from tests.fixtures.model_repository import linear, repository
-from tests.fixtures.onnx_models import ECHO_TYPES
+_EXTRA = "needs the grpc extra (pip install -e '.[grpc]')"
+pytest.importorskip("grpc", reason=_EXTRA)
+pytest.importorskip("tritonclient.grpc", reason=_EXTRA)
+
+import grpc  # noqa: E402
+import tritonclient.grpc as triton  # noqa: E402
+import tritonclient.utils.shared_memory as shm  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype  # noqa: E402
+
+from sluiceway.api.oip.grpc_service import InferenceService  # noqa: E402
+from sluiceway.runtime.metrics import Metrics  # noqa: E402
+from tests.fixtures.live_server import live_server  # noqa: E402
+from tests.fixtures.model_repository import linear, repository  # noqa: E402
+from tests.fixtures.onnx_models import ECHO_TYPES  # noqa: E402
 
 MAX_BODY = 64 * 1024
 TOKEN = "grpc-test-token"

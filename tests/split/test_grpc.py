@@ -10,18 +10,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
 
-from sluiceway.app import create_app
-from sluiceway.kinds import served_kinds
-from sluiceway.runtime.metrics import Metrics
-from sluiceway.split.worker import Worker
-from tests.conftest import app_client, fast_settings
-from tests.fixtures.model_repository import LINEAR_CONFIG, linear
-from tests.fixtures.onnx_models import linear_model
-from tests.fixtures.waiting import eventually
-from tests.redis_server import RedisServer, free_port
+_EXTRA = "needs the grpc extra (pip install -e '.[grpc]')"
+pytest.importorskip("grpc", reason=_EXTRA)
+pytest.importorskip("tritonclient.grpc", reason=_EXTRA)
+
+import tritonclient.grpc.aio as triton  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from sluiceway.app import create_app  # noqa: E402
+from sluiceway.kinds import served_kinds  # noqa: E402
+from sluiceway.runtime.metrics import Metrics  # noqa: E402
+from sluiceway.split.worker import Worker  # noqa: E402
+from tests.conftest import app_client, fast_settings  # noqa: E402
+from tests.fixtures.model_repository import LINEAR_CONFIG, linear  # noqa: E402
+from tests.fixtures.onnx_models import linear_model  # noqa: E402
+from tests.fixtures.waiting import eventually  # noqa: E402
+from tests.redis_server import RedisServer, free_port  # noqa: E402
 
 
 class Node:
