@@ -56,6 +56,21 @@ PLATFORMS = {"onnx": "onnx", "onnxruntime_onnx": "onnx", "tflite": "tflite"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` can name a repository model (and so a folder inside the repository:
+    no separator, no ``..``)."""
+    return bool(_NAME.match(name))
+
+
+def is_image_classifier(folder: Path) -> bool:
+    """Whether the folder's ``config.toml`` makes its model an image classifier (an ``[image]``
+    table, which Triton's config has no form for)."""
+    try:
+        return "image" in tomllib.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class GivenConfig:
     """A config given instead of the folder's (a load request's ``config``): the model's name,
@@ -307,7 +322,15 @@ def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:
         raise _Refused("labels must name a file inside the model's folder")
     if not path.is_file():
         raise _Refused(f"labels file {file_name!r} is missing")
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _Refused(
+            f"labels file {file_name!r} is not UTF-8 text (byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise _Refused(f"labels file {file_name!r} cannot be read: {error}") from None
+    names = tuple(line.strip() for line in text.splitlines())
     return tuple(name for name in names if name)
 
 

@@ -88,6 +88,8 @@ def read_json(text: str, model_name: str) -> TritonKeys:
     model_config_pb2 = _messages(JSON_SOURCE)
     from google.protobuf import json_format  # protobuf comes with tritonclient's grpc extra
 
+    if not text.lstrip().startswith("{"):
+        raise ConfigRefused(f"{JSON_SOURCE} must be a JSON object: Triton's ModelConfig")
     try:
         config = json_format.Parse(text, model_config_pb2.ModelConfig())
     except (json_format.ParseError, ValueError) as error:
