@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -94,6 +95,8 @@ class _Tensor(BaseModel):
     name: Annotated[str, Field(min_length=1)]
     datatype: Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
     dims: list[Annotated[int, Field(ge=-1)]]
+    reshape: list[Annotated[int, Field(ge=-1)]] | None = None
+    """The model file's shape, where it differs from ``dims`` (Triton's ``reshape``)."""
 
 
 class _Image(BaseModel):
@@ -336,7 +339,21 @@ def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:
 
 def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
     shape = (-1, *tensor.dims) if batched else tuple(tensor.dims)
-    return TensorSpec(tensor.name, tensor.datatype, shape)
+    model_shape = None
+    if tensor.reshape is not None:
+        model_shape = (-1, *tensor.reshape) if batched else tuple(tensor.reshape)
+        variable = tensor.dims.count(-1), tensor.reshape.count(-1)
+        if variable[1] > 1 or variable[0] != variable[1]:
+            raise _Refused(
+                f"{tensor.name!r}: a reshape may leave one dimension variable (-1), as its dims do"
+            )
+        fixed = [d for d in tensor.dims if d != -1], [d for d in tensor.reshape if d != -1]
+        if variable == (0, 0) and math.prod(fixed[0]) != math.prod(fixed[1]):
+            raise _Refused(
+                f"{tensor.name!r} has dims {tensor.dims} and a reshape to {tensor.reshape}: "
+                "they must hold as many elements"
+            )
+    return TensorSpec(tensor.name, tensor.datatype, shape, model_shape)
 
 
 def _completed(
@@ -387,7 +404,8 @@ def _check_declared(
                 f"the config declares {role} {spec.name!r}; the file's {role}s are "
                 f"{sorted(by_name)}"
             )
-        given = list(spec.shape[1:] if batched else spec.shape)
+        as_model = spec.model_shape if spec.model_shape is not None else spec.shape
+        given = list(as_model[1:] if batched else as_model)
         shape = list(file_spec.shape[1:] if batched else file_spec.shape)
         fits = len(given) == len(shape) and all(
             mine == theirs or mine == -1 or theirs == -1
@@ -395,8 +413,9 @@ def _check_declared(
         )
         if not fits:
             batch = " after its batch dimension" if batched else ""
+            what = "a reshape to" if spec.model_shape is not None else "dims"
             raise _Refused(
-                f"{role} {spec.name!r} has dims {given} in the config, {shape} in the file{batch}"
+                f"{role} {spec.name!r} has {what} {given} in the config, {shape} in the file{batch}"
             )
     missing = sorted(set(by_name) - _names(declared))
     if every and missing:
