@@ -255,8 +255,12 @@ def test_config_toml_wins_and_the_model_file_may_be_named(tmp_path: Path) -> Non
         ('platform: "onnxruntime_onnx"\nbackend: "pytorch"', "backend 'pytorch' is not served"),
         ("sequence_batching { }", "sequence batching"),
         ("ensemble_scheduling { }", "ensembles"),
-        ("max_batch_size: 8\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 2, 2 ] "
-         "reshape: { shape: [ 4 ] } } ]", "input 'x' has a reshape"),
+        ('max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 2 ] '
+         'reshape: { shape: [ 5 ] } } ]', "'x' has dims [2, 2] and a reshape to [5]"),
+        ('max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 2 ] '
+         'reshape: { shape: [ 4, 1 ] } } ]', "a reshape to [4, 1] in the config, [4]"),
+        ('max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 2 ] '
+         'reshape: { shape: [ -1 ] } } ]', "a reshape may leave one dimension variable"),
         ('input [ { name: "x" dims: [ 4 ] } ]', "input 'x' has no data_type"),
         ('input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] optional: true } ]', "optional"),
         ("instance_group [ { count: 1 kind: KIND_GPU } ]", "KIND_GPU: Sluiceway runs models on"),
@@ -317,3 +321,45 @@ async def test_a_triton_repository_answers_the_protocol_as_configured(tmp_path: 
         assert (await http.get("/v2/models/auto/config")).json()["max_batch_size"] == 4
         missing = await http.get("/v2/models/linear/versions/3")
         assert missing.status_code == 404 and "serves version 2" in missing.json()["error"]
+
+
+@pbtxt
+async def test_a_reshape_serves_the_config_dims_and_feeds_the_files_shape(tmp_path: Path) -> None:
+    """As Triton's quickstart densenet_onnx: the file takes [1, 4] and gives [1, 3]; requests
+    send [4] and get [3]. And a batched model whose rows are [2, 2] to clients, [4] to the file."""
+    root = tmp_path / "models"
+    flat = root / "flat"
+    weights = linear_model(flat / "1" / "model.onnx", batch=1, seed=5)
+    (flat / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ], reshape: { shape: [ 1, 4 ] } } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ], reshape: { shape: [ 1, 3 ] } } ]'
+    )
+    squares = root / "squares"
+    batched_weights = linear_model(squares / "1" / "model.onnx", seed=6)
+    (squares / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 2, 2 ], reshape: { shape: [ 4 ] } } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]'
+    )
+    async with app_client(create_app(fast_settings(model_repository=str(root)))) as http:
+        metadata = (await http.get("/v2/models/flat")).json()
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [4]}]
+        config = (await http.get("/v2/models/flat/config")).json()
+        assert config["input"][0]["reshape"] == {"shape": [1, 4]}
+        x = np.random.default_rng(7).normal(size=4).astype(np.float32)
+        body = {"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": x.tolist()}]}
+        answer = await http.post("/v2/models/flat/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        assert output["shape"] == [3]
+        np.testing.assert_allclose(output["data"], linear(weights, x[None])[0], rtol=1e-5)
+        rows = np.random.default_rng(8).normal(size=(3, 2, 2)).astype(np.float32)
+        body = {"inputs": [{"name": "x", "shape": [3, 2, 2], "datatype": "FP32",
+                            "data": rows.ravel().tolist()}]}  # fmt: skip
+        answer = await http.post("/v2/models/squares/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        assert output["shape"] == [3, 3]
+        expected = linear(batched_weights, rows.reshape(3, 4))
+        np.testing.assert_allclose(np.reshape(output["data"], (3, 3)), expected, rtol=1e-5)

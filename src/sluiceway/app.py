@@ -103,7 +103,7 @@ def create_app(
             if grpc is not None:
                 await grpc.stop()
             await services.dispatcher.close()
-            services.registry.close()
+            await services.registry.close()
             if fleet is not None:
                 await fleet.close()
             await fetcher.aclose()

@@ -31,6 +31,11 @@ from sluiceway.errors import LoadRefused
 
 CONFIG = "config"
 FILE_PREFIX = "file:"
+MAX_FILES = 1000
+"""Files one load may give: a model is a file or a few (with its labels); many more would only
+cost the server time to write and remove."""
+MAX_DEPTH = 8
+"""Folders deep a given file may be, below the model's folder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +58,19 @@ def from_http(body: bytes) -> LoadOverride | None:
         raise LoadRefused(f'the body is not JSON ({error}): send {{"parameters": ...}}') from None
     if not isinstance(request, dict):
         raise LoadRefused('the body must be a JSON object: {"parameters": {...}}')
-    parameters = request.get("parameters") or {}
+    parameters = request.get("parameters", {})
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
         raise LoadRefused('"parameters" must be a JSON object of parameter names to values')
     config: Any = None
     files: dict[str, bytes] = {}
     for name, value in parameters.items():
         if name == CONFIG:
+            if not isinstance(value, str):
+                raise LoadRefused(
+                    "parameter 'config' must be a string: Triton's ModelConfig as JSON"
+                )
             config = value
         elif name.startswith(FILE_PREFIX):
             if not isinstance(value, str):
@@ -103,6 +114,8 @@ def _override(config: Any, files: dict[str, bytes]) -> LoadOverride | None:
         )
     if not isinstance(config, str):
         raise LoadRefused("parameter 'config' must be a string: Triton's ModelConfig as JSON")
+    if len(files) > MAX_FILES:
+        raise LoadRefused(f"a load gives at most {MAX_FILES} files; this one gives {len(files)}")
     return LoadOverride(config, {_relative_path(name): data for name, data in files.items()})
 
 
@@ -111,7 +124,12 @@ def _relative_path(name: str) -> str:
     reach outside it (absolute, ``..``) or is not a plain path."""
     path = name.removeprefix(FILE_PREFIX)
     parts = path.split("/")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in path:
+    if (
+        path.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or "\0" in path
+        or len(parts) > MAX_DEPTH + 1
+    ):
         raise LoadRefused(
             f"parameter {name!r} does not name a file inside the model's folder: give a "
             "relative path such as 'file:1/model.onnx', without '..'"
@@ -126,10 +144,15 @@ def _unrecognized(name: str) -> LoadRefused:
     )
 
 
-def private_folder(files: Mapping[str, bytes]) -> Path:
-    """A new folder, readable by this user alone, holding ``files`` (relative paths checked by
-    ``from_http`` / ``from_grpc``): the model's folder while the version it holds serves."""
-    root = Path(tempfile.mkdtemp(prefix="sluiceway-load-"))
+def new_private_folder() -> Path:
+    """A new, empty folder readable by this user alone (made on the caller's thread, so whoever
+    made it always knows it, whatever happens while it is filled)."""
+    return Path(tempfile.mkdtemp(prefix="sluiceway-load-"))
+
+
+def write_files(root: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` (relative paths checked by ``from_http`` / ``from_grpc``) into ``root``,
+    the model's folder while the version it holds serves."""
     try:
         for relative, data in files.items():
             path = root / relative
@@ -137,9 +160,7 @@ def private_folder(files: Mapping[str, bytes]) -> Path:
             with path.open("xb") as file:  # "x": never through an entry already there
                 file.write(data)
     except OSError as error:
-        remove_folder(root)
         raise LoadRefused(f"the model's files could not be written as given: {error}") from None
-    return root
 
 
 def remove_folder(folder: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from sluiceway.config import Settings
 from sluiceway.errors import (
+    BadInput,
     LoadRefused,
     ModelControlError,
     ModelUnavailable,
@@ -36,10 +37,22 @@ from sluiceway.errors import (
 from sluiceway.fleet_entries import FleetEntries, ModelFleet
 from sluiceway.inputs.pixels import ImageInput
 from sluiceway.kinds import builtin_records, kind_of
-from sluiceway.load_parameters import LoadOverride, private_folder, remove_folder
+from sluiceway.load_parameters import (
+    LoadOverride,
+    new_private_folder,
+    remove_folder,
+    write_files,
+)
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.records import ModelRecord
-from sluiceway.repository import BrokenModel, GivenConfig, read_model, scan
+from sluiceway.repository import (
+    BrokenModel,
+    GivenConfig,
+    is_image_classifier,
+    is_model_name,
+    read_model,
+    scan,
+)
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
 from sluiceway.runtime.memory import map_large_blocks
 from sluiceway.triton_config import JSON_SOURCE, ConfigRefused, read_json
@@ -49,11 +62,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Flight:
-    """A load or unload running for one name; ``joinable``: another plain load or unload of
-    the name may wait for its answer instead of running again."""
+    """A load or unload running for one name; ``joinable``: another plain request of the same
+    ``kind`` (a load, or an unload) may wait for its answer instead of running again."""
 
     task: asyncio.Task[ModelEntry]
     joinable: bool
+    kind: str
 
 
 class ModelRegistry:
@@ -180,27 +194,32 @@ class ModelRegistry:
                     "which load models from the shared repository folder: change the folder, "
                     "then load without parameters"
                 )
-            return await self._single_flight(name, fleet.load)
+            return await self._single_flight(name, fleet.load, "load")
         if override is None:
-            return await self._single_flight(name, self._load)
+            return await self._single_flight(name, self._load, "load")
         return await self._single_flight(
-            name, lambda name: self._load(name, override), joinable=False
+            name, lambda name: self._load(name, override), "load", joinable=False
         )
 
     async def unload(self, name: str) -> ModelEntry:
         """Stop serving ``name`` once its accepted requests are answered."""
         fleet = self._fleet_entries
-        return await self._single_flight(name, fleet.unload if fleet is not None else self._unload)
+        action = fleet.unload if fleet is not None else self._unload
+        return await self._single_flight(name, action, "unload")
 
-    async def _single_flight(self, name: str, action: Any, *, joinable: bool = True) -> ModelEntry:
-        """Run ``action(name)`` unless a load or unload of ``name`` runs: then answer with that
-        one's result, or (a load with parameters, which is not the one running) run after it."""
+    async def _single_flight(
+        self, name: str, action: Any, kind: str, *, joinable: bool = True
+    ) -> ModelEntry:
+        """Run ``action(name)`` unless a request of the same ``kind`` for ``name`` runs: then
+        answer with that one's result. A request of the other kind, or a load with parameters,
+        runs after the one running (a load never answers with an unload's result)."""
         self._check_controllable(name)
         while (busy := self._busy.get(name)) is not None:
-            if joinable and busy.joinable:
+            if joinable and busy.joinable and busy.kind == kind:
                 return await asyncio.shield(busy.task)
             await asyncio.wait([busy.task])
-        flight = _Flight(asyncio.create_task(action(name), name=f"model control {name}"), joinable)
+        task = asyncio.create_task(action(name), name=f"model control {name}")
+        flight = _Flight(task, joinable, kind)
         self._busy[name] = flight
 
         def done(_: object) -> None:
@@ -212,6 +231,11 @@ class ModelRegistry:
         return await asyncio.shield(flight.task)
 
     def _check_controllable(self, name: str) -> None:
+        if not is_model_name(name):  # before any path is made of it (gRPC names may hold '/')
+            raise BadInput(
+                f"{name!r} is not a model name: 1-64 letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit"
+            )
         if name in self._builtin_names():
             raise ModelControlError(f"{name!r} is a built-in model: it is always served")
         if self.repository is None:
@@ -225,19 +249,24 @@ class ModelRegistry:
         assert self.repository is not None
         folder = self.repository / name
         current = self._entries.get(name)
-        given = self._given(name, current, override) if override is not None else None
+        given = None
+        if override is not None:
+            # In a thread: a config of megabytes takes seconds to parse.
+            given = await asyncio.to_thread(self._given, name, current, folder, override)
+        private = None
         if override is None or not override.files:
             if not folder.is_dir():
                 hint = ": or give its files with the load ('file:1/model.onnx')" if given else ""
                 raise UnknownModel(f"no folder {name!r} in the model repository{hint}")
-            private = None
         else:
-            private = folder = await asyncio.to_thread(private_folder, override.files)
+            private = folder = new_private_folder()  # known here, whatever happens below
         try:
+            if private is not None and override is not None:
+                await asyncio.to_thread(write_files, private, override.files)
             entry = await self._install(name, current, folder, given)
         except BaseException:
             if private is not None:
-                remove_folder(private)
+                await asyncio.to_thread(remove_folder, private)
             raise
         if entry.state is ModelState.READY:
             # The version replaced has finished its work: its private folder (if any) can go.
@@ -245,13 +274,25 @@ class ModelRegistry:
             if private is not None:
                 self._private[name] = private
             if replaced is not None:
-                remove_folder(replaced)
+                await asyncio.to_thread(remove_folder, replaced)
         elif private is not None:
-            remove_folder(private)
+            await asyncio.to_thread(remove_folder, private)
         return entry
 
-    def _given(self, name: str, current: ModelEntry | None, override: LoadOverride) -> GivenConfig:
+    def _given(
+        self, name: str, current: ModelEntry | None, folder: Path, override: LoadOverride
+    ) -> GivenConfig:
         """The load's config as the repository's keys; refused before anything changes."""
+        record = current.record if current is not None else None
+        if (record is not None and record.image is not None) or (
+            not override.files and is_image_classifier(folder)
+        ):
+            raise self._refused(
+                name,
+                current,
+                "it is an image classifier, whose [image] table in config.toml has no form in "
+                "Triton's config: change the folder's config.toml and load without parameters",
+            )
         try:
             return GivenConfig(name, read_json(override.config, name), JSON_SOURCE)
         except ConfigRefused as refused:
@@ -301,9 +342,10 @@ class ModelRegistry:
         return entry
 
     async def _unload(self, name: str) -> ModelEntry:
-        entry = self.entry(name)
-        if entry.state is not ModelState.READY:
-            return entry
+        # The entry as installed: one whose last reload failed (shown unavailable) still serves.
+        entry = self._entries.get(name)
+        if entry is None or entry.state is not ModelState.READY:
+            return self.entry(name)
         entry.state = ModelState.UNLOADING
         self._image_inputs.pop(name, None)
         await self._host().uninstall(name)
@@ -311,12 +353,16 @@ class ModelRegistry:
         self._entries[name] = entry
         private = self._private.pop(name, None)
         if private is not None:
-            remove_folder(private)
+            await asyncio.to_thread(remove_folder, private)
         logger.info("model %s unloaded", name)
         return entry
 
-    def close(self) -> None:
-        """Remove the private folders of models loaded from files given with their load."""
+    async def close(self) -> None:
+        """Let loads and unloads running end (within the request timeout), then remove the
+        private folders of models loaded from files given with their load."""
+        running = [flight.task for flight in self._busy.values()]
+        if running:
+            await asyncio.wait(running, timeout=self._settings.request_timeout_s)
         while self._private:
             remove_folder(self._private.popitem()[1])
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -56,6 +57,21 @@ PLATFORMS = {"onnx": "onnx", "onnxruntime_onnx": "onnx", "tflite": "tflite"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` can name a repository model (and so a folder inside the repository:
+    no separator, no ``..``)."""
+    return bool(_NAME.match(name))
+
+
+def is_image_classifier(folder: Path) -> bool:
+    """Whether the folder's ``config.toml`` makes its model an image classifier (an ``[image]``
+    table, which Triton's config has no form for)."""
+    try:
+        return "image" in tomllib.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class GivenConfig:
     """A config given instead of the folder's (a load request's ``config``): the model's name,
@@ -79,6 +95,8 @@ class _Tensor(BaseModel):
     name: Annotated[str, Field(min_length=1)]
     datatype: Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
     dims: list[Annotated[int, Field(ge=-1)]]
+    reshape: list[Annotated[int, Field(ge=-1)]] | None = None
+    """The model file's shape, where it differs from ``dims`` (Triton's ``reshape``)."""
 
 
 class _Image(BaseModel):
@@ -307,13 +325,35 @@ def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:
         raise _Refused("labels must name a file inside the model's folder")
     if not path.is_file():
         raise _Refused(f"labels file {file_name!r} is missing")
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _Refused(
+            f"labels file {file_name!r} is not UTF-8 text (byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise _Refused(f"labels file {file_name!r} cannot be read: {error}") from None
+    names = tuple(line.strip() for line in text.splitlines())
     return tuple(name for name in names if name)
 
 
 def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
     shape = (-1, *tensor.dims) if batched else tuple(tensor.dims)
-    return TensorSpec(tensor.name, tensor.datatype, shape)
+    model_shape = None
+    if tensor.reshape is not None:
+        model_shape = (-1, *tensor.reshape) if batched else tuple(tensor.reshape)
+        variable = tensor.dims.count(-1), tensor.reshape.count(-1)
+        if variable[1] > 1 or variable[0] != variable[1]:
+            raise _Refused(
+                f"{tensor.name!r}: a reshape may leave one dimension variable (-1), as its dims do"
+            )
+        fixed = [d for d in tensor.dims if d != -1], [d for d in tensor.reshape if d != -1]
+        if variable == (0, 0) and math.prod(fixed[0]) != math.prod(fixed[1]):
+            raise _Refused(
+                f"{tensor.name!r} has dims {tensor.dims} and a reshape to {tensor.reshape}: "
+                "they must hold as many elements"
+            )
+    return TensorSpec(tensor.name, tensor.datatype, shape, model_shape)
 
 
 def _completed(
@@ -364,7 +404,8 @@ def _check_declared(
                 f"the config declares {role} {spec.name!r}; the file's {role}s are "
                 f"{sorted(by_name)}"
             )
-        given = list(spec.shape[1:] if batched else spec.shape)
+        as_model = spec.model_shape if spec.model_shape is not None else spec.shape
+        given = list(as_model[1:] if batched else as_model)
         shape = list(file_spec.shape[1:] if batched else file_spec.shape)
         fits = len(given) == len(shape) and all(
             mine == theirs or mine == -1 or theirs == -1
@@ -372,8 +413,9 @@ def _check_declared(
         )
         if not fits:
             batch = " after its batch dimension" if batched else ""
+            what = "a reshape to" if spec.model_shape is not None else "dims"
             raise _Refused(
-                f"{role} {spec.name!r} has dims {given} in the config, {shape} in the file{batch}"
+                f"{role} {spec.name!r} has {what} {given} in the config, {shape} in the file{batch}"
             )
     missing = sorted(set(by_name) - _names(declared))
     if every and missing:

@@ -88,6 +88,8 @@ def read_json(text: str, model_name: str) -> TritonKeys:
     model_config_pb2 = _messages(JSON_SOURCE)
     from google.protobuf import json_format  # protobuf comes with tritonclient's grpc extra
 
+    if not text.lstrip().startswith("{"):
+        raise ConfigRefused(f"{JSON_SOURCE} must be a JSON object: Triton's ModelConfig")
     try:
         config = json_format.Parse(text, model_config_pb2.ModelConfig())
     except (json_format.ParseError, ValueError) as error:
@@ -200,8 +202,6 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
     from tritonclient.grpc import model_config_pb2
 
     name = tensor.name
-    if tensor.HasField("reshape"):
-        raise ConfigRefused(f"{role} {name!r} has a reshape, which Sluiceway does not apply")
     if tensor.is_shape_tensor:
         raise ConfigRefused(f"{role} {name!r} is a shape tensor, which Sluiceway does not serve")
     if role == "input" and (tensor.optional or tensor.allow_ragged_batch):
@@ -210,11 +210,14 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
     datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
     if datatype == "INVALID":
         raise ConfigRefused(f"{role} {name!r} has no data_type")
-    return {
+    keys: dict[str, Any] = {
         "name": name,
         "datatype": "BYTES" if datatype == "STRING" else datatype,
         "dims": list(tensor.dims),
     }
+    if tensor.HasField("reshape"):  # the file's shape; requests and answers have the dims
+        keys["reshape"] = list(tensor.reshape.shape)
+    return keys
 
 
 def _instances(groups: Any) -> int:

@@ -36,11 +36,11 @@ from sluiceway.load_parameters import LoadOverride
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import LINEAR_CONFIG, linear
-from tests.fixtures.onnx_models import linear_model
+from tests.fixtures.onnx_models import linear_model, tiny_classifier
 
 TOKEN = "load-override-token"
 MAX_BODY = 64 * 1024
-NAMES = ("tuned", "tuned_grpc", "kept", "kept_grpc", "replaced")
+NAMES = ("tuned", "tuned_grpc", "kept", "kept_grpc", "replaced", "fromfiles")
 """A linear model per test that changes one, so that tests on the shared server stay apart."""
 
 
@@ -64,6 +64,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     for name in NAMES:
         weights = linear_model(root / name / "1" / "model.onnx", seed=1)
         (root / name / "config.toml").write_text(LINEAR_CONFIG)
+    tiny_classifier(root / "colours" / "model.onnx")
+    (root / "colours" / "labels.txt").write_text("red\ngreen\nblue\n")
+    (root / "colours" / "config.toml").write_text(
+        'platform = "onnx"\nlabels = "labels.txt"\n[image]\nsize = 16\nfit = "stretch"\n'
+    )
+    # A model beside the repository, which no load may reach.
+    linear_model(base / "outside" / "evil" / "model.onnx", seed=3)
+    (base / "outside" / "evil" / "config.toml").write_text(LINEAR_CONFIG)
     port = _free_port()
     env = {
         "SLUICEWAY_MODEL_REPOSITORY": str(root),
@@ -255,7 +263,7 @@ def test_what_cannot_be_used_is_400_and_the_serving_version_keeps_serving(
     np.testing.assert_allclose(y, linear(server.weights, x), rtol=1e-5)
     assert http.get_model_config(name)["max_batch_size"] == 16
     assert server.private_folders() == before  # nothing written, or removed again
-    assert not (server.temp.parent / "x.onnx").exists()
+    assert not (server.temp / "x.onnx").exists()  # where file:1/../../x.onnx would land
 
 
 def test_unknown_parameters_are_refused_naming_them(server: Served) -> None:
@@ -268,6 +276,9 @@ def test_unknown_parameters_are_refused_naming_them(server: Served) -> None:
         (b"{", "the body is not JSON"),
         (b"[]", "a JSON object"),
         (b'{"parameters": {"config": 7}}', "'config' must be a string"),
+        (b'{"parameters": {"config": null}}', "'config' must be a string"),
+        (b'{"parameters": []}', '"parameters" must be a JSON object'),
+        (b'{"parameters": {"config": "[]"}}', "must be a JSON object"),
         (b'{"parameters": {"config": "{}", "file:1/model.onnx": "%%%"}}', "not base64"),
     ]:
         answer = httpx.post(url, headers=HTTP_AUTH, content=body)
@@ -390,3 +401,78 @@ async def test_a_config_for_a_model_without_a_folder_or_files_is_404(tmp_path: P
         answer = await client.post(url, headers=HTTP_AUTH, json=body)
         assert answer.status_code == 404
         assert "give its files with the load" in answer.json()["error"]
+
+
+def test_a_name_that_could_reach_outside_the_repository_is_refused(server: Served) -> None:
+    """gRPC names may hold '/': a load of '../outside/evil' must not read that folder."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for name in ("../outside/evil", "", "a b"):
+            for call, request in (
+                (stub.RepositoryModelLoad, service_pb2.RepositoryModelLoadRequest(model_name=name)),
+                (
+                    stub.RepositoryModelUnload,
+                    service_pb2.RepositoryModelUnloadRequest(model_name=name),
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as raised:
+                    call(request, metadata=tuple(GRPC_AUTH.items()))
+                assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT, name
+                assert "is not a model name" in (raised.value.details() or "")
+        index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+    names = {model.name for model in index.models}
+    assert not names & {"../outside/evil", "", "a b", "evil"}, names
+
+
+def test_an_image_classifiers_config_cannot_be_overridden(
+    http: triton_http.InferenceServerClient,
+) -> None:
+    """Its [image] table has no Triton form: an override would serve it as a tensor model."""
+    config = json.dumps({"backend": "onnxruntime", "instance_group": [{"count": 3}]})
+    said = _refusal(lambda: http.load_model("colours", headers=HTTP_AUTH, config=config))
+    assert "image classifier" in said and "version 1 still serves" in said, said
+    assert http.get_model_config("colours")["instance_group"][0]["count"] == 1
+
+
+def test_labels_that_are_not_text_and_too_many_files_are_400(
+    http: triton_http.InferenceServerClient, server: Served
+) -> None:
+    config = json.dumps({**LINEAR_JSON, "output": [{**LINEAR_JSON["output"][0],
+                                                     "label_filename": "labels.txt"}]})  # fmt: skip
+    model = (server.temp.parent / "models" / "kept" / "1" / "model.onnx").read_bytes()
+    files = {"file:1/model.onnx": model, "file:labels.txt": b"\xff\xfe not text"}
+    said = _refusal(lambda: http.load_model("kept", headers=HTTP_AUTH, config=config, files=files))
+    assert "labels file 'labels.txt' is not UTF-8 text" in said, said
+    many = {f"file:1/f{i}": b"" for i in range(1001)}
+    said = _refusal(
+        lambda: http.load_model(
+            "kept", headers=HTTP_AUTH, config=json.dumps(LINEAR_JSON), files=many
+        )
+    )
+    assert "at most 1000 files" in said, said
+    assert http.is_model_ready("kept", "1")
+
+
+def test_a_failed_override_keeps_the_serving_versions_own_files(
+    http: triton_http.InferenceServerClient, server: Served
+) -> None:
+    """A model loaded from files, then a load that fails: the version serving keeps its folder
+    (the model cache reloads an evicted model from it)."""
+    weights = linear_model(server.temp.parent / "given" / "model.onnx", seed=8)
+    given = {"file:1/model.onnx": (server.temp.parent / "given" / "model.onnx").read_bytes()}
+    before = set(server.private_folders())
+    http.load_model("fromfiles", headers=HTTP_AUTH, config=json.dumps(LINEAR_JSON), files=given)
+    (serving,) = set(server.private_folders()) - before
+    bad = json.dumps({**LINEAR_JSON, "max_batch_size": -1})
+    said = _refusal(lambda: http.load_model("fromfiles", headers=HTTP_AUTH, config=bad))
+    assert "still serves" in said, said
+    broken = {"file:1/model.onnx": b"not onnx"}
+    said = _refusal(
+        lambda: http.load_model(
+            "fromfiles", headers=HTTP_AUTH, config=json.dumps(LINEAR_JSON), files=broken
+        )
+    )
+    assert "still serves" in said, said
+    assert (serving / "1" / "model.onnx").is_file()
+    y, x = infer(http, triton_http, "fromfiles")
+    np.testing.assert_allclose(y, linear(weights, x), rtol=1e-5)

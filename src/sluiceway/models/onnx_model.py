@@ -19,7 +19,7 @@ import onnxruntime as ort
 from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.models import cores
 from sluiceway.models.base import BatchPolicy, ModelKind, ThreadedModel
-from sluiceway.models.tensors import ONNX_TYPES, TensorSpec, rows_of, split_rows
+from sluiceway.models.tensors import ONNX_TYPES, TensorSpec, reshaped, rows_of, split_rows
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,11 @@ class OnnxModel(ThreadedModel):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.batched = batched
+        # Tensors whose file shape differs from what requests send (Triton's reshape).
+        self._reshaped_inputs = tuple(spec for spec in self.inputs if spec.model_shape is not None)
+        self._reshaped_outputs = tuple(
+            spec for spec in self.outputs if spec.model_shape is not None
+        )
         self._nbytes = nbytes
         self._on_caller = bool(session.get_session_options().intra_op_num_threads == 1)
 
@@ -208,9 +213,15 @@ class OnnxModel(ThreadedModel):
     def _run(
         self, feed: dict[str, np.ndarray], session: ort.InferenceSession
     ) -> dict[str, np.ndarray]:
+        for spec in self._reshaped_inputs:
+            assert spec.model_shape is not None
+            feed[spec.name] = reshaped(feed[spec.name], spec.model_shape, self.batched)
         names = [spec.name for spec in self.outputs]
         arrays = session.run(names, feed)
-        return {name: np.asarray(array) for name, array in zip(names, arrays, strict=True)}
+        outputs = {name: np.asarray(array) for name, array in zip(names, arrays, strict=True)}
+        for spec in self._reshaped_outputs:
+            outputs[spec.name] = reshaped(outputs[spec.name], spec.shape, self.batched)
+        return outputs
 
 
 class OnnxModelKind(ModelKind):

@@ -65,6 +65,10 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    model_shape: tuple[int, ...] | None = None
+    """The shape the model file itself has, where it differs (Triton's ``reshape``): requests
+    and answers have ``shape``, and the model call the other (the batch dimension first for a
+    model that batches, as ``shape``)."""
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
@@ -94,6 +98,12 @@ class TensorSpec:
         ):
             return array.astype(self.dtype)
         raise BadInput(f"input {self.name!r} is {array.dtype}; the model takes {self.datatype}")
+
+
+def reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """``array`` (a request's or a model's tensor) as ``shape`` (its batch dimension kept, for a
+    model that batches): a view, the same elements in the same order."""
+    return array.reshape((array.shape[0], *shape[1:]) if batched else shape)
 
 
 def shape_key(request: TensorRequest) -> str:

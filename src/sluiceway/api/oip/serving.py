@@ -109,7 +109,12 @@ def model_config(services: Services, name: str, version: str | None) -> dict[str
 
     def config_tensor(spec: TensorSpec) -> dict[str, Any]:
         dims = list(spec.shape[1:] if batched else spec.shape)
-        return {"name": spec.name, "data_type": f"TYPE_{_config_type(spec.datatype)}", "dims": dims}
+        data_type = f"TYPE_{_config_type(spec.datatype)}"
+        tensor: dict[str, Any] = {"name": spec.name, "data_type": data_type, "dims": dims}
+        if spec.model_shape is not None:
+            shape = spec.model_shape[1:] if batched else spec.model_shape
+            tensor["reshape"] = {"shape": list(shape)}
+        return tensor
 
     return {
         "name": name,
