@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tests.conftest import app_client, fast_settings
 from tests.fixtures.live_server import live_server
 from tests.fixtures.model_repository import LINEAR_CONFIG, linear
 from tests.fixtures.onnx_models import linear_model, tiny_classifier
+from tests.redis_server import free_port
 
 TOKEN = "load-override-token"
 MAX_BODY = 64 * 1024
@@ -72,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     # A model beside the repository, which no load may reach.
     linear_model(base / "outside" / "evil" / "model.onnx", seed=3)
     (base / "outside" / "evil" / "config.toml").write_text(LINEAR_CONFIG)
-    port = _free_port()
+    port = free_port()
     env = {
         "SLUICEWAY_MODEL_REPOSITORY": str(root),
         "SLUICEWAY_GRPC_PORT": str(port),
@@ -84,12 +84,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(url, f"127.0.0.1:{port}", temp, weights)
     # Stopped: the private folders of models loaded from files are gone with the server.
     assert not sorted(temp.glob("sluiceway-load-*"))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,15 +33,10 @@ from sluiceway.runtime.metrics import Metrics  # noqa: E402
 from tests.fixtures.live_server import live_server  # noqa: E402
 from tests.fixtures.model_repository import linear, repository  # noqa: E402
 from tests.fixtures.onnx_models import ECHO_TYPES  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
 
 MAX_BODY = 64 * 1024
 TOKEN = "grpc-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Served:
@@ -55,7 +49,7 @@ class Served:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root, weights = repository(tmp_path_factory.mktemp("grpc") / "models")
-    port = _free_port()
+    port = free_port()
     env = {
         "SLUICEWAY_MODEL_REPOSITORY": str(root),
         "SLUICEWAY_GRPC_PORT": str(port),
@@ -433,7 +427,7 @@ def test_a_stream_whose_client_stops_reading_holds_back_no_other(tmp_path: Path)
     first answer (a 64 KB receive window, no growth); another client's stream is answered
     all the same, and so is a stream after an abandoned one."""
     root, weights = repository(tmp_path / "models")
-    port = _free_port()
+    port = free_port()
     env = {
         "SLUICEWAY_MODEL_REPOSITORY": str(root),
         "SLUICEWAY_GRPC_PORT": str(port),
