@@ -3,7 +3,7 @@
 A Triton user's model repository works as it is: a folder whose config is Triton's is served
 with what that config says, and a folder of an ONNX model without any config is completed from
 the file, as Triton's auto-complete does. What Sluiceway cannot honour (another framework,
-sequence batching, ensembles, GPUs, reshaped tensors) makes the model unavailable with the
+sequence batching, ensembles, GPUs, shape tensors) makes the model unavailable with the
 reason, never served differently in silence; settings that only tune Triton itself (its graph
 optimisation, preferred batch sizes, priority levels, the response cache...) are read and not
 acted on: the README lists them.

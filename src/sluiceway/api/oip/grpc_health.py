@@ -10,7 +10,8 @@ on. Any other name, a model's too, is unknown: ``NOT_FOUND`` to ``Check``, ``SER
 to ``Watch`` (a model's readiness is ``ModelReady``'s; one name per model would be a second
 way to ask it, and names that come and go with the repository).
 
-Health calls take no inference place and are never refused for load.
+Health calls take no inference place, so inference load never refuses them (only the
+server's backstop on calls of any kind counts them).
 """
 
 from __future__ import annotations
