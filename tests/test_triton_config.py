@@ -363,3 +363,40 @@ async def test_a_reshape_serves_the_config_dims_and_feeds_the_files_shape(tmp_pa
         assert output["shape"] == [3, 3]
         expected = linear(batched_weights, rows.reshape(3, 4))
         np.testing.assert_allclose(np.reshape(output["data"], (3, 3)), expected, rtol=1e-5)
+
+
+async def test_an_onnx_model_with_external_data_in_tritons_folder_layout(tmp_path: Path) -> None:
+    """Triton keeps a model over protobuf's 2 GB as a folder: ``1/model.onnx/model.onnx`` beside
+    its weight files. Served from there (no config: completed from the file), and its memory
+    counted with the weights."""
+    import onnx
+
+    from sluiceway.models.onnx_model import model_file_bytes
+
+    root = tmp_path / "models"
+    plain = tmp_path / "plain.onnx"
+    weights = linear_model(plain, seed=11)
+    folder = root / "big" / "1" / "model.onnx"
+    folder.mkdir(parents=True)
+    onnx.save_model(
+        onnx.load(str(plain)),
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert (folder / "weights.bin").stat().st_size >= weights.nbytes
+    record = read_model(root / "big")
+    assert not isinstance(record, BrokenModel), record
+    assert Path(record.source.location) == folder / "model.onnx"
+    assert model_file_bytes(folder / "model.onnx") == sum(
+        item.stat().st_size for item in folder.iterdir()
+    )
+    async with app_client(create_app(fast_settings(model_repository=str(root)))) as http:
+        x = np.random.default_rng(12).normal(size=(2, 4)).astype(np.float32)
+        body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.tolist()}]}
+        answer = await http.post("/v2/models/big/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        got = np.reshape(answer.json()["outputs"][0]["data"], (2, 3))
+        np.testing.assert_allclose(got, linear(weights, x), rtol=1e-5)

@@ -302,11 +302,11 @@ def _model_file(
     else:
         candidates = versions
     for number in sorted(candidates, reverse=True):
-        path = candidates[number] / file_name
-        if path.is_file():
+        path = _file_in(candidates[number], file_name)
+        if path is not None:
             return str(number), path
-    if wanted is None and not named and (folder / file_name).is_file():
-        return "1", folder / file_name
+    if wanted is None and not named and (path := _file_in(folder, file_name)) is not None:
+        return "1", path
     where = f"version {wanted}" if wanted is not None else "its folder or a version folder"
     if (
         wanted is None
@@ -315,6 +315,16 @@ def _model_file(
     ):
         raise _Refused(f"no config.toml or config.pbtxt, and no {file_name} to complete one from")
     raise _Refused(f"no {file_name} in {where}")
+
+
+def _file_in(folder: Path, file_name: str) -> Path | None:
+    """``folder``'s model file: the file, or (Triton's layout for an ONNX model with external
+    data) a folder of that name holding a file of that name beside its weight files."""
+    path = folder / file_name
+    if path.is_file():
+        return path
+    inner = path / file_name
+    return inner if path.is_dir() and inner.is_file() else None
 
 
 def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:

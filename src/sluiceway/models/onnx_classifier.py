@@ -29,6 +29,7 @@ from sluiceway.models.classifier import Classifier
 from sluiceway.models.onnx_model import (
     WIDE_SESSION_PER_FILE_BYTE,
     build_peak_nbytes,
+    model_file_bytes,
     open_session,
     open_wide_session,
 )
@@ -190,7 +191,7 @@ class OnnxClassifierKind(ModelKind):
             else None
         )
         nbytes = onnx_nbytes(
-            self.path.stat().st_size,
+            model_file_bytes(self.path),
             self.input_spec.size,
             self.policy,
             memory_arena=self.memory_arena,

@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 BUILD_PEAK_PER_FILE_BYTE = 2.7
 
 
+def model_file_bytes(path: Path) -> int:
+    """The bytes of a model file, with its external data when it is kept as a folder of the
+    same name (Triton's layout for a model over protobuf's 2 GB: ``1/model.onnx/model.onnx``
+    beside its weight files)."""
+    if path.parent.name != path.name:
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.parent.rglob("*") if item.is_file())
+
+
 def build_peak_nbytes(path: Path, *, wide: bool = False) -> int:
     """Memory building a session from ``path`` takes at its peak (0 if the file is gone).
 
@@ -36,7 +45,7 @@ def build_peak_nbytes(path: Path, *, wide: bool = False) -> int:
     build's peak, a bound, since the first session holds less than its build took.
     """
     try:
-        return int(path.stat().st_size * BUILD_PEAK_PER_FILE_BYTE) * (2 if wide else 1)
+        return int(model_file_bytes(path) * BUILD_PEAK_PER_FILE_BYTE) * (2 if wide else 1)
     except OSError:
         return 0
 
@@ -272,7 +281,7 @@ class OnnxModelKind(ModelKind):
             else None
         )
         # Weights plus optimised copies, roughly; an arena keeps activations too, unknown here.
-        file_bytes = self.path.stat().st_size
+        file_bytes = model_file_bytes(self.path)
         nbytes = file_bytes * 2
         if wide is not None:
             nbytes += int(file_bytes * WIDE_SESSION_PER_FILE_BYTE)
