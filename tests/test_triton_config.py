@@ -333,8 +333,10 @@ async def test_a_reshape_serves_the_config_dims_and_feeds_the_files_shape(tmp_pa
     (flat / "config.pbtxt").write_text(
         'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
         'input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ], reshape: { shape: [ 1, 4 ] } } ]\n'
-        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ], reshape: { shape: [ 1, 3 ] } } ]'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ], reshape: { shape: [ 1, 3 ] },'
+        ' label_filename: "labels.txt" } ]'
     )
+    (flat / "labels.txt").write_text("a\nb\nc\n")
     squares = root / "squares"
     batched_weights = linear_model(squares / "1" / "model.onnx", seed=6)
     (squares / "config.pbtxt").write_text(
@@ -354,6 +356,15 @@ async def test_a_reshape_serves_the_config_dims_and_feeds_the_files_shape(tmp_pa
         (output,) = answer.json()["outputs"]
         assert output["shape"] == [3]
         np.testing.assert_allclose(output["data"], linear(weights, x[None])[0], rtol=1e-5)
+        # As Triton's quickstart client asks it (-c 2): the whole 1-D output ranked.
+        ranked = {**body, "outputs": [{"name": "y", "parameters": {"classification": 2}}]}
+        answer = await http.post("/v2/models/flat/infer", json=ranked)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        best = np.argsort(-linear(weights, x[None])[0])[:2]
+        assert output["shape"] == [2]
+        assert [int(item.split(":")[1]) for item in output["data"]] == best.tolist()
+        assert output["data"][0].endswith(":" + "abc"[best[0]])
         rows = np.random.default_rng(8).normal(size=(3, 2, 2)).astype(np.float32)
         body = {"inputs": [{"name": "x", "shape": [3, 2, 2], "datatype": "FP32",
                             "data": rows.ravel().tolist()}]}  # fmt: skip
@@ -400,3 +411,38 @@ async def test_an_onnx_model_with_external_data_in_tritons_folder_layout(tmp_pat
         assert answer.status_code == 200, answer.text
         got = np.reshape(answer.json()["outputs"][0]["data"], (2, 3))
         np.testing.assert_allclose(got, linear(weights, x), rtol=1e-5)
+
+
+@pbtxt
+async def test_a_variable_reshape_warms_up_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    """dims [-1] reshaped to the file's [-1, 4]: a request of 8 numbers is two rows of 4; one of
+    5 cannot be, and is a 400 naming the input, never a 500. The warm-up fits the reshape."""
+    root = tmp_path / "models"
+    weights = linear_model(root / "rows" / "1" / "model.onnx", seed=13)
+    (root / "rows" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ -1 ],'
+        " reshape: { shape: [ -1, 4 ] } } ]\n"
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ -1, 3 ] } ]\n'
+        'model_warmup [ { name: "zeros", batch_size: 1, inputs { key: "x" value: {'
+        " data_type: TYPE_FP32, dims: [ 4 ], zero_data: true } } } ]"
+    )
+    async with app_client(create_app(fast_settings(model_repository=str(root)))) as http:
+        assert (await http.get("/v2/models/rows/ready")).status_code == 200
+        x = np.random.default_rng(14).normal(size=8).astype(np.float32)
+        body = {"inputs": [{"name": "x", "shape": [8], "datatype": "FP32", "data": x.tolist()}]}
+        answer = await http.post("/v2/models/rows/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        got = np.reshape(answer.json()["outputs"][0]["data"], (2, 3))
+        np.testing.assert_allclose(got, linear(weights, x.reshape(2, 4)), rtol=1e-5)
+        five = {"inputs": [{"name": "x", "shape": [5], "datatype": "FP32", "data": [1] * 5}]}
+        answer = await http.post("/v2/models/rows/infer", json=five)
+        assert answer.status_code == 400, answer.text
+        assert "input 'x' has 5 elements; the model takes them as [-1, 4]" in answer.json()["error"]
+
+
+def test_a_model_folder_without_its_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "1" / "model.onnx").mkdir(parents=True)
+    record = read_model(tmp_path / "empty")
+    assert isinstance(record, BrokenModel)
+    assert "the folder model.onnx has no model.onnx inside" in record.reason, record

@@ -96,6 +96,7 @@ class ModelRegistry:
         for entry in self._entries.values():
             self._publish(entry)
         self._busy: dict[str, _Flight] = {}
+        self._closed = False
         self._private: dict[str, Path] = {}
         """The private folder of each model whose serving version was loaded from files given
         with its load."""
@@ -214,6 +215,8 @@ class ModelRegistry:
         answer with that one's result. A request of the other kind, or a load with parameters,
         runs after the one running (a load never answers with an unload's result)."""
         self._check_controllable(name)
+        if self._closed:
+            raise ModelUnavailable("shutting down: models are not loaded or unloaded any more")
         while (busy := self._busy.get(name)) is not None:
             if joinable and busy.joinable and busy.kind == kind:
                 return await asyncio.shield(busy.task)
@@ -259,7 +262,12 @@ class ModelRegistry:
                 hint = ": or give its files with the load ('file:1/model.onnx')" if given else ""
                 raise UnknownModel(f"no folder {name!r} in the model repository{hint}")
         else:
-            private = folder = new_private_folder()  # known here, whatever happens below
+            try:
+                private = folder = new_private_folder()  # known here, whatever happens below
+            except OSError as error:
+                raise LoadRefused(
+                    f"no folder could be made for the model's files: {error}"
+                ) from None
         try:
             if private is not None and override is not None:
                 await asyncio.to_thread(write_files, private, override.files)
@@ -360,9 +368,13 @@ class ModelRegistry:
     async def close(self) -> None:
         """Let loads and unloads running end (within the request timeout), then remove the
         private folders of models loaded from files given with their load."""
+        self._closed = True  # no new load or unload starts from here
         running = [flight.task for flight in self._busy.values()]
         if running:
-            await asyncio.wait(running, timeout=self._settings.request_timeout_s)
+            _, late = await asyncio.wait(running, timeout=self._settings.request_timeout_s)
+            for task in late:  # their own clean-up removes what they wrote
+                task.cancel()
+            await asyncio.wait(running)
         while self._private:
             remove_folder(self._private.popitem()[1])
 

@@ -307,6 +307,8 @@ def _model_file(
             return str(number), path
     if wanted is None and not named and (path := _file_in(folder, file_name)) is not None:
         return "1", path
+    if any((place / file_name).is_dir() for place in (folder, *candidates.values())):
+        raise _Refused(f"the folder {file_name} has no {file_name} inside")
     where = f"version {wanted}" if wanted is not None else "its folder or a version folder"
     if (
         wanted is None
@@ -447,13 +449,23 @@ def _warmup(config: RepositoryConfig, inputs: tuple[TensorSpec, ...]) -> dict[st
     if given is None:
         if not inputs:
             raise _Refused("a warm-up without [warmup] inputs needs the model's inputs")
-        return {s.name: np.zeros([max(d, 1) for d in s.shape], s.dtype) for s in inputs}
+        return {s.name: _zeros(s, config.max_batch_size > 0) for s in inputs}
     specs = {s.name: s for s in inputs}
     request: dict[str, Any] = {}
     for name, data in given.items():
         spec = specs.get(name)
         request[name] = np.asarray(data, dtype=spec.dtype if spec is not None else None)
     return request
+
+
+def _zeros(spec: TensorSpec, batched: bool) -> np.ndarray:
+    """A warm-up input of zeros, every variable dimension 1, in the model's shape (a reshape:
+    made in the file's shape, then given the request's)."""
+    if spec.model_shape is None:
+        return np.zeros([max(d, 1) for d in spec.shape], spec.dtype)
+    zeros = np.zeros([max(d, 1) for d in spec.model_shape], spec.dtype)
+    shape = [1, *spec.shape[1:]] if batched else list(spec.shape)
+    return zeros.reshape(shape)
 
 
 def _describe(error: ValidationError, fields: Mapping[str, str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ def model_file_bytes(path: Path) -> int:
     """The bytes of a model file, with its external data when it is kept as a folder of the
     same name (Triton's layout for a model over protobuf's 2 GB: ``1/model.onnx/model.onnx``
     beside its weight files)."""
-    if path.parent.name != path.name:
-        return path.stat().st_size
+    if path.parent.name != path.name or not path.parent.parent.name.isdigit():
+        return path.stat().st_size  # a plain file (the folder form is counted in a version)
     return sum(item.stat().st_size for item in path.parent.rglob("*") if item.is_file())
 
 
@@ -217,6 +218,9 @@ class OnnxModel(ThreadedModel):
                 feed[spec.name] = _as_text(spec.name, feed[spec.name])
         if self.batched and len({array.shape[0] for array in feed.values()}) > 1:
             raise BadInput("every input of a request needs the same batch size (first dimension)")
+        for spec in self._reshaped_inputs:
+            assert spec.model_shape is not None
+            _check_fits(spec.name, feed[spec.name], spec.model_shape, self.batched)
         return feed
 
     def _run(
@@ -287,6 +291,22 @@ class OnnxModelKind(ModelKind):
             nbytes += int(file_bytes * WIDE_SESSION_PER_FILE_BYTE)
         return OnnxModel(
             session, inputs, outputs, batched=self.batched, nbytes=nbytes, wide_session=wide
+        )
+
+
+def _check_fits(name: str, array: np.ndarray, model_shape: tuple[int, ...], batched: bool) -> None:
+    """``BadInput`` unless ``array`` (a row's elements, for a model that batches) can take the
+    model's shape (Triton's reshape): as many elements, or a multiple of the fixed dimensions'
+    product where one is variable."""
+    shape = model_shape[1:] if batched else model_shape
+    elements = math.prod(array.shape[1:] if batched else array.shape)
+    fixed = math.prod(d for d in shape if d != -1)
+    fits = elements == fixed if -1 not in shape else fixed > 0 and elements % fixed == 0
+    if not fits:
+        per = " per row" if batched else ""
+        raise BadInput(
+            f"input {name!r} has {elements} elements{per}; the model takes them as "
+            f"{list(shape)}: send a shape that fits"
         )
 
 

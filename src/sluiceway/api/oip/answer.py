@@ -151,9 +151,14 @@ class _Answer(Response):
 
 
 def _classified(scores: np.ndarray, classes: int, labels: Sequence[str]) -> np.ndarray:
-    """Triton's classification extension: each row's top classes as ``score:index[:label]``."""
+    """Triton's classification extension: each row's top classes as ``score:index[:label]``;
+    a model without a batch dimension (a 1-D output, as Triton's quickstart densenet_onnx) is
+    ranked whole."""
+    if scores.ndim == 1:
+        whole: np.ndarray = _classified(scores[None], classes, labels)[0]
+        return whole
     if scores.ndim != 2:
-        raise BadInput("'classification' needs an output of shape [batch, classes]")
+        raise BadInput("'classification' needs an output of shape [batch, classes] or [classes]")
     k = min(classes, scores.shape[1])
     # As float64: negating an unsigned score would wrap (0 would rank first).
     order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
