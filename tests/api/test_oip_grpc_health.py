@@ -176,3 +176,32 @@ async def test_shutdown_says_not_serving_and_ends_the_watches() -> None:
     finally:
         if not stopped:
             await served.__aexit__(None, None, None)
+
+
+async def test_a_readiness_check_that_raises_is_logged_and_following_goes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failed look at readiness must not leave Watch streams stale for good, nor stop
+    shutdown (the servicer alone, its follow period shortened)."""
+    from sluiceway.api.oip import grpc_health
+
+    monkeypatch.setattr(grpc_health, "FOLLOW_S", 0.01)
+    answers = iter([True, RuntimeError("broker hiccup"), False])
+
+    def ready() -> bool:
+        answer = next(answers, False)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    servicer = grpc_health.ServerHealth(ready, [INFERENCE])
+    await servicer.start()
+    assert servicer.status("") == SERVING
+    for _ in range(200):  # the failure, then the next look: not serving
+        if servicer.status("") == NOT_SERVING:
+            break
+        await asyncio.sleep(0.01)
+    assert servicer.status("") == NOT_SERVING
+    assert "reading the server's readiness failed" in caplog.text
+    await servicer.stop()  # returns, whatever the follow task met
+    assert servicer.status(INFERENCE) == NOT_SERVING

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2
+
+logger = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -63,7 +66,7 @@ class ServerHealth(health.aio.HealthServicer):  # type: ignore[misc]
         self._stopping = True
         if self._following is not None:
             self._following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):  # shutdown goes on, whatever it raised
                 await self._following
             self._following = None
         await self.enter_graceful_shutdown()
@@ -88,7 +91,10 @@ class ServerHealth(health.aio.HealthServicer):  # type: ignore[misc]
     async def _keep_following(self) -> None:
         while True:
             await asyncio.sleep(FOLLOW_S)
-            await self.follow()
+            try:
+                await self.follow()
+            except Exception:  # one failed look must not leave every Watch stream stale
+                logger.exception("gRPC health: reading the server's readiness failed")
 
     def _announce(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

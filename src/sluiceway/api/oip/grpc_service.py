@@ -536,7 +536,11 @@ class GrpcEndpoint:
         map_large_blocks()
         keep_freed_heap(min(max(2 * self.settings.max_body_bytes, 8 * MIB), 64 * MIB))
         await self.health.start()  # the first probe sees the server's readiness
-        await self._server.start()
+        try:
+            await self._server.start()
+        except BaseException:
+            await self.health.stop()
+            raise
         logger.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.port)
 
     async def stop(self) -> None:
