@@ -22,9 +22,8 @@ from sluiceway.app import create_app  # noqa: E402
 from sluiceway.kinds import served_kinds  # noqa: E402
 from sluiceway.runtime.metrics import Metrics  # noqa: E402
 from sluiceway.split.worker import Worker  # noqa: E402
-from tests.conftest import app_client, fast_settings  # noqa: E402
-from tests.fixtures.model_repository import LINEAR_CONFIG, linear  # noqa: E402
-from tests.fixtures.onnx_models import linear_model  # noqa: E402
+from tests.conftest import app_client  # noqa: E402
+from tests.fixtures.model_repository import linear, split_linear  # noqa: E402
 from tests.fixtures.waiting import eventually  # noqa: E402
 from tests.redis_server import RedisServer, free_port  # noqa: E402
 
@@ -38,17 +37,9 @@ class Node:
 
 @pytest.fixture
 async def node(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Node]:
-    root = tmp_path / "models"
-    weights = linear_model(root / "linear" / "1" / "model.onnx", seed=1)
-    (root / "linear" / "config.toml").write_text(LINEAR_CONFIG + "\n[warmup]\n")
     port = free_port()
-    settings = fast_settings(
-        model_repository=str(root),
-        broker_url=redis_server.url,
-        broker_prefix=f"grpc-{tmp_path.name}",
-        worker_port=None,
-        worker_heartbeat_s=0.2,
-        grpc_port=port,
+    settings, weights = split_linear(
+        redis_server.url, tmp_path / "models", f"grpc-{tmp_path.name}", grpc_port=port
     )
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(app_client(create_app(settings)))

@@ -22,7 +22,7 @@ from sluiceway.runtime.metrics import Metrics
 from sluiceway.split.keys import Keys
 from sluiceway.split.worker import Worker
 from tests.conftest import app_client, fast_settings
-from tests.fixtures.model_repository import LINEAR_CONFIG
+from tests.fixtures.model_repository import LINEAR_CONFIG, split_linear
 from tests.fixtures.onnx_models import linear_model
 from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer, free_port
@@ -52,16 +52,8 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    root = tmp_path / "models"
-    linear_model(root / "linear" / "1" / "model.onnx", seed=1)
-    (root / "linear" / "config.toml").write_text(LINEAR_CONFIG + "\n[warmup]\n")
-    settings = fast_settings(
-        model_repository=str(root),
-        broker_url=redis_server.url,
-        broker_prefix=f"control-{tmp_path.name}",
-        worker_port=None,
-        worker_heartbeat_s=0.2,
-        admin_token=TOKEN,
+    settings, _ = split_linear(
+        redis_server.url, tmp_path / "models", f"control-{tmp_path.name}", admin_token=TOKEN
     )
     async with AsyncExitStack() as stack:
         cluster = Cluster(settings, stack)
