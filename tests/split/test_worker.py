@@ -221,6 +221,9 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
         async with api_node(settings) as api:
             with pytest.raises(DeadlineExceeded):
                 await api.submit(knn_job(restaurant(5), np.zeros((1, 2)), timeout_s=0.2))
+            # The API node counts the request, as Triton counts one past its deadline.
+            counted = api.statistics.of("knn")
+            assert counted.failures == {"REJECTED": 1} and counted.success.count == 0
             await redis.hdel(keys.workers, "ghost")
             metrics = Metrics()
             worker = new_worker(settings, metrics)
@@ -235,9 +238,8 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                     )
                 )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
-                # Counted as Triton counts a request past its deadline.
-                stats = worker.dispatcher.statistics.of("knn")
-                assert stats.failures == {"REJECTED": 1} and stats.success.count == 0
+                stats = worker.dispatcher.statistics.of("knn")  # counted once, by the node
+                assert stats.failures == {} and stats.execution_count == 0
 
                 async def acknowledged() -> bool:  # its entry is acknowledged right after
                     return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0
@@ -332,9 +334,11 @@ async def test_workers_on_one_host_each_find_a_probe_port(redis_server: RedisSer
             await worker.close()
 
 
-async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
+async def test_requests_are_counted_by_the_api_node_and_calls_by_the_worker(
     redis_server: RedisServer,
 ) -> None:
+    """Triton's metrics in split mode: each is written by one kind of process, so a sum over
+    every scraped process counts each request and each call once."""
     settings = cluster_settings(redis_server, worker_port=0)
     worker = new_worker(settings)
     await worker.start()
@@ -344,11 +348,21 @@ async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
         queries = [np.full((1, 2), float(i)) for i in range(3)]
         async with api_node(settings) as api:
             results = await asyncio.gather(*(api.submit(knn_job(training, q)) for q in queries))
+            counted = api.statistics.of("knn")
         assert results == [expected(training, q) for q in queries]
+        # The node: three successes, each with its queue and compute time from the answer.
+        assert counted.success.count == counted.inference_count == 3 and not counted.failures
+        assert counted.queue.count == counted.compute.count == 3
+        assert 0 < counted.compute.ns <= counted.success.ns
+        assert counted.queue.ns + counted.compute.ns <= counted.success.ns
+        assert counted.execution_count == 0  # the node makes no model call
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text
-        assert 'nv_inference_request_success{model="knn",version="1"} 3\n' in text
-        assert 'nv_inference_count{model="knn",version="1"} 3\n' in text
-        assert 'nv_inference_request_failure{model="knn",version="1",reason="BACKEND"} 0\n' in text
+        # The worker: its calls (one to three, as the jobs met), and no requests.
+        calls = worker.dispatcher.statistics.of("knn").execution_count
+        assert 1 <= calls <= 3
+        assert f'nv_inference_exec_count{{model="knn",version="1"}} {calls}\n' in text
+        assert 'nv_inference_pending_request_count{model="knn",version="1"} 0\n' in text
+        assert "nv_inference_request_success" not in text and "nv_inference_count" not in text
     finally:
         await worker.close()

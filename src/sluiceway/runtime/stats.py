@@ -8,6 +8,9 @@ compute time (that call's duration); every model call is counted by its batch si
 (``execution_count``, ``batch_stats``). A request is one job, or several (the Open Inference
 Protocol makes one job per row): its caller then counts it once (``Statistics.count_request``)
 and its jobs say what they add (``Job.counting``).
+
+In split mode the API node counts the requests, with the times of the model call each job's
+answer carries (``split/wire.py``), and each worker counts the model calls it makes.
 """
 
 from __future__ import annotations
@@ -98,8 +101,11 @@ class ModelStatistics:
 class Statistics:
     """The statistics of every model of one process, and the histograms beside them."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, histograms: bool = True) -> None:
+        """``histograms``: also observe each success's compute time in ``metrics`` (off on a
+        split-mode API node: the workers, which make the calls, observe them)."""
         self._metrics = metrics
+        self._histograms = histograms
         self._models: dict[str, ModelStatistics] = {}
         # Jobs being measured, by their payload's identity: the model call a job ran in is
         # written here by the timed model, since the batcher hands models payloads, not jobs.
@@ -130,17 +136,32 @@ class Statistics:
             self._calls[key] = None
         return Watch(key if watched else None, time.perf_counter())
 
-    def done(self, job: Job, watch: Watch, error: BaseException | None) -> None:
+    def done(
+        self,
+        job: Job,
+        watch: Watch,
+        error: BaseException | None,
+        call: tuple[float, float] | None = None,
+    ) -> tuple[float, float] | None:
         """Count ``job``, watched since ``watch``, as a success (``error`` ``None``) or a
-        failure, with its times, as far as ``job.counting`` says."""
-        call = None
+        failure, with its times, as far as ``job.counting`` says; the start and end
+        (``perf_counter``) of the model call it ran in, if it ran in one.
+
+        ``call``: that call's times when another process made it (a split-mode API node
+        passes the times a worker's answer carried).
+        """
         if watch.key is not None:
             with _COUNTING:  # a model call on a worker thread may be writing it
-                call = self._calls.pop(watch.key, None)
+                timed = self._calls.pop(watch.key, None)
+            call = call or timed
         if job.counting == Counting.REQUEST:
             self._count(job, 1, watch.submitted, call, error)
         elif job.counting == Counting.TIMES and call is not None:
             self._first_rows[id(job)] = call  # counted with its request, if that succeeds
+        elif job.counting == Counting.REMOTE and call is not None and error is None:
+            started, finished = call
+            self._metrics.compute_of(job.model).observe(finished - started)
+        return call
 
     def count_request(
         self, first: Job, rows: int, submitted: float, error: BaseException | None
@@ -175,8 +196,11 @@ class Statistics:
         started, finished = call
         stats.queue.add(max(0.0, started - submitted))
         stats.compute.add(finished - started)
-        # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
-        self._metrics.compute_of(job.model).observe(finished - started)
+        if self._histograms:
+            # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``).
+            self._metrics.compute_of(job.model).observe(finished - started)
+        else:  # no model call here to set it (``_TimedModel``)
+            stats.last_inference_ms = int(time.time() * 1000)
 
 
 def failure_reason(error: BaseException, job: Job) -> str:

@@ -8,7 +8,7 @@ so the HTTP edge answers the same status in split mode as in embedded mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -122,10 +122,16 @@ class JobRecord:
     def decode(data: bytes) -> JobRecord:
         """Parse a stream entry; raise ``WireError`` if it is not a job of this version."""
         fields = unpack(data)
-        if not isinstance(fields, list) or len(fields) not in (8, 10) or fields[0] != VERSION:
+        # Fields beyond the ten known here are a later release's: ignored (see ``ResultRecord``).
+        if (
+            not isinstance(fields, list)
+            or len(fields) < 8
+            or len(fields) == 9
+            or fields[0] != VERSION
+        ):
             raise WireError(f"not a job record of wire version {VERSION}")
         _, job_id, model, key, deadline, reply, payload, spec = fields[:8]
-        priority, tenant = fields[8:] if len(fields) == 10 else (0, None)
+        priority, tenant = fields[8:10] if len(fields) >= 10 else (0, None)
         if not isinstance(priority, int) or not (tenant is None or isinstance(tenant, str)):
             raise WireError("a job record's priority must be an integer, its tenant text")
         job = Job(
@@ -183,18 +189,38 @@ class ErrorRecord:
         return cls(self.message) if cls is not None else RuntimeError(self.message)
 
 
+class CallTiming(NamedTuple):
+    """The model call a job ran in, as its worker measured it: how long the call took, and
+    how long before the answer was sent it started. Clocks differ between machines, so these
+    are durations; the API node places the call on its own clock by the answer's arrival
+    (``RedisDispatcher``), which puts the hops to and from Redis in the queue time."""
+
+    compute_s: float
+    started_s_ago: float
+
+
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
-    """The answer to one job: its value, or the error it failed with."""
+    """The answer to one job: its value, or the error it failed with; a value may carry the
+    timing of the call that computed it (for the API node's statistics)."""
 
     job_id: str
     value: Any = None
     error: ErrorRecord | None = None
+    timing: CallTiming | None = None
 
     def encode(self) -> bytes:
-        """Bytes of one result; results for one API node are sent concatenated."""
+        """Bytes of one result; results for one API node are sent concatenated.
+
+        A value's timing follows as two more fields. An API node of the release before this
+        one refuses a result of more than four, so in that rolling upgrade the API nodes go
+        first (README, "Scaling out"); later fields are ignored (``_of``).
+        """
         if self.error is None:
-            return pack([VERSION, self.job_id, True, self.value])
+            if self.timing is None:
+                return pack([VERSION, self.job_id, True, self.value])
+            compute_s, started_s_ago = self.timing
+            return pack([VERSION, self.job_id, True, self.value, compute_s, started_s_ago])
         return pack([VERSION, self.job_id, False, [self.error.kind, self.error.message]])
 
     @staticmethod
@@ -209,9 +235,16 @@ class ResultRecord:
 
     @staticmethod
     def _of(fields: Any) -> ResultRecord:
-        if not isinstance(fields, list) or len(fields) != 4 or fields[0] != VERSION:
+        # Fields beyond those known here are a later release's: ignored, so a worker of the
+        # next release may add one without waiting for every API node to be upgraded first.
+        if not isinstance(fields, list) or len(fields) < 4 or fields[0] != VERSION:
             raise WireError(f"not a result record of wire version {VERSION}")
-        _, job_id, ok, value = fields
+        _, job_id, ok, value = fields[:4]
+        if ok and len(fields) >= 6:
+            compute_s, started_s_ago = fields[4:6]
+            if not isinstance(compute_s, float) or not isinstance(started_s_ago, float):
+                raise WireError("a result's call timing must be two floats")
+            return ResultRecord(job_id, value, timing=CallTiming(compute_s, started_s_ago))
         if ok:
             return ResultRecord(job_id, value)
         kind, message = value
