@@ -24,14 +24,18 @@ from tests.redis_server import RedisServer
 
 
 def samples(text: str) -> dict[str, float]:
-    """Triton's samples of the linear model by name (and failure reason), as Prometheus reads
-    the exposition."""
+    """Triton's samples of the linear model by name (and failure reason), and its compute
+    histogram's count, as Prometheus reads the exposition."""
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:  # a counter's samples are read back with ``_total``
-            if family.name.startswith("nv_inference") and sample.labels.get("model") == "linear":
+            if sample.labels.get("model") != "linear":
+                continue
+            if family.name.startswith("nv_inference"):
                 reason = sample.labels.get("reason")
                 found[family.name + (f":{reason}" if reason else "")] = sample.value
+            elif sample.name == "sluiceway_compute_duration_seconds_count":
+                found[sample.name] = sample.value
     return found
 
 
@@ -96,9 +100,10 @@ async def test_the_api_node_counts_requests_and_the_worker_its_model_calls(
     assert node["nv_inference_compute_infer_duration_us"] > 0
     assert "nv_inference_exec_count" not in node
     assert "nv_inference_pending_request_count" not in node
-    # The worker: its model calls (the four rows may have met in one), and no requests. The
-    # warm-up ran before the worker took jobs: a call too.
+    assert node["sluiceway_compute_duration_seconds_count"] == 3  # per request, as embedded
+    # The worker: its model calls (the four rows may have met in one), and no requests.
     calls = worker.dispatcher.statistics.of("linear").execution_count
-    assert 3 <= probe["nv_inference_exec_count"] == calls <= 7
+    assert 3 <= probe["nv_inference_exec_count"] == calls <= 6
     assert probe["nv_inference_pending_request_count"] == 0
     assert "nv_inference_request_success" not in probe and "nv_inference_count" not in probe
+    assert probe.get("sluiceway_compute_duration_seconds_count", 0) == 0  # the node's

@@ -20,7 +20,7 @@ from sluiceway.runtime.metrics import Metrics
 from sluiceway.split.command import select_kinds
 from sluiceway.split.dispatcher import RedisDispatcher
 from sluiceway.split.keys import GROUP, Keys
-from sluiceway.split.wire import JobRecord, ResultRecord, WorkerRecord
+from sluiceway.split.wire import CallTiming, JobRecord, ResultRecord, WorkerRecord
 from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
 from tests.fixtures.kiosk import expected, knn_job, restaurant
@@ -211,6 +211,36 @@ async def test_a_late_duplicate_result_is_ignored(redis_server: RedisServer) -> 
             following, record = await _ghost_takes(settings, redis, api, restaurant(6))
             await redis.publish(record.reply, ResultRecord(record.job.id, [0]).encode())
             assert await asyncio.wait_for(following, 2) == [0]
+
+
+@pytest.mark.parametrize(
+    ("timing", "counted"),
+    [
+        (None, False),  # a worker of the release before sends none
+        ((0.0001, 0.0002), True),
+        ((0.0002, 0.0001), False),  # a call longer than its own age: not believed
+        ((0.25, 60.0), False),  # a call that started before its request was sent: neither
+    ],
+)
+async def test_the_node_counts_an_answer_with_the_timing_it_carries_if_believable(
+    redis_server: RedisServer, timing: tuple[float, float] | None, counted: bool
+) -> None:
+    settings = cluster_settings(redis_server)
+    async with redis_client(redis_server) as redis:
+        await _register_ghost(settings, redis)
+        async with api_node(settings) as api:
+            submitted, record = await _ghost_takes(settings, redis, api, restaurant(4))
+            answer = ResultRecord(
+                record.job.id, [1], timing=CallTiming(*timing) if timing else None
+            )
+            await redis.publish(record.reply, answer.encode())
+            assert await asyncio.wait_for(submitted, 2) == [1]  # answered whatever the timing
+            stats = api.statistics.of("knn")
+    assert stats.success.count == stats.inference_count == 1
+    assert stats.compute.count == stats.queue.count == (1 if counted else 0)
+    if counted:
+        assert abs(stats.compute.ns - 100_000) <= 1  # the float sum and difference on the node
+        assert stats.queue.ns + stats.compute.ns <= stats.success.ns
 
 
 async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServer) -> None:

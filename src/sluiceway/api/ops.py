@@ -66,5 +66,5 @@ def triton_metrics(services: Services) -> bytes:
             for entry in services.registry.entries()
             if entry.record is not None
         ),
-        calls=not services.settings.broker_url,
+        calls=statistics.makes_calls,
     )

@@ -24,8 +24,9 @@ class Counting(enum.IntEnum):
     CALL = 2
     """Another job of such a request: counted in its model call only."""
     REMOTE = 3
-    """A job a split-mode worker read: the API node that sent it counts its request, so the
-    worker only times its model call, to send back with its answer (``split/worker.py``)."""
+    """A job a split-mode worker read: the API node that sent it counts its request (and
+    observes its compute time), so the worker only times its model call, to send back with
+    its answer (``split/worker.py``)."""
 
 
 @dataclass(slots=True)

@@ -101,11 +101,12 @@ class ModelStatistics:
 class Statistics:
     """The statistics of every model of one process, and the histograms beside them."""
 
-    def __init__(self, metrics: Metrics, *, histograms: bool = True) -> None:
-        """``histograms``: also observe each success's compute time in ``metrics`` (off on a
-        split-mode API node: the workers, which make the calls, observe them)."""
+    def __init__(self, metrics: Metrics, *, makes_calls: bool = True) -> None:
+        """``makes_calls``: this process makes the model calls it counts (not so on a
+        split-mode API node, whose requests' calls are counted by the workers that make them;
+        ``runtime/triton_metrics.py`` then writes no call metrics for it)."""
         self._metrics = metrics
-        self._histograms = histograms
+        self.makes_calls = makes_calls
         self._models: dict[str, ModelStatistics] = {}
         # Jobs being measured, by their payload's identity: the model call a job ran in is
         # written here by the timed model, since the batcher hands models payloads, not jobs.
@@ -158,9 +159,6 @@ class Statistics:
             self._count(job, 1, watch.submitted, call, error)
         elif job.counting == Counting.TIMES and call is not None:
             self._first_rows[id(job)] = call  # counted with its request, if that succeeds
-        elif job.counting == Counting.REMOTE and call is not None and error is None:
-            started, finished = call
-            self._metrics.compute_of(job.model).observe(finished - started)
         return call
 
     def count_request(
@@ -191,16 +189,16 @@ class Statistics:
             return
         stats.success.add(elapsed)
         stats.inference_count += rows
+        if not self.makes_calls:  # no model call here to set it (``_TimedModel``)
+            stats.last_inference_ms = int(time.time() * 1000)
         if call is None:
             return
         started, finished = call
         stats.queue.add(max(0.0, started - submitted))
         stats.compute.add(finished - started)
-        if self._histograms:
-            # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``).
-            self._metrics.compute_of(job.model).observe(finished - started)
-        else:  # no model call here to set it (``_TimedModel``)
-            stats.last_inference_ms = int(time.time() * 1000)
+        # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``; in split
+        # mode, the worker's).
+        self._metrics.compute_of(job.model).observe(finished - started)
 
 
 def failure_reason(error: BaseException, job: Job) -> str:

@@ -100,7 +100,7 @@ class RedisDispatcher:
         self._closing = False
         # The requests this node sends, counted as the embedded dispatcher counts them; the
         # model calls are counted by the workers that make them (``runtime/triton_metrics.py``).
-        self.statistics = Statistics(metrics, histograms=False)
+        self.statistics = Statistics(metrics, makes_calls=False)
         self._closed = asyncio.Event()
         self._live_models: set[str] = set()
         named = {name.strip() for name in settings.api_models.split(",") if name.strip()}
@@ -166,6 +166,8 @@ class RedisDispatcher:
         except BaseException as error:  # a cancelled caller too: counted by its reason
             statistics.done(job, watch, error)
             raise
+        if call is not None and call[0] < watch.submitted:  # a call before its request
+            call = None  # cannot be: not believed
         statistics.done(job, watch, None, call)
         return value
 
@@ -233,12 +235,12 @@ class RedisDispatcher:
     # Replies: pushed by Redis to the subscription's callback.
 
     def _resolve(self, data: bytes) -> None:
+        arrived = time.perf_counter()  # before decoding: that is not the call's time
         try:
             results = ResultRecord.decode_all(data)
         except WireError:
             logger.exception("dropped an undecodable reply")
             return
-        arrived = time.perf_counter()
         for result in results:
             answer = self._waiting.get(result.job_id)
             if answer is None or answer.done():  # a duplicate, or its request already gave up

@@ -7,6 +7,7 @@ so the HTTP edge answers the same status in split mode as in embedded mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -155,7 +156,8 @@ def encode_cancels(cancels: list[tuple[str, float]]) -> bytes:
 def decode_cancels(data: bytes) -> list[tuple[str, float]]:
     """Inverse of :func:`encode_cancels`; raise ``WireError`` for anything else."""
     fields = unpack(data)
-    if not isinstance(fields, list) or len(fields) != 2 or fields[0] != VERSION:
+    # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
+    if not isinstance(fields, list) or len(fields) < 2 or fields[0] != VERSION:
         raise WireError(f"not a cancel record of wire version {VERSION}")
     try:
         return [(str(job_id), float(deadline)) for job_id, deadline in fields[1]]
@@ -197,6 +199,21 @@ class CallTiming(NamedTuple):
 
     compute_s: float
     started_s_ago: float
+
+    @staticmethod
+    def of(fields: list[Any]) -> CallTiming | None:
+        """The timing two result fields give; ``None`` for any that cannot be one (``None,
+        None`` is how a later release that sends no timing fills the two places): the answer
+        itself is good, and a bad timing must not cost it, nor make a negative or longer than
+        possible call of it."""
+        compute_s, started_s_ago = fields
+        if (
+            isinstance(compute_s, float)
+            and isinstance(started_s_ago, float)
+            and 0.0 <= compute_s <= started_s_ago < math.inf
+        ):
+            return CallTiming(compute_s, started_s_ago)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,13 +257,9 @@ class ResultRecord:
         if not isinstance(fields, list) or len(fields) < 4 or fields[0] != VERSION:
             raise WireError(f"not a result record of wire version {VERSION}")
         _, job_id, ok, value = fields[:4]
-        if ok and len(fields) >= 6:
-            compute_s, started_s_ago = fields[4:6]
-            if not isinstance(compute_s, float) or not isinstance(started_s_ago, float):
-                raise WireError("a result's call timing must be two floats")
-            return ResultRecord(job_id, value, timing=CallTiming(compute_s, started_s_ago))
         if ok:
-            return ResultRecord(job_id, value)
+            timing = CallTiming.of(fields[4:6]) if len(fields) >= 6 else None
+            return ResultRecord(job_id, value, timing=timing)
         kind, message = value
         return ResultRecord(job_id, error=ErrorRecord(kind, message))
 
@@ -275,7 +288,8 @@ class WorkerRecord:
             fields = unpack(data)
         except WireError:
             return None
-        if not isinstance(fields, list) or len(fields) != 3 or fields[0] != VERSION:
+        # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
+        if not isinstance(fields, list) or len(fields) < 3 or fields[0] != VERSION:
             return None
         return WorkerRecord(tuple(fields[1]), float(fields[2]))
 
