@@ -12,11 +12,15 @@ import pytest
 from sluiceway.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
 from sluiceway.split.wire import (
+    VERSION,
+    CallTiming,
     ErrorRecord,
     JobRecord,
     ResultRecord,
     WireError,
     WorkerRecord,
+    decode_cancels,
+    encode_cancels,
     live_workers,
     pack,
     unpack,
@@ -148,3 +152,31 @@ def test_a_reply_message_with_a_foreign_record_is_refused() -> None:
         ResultRecord.decode_all(ResultRecord("a", 1).encode() + msgpack.packb([99, "x"]))
     with pytest.raises(WireError):
         ResultRecord.decode_all(b"\xc1")  # never valid msgpack
+
+
+def test_a_result_carries_the_timing_of_its_model_call() -> None:
+    timed = ResultRecord.decode(ResultRecord("j", [1], timing=CallTiming(0.25, 0.5)).encode())
+    assert timed.outcome() == [1] and timed.timing == CallTiming(0.25, 0.5)
+    plain = ResultRecord.decode(ResultRecord("j", [1]).encode())  # as a worker before sent it
+    assert plain.outcome() == [1] and plain.timing is None
+    # A timing that cannot be one is no timing; the answer itself stands.
+    for compute_s, ago in [("soon", 0.5), (None, None), (-1.0, 2.0), (5.0, 1.0), (0.1, 1e400)]:
+        odd = ResultRecord.decode(msgpack.packb([VERSION, "j", True, 1, compute_s, ago]))
+        assert odd.outcome() == 1 and odd.timing is None
+
+
+def test_fields_a_later_release_adds_are_ignored() -> None:
+    """So the next release may add a field to a job or a result without an upgrade order."""
+    job = JobRecord(Job(model="knn", payload=b"q", deadline=5.0, priority=1), "reply:a")
+    later = msgpack.packb([*msgpack.unpackb(job.encode(), raw=False), "new"])
+    got = JobRecord.decode(later)
+    assert (got.job.model, got.job.priority, got.reply) == ("knn", 1, "reply:a")
+    result = ResultRecord("j", [2], timing=CallTiming(0.1, 0.2))
+    later = msgpack.packb([*msgpack.unpackb(result.encode(), raw=False), "new"])
+    assert ResultRecord.decode(later).timing == CallTiming(0.1, 0.2)
+    cancels = msgpack.packb([*msgpack.unpackb(encode_cancels([("j", 5.0)])), "new"])
+    assert decode_cancels(cancels) == [("j", 5.0)]
+    beat = msgpack.packb([*msgpack.unpackb(WorkerRecord(("knn",), 9.0).encode()), "new"])
+    assert WorkerRecord.decode(beat) == WorkerRecord(("knn",), 9.0)
+    with pytest.raises(WireError):  # nine fields: a priority without its tenant
+        JobRecord.decode(msgpack.packb([*msgpack.unpackb(job.encode(), raw=False)][:9]))

@@ -20,7 +20,7 @@ from sluiceway.runtime.metrics import Metrics
 from sluiceway.split.command import select_kinds
 from sluiceway.split.dispatcher import RedisDispatcher
 from sluiceway.split.keys import GROUP, Keys
-from sluiceway.split.wire import JobRecord, ResultRecord, WorkerRecord
+from sluiceway.split.wire import CallTiming, JobRecord, ResultRecord, WorkerRecord
 from sluiceway.split.worker import Worker
 from tests.conftest import fast_settings
 from tests.fixtures.kiosk import expected, knn_job, restaurant
@@ -213,6 +213,36 @@ async def test_a_late_duplicate_result_is_ignored(redis_server: RedisServer) -> 
             assert await asyncio.wait_for(following, 2) == [0]
 
 
+@pytest.mark.parametrize(
+    ("timing", "counted"),
+    [
+        (None, False),  # a worker of the release before sends none
+        ((0.0001, 0.0002), True),
+        ((0.0002, 0.0001), False),  # a call longer than its own age: not believed
+        ((0.25, 60.0), False),  # a call that started before its request was sent: neither
+    ],
+)
+async def test_the_node_counts_an_answer_with_the_timing_it_carries_if_believable(
+    redis_server: RedisServer, timing: tuple[float, float] | None, counted: bool
+) -> None:
+    settings = cluster_settings(redis_server)
+    async with redis_client(redis_server) as redis:
+        await _register_ghost(settings, redis)
+        async with api_node(settings) as api:
+            submitted, record = await _ghost_takes(settings, redis, api, restaurant(4))
+            answer = ResultRecord(
+                record.job.id, [1], timing=CallTiming(*timing) if timing else None
+            )
+            await redis.publish(record.reply, answer.encode())
+            assert await asyncio.wait_for(submitted, 2) == [1]  # answered whatever the timing
+            stats = api.statistics.of("knn")
+    assert stats.success.count == stats.inference_count == 1
+    assert stats.compute.count == stats.queue.count == (1 if counted else 0)
+    if counted:
+        assert abs(stats.compute.ns - 100_000) <= 1  # the float sum and difference on the node
+        assert stats.queue.ns + stats.compute.ns <= stats.success.ns
+
+
 async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServer) -> None:
     settings = cluster_settings(redis_server)
     keys = Keys(settings.broker_prefix, settings.broker_partitions)
@@ -221,6 +251,9 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
         async with api_node(settings) as api:
             with pytest.raises(DeadlineExceeded):
                 await api.submit(knn_job(restaurant(5), np.zeros((1, 2)), timeout_s=0.2))
+            # The API node counts the request, as Triton counts one past its deadline.
+            counted = api.statistics.of("knn")
+            assert counted.failures == {"REJECTED": 1} and counted.success.count == 0
             await redis.hdel(keys.workers, "ghost")
             metrics = Metrics()
             worker = new_worker(settings, metrics)
@@ -235,9 +268,8 @@ async def test_an_expired_job_is_dropped_before_compute(redis_server: RedisServe
                     )
                 )
                 assert len(worker.dispatcher.cache) == 0, "an expired job was computed"
-                # Counted as Triton counts a request past its deadline.
-                stats = worker.dispatcher.statistics.of("knn")
-                assert stats.failures == {"REJECTED": 1} and stats.success.count == 0
+                stats = worker.dispatcher.statistics.of("knn")  # counted once, by the node
+                assert stats.failures == {} and stats.execution_count == 0
 
                 async def acknowledged() -> bool:  # its entry is acknowledged right after
                     return await redis.xlen(keys.jobs("knn", 0)) + await queued(redis, keys) == 0
@@ -332,9 +364,11 @@ async def test_workers_on_one_host_each_find_a_probe_port(redis_server: RedisSer
             await worker.close()
 
 
-async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
+async def test_requests_are_counted_by_the_api_node_and_calls_by_the_worker(
     redis_server: RedisServer,
 ) -> None:
+    """Triton's metrics in split mode: each is written by one kind of process, so a sum over
+    every scraped process counts each request and each call once."""
     settings = cluster_settings(redis_server, worker_port=0)
     worker = new_worker(settings)
     await worker.start()
@@ -344,11 +378,21 @@ async def test_a_workers_probes_write_tritons_metrics_of_the_jobs_it_ran(
         queries = [np.full((1, 2), float(i)) for i in range(3)]
         async with api_node(settings) as api:
             results = await asyncio.gather(*(api.submit(knn_job(training, q)) for q in queries))
+            counted = api.statistics.of("knn")
         assert results == [expected(training, q) for q in queries]
+        # The node: three successes, each with its queue and compute time from the answer.
+        assert counted.success.count == counted.inference_count == 3 and not counted.failures
+        assert counted.queue.count == counted.compute.count == 3
+        assert 0 < counted.compute.ns <= counted.success.ns
+        assert counted.queue.ns + counted.compute.ns <= counted.success.ns
+        assert counted.execution_count == 0  # the node makes no model call
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text
-        assert 'nv_inference_request_success{model="knn",version="1"} 3\n' in text
-        assert 'nv_inference_count{model="knn",version="1"} 3\n' in text
-        assert 'nv_inference_request_failure{model="knn",version="1",reason="BACKEND"} 0\n' in text
+        # The worker: its calls (one to three, as the jobs met), and no requests.
+        calls = worker.dispatcher.statistics.of("knn").execution_count
+        assert 1 <= calls <= 3
+        assert f'nv_inference_exec_count{{model="knn",version="1"}} {calls}\n' in text
+        assert 'nv_inference_pending_request_count{model="knn",version="1"} 0\n' in text
+        assert "nv_inference_request_success" not in text and "nv_inference_count" not in text
     finally:
         await worker.close()

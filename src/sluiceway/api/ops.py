@@ -50,17 +50,21 @@ async def metrics(request: Request) -> Response:
 
 def triton_metrics(services: Services) -> bytes:
     """Triton's metrics of every model with a record (as the statistics extension lists them);
-    nothing in split mode, where the workers write their own, or when turned off."""
+    nothing when turned off. A split-mode API node writes its requests' (the workers write
+    their model calls')."""
     statistics = getattr(services.dispatcher, "statistics", None)
     if statistics is None or not services.settings.triton_metrics:
         return b""
     return render(
-        ModelMetrics(
-            entry.name,
-            entry.version,
-            statistics.of(entry.name),
-            services.metrics.queued(entry.name),
-        )
-        for entry in services.registry.entries()
-        if entry.record is not None
+        (
+            ModelMetrics(
+                entry.name,
+                entry.version,
+                statistics.of(entry.name),
+                services.metrics.queued(entry.name),
+            )
+            for entry in services.registry.entries()
+            if entry.record is not None
+        ),
+        calls=statistics.makes_calls,
     )

@@ -23,6 +23,10 @@ class Counting(enum.IntEnum):
     """The first job of a request of several: its queue and compute times, not its outcome."""
     CALL = 2
     """Another job of such a request: counted in its model call only."""
+    REMOTE = 3
+    """A job a split-mode worker read: the API node that sent it counts its request (and
+    observes its compute time), so the worker only times its model call, to send back with
+    its answer (``split/worker.py``)."""
 
 
 @dataclass(slots=True)
@@ -51,7 +55,8 @@ class Job:
     priority: int = 0
     tenant: str | None = None
     counting: Counting = Counting.REQUEST
-    """What the job adds to its model's statistics; local only, never sent to a worker."""
+    """What the job adds to its model's statistics; local only, never sent to a worker (a
+    worker sets ``REMOTE`` on the jobs it reads)."""
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds left before the deadline (negative once it has passed)."""

@@ -8,6 +8,9 @@ compute time (that call's duration); every model call is counted by its batch si
 (``execution_count``, ``batch_stats``). A request is one job, or several (the Open Inference
 Protocol makes one job per row): its caller then counts it once (``Statistics.count_request``)
 and its jobs say what they add (``Job.counting``).
+
+In split mode the API node counts the requests, with the times of the model call each job's
+answer carries (``split/wire.py``), and each worker counts the model calls it makes.
 """
 
 from __future__ import annotations
@@ -98,8 +101,12 @@ class ModelStatistics:
 class Statistics:
     """The statistics of every model of one process, and the histograms beside them."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, makes_calls: bool = True) -> None:
+        """``makes_calls``: this process makes the model calls it counts (not so on a
+        split-mode API node, whose requests' calls are counted by the workers that make them;
+        ``runtime/triton_metrics.py`` then writes no call metrics for it)."""
         self._metrics = metrics
+        self.makes_calls = makes_calls
         self._models: dict[str, ModelStatistics] = {}
         # Jobs being measured, by their payload's identity: the model call a job ran in is
         # written here by the timed model, since the batcher hands models payloads, not jobs.
@@ -130,17 +137,29 @@ class Statistics:
             self._calls[key] = None
         return Watch(key if watched else None, time.perf_counter())
 
-    def done(self, job: Job, watch: Watch, error: BaseException | None) -> None:
+    def done(
+        self,
+        job: Job,
+        watch: Watch,
+        error: BaseException | None,
+        call: tuple[float, float] | None = None,
+    ) -> tuple[float, float] | None:
         """Count ``job``, watched since ``watch``, as a success (``error`` ``None``) or a
-        failure, with its times, as far as ``job.counting`` says."""
-        call = None
+        failure, with its times, as far as ``job.counting`` says; the start and end
+        (``perf_counter``) of the model call it ran in, if it ran in one.
+
+        ``call``: that call's times when another process made it (a split-mode API node
+        passes the times a worker's answer carried).
+        """
         if watch.key is not None:
             with _COUNTING:  # a model call on a worker thread may be writing it
-                call = self._calls.pop(watch.key, None)
+                timed = self._calls.pop(watch.key, None)
+            call = call or timed
         if job.counting == Counting.REQUEST:
             self._count(job, 1, watch.submitted, call, error)
         elif job.counting == Counting.TIMES and call is not None:
             self._first_rows[id(job)] = call  # counted with its request, if that succeeds
+        return call
 
     def count_request(
         self, first: Job, rows: int, submitted: float, error: BaseException | None
@@ -170,12 +189,15 @@ class Statistics:
             return
         stats.success.add(elapsed)
         stats.inference_count += rows
+        if not self.makes_calls:  # no model call here to set it (``_TimedModel``)
+            stats.last_inference_ms = int(time.time() * 1000)
         if call is None:
             return
         started, finished = call
         stats.queue.add(max(0.0, started - submitted))
         stats.compute.add(finished - started)
-        # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``), once.
+        # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``; in split
+        # mode, the worker's).
         self._metrics.compute_of(job.model).observe(finished - started)
 
 

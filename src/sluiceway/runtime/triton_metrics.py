@@ -46,12 +46,23 @@ _COUNTERS = {
 }
 
 
-def render(models: Iterable[ModelMetrics]) -> bytes:
+_CALL_COUNTERS = ("nv_inference_exec_count",)
+"""What the process making the model calls counts; the rest is counted per request."""
+
+
+def render(models: Iterable[ModelMetrics], *, requests: bool = True, calls: bool = True) -> bytes:
     """Prometheus text exposition of Triton's per-model metrics (its classic text format,
-    which ``/metrics`` serves)."""
+    which ``/metrics`` serves).
+
+    In split mode each metric is written by one kind of process, so a sum over every scraped
+    process counts each request and call once: the API nodes count the requests
+    (``calls=False``), the workers their calls and the jobs waiting (``requests=False``).
+    """
     rows = list(models)
     lines: list[str] = []
     for name, help_text in _COUNTERS.items():
+        if not (calls if name in _CALL_COUNTERS else requests):
+            continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
         for row in rows:
             labels = f'model="{_escaped(row.name)}",version="{_escaped(row.version)}"'
@@ -61,14 +72,15 @@ def render(models: Iterable[ModelMetrics]) -> bytes:
                     lines.append(f'{name}{{{labels},reason="{reason}"}} {count}')
             else:
                 lines.append(f"{name}{{{labels}}} {_value(name, row.stats)}")
-    name = "nv_inference_pending_request_count"
-    lines += [
-        f"# HELP {name} Jobs (rows of requests) waiting for a model call now",
-        f"# TYPE {name} gauge",
-    ]
-    for row in rows:
-        labels = f'model="{_escaped(row.name)}",version="{_escaped(row.version)}"'
-        lines.append(f"{name}{{{labels}}} {row.pending}")
+    if calls:
+        name = "nv_inference_pending_request_count"
+        lines += [
+            f"# HELP {name} Jobs (rows of requests) waiting for a model call now",
+            f"# TYPE {name} gauge",
+        ]
+        for row in rows:
+            labels = f'model="{_escaped(row.name)}",version="{_escaped(row.version)}"'
+            lines.append(f"{name}{{{labels}}} {row.pending}")
     return ("\n".join(lines) + "\n").encode() if rows else b""
 
 

@@ -37,6 +37,7 @@ from sluiceway.config import Settings
 from sluiceway.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
+from sluiceway.runtime.stats import Statistics, Watch
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
 from sluiceway.split.keys import Keys
 from sluiceway.split.line import pack
@@ -97,6 +98,9 @@ class RedisDispatcher:
         self._cancels: Outbox[tuple[str, float]] = Outbox(self._send_cancels)
         self._watching: asyncio.Task[None] | None = None
         self._closing = False
+        # The requests this node sends, counted as the embedded dispatcher counts them; the
+        # model calls are counted by the workers that make them (``runtime/triton_metrics.py``).
+        self.statistics = Statistics(metrics, makes_calls=False)
         self._closed = asyncio.Event()
         self._live_models: set[str] = set()
         named = {name.strip() for name in settings.api_models.split(",") if name.strip()}
@@ -153,6 +157,21 @@ class RedisDispatcher:
         return sorted(self._live_models)
 
     async def submit(self, job: Job) -> Any:
+        """The job's result from a worker, counted in this node's statistics with the times of
+        the model call the worker's answer carries."""
+        statistics = self.statistics
+        watch = Watch(None, time.perf_counter())
+        try:
+            value, call = await self._submit(job)
+        except BaseException as error:  # a cancelled caller too: counted by its reason
+            statistics.done(job, watch, error)
+            raise
+        if call is not None and call[0] < watch.submitted:  # a call before its request
+            call = None  # cannot be: not believed
+        statistics.done(job, watch, None, call)
+        return value
+
+    async def _submit(self, job: Job) -> tuple[Any, tuple[float, float] | None]:
         if self._closing:
             raise ModelUnavailable("the API node is shutting down")
         if not (self._broker.connected and self._replies.subscribed.is_set()):
@@ -164,7 +183,7 @@ class RedisDispatcher:
             raise DeadlineExceeded(f"deadline passed before {job.model} was asked")
         data = JobRecord(job, self._reply).encode()
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
+        answer: asyncio.Future[tuple[Any, tuple[float, float] | None]] = loop.create_future()
         # Registered before the job is sent: the result may come back before XADD's reply.
         self._waiting[job.id] = answer
         stream = self._keys.jobs(job.model, self._keys.partition(job.key))
@@ -216,6 +235,7 @@ class RedisDispatcher:
     # Replies: pushed by Redis to the subscription's callback.
 
     def _resolve(self, data: bytes) -> None:
+        arrived = time.perf_counter()  # before decoding: that is not the call's time
         try:
             results = ResultRecord.decode_all(data)
         except WireError:
@@ -225,8 +245,12 @@ class RedisDispatcher:
             answer = self._waiting.get(result.job_id)
             if answer is None or answer.done():  # a duplicate, or its request already gave up
                 continue
+            call = None
+            if result.timing is not None:  # the worker's call, placed on this node's clock
+                started = arrived - result.timing.started_s_ago
+                call = (started, started + result.timing.compute_s)
             try:
-                answer.set_result(result.outcome())
+                answer.set_result((result.outcome(), call))
             except Exception as error:
                 answer.set_exception(error)
 

@@ -7,8 +7,9 @@ so the HTTP edge answers the same status in split mode as in embedded mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -122,10 +123,16 @@ class JobRecord:
     def decode(data: bytes) -> JobRecord:
         """Parse a stream entry; raise ``WireError`` if it is not a job of this version."""
         fields = unpack(data)
-        if not isinstance(fields, list) or len(fields) not in (8, 10) or fields[0] != VERSION:
+        # Fields beyond the ten known here are a later release's: ignored (see ``ResultRecord``).
+        if (
+            not isinstance(fields, list)
+            or len(fields) < 8
+            or len(fields) == 9
+            or fields[0] != VERSION
+        ):
             raise WireError(f"not a job record of wire version {VERSION}")
         _, job_id, model, key, deadline, reply, payload, spec = fields[:8]
-        priority, tenant = fields[8:] if len(fields) == 10 else (0, None)
+        priority, tenant = fields[8:10] if len(fields) >= 10 else (0, None)
         if not isinstance(priority, int) or not (tenant is None or isinstance(tenant, str)):
             raise WireError("a job record's priority must be an integer, its tenant text")
         job = Job(
@@ -149,7 +156,8 @@ def encode_cancels(cancels: list[tuple[str, float]]) -> bytes:
 def decode_cancels(data: bytes) -> list[tuple[str, float]]:
     """Inverse of :func:`encode_cancels`; raise ``WireError`` for anything else."""
     fields = unpack(data)
-    if not isinstance(fields, list) or len(fields) != 2 or fields[0] != VERSION:
+    # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
+    if not isinstance(fields, list) or len(fields) < 2 or fields[0] != VERSION:
         raise WireError(f"not a cancel record of wire version {VERSION}")
     try:
         return [(str(job_id), float(deadline)) for job_id, deadline in fields[1]]
@@ -183,18 +191,53 @@ class ErrorRecord:
         return cls(self.message) if cls is not None else RuntimeError(self.message)
 
 
+class CallTiming(NamedTuple):
+    """The model call a job ran in, as its worker measured it: how long the call took, and
+    how long before the answer was sent it started. Clocks differ between machines, so these
+    are durations; the API node places the call on its own clock by the answer's arrival
+    (``RedisDispatcher``), which puts the hops to and from Redis in the queue time."""
+
+    compute_s: float
+    started_s_ago: float
+
+    @staticmethod
+    def of(fields: list[Any]) -> CallTiming | None:
+        """The timing two result fields give; ``None`` for any that cannot be one (``None,
+        None`` is how a later release that sends no timing fills the two places): the answer
+        itself is good, and a bad timing must not cost it, nor make a negative or longer than
+        possible call of it."""
+        compute_s, started_s_ago = fields
+        if (
+            isinstance(compute_s, float)
+            and isinstance(started_s_ago, float)
+            and 0.0 <= compute_s <= started_s_ago < math.inf
+        ):
+            return CallTiming(compute_s, started_s_ago)
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
-    """The answer to one job: its value, or the error it failed with."""
+    """The answer to one job: its value, or the error it failed with; a value may carry the
+    timing of the call that computed it (for the API node's statistics)."""
 
     job_id: str
     value: Any = None
     error: ErrorRecord | None = None
+    timing: CallTiming | None = None
 
     def encode(self) -> bytes:
-        """Bytes of one result; results for one API node are sent concatenated."""
+        """Bytes of one result; results for one API node are sent concatenated.
+
+        A value's timing follows as two more fields. An API node of the release before this
+        one refuses a result of more than four, so in that rolling upgrade the API nodes go
+        first (README, "Scaling out"); later fields are ignored (``_of``).
+        """
         if self.error is None:
-            return pack([VERSION, self.job_id, True, self.value])
+            if self.timing is None:
+                return pack([VERSION, self.job_id, True, self.value])
+            compute_s, started_s_ago = self.timing
+            return pack([VERSION, self.job_id, True, self.value, compute_s, started_s_ago])
         return pack([VERSION, self.job_id, False, [self.error.kind, self.error.message]])
 
     @staticmethod
@@ -209,11 +252,14 @@ class ResultRecord:
 
     @staticmethod
     def _of(fields: Any) -> ResultRecord:
-        if not isinstance(fields, list) or len(fields) != 4 or fields[0] != VERSION:
+        # Fields beyond those known here are a later release's: ignored, so a worker of the
+        # next release may add one without waiting for every API node to be upgraded first.
+        if not isinstance(fields, list) or len(fields) < 4 or fields[0] != VERSION:
             raise WireError(f"not a result record of wire version {VERSION}")
-        _, job_id, ok, value = fields
+        _, job_id, ok, value = fields[:4]
         if ok:
-            return ResultRecord(job_id, value)
+            timing = CallTiming.of(fields[4:6]) if len(fields) >= 6 else None
+            return ResultRecord(job_id, value, timing=timing)
         kind, message = value
         return ResultRecord(job_id, error=ErrorRecord(kind, message))
 
@@ -242,7 +288,8 @@ class WorkerRecord:
             fields = unpack(data)
         except WireError:
             return None
-        if not isinstance(fields, list) or len(fields) != 3 or fields[0] != VERSION:
+        # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
+        if not isinstance(fields, list) or len(fields) < 3 or fields[0] != VERSION:
             return None
         return WorkerRecord(tuple(fields[1]), float(fields[2]))
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -29,7 +30,7 @@ from sluiceway.config import Settings
 from sluiceway.errors import DeadlineExceeded, SluicewayError
 from sluiceway.models.base import ModelKind
 from sluiceway.runtime.dispatch import LocalDispatcher
-from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.jobs import Counting, Job
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.runtime.stats import Watch
 from sluiceway.runtime.triton_metrics import ModelMetrics, render
@@ -44,7 +45,7 @@ from sluiceway.split.membership import Membership
 from sluiceway.split.probes import Probes
 from sluiceway.split.reader import GroupReader, entry_field
 from sluiceway.split.scripts import FINISH
-from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError
+from sluiceway.split.wire import CallTiming, ErrorRecord, JobRecord, ResultRecord, WireError
 
 logger = logging.getLogger(__name__)
 
@@ -130,21 +131,20 @@ class Worker:
         return list(self._membership.helped)
 
     def _triton_metrics(self) -> bytes:
-        """Triton's metrics of the models this worker serves: the jobs it ran (a worker sees
-        jobs, not the requests an API node split into them)."""
+        """Triton's metrics of the model calls of the models this worker serves: their count
+        and the jobs waiting for one. The requests are counted by the API nodes, which see
+        them whole (a request of several rows may run on several workers)."""
         versions = {
             name: status.version for name, status in self._convergence.report().models.items()
         }
         statistics = self._local.statistics
-        return render(
+        rows = [
             ModelMetrics(
-                name,
-                versions.get(name) or "1",
-                statistics.of(name),
-                self._metrics.queued(name),
+                name, versions.get(name) or "1", statistics.of(name), self._metrics.queued(name)
             )
             for name in self._local.models()
-        )
+        ]
+        return render(rows, requests=False)
 
     def ready(self) -> bool:
         """Connected to the broker and taking jobs."""
@@ -272,7 +272,9 @@ class Worker:
             return
         job = record.job
         remaining = job.remaining()
-        # Each job is counted in the worker's statistics (Triton's metrics on its probes).
+        # The API node counts the job's request; here its model call is timed for the answer
+        # (and counted by batch size: Triton's execution count on the worker's probes).
+        job.counting = Counting.REMOTE
         statistics = self._local.statistics
         watch = statistics.watch(job)
         if remaining <= 0:  # its caller has had its 504: no dead work
@@ -313,18 +315,24 @@ class Worker:
         self._running.discard(future)
         self._cancels.untrack(job.id)
         self._room.set()
-        error: BaseException | None
+        statistics = self._local.statistics
         if future.cancelled() and self._cancels.gone(job.id):
-            error = asyncio.CancelledError()
+            statistics.done(job, watch, asyncio.CancelledError())
             self._answers.finish(Finished(finished.stream, finished.model, finished.entry_id))
         elif future.cancelled():
             error = DeadlineExceeded(f"{finished.model} did not answer before the deadline")
+            statistics.done(job, watch, error)
             self._fail(finished, data, job.id, error)
-        elif (error := future.exception()) is not None:
-            self._fail(finished, data, job.id, error)
+        elif (failure := future.exception()) is not None:
+            statistics.done(job, watch, failure)
+            self._fail(finished, data, job.id, failure)
         else:
-            self._answers.reply(finished, ResultRecord(job.id, future.result()))
-        self._local.statistics.done(job, watch, error)  # after the answer is on its way
+            call = statistics.done(job, watch, None)
+            timing = None
+            if call is not None:
+                started, ended = call
+                timing = CallTiming(ended - started, time.perf_counter() - started)
+            self._answers.reply(finished, ResultRecord(job.id, future.result(), timing=timing))
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""

@@ -213,7 +213,7 @@ async def _submit_all(dispatcher: Dispatcher, jobs: list[Job]) -> list[Any]:
     if len(jobs) == 1:
         return [await dispatcher.submit(jobs[0])]
     statistics: Statistics | None = getattr(dispatcher, "statistics", None)
-    if statistics is None:  # split mode: the workers count the jobs they run
+    if statistics is None:  # a dispatcher that counts nothing
         return await _gathered(dispatcher, jobs)
     jobs[0].counting = Counting.TIMES
     for job in jobs[1:]:
