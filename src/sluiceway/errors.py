@@ -42,3 +42,8 @@ class ModelControlError(SluicewayError):
 class LoadRefused(BadInput):
     """A load request whose parameters (a config, model files) cannot be used as given; the
     message says which and why. A model already serving keeps serving."""
+
+
+class LoggingNotConfigured(SluicewayError):
+    """The process's logging was set up by its host, not by ``sluiceway serve``: its log
+    settings are not Sluiceway's to report or change."""
