@@ -44,6 +44,7 @@ class LoadRefused(BadInput):
     message says which and why. A model already serving keeps serving."""
 
 
-class LoggingNotConfigured(SluicewayError):
-    """The process's logging was set up by its host, not by ``sluiceway serve``: its log
-    settings are not Sluiceway's to report or change."""
+class LogSettingsUnavailable(SluicewayError):
+    """The log settings cannot be read or changed here: the process's logging was set up by
+    its host, not by ``sluiceway serve``, or a change would reach one worker process of
+    several."""

@@ -17,7 +17,7 @@ DEBUG. An update names any subset; a ``null`` (gRPC: a value with no field set) 
 as it is, as in Triton. It is checked whole before any of it applies (Triton applies a request's
 settings one by one and may stop half-way): an unknown name, a wrong type or a value out of
 range is ``BadInput`` naming the setting. The settings are the process's: with several worker
-processes, a call changes the one it reaches.
+processes a change is refused (``update``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping
 
 from sluiceway import logs
-from sluiceway.errors import BadInput, LoggingNotConfigured
+from sluiceway.errors import BadInput, LogSettingsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,33 @@ def current() -> dict[str, Value]:
     }
 
 
-def update(changes: Mapping[str, object]) -> dict[str, Value]:
+def update(changes: Mapping[str, object], processes: int = 1) -> dict[str, Value]:
     """Apply ``changes`` (any subset of the settings) and answer every setting afterwards;
-    ``BadInput`` naming the first that cannot be applied, and then none is."""
+    ``BadInput`` naming the first that cannot be applied, and then none is.
+
+    ``processes``: the server's worker processes (``SLUICEWAY_WORKERS``). With several, a
+    change would reach only the one a connection landed on, and a client keeping its
+    connection (as tritonclient does) could never reach the others: refused,
+    ``LogSettingsUnavailable`` saying what to do instead.
+    """
     handler = _handler()
     checked = _checked(changes)
+    if checked and processes > 1:
+        raise LogSettingsUnavailable(
+            f"log settings cannot be changed with SLUICEWAY_WORKERS={processes}: a change would "
+            "reach only the process this connection reached; set SLUICEWAY_LOG_LEVEL and "
+            "restart, or serve with one worker process"
+        )
     if checked:
-        # Said before it applies, so that a client turning warnings off leaves a trace of it.
+        # Written whatever the switches and repeats, so that every change leaves a trace,
+        # those turning warnings or everything off included (``logs.ALWAYS``).
         described = ", ".join(f"{name}={value!r}" for name, value in checked.items())
-        logger.warning("log settings changed by a client: %s", described)
+        record = logger.makeRecord(
+            logger.name, logging.WARNING, __file__, 0,
+            "log settings changed by a client: %s", (described,), None,
+            extra={logs.ALWAYS: True},
+        )  # fmt: skip
+        logger.handle(record)  # past the logger's level too: it may have every level off
     switches = handler.switches
     switches.info = bool(checked.get("log_info", switches.info))
     switches.warning = bool(checked.get("log_warning", switches.warning))
@@ -85,9 +103,10 @@ def update(changes: Mapping[str, object]) -> dict[str, Value]:
 def _handler() -> logs.SluicewayHandler:
     handler = logs.installed()
     if handler is None:
-        raise LoggingNotConfigured(
+        raise LogSettingsUnavailable(
             "this process's logging was set up by the program that runs the app, not by "
-            "'sluiceway serve': its log settings are that program's"
+            "'sluiceway serve', so its log settings are that program's; to serve them, start "
+            "with 'sluiceway serve' or 'uvicorn sluiceway.cli:served_app --factory'"
         )
     return handler
 

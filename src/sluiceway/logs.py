@@ -41,7 +41,7 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, ALWAYS, False):
             return True
         text = record.getMessage()
         key = (record.name, record.levelno, text)
@@ -59,6 +59,11 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+ALWAYS = "sluiceway_always"
+"""A record attribute: a record that has it set is written whatever the switches and repeats
+(the line saying the log settings changed)."""
+
+
 class LevelSwitches(logging.Filter):
     """Which levels the handler writes, as Triton switches them: INFO, WARNING and ERROR
     (CRITICAL with it) each on or off, and DEBUG only at a verbose level above 0.
@@ -71,7 +76,7 @@ class LevelSwitches(logging.Filter):
         super().__init__()
         self.info = level <= logging.INFO
         self.warning = level <= logging.WARNING
-        self.error = level <= logging.ERROR
+        self.error = level <= logging.CRITICAL  # CRITICAL goes with the ERROR switch
         self.verbose = 1 if level <= logging.DEBUG else 0
 
     def lowest(self) -> int:
@@ -87,6 +92,8 @@ class LevelSwitches(logging.Filter):
         return logging.CRITICAL + 1
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, ALWAYS, False):
+            return True
         if record.levelno >= logging.ERROR:
             return self.error
         if record.levelno >= logging.WARNING:

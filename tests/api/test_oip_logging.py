@@ -171,6 +171,50 @@ def test_log_info_off_silences_info_and_not_warnings(
     assert http.get_log_settings() == {**AT_INFO, "log_warning": False}
 
 
+def test_log_error_off_silences_errors_and_critical_and_the_switches_hold_for_any_logger(
+    http: triton_http.InferenceServerClient, start: Callable[..., io.StringIO]
+) -> None:
+    written = start()
+    http.update_log_settings({"log_error": False, "log_info": False}, headers=AUTH)
+    error, critical = say(logging.ERROR), say(logging.CRITICAL)
+    warning = say(logging.WARNING)
+    library_info = say(logging.INFO, "uvicorn.error")  # another library's, through the root
+    library_warning = say(logging.WARNING, "uvicorn.error")
+    assert error not in written.getvalue() and critical not in written.getvalue()
+    assert library_info not in written.getvalue()
+    assert warning in written.getvalue() and library_warning in written.getvalue()
+
+
+def test_every_change_is_written_even_one_made_with_every_level_off(
+    http: triton_http.InferenceServerClient, start: Callable[..., io.StringIO]
+) -> None:
+    written = start()
+    changes = [
+        {"log_warning": False},
+        {"log_error": False, "log_info": False},  # now nothing is written but the changes
+        {"log_format": "ISO8601"},
+        {"log_format": "ISO8601"},  # the same again: not held back as a repeat
+        {"log_error": True, "log_warning": True},
+    ]
+    for change in changes:
+        http.update_log_settings(change, headers=AUTH)
+    lines = [line for line in written.getvalue().splitlines() if "log settings changed" in line]
+    assert len(lines) == len(changes), lines
+    assert lines[1].endswith("log_error=False, log_info=False")
+
+
+def test_a_critical_start_up_level_keeps_critical_records(
+    http: triton_http.InferenceServerClient, start: Callable[..., io.StringIO]
+) -> None:
+    written = start("CRITICAL")
+    assert http.get_log_settings() == {
+        **AT_INFO, "log_info": False, "log_warning": False, "log_error": True
+    }  # fmt: skip
+    critical, error = say(logging.CRITICAL), say(logging.ERROR)
+    assert critical in written.getvalue()
+    assert error not in written.getvalue()  # below the start-up level: never made
+
+
 def test_a_level_below_the_start_up_level_can_be_switched_on(
     http: triton_http.InferenceServerClient, start: Callable[..., io.StringIO]
 ) -> None:
@@ -181,7 +225,7 @@ def test_a_level_below_the_start_up_level_can_be_switched_on(
     assert info in written.getvalue() and warning not in written.getvalue()  # still off
 
 
-def test_a_verbose_level_writes_debug_records_of_sluicewayss_loggers_only(
+def test_a_verbose_level_writes_debug_records_of_sluiceways_loggers_only(
     http: triton_http.InferenceServerClient, start: Callable[..., io.StringIO]
 ) -> None:
     written = start()
@@ -265,7 +309,8 @@ def test_a_body_that_is_not_an_object_is_a_400(
     start()
     answer = httpx.post(f"{served.url}/v2/logging", content=body, headers=AUTH)
     assert answer.status_code == 400
-    assert "JSON object of log settings" in answer.json()["error"]
+    error = answer.json()["error"]
+    assert "JSON object of log settings" in error or error.startswith("the body is not JSON")
 
 
 def test_changes_need_the_admin_token_and_reading_does_not(
@@ -372,6 +417,7 @@ def test_each_worker_process_of_sluiceway_serve_starts_from_its_log_level(tmp_pa
         "SLUICEWAY_WORKERS": "2",
         "SLUICEWAY_PORT": str(port),
         "SLUICEWAY_LOG_LEVEL": "WARNING",
+        "SLUICEWAY_ADMIN_TOKEN": TOKEN,
     }
     with (tmp_path / "stderr").open("wb") as stderr:
         process = subprocess.Popen(
@@ -386,7 +432,13 @@ def test_each_worker_process_of_sluiceway_serve_starts_from_its_log_level(tmp_pa
                 answers.append(httpx.get(f"http://127.0.0.1:{port}/v2/logging", timeout=2))
             except httpx.TransportError:
                 time.sleep(0.2)
+        # A change would reach one process of two: refused, saying what to do instead.
+        refused = httpx.post(
+            f"http://127.0.0.1:{port}/v2/logging", json={"log_info": True}, headers=AUTH
+        )
     finally:
         process.terminate()
         process.wait(30)
     assert all(answer.json() == {**AT_INFO, "log_info": False} for answer in answers)
+    assert refused.status_code == 409
+    assert "SLUICEWAY_WORKERS=2" in refused.json()["error"]

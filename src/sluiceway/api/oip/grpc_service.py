@@ -430,7 +430,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             if not changes:  # tritonclient's get_log_settings: a read, open as GET /v2/logging
                 return log_settings_response(log_settings.current())
             self._authorize(context, log_settings.ADMIN_ACTION)
-            return log_settings_response(log_settings.update(changes))
+            processes = self.services.settings.workers
+            return log_settings_response(log_settings.update(changes, processes))
 
         return await self._call("LogSettings", context, work)
 

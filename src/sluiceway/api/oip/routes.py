@@ -128,7 +128,8 @@ async def update_log_settings(request: Request) -> Response:
     if refused is not None:
         return refused
     body = await read_body(request, _LOG_SETTINGS_MAX_BYTES)
-    return _json(log_settings.update(_log_changes(body)))
+    processes = services_of(request).settings.workers
+    return _json(log_settings.update(_log_changes(body), processes))
 
 
 def _log_changes(body: bytes) -> dict[str, object]:
@@ -137,8 +138,8 @@ def _log_changes(body: bytes) -> dict[str, object]:
         return {}
     try:
         given = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        given = None
+    except orjson.JSONDecodeError as error:
+        raise BadInput(f"the body is not JSON this server reads: {error}") from error
     if not isinstance(given, dict):
         raise BadInput(
             'the body must be a JSON object of log settings, for example {"log_verbose_level": 1}'
