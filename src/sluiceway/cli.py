@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     logs.configure(settings.log_level)
     uvicorn.run(
-        "sluiceway.app:create_app",
+        "sluiceway.cli:served_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -43,6 +43,17 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.request_timeout_s),
     )
     return 0
+
+
+def served_app() -> Any:
+    """The app as ``sluiceway serve`` runs it in each process, logging configured first: with
+    ``SLUICEWAY_WORKERS`` > 1 each worker is a fresh process that runs only this factory, and
+    would otherwise write nothing below WARNING and have no log settings to serve."""
+    from sluiceway.app import create_app
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+    return create_app(settings)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         None, description="a folder of your own models to serve (README: Serve your own model)"
     )
     admin_token: SecretStr | None = Field(
-        None, description="bearer token to load and unload models at runtime; unset = off"
+        None,
+        description="bearer token to load and unload models and change log settings at "
+        "runtime; unset = off",
     )
 
     # The HTTP edge (edge.py): what one client may take. Defaults follow nginx and Apache.

@@ -42,3 +42,9 @@ class ModelControlError(SluicewayError):
 class LoadRefused(BadInput):
     """A load request whose parameters (a config, model files) cannot be used as given; the
     message says which and why. A model already serving keeps serving."""
+
+
+class LogSettingsUnavailable(SluicewayError):
+    """The log settings cannot be read or changed here: the process's logging was set up by
+    its host, not by ``sluiceway serve``, or a change would reach one worker process of
+    several."""

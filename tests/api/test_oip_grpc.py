@@ -517,8 +517,9 @@ def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server
     with pytest.raises(InferenceServerException, match="CPU") as raised:
         client.get_cuda_shared_memory_status()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
-    with pytest.raises(InferenceServerException, match="SLUICEWAY_LOG_LEVEL"):
-        client.get_log_settings()
+    with pytest.raises(InferenceServerException, match="trace") as raised:
+        client.get_trace_settings()
+    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'route="grpc:CudaSharedMemoryStatus",status="501"' in metrics
 

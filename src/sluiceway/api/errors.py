@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from sluiceway.errors import (
     BadInput,
     DeadlineExceeded,
+    LogSettingsUnavailable,
     ModelControlError,
     ModelUnavailable,
     Overloaded,
@@ -56,7 +57,7 @@ def status_of(error: BaseException) -> int | None:
         return 400
     if isinstance(error, UnknownModel | UnknownRegion):
         return 404
-    if isinstance(error, ModelControlError):
+    if isinstance(error, ModelControlError | LogSettingsUnavailable):
         return 409
     if isinstance(error, QuotaExceeded):
         return 429

@@ -155,9 +155,9 @@ def _tensors(body: bytes, inputs: tuple[Any, ...]) -> TensorRequest:
 
 
 async def _control(request: Request, action: Callable[[], Awaitable[ModelEntry]]) -> Response:
-    denied = _denied(request)
-    if denied is not None:
-        return denied
+    refused = admin_refusal(request, MODEL_CONTROL, "sluiceway models")
+    if refused is not None:
+        return refused
     try:
         entry = await action()
     except LoadRefused as error:
@@ -180,26 +180,33 @@ def load_failure(entry: ModelEntry) -> str | None:
     return None
 
 
-def _denied(request: Request) -> Response | None:
-    """403 while model control is off, 401 without the right bearer token, else ``None``."""
+MODEL_CONTROL = "loading and unloading models"
+"""What the admin token turns on here, as its refusals name it."""
+
+
+def admin_refusal(request: Request, action: str, realm: str) -> Response | None:
+    """403 while ``action`` is off (no admin token set), 401 without the right bearer token
+    (its ``WWW-Authenticate`` naming ``realm``), else ``None``."""
     token = services_of(request).settings.admin_token
-    refusal = control_refusal(token, request.headers.get("authorization", ""))
+    refusal = control_refusal(token, request.headers.get("authorization", ""), action)
     if refusal is None:
         return None
     response = _error(*refusal)
     if refusal[0] == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="sluiceway models"'
+        response.headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
     return response
 
 
-def control_refusal(token: SecretStr | None, authorization: str) -> tuple[int, str] | None:
-    """Why a caller sending ``authorization`` may not load or unload models (403 while model
-    control is off, 401 without the right bearer token), or ``None`` when it may: over HTTP
-    and gRPC alike."""
+def control_refusal(
+    token: SecretStr | None, authorization: str, action: str = MODEL_CONTROL
+) -> tuple[int, str] | None:
+    """Why a caller sending ``authorization`` may not do ``action`` (403 while no admin token is
+    set, 401 without the right bearer token), or ``None`` when it may: over HTTP and gRPC
+    alike."""
     if token is None:
         return (
             403,
-            "loading and unloading models is off: set SLUICEWAY_ADMIN_TOKEN on the server and "
+            f"{action} is off: set SLUICEWAY_ADMIN_TOKEN on the server and "
             "send 'Authorization: Bearer <token>'",
         )
     scheme, _, given = authorization.partition(" ")

@@ -9,8 +9,9 @@ Modules, each importing only those before it: ``forms`` (how a model takes tenso
 
 Endpoints: ``GET /v2`` (server metadata), ``GET /v2/health/live``, ``GET /v2/health/ready``,
 ``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``,
-``POST .../infer``, and Triton's statistics extension ``GET /v2/models[/{name}]/stats``. The
-repository extension lives in ``api/repository.py``; the system shared memory extension, where
+``POST .../infer``, Triton's statistics extension ``GET /v2/models[/{name}]/stats`` and its
+logging extension ``GET``/``POST /v2/logging`` (``sluiceway/log_settings.py``). The repository
+extension lives in ``api/repository.py``; the system shared memory extension, where
 ``SLUICEWAY_ALLOW_CLIENT_SHM`` turns it on, in ``regions``. Errors are ``{"error": "..."}``.
 
 Inference takes JSON tensors (``data`` nested or flat) or Triton's binary tensors (a JSON header

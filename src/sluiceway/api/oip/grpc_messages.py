@@ -6,6 +6,9 @@ parameters), as typed ``contents`` (``fp32_contents``...), or as raw bytes: the 
 ``raw_input_contents``, one entry per input that has neither, in order (tritonclient sends every
 input this way). Outputs go back as ``raw_output_contents``, one entry per output in order
 (empty for an output written into shared memory), as Triton answers and tritonclient reads.
+
+Log settings (Triton's logging extension) travel as a map of ``SettingValue``s, each a bool, a
+uint32 or a string: ``log_settings_changes`` and ``log_settings_response``.
 """
 
 from __future__ import annotations
@@ -151,4 +154,28 @@ def infer_response(
         )
         blob = b"" if output.in_region else tensor_to_bytes(output.array, output.datatype)
         response.raw_output_contents.append(blob)
+    return response
+
+
+def log_settings_changes(request: service_pb2.LogSettingsRequest) -> dict[str, object]:
+    """The settings a ``LogSettingsRequest`` names, as ``log_settings.update`` takes them: a
+    value with no field set is ``None`` (left as it is, as a JSON ``null`` over HTTP)."""
+    changes: dict[str, object] = {}
+    for name, value in request.settings.items():
+        field = value.WhichOneof("parameter_choice")
+        changes[name] = None if field is None else getattr(value, field)
+    return changes
+
+
+def log_settings_response(settings: dict[str, bool | int | str]) -> Any:
+    """A ``LogSettingsResponse`` holding every setting, each in its field of its type."""
+    response = service_pb2.LogSettingsResponse()
+    for name, value in settings.items():
+        slot = response.settings[name]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            slot.uint32_param = value
+        else:
+            slot.string_param = value
     return response

@@ -13,11 +13,12 @@ Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 (``ServerMetadata``, ``ModelMetadata``, ``ModelConfig``), ``ModelInfer`` and
 ``ModelStreamInfer``, ``ModelStatistics``, the repository extension (``RepositoryIndex``,
 ``RepositoryModelLoad`` with its load parameters, and ``RepositoryModelUnload``, with the admin
-token as ``authorization`` metadata) and system shared memory (where
-``SLUICEWAY_ALLOW_CLIENT_SHM``). The rest (CUDA shared memory, trace and log settings) answer
-``UNIMPLEMENTED``. Beside it, the standard health service ``grpc.health.v1.Health``
-(``grpc_health``) and server reflection, so that ``grpcurl`` lists and describes the services
-without the proto files.
+token as ``authorization`` metadata), system shared memory (where
+``SLUICEWAY_ALLOW_CLIENT_SHM``) and the logging extension (``LogSettings``: reading needs no
+token, changing needs the admin token, as over HTTP). The rest (CUDA shared memory, trace
+settings) answer ``UNIMPLEMENTED``. Beside it, the standard health service
+``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so that ``grpcurl`` lists and
+describes the services without the proto files.
 
 Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
 gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
@@ -39,12 +40,23 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from sluiceway import log_settings
 from sluiceway.api.errors import RequestError, status_of
 from sluiceway.api.oip import serving
 from sluiceway.api.oip.grpc_health import ServerHealth
-from sluiceway.api.oip.grpc_messages import infer_request, infer_response
+from sluiceway.api.oip.grpc_messages import (
+    infer_request,
+    infer_response,
+    log_settings_changes,
+    log_settings_response,
+)
 from sluiceway.api.oip.regions import regions_of
-from sluiceway.api.repository import control_refusal, load_failure, repository_index_of
+from sluiceway.api.repository import (
+    MODEL_CONTROL,
+    control_refusal,
+    load_failure,
+    repository_index_of,
+)
 from sluiceway.config import Settings
 from sluiceway.errors import ModelUnavailable, Overloaded, UnknownModel
 from sluiceway.load_parameters import from_grpc
@@ -390,18 +402,38 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         action: Callable[[str], Awaitable[ModelEntry]],
         name: str,
     ) -> ModelEntry:
-        metadata = dict(context.invocation_metadata() or ())
-        authorization = metadata.get("authorization", "")
-        if not isinstance(authorization, str):
-            authorization = ""
-        refusal = control_refusal(self.services.settings.admin_token, authorization)
-        if refusal is not None:
-            raise RequestError(*refusal)
+        self._authorize(context, MODEL_CONTROL)
         entry = await action(name)
         failed = load_failure(entry)
         if failed is not None:
             raise RequestError(400, failed)
         return entry
+
+    def _authorize(self, context: grpc.aio.ServicerContext, action: str) -> None:
+        """``RequestError`` (401, 403) unless the call's ``authorization`` metadata carries the
+        admin token, as the HTTP routes of ``action`` take it."""
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization", "")
+        if not isinstance(authorization, str):
+            authorization = ""
+        refusal = control_refusal(self.services.settings.admin_token, authorization, action)
+        if refusal is not None:
+            raise RequestError(*refusal)
+
+    # The logging extension: one call reads (no settings named) and changes them.
+
+    async def LogSettings(
+        self, request: service_pb2.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.LogSettingsResponse:
+        def work() -> service_pb2.LogSettingsResponse:
+            changes = log_settings_changes(request)
+            if not changes:  # tritonclient's get_log_settings: a read, open as GET /v2/logging
+                return log_settings_response(log_settings.current())
+            self._authorize(context, log_settings.ADMIN_ACTION)
+            processes = self.services.settings.workers
+            return log_settings_response(log_settings.update(changes, processes))
+
+        return await self._call("LogSettings", context, work)
 
     # The system shared memory extension.
 
@@ -473,13 +505,6 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def TraceSetting(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await self._unimplemented(
             "TraceSetting", context, "Triton's trace extension is not served here"
-        )
-
-    async def LogSettings(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await self._unimplemented(
-            "LogSettings",
-            context,
-            "log settings are not served: set SLUICEWAY_LOG_LEVEL at start-up",
         )
 
 

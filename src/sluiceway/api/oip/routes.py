@@ -1,5 +1,6 @@
 """The protocol's endpoints: server and model metadata, health, readiness, Triton's model
-configuration and statistics, and inference (also served by ``FastRoutes``)."""
+configuration and statistics, inference (also served by ``FastRoutes``), and Triton's logging
+extension (``GET``/``POST /v2/logging``, ``sluiceway/log_settings.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
 
-from sluiceway.api.bodies import receive_body
+from sluiceway import log_settings
+from sluiceway.api.bodies import read_body, receive_body
 from sluiceway.api.deadlines import TIMEOUT_HEADER, deadline_from
 from sluiceway.api.oip import serving
 from sluiceway.api.oip.answer import answer
@@ -20,7 +22,8 @@ from sluiceway.api.oip.inference_request import (
     decompressed,
     split_body,
 )
-from sluiceway.errors import ModelUnavailable
+from sluiceway.api.repository import admin_refusal
+from sluiceway.errors import BadInput, ModelUnavailable
 from sluiceway.services import services_of
 
 router = APIRouter(tags=["open inference protocol"])
@@ -100,6 +103,48 @@ async def model_config(request: Request, name: str, version: str | None = None) 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model on the request's tensors; answer its outputs, as JSON or binary."""
     return await _infer(request, name, version)
+
+
+# Triton's logging extension. Reading the settings needs no token, as server metadata needs
+# none: they say which levels are written and how, nothing more (the log file is always
+# stderr), and ops scripts and dashboards read them. Changing them needs the admin token, as
+# loading models does: a client that turns DEBUG on can slow every request and fill the disk,
+# and one that turns errors off can hide what it does next.
+_LOG_SETTINGS_MAX_BYTES = 64 * 1024
+"""Six settings: a body larger than this is not a log settings request."""
+
+
+@router.get("/v2/logging")
+async def get_log_settings() -> Response:
+    """Triton's log settings, as they apply now."""
+    return _json(log_settings.current())
+
+
+@router.post("/v2/logging")
+async def update_log_settings(request: Request) -> Response:
+    """Change any of Triton's log settings (bearer ``SLUICEWAY_ADMIN_TOKEN``); answer them all
+    afterwards."""
+    refused = admin_refusal(request, log_settings.ADMIN_ACTION, "sluiceway logging")
+    if refused is not None:
+        return refused
+    body = await read_body(request, _LOG_SETTINGS_MAX_BYTES)
+    processes = services_of(request).settings.workers
+    return _json(log_settings.update(_log_changes(body), processes))
+
+
+def _log_changes(body: bytes) -> dict[str, object]:
+    """The settings a ``POST /v2/logging`` body names (none for an empty body)."""
+    if not body.strip():
+        return {}
+    try:
+        given = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadInput(f"the body is not JSON this server reads: {error}") from error
+    if not isinstance(given, dict):
+        raise BadInput(
+            'the body must be a JSON object of log settings, for example {"log_verbose_level": 1}'
+        )
+    return given
 
 
 async def _fast_infer(request: Request) -> Response:

@@ -22,6 +22,7 @@ from sluiceway.services import Services
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
+    "logging",
     "model_repository",
     "schedule_policy",
     "statistics",

@@ -24,6 +24,25 @@ def _model_control(action: str) -> dict[str, Any]:
     }
 
 
+def _log_settings(*, change: bool) -> dict[str, Any]:
+    """``GET`` (``change=False``) or ``POST /v2/logging``: Triton's logging extension."""
+    error = (JSON, ref("ProtocolError"))
+    settings = (JSON, ref("LogSettings"))
+    summary = "change log settings (bearer SLUICEWAY_ADMIN_TOKEN)" if change else "log settings"
+    responses = {
+        "200": answer("every log setting" + (", afterwards" if change else ""), settings),
+        "409": answer("the process's logging is its host's, not sluiceway serve's", error),
+    }
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if change:
+        responses["400"] = answer("an unknown setting, a wrong type or value, or log_file", error)
+        responses["401"] = answer("no or a wrong bearer token", error)
+        responses["403"] = answer("changes are off: no SLUICEWAY_ADMIN_TOKEN is set", error)
+        responses["413"] = answer("body over its limit", error)
+        operation["requestBody"] = request_body(settings)
+    return operation
+
+
 def _shared_memory(
     summary: str, answered: Any | None = None, *, named: bool = False, body: bool = False
 ) -> dict[str, Any]:
@@ -89,6 +108,8 @@ for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
     PROTOCOL[(f"{_prefix}/infer", "post")] = _protocol("the model's outputs", body=True)
 PROTOCOL[("/v2/repository/models/{name}/load", "post")] = _model_control("load")
 PROTOCOL[("/v2/repository/models/{name}/unload", "post")] = _model_control("unload")
+PROTOCOL[("/v2/logging", "get")] = _log_settings(change=False)
+PROTOCOL[("/v2/logging", "post")] = _log_settings(change=True)
 
 _REGIONS = {"type": "array", "items": ref("SharedMemoryRegion")}
 _SHM = "/v2/systemsharedmemory"

@@ -170,6 +170,18 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"error": {"type": "string"}},
         "description": "The Open Inference Protocol's error shape.",
     },
+    "LogSettings": {
+        "type": "object",
+        "description": "Triton's log settings (the logging extension); a change names any of them.",
+        "properties": {
+            "log_file": {"type": "string", "description": 'always "": logs go to stderr'},
+            "log_info": {"type": "boolean"},
+            "log_warning": {"type": "boolean"},
+            "log_error": {"type": "boolean"},
+            "log_verbose_level": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+            "log_format": {"enum": ["default", "ISO8601"]},
+        },
+    },
     "SharedMemoryRegistration": {
         "type": "object",
         "required": ["key", "byte_size"],
