@@ -31,6 +31,7 @@ from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
 from sluiceway.registry import ModelRegistry
+from sluiceway.repository_poll import RepositoryPoller
 from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
 from sluiceway.runtime.memory import settle_heap
 from sluiceway.runtime.metrics import Metrics
@@ -71,6 +72,15 @@ def create_app(
             build_kinds(settings), budget, metrics, inline_below_s=settings.inline_call_us / 1e6
         )
     registry = ModelRegistry(dispatcher, settings, fleet)
+    poller = None
+    if settings.repository_poll_s and registry.repository is not None:
+        if fleet is not None:
+            raise ValueError(
+                "SLUICEWAY_REPOSITORY_POLL_S is for embedded mode: in split mode every API node "
+                "would reload each change on every worker; load and unload through any one "
+                "(sluiceway models load NAME)"
+            )
+        poller = RepositoryPoller(registry, registry.repository, settings.repository_poll_s)
     services = Services(
         settings=settings,
         dispatcher=dispatcher,
@@ -88,7 +98,11 @@ def create_app(
         await services.dispatcher.start()
         if fleet is not None:
             await fleet.start()
+        if poller is not None:
+            await poller.baseline()
         await services.registry.start()
+        if poller is not None:
+            poller.start()
         grpc = _grpc_endpoint(services)
         if grpc is not None:
             await grpc.start()
@@ -102,6 +116,8 @@ def create_app(
         finally:
             if grpc is not None:
                 await grpc.stop()
+            if poller is not None:
+                await poller.stop()
             await services.dispatcher.close()
             await services.registry.close()
             if fleet is not None:

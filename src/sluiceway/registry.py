@@ -208,6 +208,14 @@ class ModelRegistry:
         action = fleet.unload if fleet is not None else self._unload
         return await self._single_flight(name, action, "unload")
 
+    async def forget(self, name: str) -> None:
+        """Unload ``name`` (if it serves) and list it no more: its folder is gone from the
+        repository (``repository_poll.py``). A model whose folder is back meanwhile stays."""
+        await self.unload(name)
+        assert self.repository is not None  # ``unload`` refuses without one
+        if not (self.repository / name).is_dir() and name not in self._busy:
+            self._entries.pop(name, None)
+
     async def _single_flight(
         self, name: str, action: Any, kind: str, *, joinable: bool = True
     ) -> ModelEntry:
