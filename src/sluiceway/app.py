@@ -31,7 +31,8 @@ from sluiceway.image_classifiers import ImageClassifiers
 from sluiceway.inputs.fetch import ImageFetcher
 from sluiceway.kinds import build_kinds
 from sluiceway.registry import ModelRegistry
-from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher
+from sluiceway.repository_poll import RepositoryPoller
+from sluiceway.runtime.dispatch import Dispatcher, LocalDispatcher, ModelHost
 from sluiceway.runtime.memory import settle_heap
 from sluiceway.runtime.metrics import Metrics
 from sluiceway.services import Services
@@ -71,6 +72,7 @@ def create_app(
             build_kinds(settings), budget, metrics, inline_below_s=settings.inline_call_us / 1e6
         )
     registry = ModelRegistry(dispatcher, settings, fleet)
+    poller = _repository_poller(settings, registry, dispatcher, fleet)
     services = Services(
         settings=settings,
         dispatcher=dispatcher,
@@ -88,10 +90,14 @@ def create_app(
         await services.dispatcher.start()
         if fleet is not None:
             await fleet.start()
+        if poller is not None:
+            await poller.baseline()
         await services.registry.start()
         grpc = _grpc_endpoint(services)
         if grpc is not None:
             await grpc.start()
+        if poller is not None:  # last: nothing after it can fail start-up and leave it running
+            poller.start()
         # Everything built so far lives as long as the process: out of the collector's way.
         settle_heap()
         logger.info("sluiceway %s serving models %s", __version__, services.dispatcher.models())
@@ -102,6 +108,8 @@ def create_app(
         finally:
             if grpc is not None:
                 await grpc.stop()
+            if poller is not None:
+                await poller.stop()
             await services.dispatcher.close()
             await services.registry.close()
             if fleet is not None:
@@ -135,6 +143,31 @@ def create_app(
         fast_routes=fast_routes,
     )
     return app
+
+
+POLL_IN_SPLIT_MODE = (
+    "SLUICEWAY_REPOSITORY_POLL_S is for embedded mode: in split mode every API node would "
+    "reload each change on every worker; load and unload through any one node instead "
+    "(sluiceway models load NAME)"
+)
+
+
+def _repository_poller(
+    settings: Settings, registry: ModelRegistry, dispatcher: Dispatcher, fleet: Fleet | None
+) -> RepositoryPoller | None:
+    """The repository's poller when ``SLUICEWAY_REPOSITORY_POLL_S`` asks for one (``sluiceway
+    serve`` refuses the split-mode case before any process starts: ``cli.py``)."""
+    if not settings.repository_poll_s:
+        return None
+    if fleet is not None:
+        raise ValueError(POLL_IN_SPLIT_MODE)
+    if registry.repository is None:
+        logger.warning("SLUICEWAY_REPOSITORY_POLL_S is ignored: no SLUICEWAY_MODEL_REPOSITORY")
+        return None
+    if not isinstance(dispatcher, ModelHost):
+        logger.warning("SLUICEWAY_REPOSITORY_POLL_S is ignored: this dispatcher loads no models")
+        return None
+    return RepositoryPoller(registry, registry.repository, settings.repository_poll_s)
 
 
 def _grpc_endpoint(services: Services) -> GrpcEndpoint | None:

@@ -28,6 +28,12 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["SLUICEWAY_MODEL_REPOSITORY"] = args.model_repository
     settings = Settings()
     logs.configure(settings.log_level)
+    if settings.broker_url and settings.repository_poll_s:
+        from sluiceway.app import POLL_IN_SPLIT_MODE
+
+        # Here, once: raised in each worker process, uvicorn would start them again and again.
+        print(f"sluiceway serve: {POLL_IN_SPLIT_MODE}", file=sys.stderr)
+        return 2
     uvicorn.run(
         "sluiceway.cli:served_app",
         factory=True,

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     model_repository: str | None = Field(
         None, description="a folder of your own models to serve (README: Serve your own model)"
     )
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="look at SLUICEWAY_MODEL_REPOSITORY this often and load, reload and unload "
+        "models as their folders appear, change and go (Triton's --model-control-mode=poll; "
+        "embedded mode); 0 = off",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="bearer token to load and unload models and change log settings at "

@@ -180,12 +180,18 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} is {entry.state.lower()}{reason}")
         return entry.record
 
-    async def load(self, name: str, override: LoadOverride | None = None) -> ModelEntry:
+    async def load(
+        self, name: str, override: LoadOverride | None = None, *, fresh: bool = False
+    ) -> ModelEntry:
         """Read ``name``'s folder again and (re)load it; the running version serves meanwhile.
 
         With ``override`` (a load request's parameters), its config is used instead of the
         folder's, and its files (if any) instead of the folder; a later load without one reads
-        the folder again, as Triton does. ``LoadRefused`` when the override cannot be used."""
+        the folder again, as Triton does. ``LoadRefused`` when the override cannot be used.
+
+        ``fresh``: never answer with the result of a load running now, which may have read
+        the folder before a change the caller saw (``repository_poll.py``): wait for it to end,
+        then read the folder again."""
         fleet = self._fleet_entries
         if fleet is not None:
             if override is not None:
@@ -197,7 +203,7 @@ class ModelRegistry:
                 )
             return await self._single_flight(name, fleet.load, "load")
         if override is None:
-            return await self._single_flight(name, self._load, "load")
+            return await self._single_flight(name, self._load, "load", joinable=not fresh)
         return await self._single_flight(
             name, lambda name: self._load(name, override), "load", joinable=False
         )
@@ -207,6 +213,29 @@ class ModelRegistry:
         fleet = self._fleet_entries
         action = fleet.unload if fleet is not None else self._unload
         return await self._single_flight(name, action, "unload")
+
+    @property
+    def builtin_names(self) -> frozenset[str]:
+        """The built-in models' names, which no repository folder can take."""
+        return frozenset(self._builtins)
+
+    async def forget(self, name: str) -> None:
+        """Unload ``name`` (if it serves) and list it no more: its folder is gone from the
+        repository (``repository_poll.py``). A model whose folder is back by then stays, and
+        so does one serving from files given with its load, which never needed the folder."""
+        await self._single_flight(name, self._forget, "unload", joinable=False)
+
+    async def _forget(self, name: str) -> ModelEntry:
+        assert self.repository is not None  # ``_single_flight`` refuses without one
+        gone = ModelEntry(name, None, ModelState.UNAVAILABLE, "its folder is gone")
+        current = self._entries.get(name)
+        if current is None:  # never listed (a load that found no folder)
+            return gone
+        if name in self._private or await asyncio.to_thread((self.repository / name).is_dir):
+            return current
+        await self._unload(name)
+        del self._entries[name]
+        return gone
 
     async def _single_flight(
         self, name: str, action: Any, kind: str, *, joinable: bool = True
