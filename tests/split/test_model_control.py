@@ -198,8 +198,12 @@ async def test_a_model_no_worker_can_load_is_unavailable_with_the_workers_reason
 
     assert answer.status_code == 400, answer.text
     assert "garbage did not load" in answer.json()["error"]
-    entry = (await index(cluster.b))["garbage"]
-    assert entry["state"] == "UNAVAILABLE" and entry["reason"]
+
+    async def unavailable_on_b() -> bool:  # b hears the workers' last reports a little later
+        entry = (await index(cluster.b))["garbage"]
+        return entry["state"] == "UNAVAILABLE" and bool(entry["reason"])
+
+    await eventually(unavailable_on_b)
     assert all("garbage" not in worker.dispatcher.models() for worker in cluster.workers)
     assert (await cluster.b.post("/v1/models/garbage/infer", json=ROWS)).status_code == 503
 
