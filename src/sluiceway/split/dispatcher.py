@@ -18,6 +18,9 @@ A request whose caller leaves (a client disconnect cancels ``submit``) is named 
 channel, all of a loop turn's in one message: the workers remove it unrun if they hold it
 queued, and skip it when they read it later (``worker.py``). Best effort: a cancel lost with
 the connection only means the job runs and its answer is dropped, as before.
+
+The node makes no model call, so for Triton's statistics it adds the live workers' calls,
+read when asked (``worker_calls``).
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from sluiceway.config import Settings
 from sluiceway.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
 from sluiceway.runtime.metrics import Metrics
-from sluiceway.runtime.stats import Statistics, Watch
+from sluiceway.runtime.stats import ModelCalls, Statistics, Watch
 from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_tasks
 from sluiceway.split.keys import Keys
 from sluiceway.split.line import pack
@@ -50,12 +53,14 @@ from sluiceway.split.wire import (
     WireError,
     WorkerRecord,
     encode_cancels,
+    live_calls,
     live_workers,
 )
 
 logger = logging.getLogger(__name__)
 
 _SUBSCRIBE_S = 0.5  # how long start() waits for the subscription beside a running cluster
+_CALLS_WAIT_S = 0.5  # how long a statistics request waits for the workers' calls
 
 
 @dataclass(slots=True)
@@ -155,6 +160,37 @@ class RedisDispatcher:
 
     def models(self) -> list[str]:
         return sorted(self._live_models)
+
+    async def worker_calls(self) -> dict[str, ModelCalls]:
+        """The model calls the live workers made, summed by model (``wire.live_calls``), for
+        the statistics extension; empty when Redis is lost, fails, or does not answer within
+        ``_CALLS_WAIT_S``: a statistics request then answers the node's own counts, never an
+        error, and never waits longer.
+
+        Read when asked, one round trip, rather than a snapshot the watch loop keeps: the
+        statistics are asked for rarely (``perf_analyzer`` and Model Analyzer once a
+        measurement window), while a snapshot would have every API node read every worker's
+        record every heartbeat, a cost growing with workers, models and batch sizes paid for
+        nothing between questions. Read now, an answer is as old as the workers' last beats,
+        not that plus the node's own.
+        """
+        if not self._broker.connected:
+            return {}
+        try:
+            async with asyncio.timeout(_CALLS_WAIT_S):
+                async with self._broker.redis.pipeline(transaction=False) as pipe:
+                    pipe.hgetall(self._keys.workers)
+                    pipe.hgetall(self._keys.calls)
+                    registry, counts = await pipe.execute()
+        except (RedisError, OSError) as error:  # a wait past the bound is a ``TimeoutError``
+            logger.warning("statistics without the workers' model calls: %r", error)
+            return {}
+        return live_calls(
+            cast(dict[bytes, bytes], registry),
+            cast(dict[bytes, bytes], counts),
+            time.time(),
+            self._settings.worker_dead_after_s,
+        )
 
     async def submit(self, job: Job) -> Any:
         """The job's result from a worker, counted in this node's statistics with the times of
