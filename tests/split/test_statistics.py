@@ -101,7 +101,7 @@ async def test_the_api_node_counts_requests_and_the_worker_its_model_calls(
     assert inference["compute_infer"]["ns"] > 0
     assert inference["queue"]["ns"] + inference["compute_infer"]["ns"] <= inference["success"]["ns"]
     assert inference["fail"]["count"] == 1
-    # Its calls are the worker's, as of the worker's last heartbeat (``test_the_api_node...``).
+    # Its calls are the worker's as of its last heartbeat (summed: the test below).
     assert stats["execution_count"] <= worker.dispatcher.statistics.of("linear").execution_count
     assert stats["last_inference"] > 0
     assert node["nv_inference_request_success"] == 3 and node["nv_inference_count"] == 6
