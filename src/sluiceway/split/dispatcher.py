@@ -182,15 +182,17 @@ class RedisDispatcher:
                     pipe.hgetall(self._keys.workers)
                     pipe.hgetall(self._keys.calls)
                     registry, counts = await pipe.execute()
-        except (RedisError, OSError) as error:  # a wait past the bound is a ``TimeoutError``
+            return live_calls(
+                cast(dict[bytes, bytes], registry),
+                cast(dict[bytes, bytes], counts),
+                time.time(),
+                self._settings.worker_dead_after_s,
+            )
+        # A wait past the bound is a ``TimeoutError`` (an ``OSError``); a registry record no
+        # release wrote may fail to decode (``WorkerRecord``): neither may cost the answer.
+        except (RedisError, OSError, TypeError, ValueError) as error:
             logger.warning("statistics without the workers' model calls: %r", error)
             return {}
-        return live_calls(
-            cast(dict[bytes, bytes], registry),
-            cast(dict[bytes, bytes], counts),
-            time.time(),
-            self._settings.worker_dead_after_s,
-        )
 
     async def submit(self, job: Job) -> Any:
         """The job's result from a worker, counted in this node's statistics with the times of
