@@ -211,6 +211,8 @@ def test_a_foreign_call_record_is_none() -> None:
     assert CallsRecord.decode(msgpack.packb([VERSION, {"linear": [3]}])) is None
     assert CallsRecord.decode(msgpack.packb([VERSION, {"linear": [3, [[1, "two", 5]]]}])) is None
     assert CallsRecord.decode(WorkerRecord(("linear",), 1.0).encode()) is None
+    infinite = msgpack.packb([VERSION, {"linear": [float("inf"), []]}])
+    assert CallsRecord.decode(infinite) is None  # not a 500 on the statistics
 
 
 def test_the_calls_of_live_workers_are_summed_by_model_and_batch_size() -> None:

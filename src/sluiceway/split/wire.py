@@ -347,8 +347,8 @@ class CallsRecord:
                     int(count),
                     {int(b[0]): Duration(int(b[1]), int(b[2])) for b in batches},
                 )
-        except (WireError, TypeError, ValueError, AttributeError, IndexError):
-            return None
+        except (WireError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError):
+            return None  # ArithmeticError: ``int`` of an infinite float
         return CallsRecord(models)
 
 
