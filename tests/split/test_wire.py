@@ -134,6 +134,7 @@ def test_the_registry_keeps_only_workers_heard_from_lately() -> None:
         b"w1": WorkerRecord(("knn",), now - 1).encode(),
         b"w2": WorkerRecord(("knn", "birds"), now - 10).encode(),
         b"w3": b"junk",
+        b"w4": msgpack.packb([VERSION, 7, "soon"]),  # the right length, the wrong types
     }
     live = live_workers(registry, now, dead_after_s=5)
     assert list(live) == ["w1"]

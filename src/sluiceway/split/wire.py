@@ -292,7 +292,10 @@ class WorkerRecord:
         # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
         if not isinstance(fields, list) or len(fields) < 3 or fields[0] != VERSION:
             return None
-        return WorkerRecord(tuple(fields[1]), float(fields[2]))
+        try:
+            return WorkerRecord(tuple(str(model) for model in fields[1]), float(fields[2]))
+        except (TypeError, ValueError):  # raised, it took the node's watch loop down with it
+            return None
 
 
 def live_workers(
