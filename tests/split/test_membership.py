@@ -25,7 +25,7 @@ async def test_a_model_no_other_worker_serves_is_read_at_once_and_a_shared_one_a
     try:
         # Another live worker serves knn: partitions this one wins of knn wait for the hand-over.
         await redis.hset(keys.workers, "other", WorkerRecord(("knn",), time.time()).encode())
-        membership = Membership(settings, keys, broker, "this", ["knn"])
+        membership = Membership(settings, keys, broker, "this", ["knn"], dict)
         await membership.beat()
         assert membership.owned == []
 

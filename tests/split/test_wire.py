@@ -11,8 +11,10 @@ import pytest
 
 from sluiceway.errors import BadInput, DeadlineExceeded, ModelUnavailable, Overloaded
 from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.stats import Duration, ModelCalls
 from sluiceway.split.wire import (
     VERSION,
+    CallsRecord,
     CallTiming,
     ErrorRecord,
     JobRecord,
@@ -21,6 +23,7 @@ from sluiceway.split.wire import (
     WorkerRecord,
     decode_cancels,
     encode_cancels,
+    live_calls,
     live_workers,
     pack,
     unpack,
@@ -131,6 +134,7 @@ def test_the_registry_keeps_only_workers_heard_from_lately() -> None:
         b"w1": WorkerRecord(("knn",), now - 1).encode(),
         b"w2": WorkerRecord(("knn", "birds"), now - 10).encode(),
         b"w3": b"junk",
+        b"w4": msgpack.packb([VERSION, 7, "soon"]),  # the right length, the wrong types
     }
     live = live_workers(registry, now, dead_after_s=5)
     assert list(live) == ["w1"]
@@ -180,3 +184,60 @@ def test_fields_a_later_release_adds_are_ignored() -> None:
     assert WorkerRecord.decode(beat) == WorkerRecord(("knn",), 9.0)
     with pytest.raises(WireError):  # nine fields: a priority without its tenant
         JobRecord.decode(msgpack.packb([*msgpack.unpackb(job.encode(), raw=False)][:9]))
+
+
+def test_a_workers_model_calls_round_trip_and_later_fields_are_ignored() -> None:
+    calls = {
+        "linear": ModelCalls(3, {1: Duration(2, 400), 4: Duration(1, 900)}),
+        "knn": ModelCalls(1, {1: Duration(1, 50)}),
+    }
+    data = CallsRecord(calls).encode()
+    assert len(data) < 64  # compact: one heartbeat carries it
+    assert CallsRecord.decode(data) == CallsRecord(calls)
+    assert CallsRecord.decode(CallsRecord({}).encode()) == CallsRecord({})
+    # A later release's fields, at every level: ignored.
+    later = msgpack.packb(
+        [VERSION, {"linear": [3, [[1, 2, 400, "new"], [4, 1, 900]], "new"]}, "new"],
+        use_bin_type=True,
+    )
+    assert CallsRecord.decode(later) == CallsRecord(
+        {"linear": ModelCalls(3, {1: Duration(2, 400), 4: Duration(1, 900)})}
+    )
+
+
+def test_a_foreign_call_record_is_none() -> None:
+    assert CallsRecord.decode(msgpack.packb([VERSION + 1, {}])) is None  # another version
+    assert CallsRecord.decode(b"\xc1") is None  # never valid msgpack
+    assert CallsRecord.decode(msgpack.packb({"linear": 3})) is None
+    assert CallsRecord.decode(msgpack.packb([VERSION, {"linear": [3]}])) is None
+    assert CallsRecord.decode(msgpack.packb([VERSION, {"linear": [3, [[1, "two", 5]]]}])) is None
+    assert CallsRecord.decode(WorkerRecord(("linear",), 1.0).encode()) is None
+    infinite = msgpack.packb([VERSION, {"linear": [float("inf"), []]}])
+    assert CallsRecord.decode(infinite) is None  # not a 500 on the statistics
+
+
+def test_the_calls_of_live_workers_are_summed_by_model_and_batch_size() -> None:
+    now = time.time()
+    registry = {
+        b"a": WorkerRecord(("linear",), now).encode(),
+        b"b": WorkerRecord(("linear", "knn"), now - 1).encode(),
+        b"dead": WorkerRecord(("linear",), now - 60).encode(),
+        b"odd": WorkerRecord(("linear",), now).encode(),  # live, its counts unreadable
+    }
+    counts = {
+        b"a": CallsRecord({"linear": ModelCalls(2, {1: Duration(1, 10), 2: Duration(1, 30)})}),
+        b"b": CallsRecord(
+            {
+                "linear": ModelCalls(1, {2: Duration(1, 20)}),
+                "knn": ModelCalls(1, {1: Duration(1, 5)}),
+            }
+        ),
+        b"dead": CallsRecord({"linear": ModelCalls(9, {1: Duration(9, 90)})}),
+        b"gone": CallsRecord({"linear": ModelCalls(9, {1: Duration(9, 90)})}),  # not registered
+    }
+    encoded = {worker: record.encode() for worker, record in counts.items()}
+    total = live_calls(registry, encoded | {b"odd": b"\xc1"}, now, dead_after_s=5.0)
+    assert total == {
+        "linear": ModelCalls(3, {1: Duration(1, 10), 2: Duration(2, 50)}),
+        "knn": ModelCalls(1, {1: Duration(1, 5)}),
+    }

@@ -10,12 +10,14 @@ Protocol makes one job per row): its caller then counts it once (``Statistics.co
 and its jobs say what they add (``Job.counting``).
 
 In split mode the API node counts the requests, with the times of the model call each job's
-answer carries (``split/wire.py``), and each worker counts the model calls it makes.
+answer carries (``split/wire.py``), and each worker counts the model calls it makes; the API
+node's statistics extension adds the live workers' calls (``ModelCalls``) to its own counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +52,25 @@ class Duration:
 
 
 @dataclass(slots=True)
+class ModelCalls:
+    """One model's calls as another process counted them (a split-mode worker): how many, and
+    by batch size with their compute time, as ``ModelStatistics`` counts its own."""
+
+    execution_count: int = 0
+    batches: dict[int, Duration] = field(default_factory=dict)
+
+    def add(self, other: ModelCalls) -> None:
+        """Add ``other``'s calls, batch sizes merged."""
+        self.execution_count += other.execution_count
+        for size, calls in other.batches.items():
+            batch = self.batches.get(size)
+            if batch is None:
+                batch = self.batches[size] = Duration()
+            batch.count += calls.count
+            batch.ns += calls.ns
+
+
+@dataclass(slots=True)
 class ModelStatistics:
     """One model's counters since the process started."""
 
@@ -64,6 +85,15 @@ class ModelStatistics:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+
+    def with_calls(self, calls: ModelCalls) -> ModelStatistics:
+        """A copy of these counters with ``calls`` made elsewhere added (a split-mode API
+        node's requests with its live workers' model calls); these stay as they are."""
+        merged = _calls_of(self)
+        merged.add(calls)
+        return dataclasses.replace(
+            self, execution_count=merged.execution_count, batches=merged.batches
+        )
 
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
         """This model's entry of ``GET /v2/models/stats`` in Triton's shape."""
@@ -125,6 +155,12 @@ class Statistics:
     def timed(self, model: str, loaded: Model) -> Model:
         """``loaded`` with each of its calls counted and timed."""
         return _TimedModel(loaded, self.of(model), self._calls)
+
+    def calls(self) -> dict[str, ModelCalls]:
+        """A copy of the model calls counted here, of each model that made any (what a
+        split-mode worker publishes for the API nodes' statistics)."""
+        with _COUNTING:  # a model call on a worker thread may be writing them
+            return {name: _calls_of(s) for name, s in self._models.items() if s.execution_count}
 
     def watch(self, job: Job) -> Watch:
         """Start measuring ``job``; ``done`` counts it (no coroutine of its own: a job answered
@@ -199,6 +235,12 @@ class Statistics:
         # Queue time goes to Prometheus from the batcher (``sluiceway_queue_seconds``; in split
         # mode, the worker's).
         self._metrics.compute_of(job.model).observe(finished - started)
+
+
+def _calls_of(stats: ModelStatistics) -> ModelCalls:
+    """A copy of ``stats``'s model calls."""
+    batches = {size: Duration(calls.count, calls.ns) for size, calls in stats.batches.items()}
+    return ModelCalls(stats.execution_count, batches)
 
 
 def failure_reason(error: BaseException, job: Job) -> str:

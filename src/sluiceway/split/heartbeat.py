@@ -1,10 +1,11 @@
 """A worker's heartbeat: what it does once every ``worker_heartbeat_s``, apart from its reads.
 
-Each beat says the worker is alive and recomputes the partitions it owns and helps
-(``membership.py``), brings its models to the desired state (``convergence.py``), cuts the
-blocking read short when the partitions it reads changed, and claims what dead or stuck
-workers left (``claims.py``). The read → run → answer loop (``worker.py``) only tells it whether
-its read-ahead was full, and gives it the room left and the way to accept a claimed job.
+Each beat says the worker is alive, publishes its model calls and recomputes the partitions it
+owns and helps (``membership.py``), brings its models to the desired state
+(``convergence.py``), cuts the blocking read short when the partitions it reads changed, and
+claims what dead or stuck workers left (``claims.py``). The read → run → answer loop
+(``worker.py``) only tells it whether its read-ahead was full, and gives it the room left and
+the way to accept a claimed job.
 """
 
 from __future__ import annotations

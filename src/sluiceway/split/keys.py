@@ -61,6 +61,11 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def calls(self) -> str:
+        """Hash of the model calls each worker made: worker id → its ``wire.CallsRecord``."""
+        return f"{self.prefix}:calls"
+
+    @property
     def desired(self) -> str:
         """Hash of the models operators loaded or unloaded: name → ``"<state>:<generation>"``."""
         return f"{self.prefix}:models:desired"

@@ -3,21 +3,23 @@
 Every worker writes its heartbeat record to one hash and reads everyone's; the live set
 decides, by rendezvous hashing (``keys.owner``), which worker owns each partition stream of
 each model. Every worker computes the same answer from the same live set. A saturated owner
-also reports its backlog, and others read its partition too (``helping.py``).
+also reports its backlog, and others read its partition too (``helping.py``). Each beat also
+publishes the model calls the worker made, which API nodes sum for Triton's statistics.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from sluiceway.config import Settings
+from sluiceway.runtime.stats import ModelCalls
 from sluiceway.split.connection import Broker
 from sluiceway.split.helping import Backlog, Helping, decode_backlog, encode_backlog
 from sluiceway.split.keys import GROUP, Keys, owner
-from sluiceway.split.wire import WorkerRecord, live_workers
+from sluiceway.split.wire import CallsRecord, WorkerRecord, live_workers
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,18 @@ class Membership:
     """One worker's heartbeat, consumer groups and owned partitions."""
 
     def __init__(
-        self, settings: Settings, keys: Keys, broker: Broker, worker: str, models: Sequence[str]
+        self,
+        settings: Settings,
+        keys: Keys,
+        broker: Broker,
+        worker: str,
+        models: Sequence[str],
+        calls: Callable[[], dict[str, ModelCalls]],
     ) -> None:
+        """``calls``: the model calls this worker has made so far (``Statistics.calls``),
+        published with each beat."""
         self.worker = worker
+        self._calls = calls
         self._settings = settings
         self._keys = keys
         self._broker = broker
@@ -63,11 +74,13 @@ class Membership:
             self.joined = False
             await self._broker.connect()
         now = time.time()
+        calls = CallsRecord(self._calls()).encode()
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._keys.workers, self.worker, WorkerRecord(self._models, now).encode())
+            pipe.hset(self._keys.calls, self.worker, calls)  # in the same round trip
             pipe.hgetall(self._keys.workers)
             pipe.hgetall(self._keys.backlogs)
-            _, registry, reports = await pipe.execute()
+            _, _, registry, reports = await pipe.execute()
         if not self.joined:
             await self._join_groups()
             self.joined = True
@@ -108,6 +121,7 @@ class Membership:
         """Leave the registry, so others take over this worker's partitions at once."""
         async with self._broker.redis.pipeline(transaction=False) as pipe:
             pipe.hdel(self._keys.workers, self.worker)
+            pipe.hdel(self._keys.calls, self.worker)
             pipe.hdel(self._keys.backlogs, self.worker)
             await pipe.execute()
 
@@ -164,6 +178,7 @@ class Membership:
         if departed:
             async with self._broker.redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(self._keys.workers, *departed)
+                pipe.hdel(self._keys.calls, *departed)
                 pipe.hdel(self._keys.backlogs, *departed)
                 await pipe.execute()
 

@@ -23,6 +23,7 @@ from sluiceway.errors import (
     SluicewayError,
 )
 from sluiceway.runtime.jobs import Job
+from sluiceway.runtime.stats import Duration, ModelCalls
 
 VERSION = 1
 _NDARRAY = 1  # msgpack extension code of a numpy array
@@ -291,7 +292,10 @@ class WorkerRecord:
         # Fields beyond those known here are a later release's: ignored (see ``ResultRecord``).
         if not isinstance(fields, list) or len(fields) < 3 or fields[0] != VERSION:
             return None
-        return WorkerRecord(tuple(fields[1]), float(fields[2]))
+        try:
+            return WorkerRecord(tuple(str(model) for model in fields[1]), float(fields[2]))
+        except (TypeError, ValueError):  # raised, it took the node's watch loop down with it
+            return None
 
 
 def live_workers(
@@ -304,3 +308,69 @@ def live_workers(
         if record is not None and now - record.seen < dead_after_s:
             live[worker.decode()] = record
     return live
+
+
+@dataclass(frozen=True, slots=True)
+class CallsRecord:
+    """A worker's model calls since it started, by model (``Keys.calls``): written with its
+    heartbeat, summed by the API nodes for the statistics extension (``live_calls``).
+
+    Beside the heartbeat record rather than in it, as model reports are (``control.py``): it
+    grows with the models and batch sizes, and every node reads the registry each beat.
+    """
+
+    models: dict[str, ModelCalls]
+
+    def encode(self) -> bytes:
+        """Bytes for the call-count hash: per model, its call count and, per batch size, the
+        calls and their compute nanoseconds."""
+        models = {
+            name: [
+                calls.execution_count,
+                [[size, d.count, d.ns] for size, d in calls.batches.items()],
+            ]
+            for name, calls in self.models.items()
+        }
+        return pack([VERSION, models])
+
+    @staticmethod
+    def decode(data: bytes) -> CallsRecord | None:
+        """Parse a call-count value; ``None`` for one of another wire version, or not one.
+
+        Fields beyond those known here, at any level, are a later release's: ignored.
+        """
+        try:
+            fields = unpack(data)
+            if not isinstance(fields, list) or len(fields) < 2 or fields[0] != VERSION:
+                return None
+            models = {}
+            for name, entry in fields[1].items():
+                count, batches = entry[:2]
+                models[str(name)] = ModelCalls(
+                    int(count),
+                    {int(b[0]): Duration(int(b[1]), int(b[2])) for b in batches},
+                )
+        except (WireError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError):
+            return None  # ArithmeticError: ``int`` of an infinite float
+        return CallsRecord(models)
+
+
+def live_calls(
+    registry: dict[bytes, bytes], counts: dict[bytes, bytes], now: float, dead_after_s: float
+) -> dict[str, ModelCalls]:
+    """The model calls of the workers of a registry hash that are live (``live_workers``),
+    from the call-count hash ``counts``, summed by model name: a worker serving another
+    version of a model than the others is summed under the name, as Triton's statistics of a
+    model go on across its versions here. A worker that dies takes its calls out of the sum."""
+    live = live_workers(registry, now, dead_after_s)
+    total: dict[str, ModelCalls] = {}
+    for worker, data in counts.items():
+        record = CallsRecord.decode(data) if worker.decode() in live else None
+        if record is None:  # a departed worker's, or of another wire version
+            continue
+        for name, calls in record.models.items():
+            summed = total.get(name)
+            if summed is None:
+                summed = total[name] = ModelCalls()
+            summed.add(calls)
+    return total

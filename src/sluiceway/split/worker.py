@@ -75,7 +75,9 @@ class Worker:
         models = tuple(kind.name for kind in kinds)
         self._models = models
         self._broker = Broker(settings.broker_url, [FINISH], name=f"worker {self.id}")
-        self._membership = Membership(settings, keys, self._broker, self.id, models)
+        self._membership = Membership(
+            settings, keys, self._broker, self.id, models, self._local.statistics.calls
+        )
         self._model_of = self._membership.model_of
         # The blocking read has a connection of its own, so it can be told to stop waiting.
         self._reader = GroupReader(settings.broker_url, GROUP, self.id, _READ_BLOCK_MS)

@@ -223,7 +223,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         self, request: service_pb2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelStatisticsResponse:
         async def work() -> service_pb2.ModelStatisticsResponse:
-            stats = serving.model_statistics(
+            stats = await serving.model_statistics(
                 self.services, request.name or None, request.version or None
             )
             return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())

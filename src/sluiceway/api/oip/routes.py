@@ -64,14 +64,14 @@ async def ready(request: Request) -> Response:
 @router.get("/v2/models/stats")
 async def all_stats(request: Request) -> Response:
     """Triton's statistics of every model."""
-    return _json(serving.model_statistics(services_of(request), None, None))
+    return _json(await serving.model_statistics(services_of(request), None, None))
 
 
 @router.get("/v2/models/{name}/stats")
 @router.get("/v2/models/{name}/versions/{version}/stats")
 async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
     """Triton's statistics of one model."""
-    return _json(serving.model_statistics(services_of(request), name, version))
+    return _json(await serving.model_statistics(services_of(request), name, version))
 
 
 @router.get("/v2/models/{name}")

@@ -16,7 +16,7 @@ from sluiceway.errors import BadInput, ModelUnavailable, UnknownModel
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.records import ModelRecord
 from sluiceway.models.tensors import TensorSpec
-from sluiceway.runtime.stats import ModelStatistics
+from sluiceway.runtime.stats import ModelCalls, ModelStatistics
 from sluiceway.services import Services
 
 EXTENSIONS = (
@@ -132,16 +132,28 @@ def model_config(services: Services, name: str, version: str | None) -> dict[str
     }
 
 
-def model_statistics(services: Services, name: str | None, version: str | None) -> dict[str, Any]:
-    """Triton's statistics of one model, or of every model with a record (``name`` ``None``)."""
+async def model_statistics(
+    services: Services, name: str | None, version: str | None
+) -> dict[str, Any]:
+    """Triton's statistics of one model, or of every model with a record (``name`` ``None``).
+
+    On a split-mode API node, which makes no model call, each model's ``execution_count`` and
+    ``batch_stats`` are the sum of its live workers' (by name: whatever version each serves),
+    or the node's own when Redis does not answer soon (``RedisDispatcher.worker_calls``).
+    """
     if name is None:
         entries = [entry for entry in services.registry.entries() if entry.record is not None]
     else:
         entries = [entry_of(services, name, version)]
     statistics = getattr(services.dispatcher, "statistics", None)
+    worker_calls = getattr(services.dispatcher, "worker_calls", None)
+    calls: dict[str, ModelCalls] = await worker_calls() if worker_calls is not None else {}
     stats = []
     for entry in entries:
         of = statistics.of(entry.name) if statistics is not None else ModelStatistics()
+        elsewhere = calls.get(entry.name)
+        if elsewhere is not None:
+            of = of.with_calls(elsewhere)
         stats.append(of.as_triton(entry.name, entry.version))
     return {"model_stats": stats}
 
