@@ -14,7 +14,10 @@ from sluiceway.config import Settings
 from tests.fixtures.fileserver import FileServer
 from tests.fixtures.images import bird_server, photo_server
 from tests.fixtures.tiny_git import build_tiny_git
-from tests.redis_server import redis_server  # noqa: F401  (a fixture: the suite's redis-server)
+from tests.redis_server import (  # noqa: F401  (fixtures: the suite's redis-server, a test's own)
+    own_redis_server,
+    redis_server,
+)
 
 
 def fast_settings(**overrides: object) -> Settings:

@@ -13,6 +13,8 @@ and its documentation warns of exactly that); a copy that pauses for longer than
 can still be seen half-way. The load it makes reads the folder afresh, never taking the answer
 of a load already running, which may have read it before the change. What failed to load is
 not tried again until its folder changes: a broken model costs one attempt, not one per poll.
+A repository that cannot be listed, or that lost every folder at once (the empty mount point of
+a volume not mounted), unloads nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class RepositoryPoller:
         self._interval_s = interval_s
         self._skip = registry.builtin_names
         self._unreadable = False  # said once when it becomes so, once when it is readable again
+        self._emptied = False  # said once when every folder went at once
         self._acted: dict[str, Fingerprint] = {}
         """Each folder as it was when last loaded (or found at start-up)."""
         self._seen: dict[str, Fingerprint] = {}
@@ -136,6 +139,18 @@ class RepositoryPoller:
         now = await self._look()
         if now is None:
             return
+        if not now and self._acted:
+            # Every folder gone at once is what a volume not mounted (yet, or any more) looks
+            # like: its mount point is an empty folder. Unloading every model for that is
+            # worse than keeping them; the models go one by one, or by hand.
+            if not self._emptied:
+                logger.warning(
+                    "the model repository is empty: taken for a volume not mounted, nothing "
+                    "is unloaded (unload by hand what should go)"
+                )
+            self._emptied = True
+            return
+        self._emptied = False
         for name in sorted(now.keys() | self._acted.keys()):
             current = now.get(name)
             if current == self._acted.get(name) or current != self._seen.get(name):

@@ -233,6 +233,33 @@ async def test_a_new_version_that_is_a_symbolic_link_is_seen(tmp_path: Path) -> 
         assert await answers(http, "linear", second)
 
 
+async def test_a_repository_emptied_at_once_is_taken_for_a_volume_not_mounted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    weights = model_folder(root / "linear", seed=1)
+    other = model_folder(root / "other", seed=2)
+    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600))
+    async with app_client(app) as http:
+        poller = _poller(app.state.services, root)
+        await poller.baseline()
+        aside = tmp_path / "aside"
+        root.rename(aside)
+        root.mkdir()  # the mount point, empty
+        with caplog.at_level(logging.WARNING, logger="sluiceway.repository_poll"):
+            for _ in range(3):
+                await poller.poll()
+        assert await answers(http, "linear", weights) and await answers(http, "other", other)
+        assert len(caplog.records) == 1 and "empty" in caplog.records[0].getMessage()
+        # Mounted again, then one model taken away: that one goes.
+        root.rmdir()
+        aside.rename(root)
+        shutil.rmtree(root / "other")
+        await poller.poll()
+        await poller.poll()
+        assert await listed(http) == {"linear"}
+
+
 def test_split_mode_refuses_polling_saying_why(tmp_path: Path) -> None:
     model_folder(tmp_path / "models" / "linear", seed=1)
     settings = fast_settings(

@@ -8,8 +8,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,14 +31,9 @@ BODY = {
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
+def redis(own_redis_server: RedisServer) -> RedisServer:
     """A redis-server of this test's own, since the test stops it."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis_server
 
 
 async def _split_mode(redis: RedisServer, prefix: str) -> tuple[Settings, Worker]:

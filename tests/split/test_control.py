@@ -15,6 +15,7 @@ from sluiceway.split.control import (
     combine,
     read_desired,
 )
+from sluiceway.split.wire import pack
 
 
 def test_an_unload_makes_a_model_unavailable_whatever_the_workers_still_say() -> None:
@@ -54,5 +55,8 @@ def test_reports_and_desired_states_survive_redis_and_foreign_values_are_skipped
     assert ModelReport.decode(report.encode()) == report
     assert ModelReport.decode(b"\x93\x02\x01\x80") is None  # another format's version
     assert ModelReport.decode(b"not msgpack at all") is None
+    # A later release's fields, of the report and of a model's status: ignored.
+    later = pack([1, 9, {"linear": [READY, "", 9, "3", "new"]}, "new"])
+    assert ModelReport.decode(later) == report
     desired = read_desired({b"a": b"loaded:3", b"b": b"unloaded:12", b"c": b"gone:1", b"d": b"x"})
     assert desired == {"a": Desired(LOADED, 3), "b": Desired(UNLOADED, 12)}

@@ -10,7 +10,8 @@ each heartbeat.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from sluiceway.app import create_app
+from sluiceway.config import Settings
 from sluiceway.kinds import served_kinds
 from sluiceway.models.tensors import shape_key
 from sluiceway.runtime.metrics import Metrics
@@ -48,12 +50,9 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
-async def test_the_api_node_counts_requests_and_the_worker_its_model_calls(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    settings, weights = split_linear(
-        redis_server.url, tmp_path / "models", f"stats-{tmp_path.name}", worker_port=0
-    )
+@asynccontextmanager
+async def node_and_worker(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
+    """An API node (its HTTP client) and one started worker, once the node is ready."""
     worker = Worker(settings, served_kinds(settings), Metrics())
     await worker.start()
     try:
@@ -63,37 +62,45 @@ async def test_the_api_node_counts_requests_and_the_worker_its_model_calls(
                 return (await api.get("/v2/models/linear/ready")).status_code == 200
 
             await eventually(ready)
-            rng = np.random.default_rng(7)
-            for rows in (4, 1, 1):  # one request of four rows, two of one
-                x = rng.normal(size=(rows, 4)).astype(np.float32)
-                body = {
-                    "inputs": [
-                        {
-                            "name": "x",
-                            "shape": [rows, 4],
-                            "datatype": "FP32",
-                            "data": x.ravel().tolist(),
-                        }
-                    ]
-                }
-                answer = await api.post("/v2/models/linear/infer", json=body)
-                assert answer.status_code == 200, answer.text
-                got = np.array(answer.json()["outputs"][0]["data"]).reshape(rows, -1)
-                assert np.allclose(got, x @ weights[:4] + weights[4], atol=1e-4)
-            late = {
-                "inputs": [
-                    {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
-                ],
-                "parameters": {"timeout": 1},
-            }
-            assert (await api.post("/v2/models/linear/infer", json=late)).status_code == 504
-
-            (stats,) = (await api.get("/v2/models/linear/stats")).json()["model_stats"]
-            node = samples((await api.get("/metrics")).text)
-        async with httpx.AsyncClient() as http:
-            probe = samples((await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text)
+            yield api, worker
     finally:
         await worker.close()
+
+
+async def test_the_api_node_counts_requests_and_the_worker_its_model_calls(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    settings, weights = split_linear(
+        redis_server.url, tmp_path / "models", f"stats-{tmp_path.name}", worker_port=0
+    )
+    async with node_and_worker(settings) as (api, worker):
+        rng = np.random.default_rng(7)
+        for rows in (4, 1, 1):  # one request of four rows, two of one
+            x = rng.normal(size=(rows, 4)).astype(np.float32)
+            body = {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [rows, 4],
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+            answer = await api.post("/v2/models/linear/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            got = np.array(answer.json()["outputs"][0]["data"]).reshape(rows, -1)
+            assert np.allclose(got, x @ weights[:4] + weights[4], atol=1e-4)
+        late = {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+            "parameters": {"timeout": 1},
+        }
+        assert (await api.post("/v2/models/linear/infer", json=late)).status_code == 504
+
+        (stats,) = (await api.get("/v2/models/linear/stats")).json()["model_stats"]
+        node = samples((await api.get("/metrics")).text)
+        async with httpx.AsyncClient() as http:
+            probe = samples((await http.get(f"http://127.0.0.1:{worker.health_port}/metrics")).text)
 
     # The node: three requests of six rows, each with its queue and compute time; one late.
     inference = stats["inference_stats"]
@@ -216,36 +223,26 @@ async def test_a_burst_of_statistics_requests_shares_one_read_and_leaves_inferen
     """Each request taking a Redis connection of its own emptied the pool the node's watch
     loop needs; the node then took Redis for lost and answered every inference 503."""
     settings, _ = split_linear(redis_server.url, tmp_path / "models", f"burst-{tmp_path.name}")
-    worker = Worker(settings, served_kinds(settings), Metrics())
-    await worker.start()
-    try:
-        async with app_client(create_app(settings)) as api:
+    async with node_and_worker(settings) as (api, worker):
+        await infer(api, 4, 1, 1)
 
-            async def ready() -> bool:
-                return (await api.get("/v2/models/linear/ready")).status_code == 200
+        async def summed() -> bool:
+            return await node_calls(api) == counted(worker)
 
-            await eventually(ready)
-            await infer(api, 4, 1, 1)
-
-            async def summed() -> bool:
-                return await node_calls(api) == counted(worker)
-
-            async with Redis.from_url(redis_server.url) as redis:
-                for _ in range(3):
-                    await eventually(summed)
-                    await asyncio.sleep(settings.worker_heartbeat_s)  # past the sum kept a beat
-                    before = await hash_reads(redis)
-                    answers = await asyncio.gather(
-                        *(api.get("/v2/models/linear/stats") for _ in range(200))
-                    )
-                    reads = await hash_reads(redis) - before
-                    stats = [answer.json()["model_stats"][0] for answer in answers]
-                    assert all(answered(each) == counted(worker) for each in stats)
-                    # One read of two hashes for the burst; a worker's beat may read two more.
-                    assert reads <= 10, reads
-                    await infer(api, 1)  # and inference is still answered
-    finally:
-        await worker.close()
+        async with Redis.from_url(redis_server.url) as redis:
+            for _ in range(3):
+                await eventually(summed)
+                await asyncio.sleep(settings.worker_heartbeat_s)  # past the sum kept a beat
+                before = await hash_reads(redis)
+                answers = await asyncio.gather(
+                    *(api.get("/v2/models/linear/stats") for _ in range(200))
+                )
+                reads = await hash_reads(redis) - before
+                stats = [answer.json()["model_stats"][0] for answer in answers]
+                assert all(answered(each) == counted(worker) for each in stats)
+                # One read of two hashes for the burst; a worker's beat may read two more.
+                assert reads <= 10, reads
+                await infer(api, 1)  # and inference is still answered
 
 
 async def hash_reads(redis: Redis) -> int:
@@ -255,14 +252,9 @@ async def hash_reads(redis: Redis) -> int:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
+def redis(own_redis_server: RedisServer) -> RedisServer:
     """A redis-server of this test's own, since the test stalls and stops it."""
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return own_redis_server
 
 
 async def test_statistics_keep_the_last_calls_read_when_redis_stalls_or_is_down(
@@ -271,36 +263,26 @@ async def test_statistics_keep_the_last_calls_read_when_redis_stalls_or_is_down(
     """Never an error nor a long wait; and not a count fallen back to 0, which would make the
     difference of two snapshots (what perf_analyzer reports) nonsense."""
     settings, _ = split_linear(redis.url, tmp_path / "models", "outage")
-    worker = Worker(settings, served_kinds(settings), Metrics())
-    await worker.start()
-    try:
-        async with app_client(create_app(settings)) as api:
+    async with node_and_worker(settings) as (api, worker):
+        await infer(api, 4, 1, 1)
 
-            async def ready() -> bool:
-                return (await api.get("/v2/models/linear/ready")).status_code == 200
+        async def summed() -> bool:
+            return await node_calls(api) == counted(worker)
 
-            await eventually(ready)
-            await infer(api, 4, 1, 1)
+        await eventually(summed)
 
-            async def summed() -> bool:
-                return await node_calls(api) == counted(worker)
+        async def last_read() -> None:
+            # Within the node's bound on the wait, well short of redis-py's 5 s timeout.
+            answer = await asyncio.wait_for(api.get("/v2/models/linear/stats"), 3.0)
+            assert answer.status_code == 200, answer.text
+            (stats,) = answer.json()["model_stats"]
+            assert answered(stats) == counted(worker)
+            assert stats["inference_stats"]["success"]["count"] == 3
 
-            await eventually(summed)
-
-            async def last_read() -> None:
-                # Within the node's bound on the wait, well short of redis-py's 5 s timeout.
-                answer = await asyncio.wait_for(api.get("/v2/models/linear/stats"), 3.0)
-                assert answer.status_code == 200, answer.text
-                (stats,) = answer.json()["model_stats"]
-                assert answered(stats) == counted(worker)
-                assert stats["inference_stats"]["success"]["count"] == 3
-
-            redis.freeze()  # stalled: no answer, the connection open
-            await asyncio.sleep(settings.worker_heartbeat_s)  # past the sum kept for a beat
-            await last_read()
-            redis.thaw()
-            await asyncio.to_thread(redis.stop)  # down
-            await asyncio.sleep(settings.worker_heartbeat_s)
-            await last_read()
-    finally:
-        await worker.close()
+        redis.freeze()  # stalled: no answer, the connection open
+        await asyncio.sleep(settings.worker_heartbeat_s)  # past the sum kept for a beat
+        await last_read()
+        redis.thaw()
+        await asyncio.to_thread(redis.stop)  # down
+        await asyncio.sleep(settings.worker_heartbeat_s)
+        await last_read()

@@ -104,6 +104,14 @@ def test_runtime_errors_come_back_as_their_class(error: type[Exception]) -> None
         ResultRecord.decode(sent.encode()).outcome()
 
 
+def test_an_error_with_a_later_releases_fields_comes_back_and_a_malformed_one_is_refused() -> None:
+    later = msgpack.packb([VERSION, "j", False, ["overloaded", "full", "new"]])
+    with pytest.raises(Overloaded, match="full"):
+        ResultRecord.decode(later).outcome()
+    with pytest.raises(WireError, match="kind and message"):
+        ResultRecord.decode(msgpack.packb([VERSION, "j", False, "overloaded"]))
+
+
 def test_a_models_own_failure_comes_back_as_a_plain_error() -> None:
     sent = ResultRecord("j", error=ErrorRecord.of(ValueError("n_neighbors > n_samples")))
     with pytest.raises(RuntimeError, match="ValueError: n_neighbors > n_samples"):

@@ -78,17 +78,21 @@ class ModelReport:
 
     @staticmethod
     def decode(data: bytes) -> ModelReport | None:
-        """Parse a report; ``None`` for one of another format (a newer or older worker)."""
+        """Parse a report; ``None`` for one of another format (a newer or older worker).
+
+        Fields beyond those known here, of the report or of a model's status, are a later
+        release's: ignored, so adding one needs no upgrade order (as ``wire.py``'s records).
+        """
         try:
             fields = unpack(data)
-            version, seen, models = fields
+            version, seen, models = fields[:3]
             if version != _VERSION:
                 return None
             return ModelReport(
                 int(seen),
                 {
                     str(name): ModelStatus(str(state), str(reason), int(generation), str(ver))
-                    for name, (state, reason, generation, ver) in models.items()
+                    for name, (state, reason, generation, ver, *_) in models.items()
                 },
             )
         except (WireError, TypeError, ValueError, AttributeError):

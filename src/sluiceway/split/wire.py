@@ -261,8 +261,10 @@ class ResultRecord:
         if ok:
             timing = CallTiming.of(fields[4:6]) if len(fields) >= 6 else None
             return ResultRecord(job_id, value, timing=timing)
-        kind, message = value
-        return ResultRecord(job_id, error=ErrorRecord(kind, message))
+        if not isinstance(value, list) or len(value) < 2:  # later fields: ignored, as above
+            raise WireError("a failed result's error must be its kind and message")
+        kind, message = value[:2]
+        return ResultRecord(job_id, error=ErrorRecord(str(kind), str(message)))
 
     def outcome(self) -> Any:
         """The value, or raise the error as its runtime class."""
