@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -21,8 +23,8 @@ import pytest
 
 import sluiceway.registry as registry_module
 from sluiceway.app import create_app
+from sluiceway.registry import ModelRegistry
 from sluiceway.repository_poll import RepositoryPoller
-from sluiceway.services import Services
 from tests.conftest import app_client, fast_settings
 from tests.fixtures.model_repository import LINEAR_CONFIG
 from tests.fixtures.onnx_models import linear_model
@@ -87,11 +89,7 @@ async def test_a_broken_change_keeps_the_running_version_and_is_tried_once(
 ) -> None:
     root = tmp_path / "models"
     weights = model_folder(root / "linear", seed=1)
-    settings = fast_settings(model_repository=str(root), repository_poll_s=3600)
-    app = create_app(settings)
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root) as (http, poller, _):
         (root / "linear" / "2").mkdir()
         (root / "linear" / "2" / "model.onnx").write_bytes(b"corrupt")
         with caplog.at_level(logging.WARNING, logger="sluiceway.repository_poll"):
@@ -111,11 +109,7 @@ async def test_a_broken_change_keeps_the_running_version_and_is_tried_once(
 async def test_a_folder_is_loaded_only_once_it_stopped_changing(tmp_path: Path) -> None:
     root = tmp_path / "models"
     model_folder(root / "linear", seed=1)
-    settings = fast_settings(model_repository=str(root), repository_poll_s=3600, admin_token=TOKEN)
-    app = create_app(settings)
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root, admin_token=TOKEN) as (http, poller, _):
         (root / "late").mkdir()
         (root / "late" / "config.toml").write_text(LINEAR_CONFIG)  # the file is still coming
         await poller.poll()
@@ -139,10 +133,7 @@ async def test_a_repository_that_cannot_be_read_unloads_nothing_and_is_said_once
 ) -> None:
     root = tmp_path / "models"
     weights = model_folder(root / "linear", seed=1)
-    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600))
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root) as (http, poller, _):
         hidden = tmp_path / "elsewhere"
         root.rename(hidden)  # a volume unmounted, say
         with caplog.at_level(logging.WARNING, logger="sluiceway.repository_poll"):
@@ -163,11 +154,7 @@ async def test_a_change_seen_while_a_load_runs_is_loaded_after_it(
     load of that change."""
     root = tmp_path / "models"
     model_folder(root / "linear", seed=1)
-    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600))
-    async with app_client(app) as http:
-        registry = app.state.services.registry
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root) as (http, poller, registry):
         read = registry_module.read_model
         folder_read = threading.Event()
 
@@ -192,11 +179,7 @@ async def test_a_model_served_from_files_given_with_its_load_outlives_its_folder
 ) -> None:
     root = tmp_path / "models"
     model_folder(root / "linear", seed=1)
-    settings = fast_settings(model_repository=str(root), repository_poll_s=3600, admin_token=TOKEN)
-    app = create_app(settings)
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root, admin_token=TOKEN) as (http, poller, _):
         given = tmp_path / "given.onnx"
         weights = linear_model(given, seed=7)
         body = {
@@ -222,10 +205,7 @@ async def test_a_new_version_that_is_a_symbolic_link_is_seen(tmp_path: Path) -> 
     (root / "linear" / "config.toml").write_text(LINEAR_CONFIG)
     (root / "linear" / "1").symlink_to(store / "a")
     (root / "linear" / "loop").symlink_to(root / "linear")  # walked once, not for ever
-    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600))
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root) as (http, poller, _):
         assert await answers(http, "linear", first)
         (root / "linear" / "2").symlink_to(store / "b")
         await poller.poll()
@@ -239,10 +219,7 @@ async def test_a_repository_emptied_at_once_is_taken_for_a_volume_not_mounted(
     root = tmp_path / "models"
     weights = model_folder(root / "linear", seed=1)
     other = model_folder(root / "other", seed=2)
-    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600))
-    async with app_client(app) as http:
-        poller = _poller(app.state.services, root)
-        await poller.baseline()
+    async with polled(root) as (http, poller, _):
         aside = tmp_path / "aside"
         root.rename(aside)
         root.mkdir()  # the mount point, empty
@@ -284,7 +261,16 @@ def test_split_mode_refuses_polling_saying_why(tmp_path: Path) -> None:
     assert "sluiceway serve: SLUICEWAY_REPOSITORY_POLL_S is for embedded mode" in done.stderr
 
 
-def _poller(services: Services, root: Path) -> RepositoryPoller:
-    """A poller on the app's registry that polls when the test says (the app's own, at an
-    hour, never does during a test)."""
-    return RepositoryPoller(services.registry, root, interval_s=3600)
+@asynccontextmanager
+async def polled(
+    root: Path, **settings: object
+) -> AsyncIterator[tuple[httpx.AsyncClient, RepositoryPoller, ModelRegistry]]:
+    """The app serving ``root`` (``settings`` beside), a poller on its registry that polls when
+    the test says (the app's own, at an hour, never does during a test) with its baseline
+    taken, and the registry."""
+    app = create_app(fast_settings(model_repository=str(root), repository_poll_s=3600, **settings))
+    async with app_client(app) as http:
+        registry = app.state.services.registry
+        poller = RepositoryPoller(registry, root, interval_s=3600)
+        await poller.baseline()
+        yield http, poller, registry

@@ -20,7 +20,7 @@ queued, and skip it when they read it later (``worker.py``). Best effort: a canc
 the connection only means the job runs and its answer is dropped, as before.
 
 The node makes no model call, so for Triton's statistics it adds the live workers' calls,
-read when asked (``worker_calls``).
+read when asked (``worker_calls.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from sluiceway.config import Settings
 from sluiceway.errors import DeadlineExceeded, ModelUnavailable, Overloaded
@@ -54,14 +53,13 @@ from sluiceway.split.wire import (
     WireError,
     WorkerRecord,
     encode_cancels,
-    live_calls,
     live_workers,
 )
+from sluiceway.split.worker_calls import WorkerCalls
 
 logger = logging.getLogger(__name__)
 
 _SUBSCRIBE_S = 0.5  # how long start() waits for the subscription beside a running cluster
-_CALLS_WAIT_S = 0.5  # how long a statistics request waits for the workers' calls
 
 
 @dataclass(slots=True)
@@ -107,12 +105,7 @@ class RedisDispatcher:
         # The requests this node sends, counted as the embedded dispatcher counts them; the
         # model calls are counted by the workers that make them (``runtime/triton_metrics.py``).
         self.statistics = Statistics(metrics, makes_calls=False)
-        # The live workers' model calls for the statistics (``worker_calls``): the last sum
-        # read, when, the read in flight, and whether reads fail now.
-        self._calls_sum: dict[str, ModelCalls] = {}
-        self._calls_read_at = -math.inf
-        self._calls_reading: asyncio.Task[dict[str, ModelCalls]] | None = None
-        self._calls_failing = False
+        self._worker_calls = WorkerCalls(settings, self._keys, self._broker)
         self._closed = asyncio.Event()
         self._live_models: set[str] = set()
         named = {name.strip() for name in settings.api_models.split(",") if name.strip()}
@@ -140,8 +133,7 @@ class RedisDispatcher:
         if self._watching is not None:
             await stop_tasks([self._watching], RECONNECT_S + 1)
             self._watching = None
-        if self._calls_reading is not None:  # bounded by ``_CALLS_WAIT_S``
-            await asyncio.gather(self._calls_reading, return_exceptions=True)
+        await self._worker_calls.close()
         self._fail_waiting(ModelUnavailable("the API node is shutting down"))
         self._admissions.clear()
         self._cancels.clear()
@@ -171,63 +163,9 @@ class RedisDispatcher:
         return sorted(self._live_models)
 
     async def worker_calls(self) -> dict[str, ModelCalls]:
-        """The model calls the live workers made, summed by model (``wire.live_calls``), for
-        the statistics extension (callers must not change it).
-
-        Read when asked, one round trip, rather than a snapshot the watch loop keeps: the
-        statistics are asked for rarely (``perf_analyzer`` and Model Analyzer once a
-        measurement window), while a snapshot would have every API node read every worker's
-        record every heartbeat, a cost growing with workers, models and batch sizes paid for
-        nothing between questions.
-
-        Requests asking at once share one read, and a sum read less than a heartbeat ago (the
-        workers publish once a beat) is answered again: a burst of statistics requests each
-        taking a connection emptied the pool the watch loop needs, which then took Redis for
-        lost and failed every inference request (found in review). When Redis is lost, fails
-        or does not answer within ``_CALLS_WAIT_S``, the last sum read is answered (empty
-        before the first): a count that fell back to 0 would make the difference of two
-        snapshots, which perf_analyzer reports, nonsense.
-        """
-        if time.monotonic() - self._calls_read_at < self._settings.worker_heartbeat_s:
-            return self._calls_sum
-        reading = self._calls_reading
-        if reading is None:
-            reading = self._calls_reading = asyncio.create_task(self._read_calls())
-            reading.add_done_callback(self._calls_read)
-        # Shielded: a caller that leaves must not cancel the read others wait for.
-        return await asyncio.shield(reading)
-
-    def _calls_read(self, reading: asyncio.Task[dict[str, ModelCalls]]) -> None:
-        if self._calls_reading is reading:
-            self._calls_reading = None
-
-    async def _read_calls(self) -> dict[str, ModelCalls]:
-        if not self._broker.connected:
-            return self._calls_sum
-        try:
-            async with asyncio.timeout(_CALLS_WAIT_S):
-                async with self._broker.redis.pipeline(transaction=False) as pipe:
-                    pipe.hgetall(self._keys.workers)
-                    pipe.hgetall(self._keys.calls)
-                    registry, counts = await pipe.execute()
-            summed = live_calls(
-                cast(dict[bytes, bytes], registry),
-                cast(dict[bytes, bytes], counts),
-                time.time(),
-                self._settings.worker_dead_after_s,
-            )
-        # A wait past the bound is a ``TimeoutError`` (an ``OSError``); a registry record no
-        # release wrote may fail to decode (``WorkerRecord``): neither may cost the answer.
-        except (RedisError, OSError, TypeError, ValueError, ArithmeticError) as error:
-            if not self._calls_failing:  # said once, not at every request
-                logger.warning("statistics keep the workers' last model calls read: %r", error)
-            self._calls_failing = True
-            return self._calls_sum
-        if self._calls_failing:
-            logger.warning("statistics read the workers' model calls again")
-        self._calls_failing = False
-        self._calls_sum, self._calls_read_at = summed, time.monotonic()
-        return summed
+        """The model calls the live workers made, summed by model, for the statistics
+        extension (``WorkerCalls.read``; callers must not change it)."""
+        return await self._worker_calls.read()
 
     async def submit(self, job: Job) -> Any:
         """The job's result from a worker, counted in this node's statistics with the times of

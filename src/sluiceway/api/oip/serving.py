@@ -139,7 +139,7 @@ async def model_statistics(
 
     On a split-mode API node, which makes no model call, each model's ``execution_count`` and
     ``batch_stats`` are the sum of its live workers' (by name: whatever version each serves),
-    or the node's own when Redis does not answer soon (``RedisDispatcher.worker_calls``).
+    or the last sum read when Redis does not answer soon (``split/worker_calls.py``).
     """
     if name is None:
         entries = [entry for entry in services.registry.entries() if entry.record is not None]
