@@ -15,13 +15,16 @@ One run measures, one after the other on the same machine:
   and once more batched with the image in a shared memory region (Triton's system shared memory
   extension, ``SLUICEWAY_ALLOW_CLIENT_SHM``): a client on the same machine registers it once
   and each request sends the JSON header only;
+- the yardstick (``servers/bare_app.py``): a bare ASGI app that only cuts the tensor out of
+  the body, calls the model as the ceiling does and writes the answer; the least any Python
+  server over HTTP pays, so the most such a server reaches here;
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed);
 - the protocol's overhead: a 1-element JSON request to a trivial ONNX model (Identity) against
   the same server's cheapest route, for Sluiceway (``GET /ping`` and ``GET /v2/health/live``),
-  KServe and MLServer (``GET /v2/health/live``), each set up as for ImageNet (``--only
-  overhead`` runs this part alone).
+  KServe and MLServer (``GET /v2/health/live``), each set up as for ImageNet, and the yardstick
+  (its ``GET /ping``) (``--only overhead`` runs this part alone).
 
 Triton's ``perf_analyzer`` would be the natural load generator, but no wheel installable here
 ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-analyzer``
@@ -30,9 +33,9 @@ ships it: ``tritonclient`` 2.73.0 carries the client libraries only, and ``perf-
 So the one load generator is ``wrk`` with ``load.lua``: closed loop, concurrency 1 to 32, the same
 prepared image (the chelsea photo) every request. Every server's answer is checked once (the
 class must be the ceiling's) and every load answer must be 200 with the output in it.
-Sluiceway batched, unbatched, with one-core calls and with shared memory are started together
-and measured level by level in turn (``TOGETHER``), so their comparisons are made within the
-same minutes; the other servers run one after the other.
+Sluiceway batched, unbatched, with one-core calls and with shared memory, and the yardstick,
+are started together and measured level by level in turn (``TOGETHER``), so their comparisons
+are made within the same minutes; the other servers run one after the other.
 Writes ``bench/oip/REPORT.md``, ``oip.png`` and ``results.json``.
 """
 
@@ -281,6 +284,18 @@ def sluiceway_server(
     if shm:
         env["SLUICEWAY_ALLOW_CLIENT_SHM"] = "true"
     return command, env
+
+
+def bare_server(
+    port: int, name: str = MODEL, path: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The yardstick (``servers/bare_app.py``): the least a Python server must do to answer,
+    hosting ``path`` (the ImageNet file unless given) as model ``name``."""
+    command = [
+        sys.executable, str(HERE / "servers" / "bare_app.py"), "--model_name", name,
+        "--model_path", str(path or imagenet_model_path()), "--port", str(port),
+    ]  # fmt: skip
+    return command, {}
 
 
 def floor_model(folder: Path) -> Path:
@@ -532,9 +547,19 @@ def measure_level(server: Served, concurrency: int, args: argparse.Namespace) ->
           f"failures {failures}", flush=True)  # fmt: skip
 
 
-TOGETHER = ("sluiceway", "sluiceway-unbatched", "sluiceway-one-core", SHM)
-"""Servers measured level by level in turn (``measure``): the batching and wide-call
-comparisons are read within one minute of the machine, not across minutes."""
+BARE = "bare"
+"""The yardstick: ``servers/bare_app.py``, no server at all beside the request and the call."""
+
+BARE_SETUP = (
+    "the yardstick, not a server: a bare ASGI app under uvicorn with httptools and uvloop, "
+    "1 process, that cuts the tensor out of the body, calls the model as the ceiling does (one "
+    "session, 2 threads x 1 ORT thread) and writes the answer; no validation, limits, batching, "
+    "metrics or logging (`servers/bare_app.py`)"
+)
+
+TOGETHER = ("sluiceway", "sluiceway-unbatched", "sluiceway-one-core", SHM, BARE)
+"""Servers measured level by level in turn (``measure``): the batching, wide-call and
+yardstick comparisons are read within one minute of the machine, not across minutes."""
 
 Plan = tuple[str, str, str, Callable[[int], tuple[list[str], dict[str, str]]]]
 
@@ -734,6 +759,8 @@ def protocol_overhead(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 ORT "
          "thread", ["/v2/health/live"],
          lambda p: mlserver_server(args.venvs, folder, p, TRIVIAL, path)),
+        (BARE, BARE_SETUP + "; a 1-element call made on the event loop", ["/ping"],
+         lambda p: bare_server(p, TRIVIAL, path)),
     ]  # fmt: skip
     rows: list[Overhead] = []
     for server, setup, routes, build in plans:
@@ -780,6 +807,39 @@ def floor_table(floor: ServerRun, best: float, cores: int) -> list[str]:
         lines.append(
             f"| {level.concurrency} | {level.rps:.1f} | {level.cpu_ms_per_request:.2f} | "
             f"{bound:.2f} | {level.p50_ms:.1f} | {level.p95_ms:.1f} | {level.failures} |"
+        )
+    return lines
+
+
+def yardstick_table(runs: list[ServerRun], best: float) -> list[str]:
+    """Sluiceway against the yardstick, level by level (both in ``TOGETHER``, so each level's
+    pair was measured within the same minute): how much of what a Python server can reach here
+    Sluiceway reaches, with everything the yardstick leaves out."""
+    bare = next((run for run in runs if run.name == BARE and run.levels), None)
+    ours = next((run for run in runs if run.name == "sluiceway" and run.levels), None)
+    if bare is None or ours is None:
+        return []
+    lines = [
+        "Yardstick: the bare server above does nothing a server is for beyond the request and "
+        "the model call, so every Python server over HTTP pays at least its cost here, and its "
+        "rate is the most such a server reaches on this machine. Sluiceway (batched) against "
+        "it, each level's pair measured in turn within the same minute:",
+        "",
+        "| clients | bare req/s | bare x ceiling | bare x nearby | sluiceway req/s | "
+        "**sluiceway / bare** | bare CPU ms/req | sluiceway CPU ms/req |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    theirs = {level.concurrency: level for level in bare.levels}
+    nearby = bare.nearby_ceiling_images_s
+    for level in ours.levels:
+        other = theirs.get(level.concurrency)
+        if other is None or other.rps <= 0:
+            continue
+        lines.append(
+            f"| {level.concurrency} | {other.rps:.1f} | {other.rps / best:.2f} | "
+            f"{f'{other.rps / nearby:.2f}' if nearby else ''} | {level.rps:.1f} | "
+            f"**{level.rps / other.rps:.2f}** | {other.cpu_ms_per_request:.1f} | "
+            f"{level.cpu_ms_per_request:.1f} |"
         )
     return lines
 
@@ -915,6 +975,7 @@ def main() -> None:
              "ORT thread", "json", lambda p: mlserver_server(args.venvs, folder, p)),
             ("sluiceway-json", "as sluiceway, JSON tensors", "json",
              lambda p: sluiceway_server(folder, 8, p)),
+            (BARE, BARE_SETUP, "binary", bare_server),
             (FLOOR, "as sluiceway, the model replaced by a near-free one with its tensors (the "
              "image's first 1000 values as logits), calls on the model threads: the serving "
              "cost alone", "binary",
@@ -1084,6 +1145,9 @@ def report(
                 f"{level.cpu_ms_per_request:.1f} | {100 * level.wrk_cpu_share:.1f} | "
                 f"{level.rss_mb:.0f} |"
             )
+    yardstick = yardstick_table(runs, best)
+    if yardstick:
+        lines += ["", *yardstick]
     if floor is not None:
         lines += ["", *floor_table(floor, best, cores)]
     if overhead:
