@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +19,22 @@ from tests.redis_server import (  # noqa: F401  (fixtures: the suite's redis-ser
     own_redis_server,
     redis_server,
 )
+
+_CONFIGURED_LOGGERS = ("", "sluiceway", "httpx", "httpcore")
+"""The loggers ``sluiceway.logs.configure`` sets (``""``: the root)."""
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """The process's logging put back as it was after each test: a test that runs the command
+    line configures it (a handler on the root logger writing to that test's captured stderr),
+    and later tests would write through a handler whose stream is closed."""
+    loggers = [logging.getLogger(name) for name in _CONFIGURED_LOGGERS]
+    handlers, levels = logging.getLogger().handlers[:], [each.level for each in loggers]
+    yield
+    logging.getLogger().handlers[:] = handlers
+    for each, level in zip(loggers, levels, strict=True):
+        each.setLevel(level)
 
 
 def fast_settings(**overrides: object) -> Settings:
