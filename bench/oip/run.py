@@ -969,7 +969,11 @@ def main() -> None:
              "the answer is binary", "shm", lambda p: sluiceway_server(folder, 8, p, shm=True)),
             ("sluiceway-no-arena", "as sluiceway, a repository's default (no memory arena)",
              "binary", lambda p: sluiceway_server(folder, 8, p, arena=False)),
-            ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread", "binary",
+            ("kserve", "kserve 0.21.0, 2 uvicorn workers x 1 ORT thread. Its REST decoder "
+             "turns a binary tensor into a Python list before the model sees it "
+             "(`InferRequest.from_bytes` calls `set_data_from_numpy(..., binary_data=False)`: "
+             "84 % of its CPU under py-spy at 4 clients, 2026-12-02); no setting avoids it. Its "
+             "gRPC form does not, see `bench/grpc`", "binary",
              lambda p: kserve_server(args.venvs, p)),
             ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 "
              "ORT thread", "json", lambda p: mlserver_server(args.venvs, folder, p)),
