@@ -24,10 +24,11 @@ LitServe turns a ``decode_request`` annotated with ``starlette.Request`` into ``
 request.json()``, and sends whatever the route handler got to the workers by pickling it, so a
 raw body reaches ``decode_request`` through a FastAPI dependency in the annotation: the route
 reads the body and the header length, and the worker gets that pair. LitServe's own routes:
-the model at ``--api_path`` (``/v2/models/{name}/infer``), and its health check at
-``/v2/models/{name}/ready`` (200 once every inference worker is set up), where bench/oip's
-``wait_ready`` polls. LitServe also wraps every route in its GZip middleware (it cannot be
-turned off unless streaming); the benchmark's client asks for no compression.
+the model at ``/v2/models/{name}/infer`` (the LitAPI's ``api_path``), and its health check at
+``/v2/models/{name}/ready`` (``healthcheck_path``: 200 once every inference worker is set up),
+where bench/oip's ``wait_ready`` polls. LitServe also wraps every route in its GZip middleware
+(it cannot be turned off unless streaming); the benchmark's client asks for no compression.
+SIGTERM stops every process LitServe started (see ``main``).
 
     python bench/oip/servers/litserve_app.py --model_name mobilenet --model_path M.onnx \\
         --port P [--workers 2] [--max_batch_size 8 --batch_timeout 0.005] [--fast_queue]
