@@ -21,6 +21,9 @@ One run measures, one after the other on the same machine:
 - KServe's Python model server (``kserve``) and Seldon MLServer (``mlserver``, adaptive batching
   on) hosting the same file, each in its own virtualenv under ``--venvs`` (created on first use
   with pinned versions; never committed);
+- LitServe (``litserve``, its own virtualenv too): not a server of the protocol, but a LitAPI
+  reading the same binary body, to check the issue's word that LitServe with two workers and
+  batching sits near the ceiling (it said so of a JPEG-in classifier);
 - the protocol's overhead: a 1-element JSON request to a trivial ONNX model (Identity) against
   the same server's cheapest route, for Sluiceway (``GET /ping`` and ``GET /v2/health/live``),
   KServe and MLServer (``GET /v2/health/live``), each set up as for ImageNet, and the yardstick
@@ -47,13 +50,14 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -68,7 +72,8 @@ import skimage
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.loadtest import CHECKOUT_PATH, REPO, ProcessWatch, free_port, machine, stop
+from bench.loadtest import CHECKOUT_PATH, REPO, ProcessWatch, free_port, machine
+from bench.loadtest import stop as stop_process
 from sluiceway.inputs.pixels import prepare_image
 from sluiceway.models.onnx_classifier import IMAGENET_INPUT, imagenet_model_path
 
@@ -76,7 +81,11 @@ HERE = Path(__file__).resolve().parent
 MODEL = "mobilenet"
 # uvloop 0.22 dropped what MLServer 1.7.1's inference workers call at start-up
 # (asyncio.get_event_loop() outside a running loop): they die at once with a newer one.
-PEERS = {"kserve": ["kserve==0.21.0"], "mlserver": ["mlserver==1.7.1", "uvloop<0.22"]}
+PEERS = {
+    "kserve": ["kserve==0.21.0"],
+    "mlserver": ["mlserver==1.7.1", "uvloop<0.22"],
+    "litserve": ["litserve==0.2.19"],
+}
 PEER_COMMON = ["onnxruntime==1.32.0", "numpy<3"]
 LEVELS = (1, 2, 4, 8, 16, 32)
 
@@ -348,6 +357,18 @@ def kserve_server(
     return command, {}
 
 
+def litserve_server(venvs: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """LitServe (``servers/litserve_app.py``) hosting the ImageNet file: 2 inference worker
+    processes (one per core) x 1 ONNX Runtime thread, batching 8 / 5 ms, as its documentation
+    sets it up for throughput on a CPU."""
+    command = [
+        peer_python(venvs, "litserve"), str(HERE / "servers" / "litserve_app.py"),
+        "--model_name", MODEL, "--model_path", str(imagenet_model_path()), "--port", str(port),
+        "--workers", "2", "--max_batch_size", "8", "--batch_timeout", "0.005",
+    ]  # fmt: skip
+    return command, {}
+
+
 def mlserver_server(
     venvs: Path,
     folder: Path,
@@ -449,14 +470,24 @@ def wrk(
 
 
 def start_server(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A server under test, started from this checkout's code, its output dropped."""
+    """A server under test, started from this checkout's code, its output dropped, in a
+    process group of its own (``stop`` ends whatever it started)."""
     return subprocess.Popen(
         command,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": CHECKOUT_PATH, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started by ``start_server``, then anything of its process group still
+    there: a peer's workers left behind would take the cores from every server after it."""
+    stop_process(process)
+    with suppress(ProcessLookupError):  # the group ended with its leader
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -977,6 +1008,12 @@ def main() -> None:
              lambda p: kserve_server(args.venvs, p)),
             ("mlserver", "mlserver 1.7.1, adaptive batching 8 / 5 ms, 2 parallel workers x 1 "
              "ORT thread", "json", lambda p: mlserver_server(args.venvs, folder, p)),
+            ("litserve", "litserve 0.2.19, 2 inference worker processes (one per core) x 1 "
+             "ORT thread, 2 HTTP processes, batching 8 / 5 ms. Not a server of the protocol: a "
+             "LitAPI that reads the same binary body (`servers/litserve_app.py`), to check the "
+             "issue's word that LitServe sits near the ceiling. Each request's body goes to a "
+             "worker through a multiprocessing manager's queue (pickled twice, through a third "
+             "process)", "binary", lambda p: litserve_server(args.venvs, p)),
             ("sluiceway-json", "as sluiceway, JSON tensors", "json",
              lambda p: sluiceway_server(folder, 8, p)),
             (BARE, BARE_SETUP, "binary", bare_server),
