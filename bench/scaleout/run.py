@@ -69,6 +69,10 @@ REQUEST_TIMEOUT_S = 5.0
 """A measured request with no answer by then, waiting for a connection included, counts as
 timed out: an open loop that outruns the server would otherwise pile requests into the client's
 pool until one raised and ended the whole run."""
+MAX_IN_FLIGHT = 100
+"""Paced requests waiting for an answer at once, at most (one connection each): past that, a
+request due is not sent but counted late, as the open loop would only queue it behind the
+others for a connection, spending the load generator's share of the cores on doomed work."""
 HELD_FRACTION = 0.95
 """A paced level holds its rate if nothing failed or timed out and the requests answered per
 second reach this share of the rate asked."""
@@ -200,6 +204,8 @@ class Level:
     """Answered with an error status, or the connection failed."""
     timed_out: int = 0
     """No connection from the pool, or no answer, within ``REQUEST_TIMEOUT_S``."""
+    late: int = 0
+    """Paced, not sent: ``MAX_IN_FLIGHT`` requests were still unanswered when it was due."""
     error: str = ""
     """Why the level never ran its load (its warm-up failed), if it did not."""
 
@@ -212,7 +218,7 @@ class Level:
     def held(self) -> bool:
         """Every request answered and, paced, at the rate asked: only then do its latencies say
         what the mode costs at this load rather than how far behind it fell."""
-        if self.error or self.failed or self.timed_out or not self.latencies:
+        if self.error or self.failed or self.timed_out or self.late or not self.latencies:
             return False
         return not self.paced or self.achieved >= HELD_FRACTION * self.load
 
@@ -223,7 +229,7 @@ class Level:
         line = (
             f"{self.load} {unit} {state}: {self.achieved:.0f} req/s answered, "
             f"median {_median(self.latencies):.2f} ms, {self.failed} failed, "
-            f"{self.timed_out} timed out"
+            f"{self.timed_out} timed out, {self.late} late"
         )
         return line + (f" ({self.error})" if self.error else "")
 
@@ -281,7 +287,10 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
     others (an open loop: the load does not bend to the latency)."""
     restaurants = training_sets()
     level = Level(int(rate), paced=True)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+    ) as http:
         try:
             for index in range(50):  # fit every model and warm the connections first
                 body = _body(restaurants[index % len(restaurants)])
@@ -290,15 +299,20 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
             level.error = f"the warm-up failed: {error!r}"
             return level
 
-        calls = []
+        in_flight: set[asyncio.Task[None]] = set()
         start = time.perf_counter()
         for index in range(int(rate * seconds)):
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                level.late += 1
+                continue
             body = _body(restaurants[index % len(restaurants)])
-            calls.append(asyncio.create_task(_measured_call(http, body, level)))
-        await asyncio.gather(*calls)
+            call = asyncio.create_task(_measured_call(http, body, level))
+            in_flight.add(call)
+            call.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
         level.seconds = time.perf_counter() - start
     return level
 
@@ -380,6 +394,7 @@ class HopRow:
     """Requests answered per second, over all rounds."""
     failed: dict[str, int]
     timed_out: dict[str, int]
+    late: dict[str, int]
     unheld: dict[str, int]
     """The rounds in which the mode did not hold the load."""
     errors: dict[str, list[str]] = field(default_factory=dict)
@@ -431,6 +446,7 @@ def hop_rows(rounds: Rounds, loads: tuple[int, ...]) -> list[HopRow]:
                 timed_out={
                     name: sum(level.timed_out for level in runs) for name, runs in levels.items()
                 },
+                late={name: sum(level.late for level in runs) for name, runs in levels.items()},
                 unheld={
                     name: sum(not level.held for level in runs) for name, runs in levels.items()
                 },
@@ -529,7 +545,9 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
                 said.append(
                     f"{name} did not hold it in {unheld} of {rounds} rounds "
                     f"({row.achieved[name]:.0f} req/s answered over all rounds, "
-                    f"{row.failed[name]} failed, {row.timed_out[name]} timed out)"
+                    f"{row.failed[name]} failed, {row.timed_out[name]} timed out"
+                    + (f", {row.late[name]} late" if row.late[name] else "")
+                    + ")"
                     + "".join(f", {error}" for error in row.errors.get(name, []))
                 )
         lines.append(f"- **{row.load} {unit}: saturated.** " + "; ".join(said) + ".")
@@ -540,6 +558,8 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
             f"{REQUEST_TIMEOUT_S:g} s",
             "for a connection and an answer) and, paced, the answers kept up with "
             f"{HELD_FRACTION:.0%} of the rate asked.",
+            f"A paced request falling due while {MAX_IN_FLIGHT} others still wait for their "
+            "answers is not sent but counted late.",
             "Medians and p90s of a saturated level are of the requests answered; its ≈ RPS is",
             "what each mode answered (embedded / split); its round's hop is left out of the "
             "median.",

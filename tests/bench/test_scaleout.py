@@ -81,6 +81,7 @@ def test_a_level_at_the_rate_with_failures_is_not_held() -> None:
     assert not _level(100, 1.0, 900).held
     assert not _level(100, 1.0, 1000, failed=1).held
     assert not _level(100, 1.0, 1000, timed_out=1).held
+    assert not _level(100, 1.0, 1000, late=1).held
     # A closed loop cannot fall behind its load: only failures count against it.
     assert Level(8, paced=False, latencies=[200.0] * 10, seconds=10).held
 
@@ -137,4 +138,16 @@ async def test_requests_the_server_cannot_answer_in_time_are_counted_not_raised(
     level = await paced(stalling_server, 40, 0.5)
     assert level.timed_out == 20
     assert level.latencies == []
+    assert not level.held
+
+
+async def test_requests_due_while_every_connection_waits_are_late_not_queued(
+    stalling_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "REQUEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(run, "MAX_IN_FLIGHT", 4)
+    level = await paced(stalling_server, 40, 0.5)
+    # 12 fall due in the 0.3 s the first 4 wait: 4 sent, the next 8 late, and so on.
+    assert level.late > 0
+    assert level.timed_out + level.late == 20
     assert not level.held
