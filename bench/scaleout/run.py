@@ -317,46 +317,64 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
     return level
 
 
+NOT_STARTED = (TimeoutError, OSError, httpx.HTTPError)
+"""What a server under test that never comes up raises (no port, never ready, no process)."""
+
+
+def _round(
+    broker: str | None, loads: tuple[int, ...], seconds: float, paced_: bool
+) -> dict[int, Level]:
+    """One round of the hop measurement on a fresh server, each load in turn. A server that
+    never came up fails every level of its round, and the run goes on to the next."""
+    mode = "split" if broker else "embedded"
+    levels: dict[int, Level] = {}
+    try:
+        with sluiceway(broker, NO_SLEEP if paced_ else None) as cluster:
+            for load in loads:
+                measure = paced if paced_ else closed_loop
+                levels[load] = asyncio.run(measure(cluster.port, load, seconds))
+                print(f"{mode} {levels[load].describe()}", flush=True)
+    except NOT_STARTED as error:
+        for load in loads:
+            levels.setdefault(load, Level(load, paced_, error=f"the round stopped: {error!r}"))
+        print(f"{mode}: the round stopped: {error!r}", flush=True)
+    return levels
+
+
 def paced_runs(broker: str | None, seconds: float) -> dict[int, Level]:
     """One round of the hop measurement without simulated sleep: a fresh server, each rate."""
-    levels = {}
-    with sluiceway(broker, NO_SLEEP) as cluster:
-        for rate in PACED_RATES:
-            levels[rate] = asyncio.run(paced(cluster.port, rate, seconds))
-            mode = "split" if broker else "embedded"
-            print(f"{mode} paced {levels[rate].describe()}", flush=True)
-    return levels
+    return _round(broker, PACED_RATES, seconds, paced_=True)
 
 
 def closed_loops(broker: str | None, seconds: float) -> dict[int, Level]:
     """One round of the hop measurement: a fresh server, each concurrency in turn."""
-    levels = {}
-    with sluiceway(broker) as cluster:
-        for clients in HOP_CONCURRENCIES:
-            levels[clients] = asyncio.run(closed_loop(cluster.port, clients, seconds))
-            if not levels[clients].held:
-                mode = "split" if broker else "embedded"
-                print(f"{mode} closed {levels[clients].describe()}", flush=True)
-    return levels
+    return _round(broker, HOP_CONCURRENCIES, seconds, paced_=False)
 
 
 def locust_load(
     name: str, broker: str | None, redis_pid: int | None, args: argparse.Namespace
 ) -> tuple[LocustResult, dict[str, float]]:
-    """The Locust run, and the CPU time each server role spent per request during it."""
-    with sluiceway(broker) as cluster:
-        if redis_pid is not None:
-            cluster.processes["redis"] = [redis_pid]
-        before = cluster.cpu_seconds()
-        result = run_locust(
-            REPO / "bench" / "kiosk" / "locustfile.py",
-            f"http://127.0.0.1:{cluster.port}",
-            USERS,
-            SPAWN_RATE,
-            args.duration,
-            Path(args.workdir) / name,
-        )
-        after = cluster.cpu_seconds()
+    """The Locust run, and the CPU time each server role spent per request during it. A server
+    that never came up, or a Locust that wrote no statistics, is a run of no requests whose
+    failure says why: the hop rounds before it are still reported."""
+    try:
+        with sluiceway(broker) as cluster:
+            if redis_pid is not None:
+                cluster.processes["redis"] = [redis_pid]
+            before = cluster.cpu_seconds()
+            result = run_locust(
+                REPO / "bench" / "kiosk" / "locustfile.py",
+                f"http://127.0.0.1:{cluster.port}",
+                USERS,
+                SPAWN_RATE,
+                args.duration,
+                Path(args.workdir) / name,
+            )
+            after = cluster.cpu_seconds()
+    except (*NOT_STARTED, ValueError, subprocess.SubprocessError) as error:
+        print(f"{name}: no Locust result: {error!r}", flush=True)
+        nan = float("nan")
+        return LocustResult(0, 0, nan, 0.0, nan, nan, nan, [], [f"no result: {error!r}"]), {}
     # Over the whole run (ramp included), per server role.
     cpu_ms = {role: 1000 * (after[role] - before[role]) / max(result.requests, 1) for role in after}
     print(
