@@ -69,10 +69,12 @@ REQUEST_TIMEOUT_S = 5.0
 """A measured request with no answer by then, waiting for a connection included, counts as
 timed out: an open loop that outruns the server would otherwise pile requests into the client's
 pool until one raised and ended the whole run."""
-MAX_IN_FLIGHT = 100
-"""Paced requests waiting for an answer at once, at most (one connection each): past that, a
-request due is not sent but counted late, as the open loop would only queue it behind the
-others for a connection, spending the load generator's share of the cores on doomed work."""
+BACKLOG_S = 1.0
+"""Paced, at most this many seconds' worth of requests wait for answers at once (one connection
+each): past that, a request due is not sent but counted late, as the open loop would only queue
+it behind the others, spending the load generator's share of the cores on doomed work. In
+seconds rather than requests, so that a short stall (of the server, or of the load generator,
+which then starts the requests it owes at once) weighs the same at every rate."""
 HELD_FRACTION = 0.95
 """A paced level holds its rate if nothing failed or timed out and the requests answered per
 second reach this share of the rate asked."""
@@ -205,7 +207,7 @@ class Level:
     timed_out: int = 0
     """No connection from the pool, or no answer, within ``REQUEST_TIMEOUT_S``."""
     late: int = 0
-    """Paced, not sent: ``MAX_IN_FLIGHT`` requests were still unanswered when it was due."""
+    """Paced, not sent: ``BACKLOG_S`` worth of requests were still unanswered when it was due."""
     error: str = ""
     """Why the level never ran its load (its warm-up failed), if it did not."""
 
@@ -287,7 +289,8 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
     others (an open loop: the load does not bend to the latency)."""
     restaurants = training_sets()
     level = Level(int(rate), paced=True)
-    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT)
+    backlog = max(1, int(rate * BACKLOG_S))
+    limits = httpx.Limits(max_connections=backlog)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
     ) as http:
@@ -305,7 +308,7 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if len(in_flight) >= MAX_IN_FLIGHT:
+            if len(in_flight) >= backlog:
                 level.late += 1
                 continue
             body = _body(restaurants[index % len(restaurants)])
@@ -576,8 +579,9 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
             f"{REQUEST_TIMEOUT_S:g} s",
             "for a connection and an answer) and, paced, the answers kept up with "
             f"{HELD_FRACTION:.0%} of the rate asked.",
-            f"A paced request falling due while {MAX_IN_FLIGHT} others still wait for their "
-            "answers is not sent but counted late.",
+            f"A paced request falling due while {BACKLOG_S:g} s worth of others still wait "
+            "for their answers is not sent",
+            "but counted late.",
             "Medians and p90s of a saturated level are of the requests answered; its ≈ RPS is",
             "what each mode answered (embedded / split); its round's hop is left out of the "
             "median.",

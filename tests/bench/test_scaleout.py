@@ -145,9 +145,9 @@ async def test_requests_due_while_every_connection_waits_are_late_not_queued(
     stalling_server: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(run, "REQUEST_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(run, "MAX_IN_FLIGHT", 4)
+    monkeypatch.setattr(run, "BACKLOG_S", 0.1)
     level = await paced(stalling_server, 40, 0.5)
-    # 12 fall due in the 0.3 s the first 4 wait: 4 sent, the next 8 late, and so on.
+    # 0.1 s at 40 a second is 4 at once: 12 fall due in the 0.3 s the first 4 wait, 8 late.
     assert level.late > 0
     assert level.timed_out + level.late == 20
     assert not level.held
