@@ -208,6 +208,9 @@ class Level:
     """No connection from the pool, or no answer, within ``REQUEST_TIMEOUT_S``."""
     late: int = 0
     """Paced, not sent: ``BACKLOG_S`` worth of requests were still unanswered when it was due."""
+    behind_s: float = 0.0
+    """Paced, the most the load generator fell behind its schedule: requests late while it
+    kept to it were the server's backlog; late while it did not, its own (it shares the cores)."""
     error: str = ""
     """Why the level never ran its load (its warm-up failed), if it did not."""
 
@@ -232,6 +235,7 @@ class Level:
             f"{self.load} {unit} {state}: {self.achieved:.0f} req/s answered, "
             f"median {_median(self.latencies):.2f} ms, {self.failed} failed, "
             f"{self.timed_out} timed out, {self.late} late"
+            + (f", sender up to {self.behind_s:.2f} s behind" if self.paced else "")
         )
         return line + (f" ({self.error})" if self.error else "")
 
@@ -308,6 +312,7 @@ async def paced(port: int, rate: float, seconds: float) -> Level:
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            level.behind_s = max(level.behind_s, -delay)
             if len(in_flight) >= backlog:
                 level.late += 1
                 continue
@@ -416,6 +421,8 @@ class HopRow:
     failed: dict[str, int]
     timed_out: dict[str, int]
     late: dict[str, int]
+    behind_s: dict[str, float]
+    """The most the load generator fell behind its schedule in any round."""
     unheld: dict[str, int]
     """The rounds in which the mode did not hold the load."""
     errors: dict[str, list[str]] = field(default_factory=dict)
@@ -468,6 +475,9 @@ def hop_rows(rounds: Rounds, loads: tuple[int, ...]) -> list[HopRow]:
                     name: sum(level.timed_out for level in runs) for name, runs in levels.items()
                 },
                 late={name: sum(level.late for level in runs) for name, runs in levels.items()},
+                behind_s={
+                    name: max(level.behind_s for level in runs) for name, runs in levels.items()
+                },
                 unheld={
                     name: sum(not level.held for level in runs) for name, runs in levels.items()
                 },
@@ -562,15 +572,19 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
         rounds = len(row.hops)
         said = []
         for name, unheld in row.unheld.items():
-            if unheld:
-                said.append(
-                    f"{name} did not hold it in {unheld} of {rounds} rounds "
-                    f"({row.achieved[name]:.0f} req/s answered over all rounds, "
-                    f"{row.failed[name]} failed, {row.timed_out[name]} timed out"
-                    + (f", {row.late[name]} late" if row.late[name] else "")
-                    + ")"
-                    + "".join(f", {error}" for error in row.errors.get(name, []))
+            if not unheld:
+                continue
+            counts = f"{row.failed[name]} failed, {row.timed_out[name]} timed out"
+            if row.late[name]:
+                counts += (
+                    f", {row.late[name]} late, the load generator up to "
+                    f"{row.behind_s[name]:.2f} s behind its schedule"
                 )
+            said.append(
+                f"{name} did not hold it in {unheld} of {rounds} rounds "
+                f"({row.achieved[name]:.0f} req/s answered over all rounds, {counts})"
+                + "".join(f", {error}" for error in row.errors.get(name, []))
+            )
         lines.append(f"- **{row.load} {unit}: saturated.** " + "; ".join(said) + ".")
     if lines:
         lines += [
@@ -581,7 +595,10 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
             f"{HELD_FRACTION:.0%} of the rate asked.",
             f"A paced request falling due while {BACKLOG_S:g} s worth of others still wait "
             "for their answers is not sent",
-            "but counted late.",
+            "but counted late: the server's backlog if the load generator kept to its schedule, "
+            "its own",
+            "if it fell behind by about as much (it shares the cores, and then starts the "
+            "requests it owes at once).",
             "Medians and p90s of a saturated level are of the requests answered; its ≈ RPS is",
             "what each mode answered (embedded / split); its round's hop is left out of the "
             "median.",

@@ -86,6 +86,17 @@ def test_a_level_at_the_rate_with_failures_is_not_held() -> None:
     assert Level(8, paced=False, latencies=[200.0] * 10, seconds=10).held
 
 
+def test_late_requests_are_reported_with_how_far_the_load_generator_fell_behind() -> None:
+    rounds = {
+        "embedded": [{400: Level(400, True, [3.0] * 3000, 10.0, late=1000, behind_s=1.25)}],
+        "split": [{400: _level(400, 2.0, 4000)}],
+    }
+    [row] = hop_rows(rounds, (400,))
+    notes = "\n".join(saturation_notes([row], "req/s"))
+    assert "1000 late, the load generator up to 1.25 s behind its schedule" in notes
+    assert "split did not hold" not in notes
+
+
 def test_a_level_with_nothing_answered_is_summarised_without_error() -> None:
     rounds = {
         "embedded": [{400: _level(400, 1.5, 4000)}],
