@@ -115,6 +115,8 @@ def model_config(services: Services, name: str, version: str | None) -> dict[str
         if spec.model_shape is not None:
             shape = spec.model_shape[1:] if batched else spec.model_shape
             tensor["reshape"] = {"shape": list(shape)}
+        if spec.format is not None:
+            tensor["format"] = f"FORMAT_{spec.format}"
         return tensor
 
     return {
