@@ -518,9 +518,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         return await self._call("CudaSharedMemoryStatus", context, work)
 
     async def TraceSetting(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await self._unimplemented(
-            "TraceSetting", context, "Triton's trace extension is not served here"
-        )
+        await self._unimplemented("TraceSetting", context, serving.NO_TRACE)
 
 
 class GrpcEndpoint:

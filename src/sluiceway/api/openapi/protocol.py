@@ -152,3 +152,8 @@ PROTOCOL[(f"{_CUDA}/region/{{name}}/status", "get")] = {
     "summary": "no CUDA region is registered",
     "responses": {"404": answer("no CUDA region is ever registered", (JSON, ref("ProtocolError")))},
 }
+for _path in ("/v2/trace/setting", "/v2/models/{name}/trace/setting"):
+    PROTOCOL[(_path, "get")] = _not_served("trace settings", "the trace extension is not served")
+    PROTOCOL[(_path, "post")] = _not_served(
+        "trace settings", "the trace extension is not served", body=True
+    )
