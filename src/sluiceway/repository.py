@@ -97,6 +97,8 @@ class _Tensor(BaseModel):
     dims: list[Annotated[int, Field(ge=-1)]]
     reshape: list[Annotated[int, Field(ge=-1)]] | None = None
     """The model file's shape, where it differs from ``dims`` (Triton's ``reshape``)."""
+    format: Literal["NCHW", "NHWC"] | None = None
+    """An image input's layout (Triton's ``format``), said in the model's config."""
 
 
 class _Image(BaseModel):
@@ -204,6 +206,8 @@ def _read(folder: Path, name: str, given: GivenConfig | None) -> ModelRecord:
         raise _Refused("an image classifier needs its class names: set labels = '<file>'")
     inputs = tuple(_spec(t, batched) for t in config.inputs)
     outputs = tuple(_spec(t, batched) for t in config.outputs)
+    if any(spec.format is not None for spec in outputs):
+        raise _Refused("format is an input's layout (NCHW or NHWC): an output has none")
     if platform == "onnx" and config.image is None:
         inputs, outputs = _completed(path, inputs, outputs, batched)
     image = None
@@ -365,7 +369,7 @@ def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
                 f"{tensor.name!r} has dims {tensor.dims} and a reshape to {tensor.reshape}: "
                 "they must hold as many elements"
             )
-    return TensorSpec(tensor.name, tensor.datatype, shape, model_shape)
+    return TensorSpec(tensor.name, tensor.datatype, shape, model_shape, tensor.format)
 
 
 def _completed(

@@ -217,6 +217,10 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
     }
     if tensor.HasField("reshape"):  # the file's shape; requests and answers have the dims
         keys["reshape"] = list(tensor.reshape.shape)
+    if role == "input" and tensor.format != model_config_pb2.ModelInput.FORMAT_NONE:
+        keys["format"] = model_config_pb2.ModelInput.Format.Name(tensor.format).removeprefix(
+            "FORMAT_"
+        )
     return keys
 
 

@@ -515,13 +515,24 @@ async def test_a_stream_holds_the_running_places_only_while_its_requests_run() -
 
 def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server: Served) -> None:
     with pytest.raises(InferenceServerException, match="CPU") as raised:
-        client.get_cuda_shared_memory_status()
+        client.register_cuda_shared_memory("gpu", b"aGFuZGxl", 0, 64)
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException, match="trace") as raised:
         client.get_trace_settings()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'route="grpc:CudaSharedMemoryStatus",status="501"' in metrics
+    assert 'route="grpc:CudaSharedMemoryRegister",status="501"' in metrics
+
+
+def test_cleaning_up_cuda_shared_memory_is_no_error(client: triton.InferenceServerClient) -> None:
+    """Triton's clients unregister CUDA regions before they start, on machines without a GPU
+    too: with none ever registered here, there is nothing to unregister and none to list."""
+    client.unregister_cuda_shared_memory()
+    client.unregister_cuda_shared_memory("gpu")
+    assert not client.get_cuda_shared_memory_status().regions
+    with pytest.raises(InferenceServerException, match="'gpu' is registered") as raised:
+        client.get_cuda_shared_memory_status("gpu")
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
 
 
 class _Aborted(Exception):

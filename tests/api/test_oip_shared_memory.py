@@ -63,6 +63,22 @@ def _region(made: list[shm.SharedMemoryRegion], name: str, size: int) -> tuple[s
     return key, handle
 
 
+def test_cuda_shared_memory_is_refused_and_cleaning_it_up_is_no_error(
+    client: triton.InferenceServerClient,
+) -> None:
+    """Triton's clients unregister CUDA regions before they use system shared memory, on
+    machines without a GPU too: that goes on; registering one says why it cannot."""
+    client.unregister_cuda_shared_memory()
+    client.unregister_cuda_shared_memory("gpu")
+    assert client.get_cuda_shared_memory_status() == []
+    with pytest.raises(InferenceServerException, match="'gpu' is registered") as raised:
+        client.get_cuda_shared_memory_status("gpu")
+    assert raised.value.status() == "404"
+    with pytest.raises(InferenceServerException, match="runs models on the CPU") as raised:
+        client.register_cuda_shared_memory("gpu", "aGFuZGxl", 0, 64)
+    assert raised.value.status() == "501"
+
+
 def test_inputs_and_outputs_through_shared_memory(
     client: triton.InferenceServerClient,
     server: tuple[str, np.ndarray],

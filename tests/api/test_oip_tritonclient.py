@@ -100,6 +100,18 @@ def test_error_paths_raise_with_the_servers_reason(client: triton.InferenceServe
     assert late.value.status() == "504"
 
 
+def test_trace_settings_are_refused_saying_so(client: triton.InferenceServerClient) -> None:
+    """Not a bare 404, which a client would take for a wrong address: 501 and why."""
+    for call in (
+        client.get_trace_settings,
+        lambda: client.get_trace_settings(model_name="linear"),
+        lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
+    ):
+        with pytest.raises(InferenceServerException, match="trace extension") as raised:
+            call()
+        assert raised.value.status() == "501"
+
+
 def test_statistics(client: triton.InferenceServerClient) -> None:
     client.infer("linear", [x_input(np.ones((2, 4), np.float32), binary=True)])
     [entry] = client.get_inference_statistics("linear")["model_stats"]

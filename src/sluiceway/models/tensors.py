@@ -69,6 +69,10 @@ class TensorSpec:
     """The shape the model file itself has, where it differs (Triton's ``reshape``): requests
     and answers have ``shape``, and the model call the other (the batch dimension first for a
     model that batches, as ``shape``)."""
+    format: str | None = None
+    """An image input's layout, ``"NCHW"`` or ``"NHWC"`` (Triton's ``format``), where the config
+    gives one: said in the model's config, from which Triton's image clients learn how to lay
+    out pixels (they refuse a model whose input has none)."""
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:

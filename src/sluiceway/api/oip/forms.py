@@ -91,7 +91,7 @@ class _ImageClassifier(TensorForm):
         self.record = record
         datatype = "UINT8" if image.dtype == "uint8" else "FP32"
         in_name = record.inputs[0].name if record.inputs else "image"
-        self.inputs = (TensorSpec(in_name, datatype, (-1, *image.shape)),)
+        self.inputs = (TensorSpec(in_name, datatype, (-1, *image.shape), format=image.layout),)
         classes = len(record.labels) or -1
         out = (
             record.outputs[0]

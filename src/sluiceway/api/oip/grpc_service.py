@@ -15,10 +15,11 @@ Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 ``RepositoryModelLoad`` with its load parameters, and ``RepositoryModelUnload``, with the admin
 token as ``authorization`` metadata), system shared memory (where
 ``SLUICEWAY_ALLOW_CLIENT_SHM``) and the logging extension (``LogSettings``: reading needs no
-token, changing needs the admin token, as over HTTP). The rest (CUDA shared memory, trace
-settings) answer ``UNIMPLEMENTED``. Beside it, the standard health service
-``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so that ``grpcurl`` lists and
-describes the services without the proto files.
+token, changing needs the admin token, as over HTTP). CUDA shared memory is answered as over
+HTTP (``regions``): registering is ``UNIMPLEMENTED``, unregistering succeeds and the status
+lists no region, there being none. Trace settings answer ``UNIMPLEMENTED``. Beside it, the
+standard health service ``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so
+that ``grpcurl`` lists and describes the services without the proto files.
 
 Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
 gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
@@ -50,7 +51,7 @@ from sluiceway.api.oip.grpc_messages import (
     log_settings_changes,
     log_settings_response,
 )
-from sluiceway.api.oip.regions import regions_of
+from sluiceway.api.oip.regions import NO_CUDA, cuda_status, regions_of
 from sluiceway.api.repository import (
     MODEL_CONTROL,
     control_refusal,
@@ -487,28 +488,37 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
         await self._call(method, context, refuse)
 
-    async def CudaSharedMemoryStatus(
-        self, request: object, context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._unimplemented("CudaSharedMemoryStatus", context, _NO_CUDA)
-
     async def CudaSharedMemoryRegister(
         self, request: object, context: grpc.aio.ServicerContext
     ) -> None:
-        await self._unimplemented("CudaSharedMemoryRegister", context, _NO_CUDA)
+        await self._unimplemented("CudaSharedMemoryRegister", context, NO_CUDA)
+
+    # No CUDA region is ever registered: nothing to unregister, none to list (as over HTTP),
+    # so clients cleaning up both kinds of shared memory before they start go on.
 
     async def CudaSharedMemoryUnregister(
-        self, request: object, context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._unimplemented("CudaSharedMemoryUnregister", context, _NO_CUDA)
+        self,
+        request: service_pb2.CudaSharedMemoryUnregisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.CudaSharedMemoryUnregisterResponse:
+        async def work() -> service_pb2.CudaSharedMemoryUnregisterResponse:
+            return service_pb2.CudaSharedMemoryUnregisterResponse()
+
+        return await self._call("CudaSharedMemoryUnregister", context, work)
+
+    async def CudaSharedMemoryStatus(
+        self,
+        request: service_pb2.CudaSharedMemoryStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.CudaSharedMemoryStatusResponse:
+        async def work() -> service_pb2.CudaSharedMemoryStatusResponse:
+            cuda_status(request.name or None)  # none registered; a region named is NOT_FOUND
+            return service_pb2.CudaSharedMemoryStatusResponse()
+
+        return await self._call("CudaSharedMemoryStatus", context, work)
 
     async def TraceSetting(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await self._unimplemented(
-            "TraceSetting", context, "Triton's trace extension is not served here"
-        )
-
-
-_NO_CUDA = "CUDA shared memory is not served: Sluiceway runs models on the CPU"
+        await self._unimplemented("TraceSetting", context, serving.NO_TRACE)
 
 
 class GrpcEndpoint:

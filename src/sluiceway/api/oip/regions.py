@@ -10,6 +10,14 @@ Inference requests then name a region in an input's or output's parameters
 (``inference_request.RegionSpan``). Off unless ``SLUICEWAY_ALLOW_CLIENT_SHM``: each answers
 403 saying so (``sluiceway/shared_memory.py`` says why). A region not registered is a 404, as
 in Triton.
+
+Beside it, Triton's CUDA shared memory extension, which a server running models on the CPU
+cannot serve: ``POST /v2/cudasharedmemory/region/{name}/register`` answers 501 saying so. No
+CUDA region can be registered, so there is never one to unregister or list: unregistering
+(every region, or one) succeeds and changes nothing, and the status lists none (a region named
+is a 404). Triton's clients clean up both kinds before they start (its shared memory examples
+call ``unregister_cuda_shared_memory()`` first, on CPU-only machines too), so refusing these
+would stop clients that never use CUDA.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ from fastapi import APIRouter, Request, Response
 
 from sluiceway.api.bodies import read_body
 from sluiceway.api.errors import RequestError
-from sluiceway.errors import BadInput
+from sluiceway.errors import BadInput, UnknownRegion
 from sluiceway.services import Services, services_of
 from sluiceway.shared_memory import SharedMemoryRegions
 
 router = APIRouter(tags=["open inference protocol"])
 
 _PREFIX = "/v2/systemsharedmemory"
+_CUDA_PREFIX = "/v2/cudasharedmemory"
+NO_CUDA = "CUDA shared memory is not served: Sluiceway runs models on the CPU"
 _REGISTRATION_MAX_BYTES = 64 * 1024
 """A registration is a key and two numbers: anything larger is not one."""
 
@@ -91,6 +101,39 @@ async def status_all(request: Request) -> Response:
 async def status(name: str, request: Request) -> Response:
     """One registered region."""
     return _json(_regions(request).status(name))
+
+
+@router.post(_CUDA_PREFIX + "/region/{name}/register")
+async def cuda_register(name: str) -> Response:
+    """A CUDA region cannot be registered here: 501 saying so."""
+    raise RequestError(501, NO_CUDA)
+
+
+@router.post(_CUDA_PREFIX + "/unregister")
+@router.post(_CUDA_PREFIX + "/region/{name}/unregister")
+async def cuda_unregister() -> Response:
+    """Nothing to unregister: no CUDA region is ever registered."""
+    return Response(status_code=200)
+
+
+@router.get(_CUDA_PREFIX + "/status")
+async def cuda_status_all() -> Response:
+    """No CUDA region is registered."""
+    return _json(cuda_status(None))
+
+
+@router.get(_CUDA_PREFIX + "/region/{name}/status")
+async def cuda_status_one(name: str) -> Response:
+    """A CUDA region named is never registered: 404."""
+    return _json(cuda_status(name))
+
+
+def cuda_status(name: str | None) -> list[dict[str, object]]:
+    """The CUDA regions registered: none; region ``name``: ``UnknownRegion`` (404), as an
+    unknown system region is (over HTTP and gRPC alike)."""
+    if name is None:
+        return []
+    raise UnknownRegion(f"no CUDA shared memory region {name!r} is registered: {NO_CUDA}")
 
 
 def _bytes(given: dict[str, Any], key: str, default: int | None) -> int:

@@ -1,6 +1,8 @@
 """The protocol's endpoints: server and model metadata, health, readiness, Triton's model
 configuration and statistics, inference (also served by ``FastRoutes``), and Triton's logging
-extension (``GET``/``POST /v2/logging``, ``sluiceway/log_settings.py``)."""
+extension (``GET``/``POST /v2/logging``, ``sluiceway/log_settings.py``). Triton's trace
+extension is not served: its routes answer 501 saying so, as gRPC's ``TraceSetting`` answers
+``UNIMPLEMENTED``, rather than a bare 404 a client would take for a wrong address."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from starlette.routing import Route
 from sluiceway import log_settings
 from sluiceway.api.bodies import read_body, receive_body
 from sluiceway.api.deadlines import TIMEOUT_HEADER, deadline_from
+from sluiceway.api.errors import RequestError
 from sluiceway.api.oip import serving
 from sluiceway.api.oip.answer import answer
 from sluiceway.api.oip.inference_request import (
@@ -145,6 +148,18 @@ def _log_changes(body: bytes) -> dict[str, object]:
             'the body must be a JSON object of log settings, for example {"log_verbose_level": 1}'
         )
     return given
+
+
+@router.api_route("/v2/trace/setting", methods=["GET", "POST"])
+async def trace_setting() -> Response:
+    """Triton's trace settings: not served (501)."""
+    raise RequestError(501, serving.NO_TRACE)
+
+
+@router.api_route("/v2/models/{name}/trace/setting", methods=["GET", "POST"])
+async def model_trace_setting(name: str) -> Response:
+    """A model's trace settings: not served (501), whatever the model."""
+    raise RequestError(501, serving.NO_TRACE)
 
 
 async def _fast_infer(request: Request) -> Response:

@@ -37,6 +37,9 @@ PLATFORMS = {
 }
 """Each model kind's ``platform`` in model metadata (Triton's names where it has one)."""
 
+NO_TRACE = "Triton's trace extension is not served here"
+"""Why trace settings are refused, over HTTP (501) and gRPC (``UNIMPLEMENTED``) alike."""
+
 BACKENDS = {"onnx": "onnxruntime", "onnx-classifier": "onnxruntime", "tflite-classifier": "tflite"}
 """Each model kind's ``backend`` in its config, Triton's name where it has one: a config read
 back and sent with a load (as Model Analyzer does) then names a backend the load accepts."""
@@ -115,6 +118,8 @@ def model_config(services: Services, name: str, version: str | None) -> dict[str
         if spec.model_shape is not None:
             shape = spec.model_shape[1:] if batched else spec.model_shape
             tensor["reshape"] = {"shape": list(shape)}
+        if spec.format is not None:
+            tensor["format"] = f"FORMAT_{spec.format}"
         return tensor
 
     return {

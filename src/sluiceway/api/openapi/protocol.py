@@ -122,3 +122,38 @@ PROTOCOL[(f"{_SHM}/status", "get")] = _shared_memory("every registered region", 
 PROTOCOL[(f"{_SHM}/region/{{name}}/status", "get")] = _shared_memory(
     "the region", _REGIONS, named=True
 )
+
+
+def _not_served(summary: str, why: str, *, body: bool = False) -> dict[str, Any]:
+    """A route of a Triton extension this server does not serve: 501 saying so."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"501": answer(why, (JSON, ref("ProtocolError")))},
+    }
+    if body:
+        operation["requestBody"] = request_body((JSON, {"type": "object"}))
+    return operation
+
+
+def _no_cuda_region(summary: str, answered: Any | None = None) -> dict[str, Any]:
+    """CUDA shared memory: no region is ever registered (``api/oip/regions.py``)."""
+    ok = answer(summary, (JSON, answered)) if answered is not None else answer(summary)
+    return {"summary": summary, "responses": {"200": ok}}
+
+
+_CUDA = "/v2/cudasharedmemory"
+PROTOCOL[(f"{_CUDA}/region/{{name}}/register", "post")] = _not_served(
+    "CUDA shared memory is not served", "models run on the CPU", body=True
+)
+PROTOCOL[(f"{_CUDA}/unregister", "post")] = _no_cuda_region("nothing to unregister")
+PROTOCOL[(f"{_CUDA}/region/{{name}}/unregister", "post")] = _no_cuda_region("nothing to unregister")
+PROTOCOL[(f"{_CUDA}/status", "get")] = _no_cuda_region("no CUDA region is registered", _REGIONS)
+PROTOCOL[(f"{_CUDA}/region/{{name}}/status", "get")] = {
+    "summary": "no CUDA region is registered",
+    "responses": {"404": answer("no CUDA region is ever registered", (JSON, ref("ProtocolError")))},
+}
+for _path in ("/v2/trace/setting", "/v2/models/{name}/trace/setting"):
+    PROTOCOL[(_path, "get")] = _not_served("trace settings", "the trace extension is not served")
+    PROTOCOL[(_path, "post")] = _not_served(
+        "trace settings", "the trace extension is not served", body=True
+    )
