@@ -110,9 +110,14 @@ async def cuda_register(name: str) -> Response:
 
 
 @router.post(_CUDA_PREFIX + "/unregister")
-@router.post(_CUDA_PREFIX + "/region/{name}/unregister")
-async def cuda_unregister() -> Response:
+async def cuda_unregister_all() -> Response:
     """Nothing to unregister: no CUDA region is ever registered."""
+    return Response(status_code=200)
+
+
+@router.post(_CUDA_PREFIX + "/region/{name}/unregister")
+async def cuda_unregister(name: str) -> Response:
+    """Nothing to unregister, whatever the name: no CUDA region is ever registered."""
     return Response(status_code=200)
 
 

@@ -150,13 +150,16 @@ def _log_changes(body: bytes) -> dict[str, object]:
     return given
 
 
-@router.api_route("/v2/trace/setting", methods=["GET", "POST"])
+# One route per method: a route of two methods gets one OpenAPI operation id for both.
+@router.get("/v2/trace/setting")
+@router.post("/v2/trace/setting")
 async def trace_setting() -> Response:
     """Triton's trace settings: not served (501)."""
     raise RequestError(501, serving.NO_TRACE)
 
 
-@router.api_route("/v2/models/{name}/trace/setting", methods=["GET", "POST"])
+@router.get("/v2/models/{name}/trace/setting")
+@router.post("/v2/models/{name}/trace/setting")
 async def model_trace_setting(name: str) -> Response:
     """A model's trace settings: not served (501), whatever the model."""
     raise RequestError(501, serving.NO_TRACE)
