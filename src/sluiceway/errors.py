@@ -31,6 +31,18 @@ class UnknownModel(SluicewayError):
     """No model of that name is served or in the repository."""
 
 
+def unknown_model(name: str, known: list[str]) -> str:
+    """Why ``name`` is refused as unknown. It opens as Triton's message does: its clients'
+    scripts (tritonclient's own examples among them) check that opening."""
+    return f"Request for unknown model: {name!r} is not found; known: {known}"
+
+
+def load_failed(name: str) -> str:
+    """The opening of a failed load's message, as Triton's (its clients' scripts check it);
+    the reason follows."""
+    return f"failed to load {name!r}"
+
+
 class UnknownRegion(SluicewayError):
     """No shared memory region of that name is registered (Triton answers this 404)."""
 

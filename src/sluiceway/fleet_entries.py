@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from sluiceway.errors import ModelControlError, UnknownModel
+from sluiceway.errors import ModelControlError, UnknownModel, unknown_model
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.repository import BrokenModel, read_model
 
@@ -72,7 +72,7 @@ class FleetEntries:
         status = self._fleet.status(name)
         if status is None:
             if known is None:
-                raise UnknownModel(f"no model named {name!r}; known: {sorted(self._entries)}")
+                raise UnknownModel(unknown_model(name, sorted(self._entries)))
             if known.state is ModelState.UNAVAILABLE:  # its folder is broken here too
                 return known
             reason = "no live worker serves it"

@@ -33,6 +33,8 @@ from sluiceway.errors import (
     ModelUnavailable,
     SluicewayError,
     UnknownModel,
+    load_failed,
+    unknown_model,
 )
 from sluiceway.fleet_entries import FleetEntries, ModelFleet
 from sluiceway.inputs.pixels import ImageInput
@@ -160,7 +162,7 @@ class ModelRegistry:
         if self._fleet_entries is not None and name not in self._builtins:
             return self._fleet_entries.entry(name, entry)
         if entry is None:
-            raise UnknownModel(f"no model named {name!r}; known: {sorted(self._entries)}")
+            raise UnknownModel(unknown_model(name, sorted(self._entries)))
         if entry.state is not ModelState.READY:
             return entry
         if not self._hosts_models and name not in self._dispatcher.models():
@@ -411,7 +413,7 @@ class ModelRegistry:
     def _refused(name: str, current: ModelEntry | None, reason: str) -> LoadRefused:
         serving = current is not None and current.state is ModelState.READY
         still = f"; version {current.version} still serves" if serving and current else ""
-        return LoadRefused(f"{name} did not load: {reason}{still}")
+        return LoadRefused(f"{load_failed(name)}: {reason}{still}")
 
     async def _load_quietly(self, name: str) -> None:
         try:

@@ -204,10 +204,17 @@ def _read(folder: Path, name: str, given: GivenConfig | None) -> ModelRecord:
         raise _Refused("a tflite model is served as an image classifier: add an [image] table")
     if config.image is not None and not labels:
         raise _Refused("an image classifier needs its class names: set labels = '<file>'")
+    if any(tensor.format is not None for tensor in config.outputs):
+        raise _Refused("format is an input's layout (NCHW or NHWC): an output has none")
     inputs = tuple(_spec(t, batched) for t in config.inputs)
     outputs = tuple(_spec(t, batched) for t in config.outputs)
-    if any(spec.format is not None for spec in outputs):
-        raise _Refused("format is an input's layout (NCHW or NHWC): an output has none")
+    if config.image is not None and any(
+        spec.format not in (None, config.image.layout) for spec in inputs
+    ):
+        raise _Refused(
+            f"an input's format differs from [image] layout ({config.image.layout}): "
+            "an image classifier's layout is said once, in [image]"
+        )
     if platform == "onnx" and config.image is None:
         inputs, outputs = _completed(path, inputs, outputs, batched)
     image = None
@@ -354,6 +361,12 @@ def _labels(folder: Path, file_name: str | None) -> tuple[str, ...]:
 
 
 def _spec(tensor: _Tensor, batched: bool) -> TensorSpec:
+    if tensor.format is not None and len(tensor.dims) != 3:
+        # As Triton: a layout names three axes (channels, height, width), batch apart.
+        raise _Refused(
+            f"{tensor.name!r} has format {tensor.format} but dims {tensor.dims}: "
+            "a layout needs three dims (channels, height and width; the batch is apart)"
+        )
     shape = (-1, *tensor.dims) if batched else tuple(tensor.dims)
     model_shape = None
     if tensor.reshape is not None:

@@ -207,7 +207,8 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
     if role == "input" and (tensor.optional or tensor.allow_ragged_batch):
         what = "optional" if tensor.optional else "a ragged batch"
         raise ConfigRefused(f"input {name!r} allows {what}, which Sluiceway does not serve")
-    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+    datatype = _named(model_config_pb2.DataType, tensor.data_type, f"{role} {name!r}'s data_type")
+    datatype = datatype.removeprefix("TYPE_")
     if datatype == "INVALID":
         raise ConfigRefused(f"{role} {name!r} has no data_type")
     keys: dict[str, Any] = {
@@ -218,10 +219,21 @@ def _tensor(tensor: Any, role: str) -> dict[str, Any]:
     if tensor.HasField("reshape"):  # the file's shape; requests and answers have the dims
         keys["reshape"] = list(tensor.reshape.shape)
     if role == "input" and tensor.format != model_config_pb2.ModelInput.FORMAT_NONE:
-        keys["format"] = model_config_pb2.ModelInput.Format.Name(tensor.format).removeprefix(
-            "FORMAT_"
+        layout = _named(
+            model_config_pb2.ModelInput.Format, tensor.format, f"input {name!r}'s format"
         )
+        keys["format"] = layout.removeprefix("FORMAT_")
     return keys
+
+
+def _named(enum: Any, number: int, what: str) -> str:
+    """The name of ``number`` in a config enum. A config's enums are open (a text config may
+    give any number), so one this version does not know is a refusal naming it."""
+    try:
+        name: str = enum.Name(number)
+    except ValueError:
+        raise ConfigRefused(f"{what} is {number}, which is none of {list(enum.keys())}") from None
+    return name
 
 
 def _instances(groups: Any) -> int:

@@ -245,7 +245,11 @@ async def test_a_fixed_model_loads_without_a_restart(
     [
         ("/v2/repository/models/knn/unload", 409, "built-in model"),
         ("/v2/repository/models/ghost/load", 404, "no folder 'ghost'"),
-        ("/v2/repository/models/ghost/unload", 404, "no model named 'ghost'"),
+        (
+            "/v2/repository/models/ghost/unload",
+            404,
+            "Request for unknown model: 'ghost' is not found",
+        ),
     ],
 )
 async def test_control_errors(

@@ -65,6 +65,6 @@ async def test_an_api_node_serves_grpc_from_its_workers(node: Node) -> None:
         result = await client.infer("linear", [item], request_id="split")
         np.testing.assert_allclose(result.as_numpy("y"), linear(node.weights, x), rtol=1e-5)
         assert result.get_response().id == "split"
-        with pytest.raises(InferenceServerException, match="no model named") as raised:
+        with pytest.raises(InferenceServerException, match="Request for unknown model") as raised:
             await client.infer("nope", [item])
         assert raised.value.status() == "StatusCode.NOT_FOUND"

@@ -197,7 +197,7 @@ async def test_a_model_no_worker_can_load_is_unavailable_with_the_workers_reason
     answer = await cluster.a.post("/v2/repository/models/garbage/load", headers=AUTH)
 
     assert answer.status_code == 400, answer.text
-    assert "garbage did not load" in answer.json()["error"]
+    assert "failed to load 'garbage'" in answer.json()["error"]
 
     async def unavailable_on_b() -> bool:  # b hears the workers' last reports a little later
         entry = (await index(cluster.b))["garbage"]

@@ -32,7 +32,13 @@ from pydantic import SecretStr
 from sluiceway.api.bodies import read_body
 from sluiceway.api.deadlines import deadline_of
 from sluiceway.api.errors import RequestError
-from sluiceway.errors import BadInput, LoadRefused, ModelControlError, UnknownModel
+from sluiceway.errors import (
+    BadInput,
+    LoadRefused,
+    ModelControlError,
+    UnknownModel,
+    load_failed,
+)
 from sluiceway.load_parameters import from_http
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.models.tensors import TensorRequest, shape_key
@@ -176,7 +182,7 @@ def load_failure(entry: ModelEntry) -> str | None:
     """Why a load or unload left ``entry`` not as asked (a load that failed), else ``None``:
     over HTTP and gRPC alike."""
     if entry.state is ModelState.UNAVAILABLE and entry.reason != "unloaded":
-        return f"{entry.name} did not load: {entry.reason}"
+        return f"{load_failed(entry.name)}: {entry.reason}"
     return None
 
 
