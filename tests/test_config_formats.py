@@ -66,29 +66,32 @@ async def test_a_load_config_with_an_unknown_format_number_is_a_400(tmp_path: Pa
         assert answer.status_code == 400, (answer.status_code, answer.text)
 
 
-def test_format_on_a_tensor_of_other_than_three_dims_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("file_name", "config"),
+    [
+        (
+            "config.toml",
+            'platform = "onnx"\nmax_batch_size = 4\n'
+            '[[inputs]]\nname = "x"\ndatatype = "FP32"\ndims = [4]\nformat = "NCHW"\n'
+            '[[outputs]]\nname = "y"\ndatatype = "FP32"\ndims = [3]\n',
+        ),
+        (
+            "config.pbtxt",
+            'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+            'input [ { name: "x", data_type: TYPE_FP32, format: FORMAT_NHWC, dims: [ 4 ] } ]\n'
+            'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]\n',
+        ),
+    ],
+)
+def test_format_on_a_tensor_of_other_than_three_dims_is_refused(
+    tmp_path: Path, file_name: str, config: str
+) -> None:
     """Triton refuses it at load ("model input NHWC/NCHW require 3 dims")."""
     folder = tmp_path / "flat"
     linear_model(folder / "1" / "model.onnx")
-    (folder / "config.toml").write_text(
-        'platform = "onnx"\nmax_batch_size = 4\n'
-        '[[inputs]]\nname = "x"\ndatatype = "FP32"\ndims = [4]\nformat = "NCHW"\n'
-        '[[outputs]]\nname = "y"\ndatatype = "FP32"\ndims = [3]\n'
-    )
+    (folder / file_name).write_text(config)
     found = read_model(folder)
-    assert isinstance(found, BrokenModel), "a 1-D tensor declared NCHW is served"
-
-
-def test_pbtxt_format_on_a_flat_tensor_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "flat"
-    linear_model(folder / "1" / "model.onnx")
-    (folder / "config.pbtxt").write_text(
-        'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
-        'input [ { name: "x", data_type: TYPE_FP32, format: FORMAT_NHWC, dims: [ 4 ] } ]\n'
-        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 3 ] } ]\n'
-    )
-    found = read_model(folder)
-    assert isinstance(found, BrokenModel), "a 1-D tensor declared NHWC is served"
+    assert isinstance(found, BrokenModel), "a 1-D tensor declared with a layout is served"
 
 
 def test_a_wrong_toml_format_names_the_key(tmp_path: Path) -> None:
