@@ -106,6 +106,9 @@ class Level:
     wrk_cpu_share: float = 0.0
     """wrk's CPU time over the level's wall time times the cores: the share of the machine
     the load generator itself took from the server."""
+    nearby_ceiling_images_s: float = 0.0
+    """For servers measured together (``TOGETHER``): the better ceiling measured just before
+    and just after this level's round, the higher of the two; 0 when not measured."""
 
 
 @dataclass
@@ -512,12 +515,18 @@ def measure(
         ]
     ],
     args: argparse.Namespace,
+    samples: list[Ceiling],
 ) -> None:
     """Start every server of ``plans`` (run, command, environment, port, body, header length,
     expected class, what to do once it is up), then measure each level on each in turn, the
     order reversed every other level: servers compared in one group see the same minutes of a
     machine whose speed moves (the others idle meanwhile). A server that fails is reported; the
-    others still run."""
+    others still run.
+
+    With more than one server, the ceiling is measured again after each level's round (the
+    servers idle meanwhile) and appended to ``samples``, whose last one was measured just
+    before the group: a level is read against the machine's speed of its own minutes, which
+    moved by 20-30 % within a group's quarter of an hour on 2026-12-02."""
     served: list[Served] = []
     try:
         for run, command, env, port, body, header_length, expected, prepare in plans:
@@ -543,6 +552,13 @@ def measure(
                     measure_level(server, concurrency, args)
                 except Exception as error:
                     failed(server.run, error)
+            if len(served) > 1 and samples:
+                samples.append(ceiling(args.ceiling_s)[0])
+                nearby = max(samples[-2].best, samples[-1].best)
+                print(f"ceiling after c={concurrency}: {samples[-1].best:.1f}/s", flush=True)
+                for server in served:
+                    if server.run.levels and server.run.levels[-1].concurrency == concurrency:
+                        server.run.levels[-1].nearby_ceiling_images_s = nearby
     finally:
         for server in served:
             stop(server.process)
@@ -880,11 +896,11 @@ def yardstick_table(runs: list[ServerRun], best: float) -> list[str]:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     theirs = {level.concurrency: level for level in bare.levels}
-    nearby = bare.nearby_ceiling_images_s
     for level in ours.levels:
         other = theirs.get(level.concurrency)
         if other is None or other.rps <= 0:
             continue
+        nearby = _nearby(bare, other)
         lines.append(
             f"| {level.concurrency} | {other.rps:.1f} | {other.rps / best:.2f} | "
             f"{f'{other.rps / nearby:.2f}' if nearby else ''} | {level.rps:.1f} | "
@@ -892,6 +908,12 @@ def yardstick_table(runs: list[ServerRun], best: float) -> list[str]:
             f"{level.cpu_ms_per_request:.1f} |"
         )
     return lines
+
+
+def _nearby(run: ServerRun, level: Level) -> float:
+    """The ceiling of the minutes ``level`` was measured in: its own round's bracket when it
+    has one, else its server's."""
+    return level.nearby_ceiling_images_s or run.nearby_ceiling_images_s
 
 
 def _spread(samples: list[Ceiling]) -> str:
@@ -1082,11 +1104,12 @@ def main() -> None:
                 checked = None if name == FLOOR else expected
                 prepare = register if encoding == "shm" else None
                 ready.append((run, command, env, port, body, length, checked, prepare))
-            measure(ready, args)
+            before = len(samples) - 1
+            measure(ready, args, samples)
             # The machine's speed moves within minutes: bracket each group with the ceiling.
             samples.append(ceiling(args.ceiling_s)[0])
             for run, *_ in ready:
-                run.nearby_ceiling_images_s = max(samples[-2].best, samples[-1].best)
+                run.nearby_ceiling_images_s = max(sample.best for sample in samples[before:])
             print(f"ceiling: {samples[-1].best:.1f}/s", flush=True)
         overhead: dict[str, Any] = {}
         if not args.only or "overhead" in args.only:
@@ -1197,8 +1220,9 @@ def report(
         "",
         f"x ceiling: against the better of the two ({best:.1f} images/s); x nearby: against the "
         "better ceiling measured just before and just after that server (the machine's speed "
-        f"while it ran; {', '.join(TOGETHER)} are measured level by level in turn, and share "
-        "one bracket). wrk %: the share of the "
+        f"while it ran); {', '.join(TOGETHER)} are measured level by level in turn, and each "
+        "level against the better ceiling measured just before and just after its round. "
+        "wrk %: the share of the "
         "machine's CPU the load generator itself used (the ceiling had both cores to itself); "
         "x ceiling w/o wrk: req/s against the ceiling scaled to the cores wrk left. CPU "
         "bound: the req/s the server's CPU per request would give if it used every cycle of "
@@ -1217,7 +1241,7 @@ def report(
         for level in run.levels:
             left = best * max(1e-9, 1 - level.wrk_cpu_share)
             bound = cores * (1 - level.wrk_cpu_share) * 1000 / max(1e-9, level.cpu_ms_per_request)
-            nearby = run.nearby_ceiling_images_s
+            nearby = _nearby(run, level)
             lines.append(
                 f"| {run.name} | {level.concurrency} | {level.rps:.1f} | {level.rps / best:.2f} | "
                 f"{f'{level.rps / nearby:.2f}' if nearby else ''} | "
