@@ -56,7 +56,7 @@ from sluiceway.repository import (
     scan,
 )
 from sluiceway.runtime.dispatch import Dispatcher, ModelHost
-from sluiceway.runtime.memory import map_large_blocks
+from sluiceway.runtime.memory import keep_large_messages
 from sluiceway.triton_config import JSON_SOURCE, ConfigRefused, read_json
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,9 @@ class ModelRegistry:
         if self.repository is None:
             return
         if self._hosts_models:
-            # Models will come and go here: their memory must go back when they do.
-            map_large_blocks()
+            # Models will come and go here: their memory must go back when they do. Request
+            # bodies keep their buffers (runtime/memory.py says why both go together).
+            keep_large_messages(self._settings.max_body_bytes)
         records = []
         for found in scan(self.repository):
             if found.name in self._builtin_names():

@@ -62,7 +62,7 @@ from sluiceway.config import Settings
 from sluiceway.errors import ModelUnavailable, Overloaded, UnknownModel
 from sluiceway.load_parameters import from_grpc
 from sluiceway.model_entries import ModelEntry, ModelState
-from sluiceway.runtime.memory import keep_freed_heap, map_large_blocks
+from sluiceway.runtime.memory import keep_large_messages
 from sluiceway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ _Answer = TypeVar("_Answer")
 INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 """``inference.GRPCInferenceService``: the name health checks and reflection know it by."""
 
-MIB = 1024 * 1024
 
 STREAM_WINDOW = 64
 """Requests a stream reads ahead of the answers its client has taken (``ModelStreamInfer``):
@@ -566,10 +565,7 @@ class GrpcEndpoint:
             raise RuntimeError(message) from None
         # Messages are copied through buffers freed at the top of the heap: keep them for
         # the next message rather than fault them in again (runtime/memory.py says how much).
-        # Blocks of 1 MiB and more are then mapped on their own: setting one threshold stops
-        # glibc raising the other, which would stay at 128 KiB and map every image's buffers.
-        map_large_blocks()
-        keep_freed_heap(min(max(2 * self.settings.max_body_bytes, 8 * MIB), 64 * MIB))
+        keep_large_messages(self.settings.max_body_bytes)
         await self.health.start()  # the first probe sees the server's readiness
         try:
             await self._server.start()
