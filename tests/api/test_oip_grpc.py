@@ -277,6 +277,27 @@ def test_errors_carry_the_servers_reason_and_code(client: triton.InferenceServer
     assert client.is_server_live()
 
 
+def test_a_version_that_is_not_a_number_is_an_invalid_argument(
+    client: triton.InferenceServerClient,
+) -> None:
+    """As Triton: a version that is not a whole number is INVALID_ARGUMENT (no model could
+    serve it), ModelReady included; a number the model does not serve stays NOT_FOUND."""
+    one = np.ones((1, 4), np.float32)
+    for call in (
+        lambda: client.infer("linear", [x_input(one)], model_version="wrong_specification"),
+        lambda: client.get_model_metadata("linear", "latest"),
+        lambda: client.get_model_config("linear", "-1"),
+        lambda: client.get_inference_statistics("linear", "1.0"),
+        lambda: client.is_model_ready("linear", "v1"),
+    ):
+        with pytest.raises(InferenceServerException, match="not a version number") as raised:
+            call()
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="no version '2'") as missing:
+        client.infer("linear", [x_input(one)], model_version="2")
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
 def test_priority_and_classification(client: triton.InferenceServerClient) -> None:
     image = np.random.default_rng(3).random((1, 3, 16, 16)).astype(np.float32)
     metadata = client.get_model_metadata("colours", as_json=True)

@@ -71,6 +71,7 @@ def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[s
     error = (JSON, ref("ProtocolError"))
     responses: dict[str, Any] = {"200": answer(summary, (JSON, {"type": "object"}))}
     if model:
+        responses["400"] = answer("the version asked is not a whole number", error)
         responses["404"] = answer("no model (or version) of that name", error)
     responses["503"] = answer("not ready, or the queue is full (Retry-After)", error)
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
