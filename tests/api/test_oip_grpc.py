@@ -539,14 +539,16 @@ async def test_a_stream_holds_the_running_places_only_while_its_requests_run() -
 
 
 def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server: Served) -> None:
-    with pytest.raises(InferenceServerException, match="CPU") as raised:
+    # A CUDA region is refused as Triton without GPU support refuses it: INVALID_ARGUMENT.
+    with pytest.raises(InferenceServerException, match=r"'gpu' cannot be .* CPU") as raised:
         client.register_cuda_shared_memory("gpu", b"aGFuZGxl", 0, 64)
-    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException, match="trace") as raised:
         client.get_trace_settings()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'route="grpc:CudaSharedMemoryRegister",status="501"' in metrics
+    assert 'route="grpc:CudaSharedMemoryRegister",status="400"' in metrics
+    assert 'route="grpc:TraceSetting",status="501"' in metrics
 
 
 def test_cleaning_up_cuda_shared_memory_is_no_error(client: triton.InferenceServerClient) -> None:
