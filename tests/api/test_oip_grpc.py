@@ -348,6 +348,12 @@ def test_the_repository_extension(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="failed to load") as raised:
         client.load_model("broken", headers=headers)
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # A model no folder holds is a failed load too (Triton's model control examples check
+    # its opening), still NOT_FOUND.
+    with pytest.raises(InferenceServerException) as no:
+        client.load_model("ghost", headers=headers)
+    assert no.value.message().startswith("failed to load 'ghost': no folder 'ghost'")
+    assert no.value.status() == "StatusCode.NOT_FOUND"
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm")
