@@ -155,7 +155,7 @@ async def test_cuda_and_trace_routes(tmp_path: Path) -> None:
         answer = await http.get("/v2/cudasharedmemory/region/a/status")
         assert answer.status_code == 404
         answer = await http.post("/v2/cudasharedmemory/region/a/register", content=b"{}")
-        assert answer.status_code == 501
+        assert answer.status_code == 400
         for path in ("/v2/trace/setting", "/v2/models/nope/trace/setting"):
             for method in ("GET", "POST"):
                 answer = await http.request(method, path, content=b"{}")

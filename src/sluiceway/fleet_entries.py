@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from sluiceway.errors import ModelControlError, UnknownModel, unknown_model
+from sluiceway.errors import ModelControlError, UnknownModel, load_failed, unknown_model
 from sluiceway.model_entries import ModelEntry, ModelState
 from sluiceway.repository import BrokenModel, read_model
 
@@ -137,5 +137,5 @@ class FleetEntries:
             )
         folder = self._repository / name
         if not folder.is_dir():
-            raise UnknownModel(f"no folder {name!r} in the model repository")
+            raise UnknownModel(f"{load_failed(name)}: no folder {name!r} in the model repository")
         return folder

@@ -292,7 +292,9 @@ class ModelRegistry:
         if override is None or not override.files:
             if not folder.is_dir():
                 hint = ": or give its files with the load ('file:1/model.onnx')" if given else ""
-                raise UnknownModel(f"no folder {name!r} in the model repository{hint}")
+                raise UnknownModel(
+                    f"{load_failed(name)}: no folder {name!r} in the model repository{hint}"
+                )
         else:
             try:
                 private = folder = new_private_folder()  # known here, whatever happens below

@@ -27,7 +27,7 @@ from tests.conftest import fast_settings
 MAX_EXAMPLES = 25
 DOCUMENTED_5XX = (501, 503, 504)
 """The only 5xx a route may answer: overload or an unavailable model, a passed deadline, and
-an extension of Triton's that this server does not serve (CUDA shared memory, trace settings;
+an extension of Triton's that this server does not serve (trace settings;
 ``status_code_conformance`` checks that only their routes document it)."""
 
 

@@ -179,9 +179,11 @@ def test_files_and_config_load_a_model_no_folder_holds(
     assert written.stat().st_mode & 0o077 == 0  # this user's alone
     client.unload_model(name, headers=auth)
     assert not written.exists()
-    # No folder of that name in the repository: a plain load has nothing to read.
-    with pytest.raises(InferenceServerException, match="no folder"):
+    # No folder of that name in the repository: a plain load has nothing to read, and fails
+    # saying so in the words every failed load opens with.
+    with pytest.raises(InferenceServerException) as raised:
         client.load_model(name, headers=auth)
+    assert raised.value.message().startswith(f"failed to load '{name}': no folder")
 
 
 def test_files_replace_the_folder_and_a_reload_removes_the_last_ones(

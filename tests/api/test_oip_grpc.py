@@ -277,6 +277,27 @@ def test_errors_carry_the_servers_reason_and_code(client: triton.InferenceServer
     assert client.is_server_live()
 
 
+def test_a_version_that_is_not_a_number_is_an_invalid_argument(
+    client: triton.InferenceServerClient,
+) -> None:
+    """As Triton: a version that is not a whole number is INVALID_ARGUMENT (no model could
+    serve it), ModelReady included; a number the model does not serve stays NOT_FOUND."""
+    one = np.ones((1, 4), np.float32)
+    for call in (
+        lambda: client.infer("linear", [x_input(one)], model_version="wrong_specification"),
+        lambda: client.get_model_metadata("linear", "latest"),
+        lambda: client.get_model_config("linear", "-1"),
+        lambda: client.get_inference_statistics("linear", "1.0"),
+        lambda: client.is_model_ready("linear", "v1"),
+    ):
+        with pytest.raises(InferenceServerException, match="not a version number") as raised:
+            call()
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="no version '2'") as missing:
+        client.infer("linear", [x_input(one)], model_version="2")
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
 def test_priority_and_classification(client: triton.InferenceServerClient) -> None:
     image = np.random.default_rng(3).random((1, 3, 16, 16)).astype(np.float32)
     metadata = client.get_model_metadata("colours", as_json=True)
@@ -327,6 +348,12 @@ def test_the_repository_extension(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="failed to load") as raised:
         client.load_model("broken", headers=headers)
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # A model no folder holds is a failed load too (Triton's model control examples check
+    # its opening), still NOT_FOUND.
+    with pytest.raises(InferenceServerException) as no:
+        client.load_model("ghost", headers=headers)
+    assert no.value.message().startswith("failed to load 'ghost': no folder 'ghost'")
+    assert no.value.status() == "StatusCode.NOT_FOUND"
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm")
@@ -518,14 +545,16 @@ async def test_a_stream_holds_the_running_places_only_while_its_requests_run() -
 
 
 def test_what_is_not_served_says_so(client: triton.InferenceServerClient, server: Served) -> None:
-    with pytest.raises(InferenceServerException, match="CPU") as raised:
+    # A CUDA region is refused as Triton without GPU support refuses it: INVALID_ARGUMENT.
+    with pytest.raises(InferenceServerException, match=r"'gpu' cannot be .* CPU") as raised:
         client.register_cuda_shared_memory("gpu", b"aGFuZGxl", 0, 64)
-    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException, match="trace") as raised:
         client.get_trace_settings()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'route="grpc:CudaSharedMemoryRegister",status="501"' in metrics
+    assert 'route="grpc:CudaSharedMemoryRegister",status="400"' in metrics
+    assert 'route="grpc:TraceSetting",status="501"' in metrics
 
 
 def test_cleaning_up_cuda_shared_memory_is_no_error(client: triton.InferenceServerClient) -> None:

@@ -67,7 +67,8 @@ def test_cuda_shared_memory_is_refused_and_cleaning_it_up_is_no_error(
     client: triton.InferenceServerClient,
 ) -> None:
     """Triton's clients unregister CUDA regions before they use system shared memory, on
-    machines without a GPU too: that goes on; registering one says why it cannot."""
+    machines without a GPU too: that goes on; registering one is refused saying why, with
+    the 400 of Triton built without GPU support."""
     client.unregister_cuda_shared_memory()
     client.unregister_cuda_shared_memory("gpu")
     assert client.get_cuda_shared_memory_status() == []
@@ -76,7 +77,7 @@ def test_cuda_shared_memory_is_refused_and_cleaning_it_up_is_no_error(
     assert raised.value.status() == "404"
     with pytest.raises(InferenceServerException, match="runs models on the CPU") as raised:
         client.register_cuda_shared_memory("gpu", "aGFuZGxl", 0, 64)
-    assert raised.value.status() == "501"
+    assert raised.value.status() == "400"
 
 
 def test_inputs_and_outputs_through_shared_memory(

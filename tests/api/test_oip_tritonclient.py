@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -101,6 +102,30 @@ def test_error_paths_raise_with_the_servers_reason(client: triton.InferenceServe
     with pytest.raises(InferenceServerException, match="deadline") as late:
         client.infer("linear", [x_input(np.ones((1, 4), np.float32), binary=True)], timeout=1)
     assert late.value.status() == "504"
+
+
+def test_a_version_that_is_not_a_number_is_a_bad_request(
+    client: triton.InferenceServerClient, server: tuple[str, np.ndarray]
+) -> None:
+    """As Triton: a version that is not a whole number is a malformed request (400), which no
+    model could serve; a number the model does not serve stays a 404."""
+    one = np.ones((1, 4), np.float32)
+    for call in (
+        lambda: client.infer("linear", [x_input(one, binary=True)], model_version="wrong_spec"),
+        lambda: client.get_model_metadata("linear", "latest"),
+        lambda: client.get_model_config("linear", "-1"),
+        lambda: client.get_inference_statistics("linear", "1.0"),
+    ):
+        with pytest.raises(InferenceServerException, match="not a version number") as raised:
+            call()
+        assert raised.value.status() == "400"
+    assert not client.is_model_ready("linear", "v1")  # it reads any status but 200 as False
+    for method in ("GET", "HEAD"):  # the probes' fast path says the same
+        ready = httpx.request(method, f"http://{server[0]}/v2/models/linear/versions/v1/ready")
+        assert ready.status_code == 400
+    with pytest.raises(InferenceServerException, match="no version '2'") as missing:
+        client.get_model_metadata("linear", "2")
+    assert missing.value.status() == "404"
 
 
 def test_trace_settings_are_refused_saying_so(client: triton.InferenceServerClient) -> None:

@@ -16,10 +16,11 @@ Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 token as ``authorization`` metadata), system shared memory (where
 ``SLUICEWAY_ALLOW_CLIENT_SHM``) and the logging extension (``LogSettings``: reading needs no
 token, changing needs the admin token, as over HTTP). CUDA shared memory is answered as over
-HTTP (``regions``): registering is ``UNIMPLEMENTED``, unregistering succeeds and the status
-lists no region, there being none. Trace settings answer ``UNIMPLEMENTED``. Beside it, the
-standard health service ``grpc.health.v1.Health`` (``grpc_health``) and server reflection, so
-that ``grpcurl`` lists and describes the services without the proto files.
+HTTP (``regions``): registering is ``INVALID_ARGUMENT``, as in Triton without GPU support;
+unregistering succeeds and the status lists no region, there being none. Trace settings answer
+``UNIMPLEMENTED``. Beside it, the standard health service ``grpc.health.v1.Health``
+(``grpc_health``) and server reflection, so that ``grpcurl`` lists and describes the services
+without the proto files.
 
 Errors carry the REST error's message; its status becomes a gRPC code (``CODES``). A call's
 gRPC deadline is its deadline (never later than ``SLUICEWAY_REQUEST_TIMEOUT_S``).
@@ -51,7 +52,7 @@ from sluiceway.api.oip.grpc_messages import (
     log_settings_changes,
     log_settings_response,
 )
-from sluiceway.api.oip.regions import NO_CUDA, cuda_status, regions_of
+from sluiceway.api.oip.regions import cuda_status, refuse_cuda_region, regions_of
 from sluiceway.api.repository import (
     MODEL_CONTROL,
     control_refusal,
@@ -488,9 +489,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         await self._call(method, context, refuse)
 
     async def CudaSharedMemoryRegister(
-        self, request: object, context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._unimplemented("CudaSharedMemoryRegister", context, NO_CUDA)
+        self,
+        request: service_pb2.CudaSharedMemoryRegisterRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.CudaSharedMemoryRegisterResponse:
+        def work() -> service_pb2.CudaSharedMemoryRegisterResponse:
+            refuse_cuda_region(request.name)
+
+        return await self._call("CudaSharedMemoryRegister", context, work)
 
     # No CUDA region is ever registered: nothing to unregister, none to list (as over HTTP),
     # so clients cleaning up both kinds of shared memory before they start go on.

@@ -12,7 +12,8 @@ Inference requests then name a region in an input's or output's parameters
 in Triton.
 
 Beside it, Triton's CUDA shared memory extension, which a server running models on the CPU
-cannot serve: ``POST /v2/cudasharedmemory/region/{name}/register`` answers 501 saying so. No
+cannot serve: ``POST /v2/cudasharedmemory/region/{name}/register`` answers 400 saying so, as
+Triton built without GPU support does (a client cannot tell this server from that one). No
 CUDA region can be registered, so there is never one to unregister or list: unregistering
 (every region, or one) succeeds and changes nothing, and the status lists none (a region named
 is a 404). Triton's clients clean up both kinds before they start (its shared memory examples
@@ -22,7 +23,7 @@ would stop clients that never use CUDA.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -105,8 +106,8 @@ async def status(name: str, request: Request) -> Response:
 
 @router.post(_CUDA_PREFIX + "/region/{name}/register")
 async def cuda_register(name: str) -> Response:
-    """A CUDA region cannot be registered here: 501 saying so."""
-    raise RequestError(501, NO_CUDA)
+    """A CUDA region cannot be registered here: 400 saying so."""
+    refuse_cuda_region(name)
 
 
 @router.post(_CUDA_PREFIX + "/unregister")
@@ -131,6 +132,12 @@ async def cuda_status_all() -> Response:
 async def cuda_status_one(name: str) -> Response:
     """A CUDA region named is never registered: 404."""
     return _json(cuda_status(name))
+
+
+def refuse_cuda_region(name: str) -> NoReturn:
+    """Registering CUDA region ``name``: ``BadInput`` (400, ``INVALID_ARGUMENT``) saying why, as
+    Triton without GPU support refuses it (over HTTP and gRPC alike)."""
+    raise BadInput(f"CUDA shared memory region {name!r} cannot be registered: {NO_CUDA}")
 
 
 def cuda_status(name: str | None) -> list[dict[str, object]]:

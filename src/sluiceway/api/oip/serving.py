@@ -54,7 +54,15 @@ def server_metadata(services: Services) -> dict[str, Any]:
 
 
 def entry_of(services: Services, name: str, version: str | None) -> ModelEntry:
-    """The model ``name`` (at ``version``, when one is asked): ``UnknownModel`` otherwise."""
+    """The model ``name`` (at ``version``, when one is asked): ``UnknownModel`` otherwise.
+
+    A version that is not a whole number is a malformed request (``BadInput``: 400 and
+    ``INVALID_ARGUMENT``, as Triton answers it), not a version the model happens to lack."""
+    if version is not None and not (version.isascii() and version.isdigit()):
+        raise BadInput(
+            f"model version {version!r} is not a version number: versions are whole numbers "
+            "(leave the version out to use the one served)"
+        )
     entry = services.registry.entry(name)
     if version is not None and version != entry.version:
         served = f"it serves version {entry.version}" if entry.version else "it has no version"

@@ -71,6 +71,7 @@ def _protocol(summary: str, *, body: bool = False, model: bool = True) -> dict[s
     error = (JSON, ref("ProtocolError"))
     responses: dict[str, Any] = {"200": answer(summary, (JSON, {"type": "object"}))}
     if model:
+        responses["400"] = answer("the version asked is not a whole number", error)
         responses["404"] = answer("no model (or version) of that name", error)
     responses["503"] = answer("not ready, or the queue is full (Retry-After)", error)
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -142,9 +143,16 @@ def _no_cuda_region(summary: str, answered: Any | None = None) -> dict[str, Any]
 
 
 _CUDA = "/v2/cudasharedmemory"
-PROTOCOL[(f"{_CUDA}/region/{{name}}/register", "post")] = _not_served(
-    "CUDA shared memory is not served", "models run on the CPU", body=True
-)
+PROTOCOL[(f"{_CUDA}/region/{{name}}/register", "post")] = {
+    "summary": "CUDA shared memory is not served",
+    "responses": {
+        "400": answer(
+            "models run on the CPU: no CUDA region can be registered (as Triton without GPUs)",
+            (JSON, ref("ProtocolError")),
+        )
+    },
+    "requestBody": request_body((JSON, {"type": "object"})),
+}
 PROTOCOL[(f"{_CUDA}/unregister", "post")] = _no_cuda_region("nothing to unregister")
 PROTOCOL[(f"{_CUDA}/region/{{name}}/unregister", "post")] = _no_cuda_region("nothing to unregister")
 PROTOCOL[(f"{_CUDA}/status", "get")] = _no_cuda_region("no CUDA region is registered", _REGIONS)
