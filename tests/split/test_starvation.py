@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sluiceway.config import Settings
 from sluiceway.split.connection import STALLED_S, Broker
 from sluiceway.split.pauses import loop_clock, within
+from sluiceway.split.wire import WorkerRecord, live_workers
 from tests.fixtures.kiosk import expected, knn_job, restaurant
 from tests.fixtures.waiting import eventually
 from tests.redis_server import RedisServer, free_port
@@ -70,6 +71,14 @@ async def test_an_answer_given_during_a_pause_is_taken_and_silence_still_times_o
         await within(never, 0.3)
     assert never.cancelled()
     assert time.monotonic() - began < 2.0
+
+
+def test_a_reader_that_was_paused_does_not_hold_its_pause_against_a_worker() -> None:
+    registry = {b"w": WorkerRecord(("knn",), 100.0).encode()}
+    assert live_workers(registry, 107.0, 5.0) == {}
+    assert "w" in live_workers(registry, 107.0, 5.0, lambda seconds: min(seconds, 6.0))
+    # A pause shorter than the surplus leaves a silent worker dead.
+    assert live_workers(registry, 107.0, 5.0, lambda seconds: 1.0) == {}
 
 
 async def test_a_redis_py_timeout_across_a_pause_is_not_a_lost_broker(
