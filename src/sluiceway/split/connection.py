@@ -36,6 +36,13 @@ this process ran (``pauses.py``), as a process starved of CPU or stopped cannot 
 RECONNECT_S = 0.25
 """How long loops wait before trying a lost Redis again."""
 
+# Margins. STALLED_S is as long as a worker's whole liveness window (5 s, config.py), so a
+# stalled Redis is given up on no sooner than a silent worker; both are long beside a command's
+# round trip (well under a millisecond on loopback) and short beside a request's 30 s
+# deadline. A connection attempt gets 1 s (``connect``, ``RedisLine.open``),
+# counted in running time on the line; RECONNECT_S paces the retries, so a lost worker is
+# back within a beat of Redis returning, well before its 5 s of silence run out.
+
 
 def connect(url: str, *, max_connections: int = 64, timeout_s: float = STALLED_S) -> Redis:
     """A redis-py client for ``url`` that fails fast: no retries, short connect timeout.
