@@ -78,6 +78,12 @@ which then starts the requests it owes at once) weighs the same at every rate.""
 HELD_FRACTION = 0.95
 """A paced level holds its rate if nothing failed or timed out and the requests answered per
 second reach this share of the rate asked."""
+QUEUED_FACTOR = 5.0
+"""A paced level whose median is more than this many times its round's lowest rate's (same
+mode, same server) is queueing, not holding: split at 200 req/s once answered 193/s, none late,
+with a 186 ms median against ~5 ms at 100. In the 2026-12-02 04:18 run (results.json), levels
+that kept up had 0.5-1.0x their round's 100 req/s median (batching makes more rates faster), and
+those that queued 37x and more."""
 
 
 @dataclass
@@ -213,6 +219,15 @@ class Level:
     kept to it were the server's backlog; late while it did not, its own (it shares the cores)."""
     error: str = ""
     """Why the level never ran its load (its warm-up failed), if it did not."""
+    baseline_ms: float | None = None
+    """Paced, the median of its round's lowest rate (same mode, same server), if answered."""
+
+    @property
+    def queued(self) -> bool:
+        """Paced, its median is over ``QUEUED_FACTOR`` times its round's lowest rate's."""
+        if not self.paced or self.baseline_ms is None or not self.latencies:
+            return False
+        return _median(self.latencies) > QUEUED_FACTOR * self.baseline_ms
 
     @property
     def achieved(self) -> float:
@@ -225,7 +240,7 @@ class Level:
         what the mode costs at this load rather than how far behind it fell."""
         if self.error or self.failed or self.timed_out or self.late or not self.latencies:
             return False
-        return not self.paced or self.achieved >= HELD_FRACTION * self.load
+        return not self.paced or (self.achieved >= HELD_FRACTION * self.load and not self.queued)
 
     def describe(self) -> str:
         """One line on what was asked and what came back."""
@@ -236,6 +251,7 @@ class Level:
             f"median {_median(self.latencies):.2f} ms, {self.failed} failed, "
             f"{self.timed_out} timed out, {self.late} late"
             + (f", sender up to {self.behind_s:.2f} s behind" if self.paced else "")
+            + (f", over {QUEUED_FACTOR:g}x the lowest rate's median" if self.queued else "")
         )
         return line + (f" ({self.error})" if self.error else "")
 
@@ -340,8 +356,11 @@ def _round(
         with sluiceway(broker, NO_SLEEP if paced_ else None) as cluster:
             for load in loads:
                 measure = paced if paced_ else closed_loop
-                levels[load] = asyncio.run(measure(cluster.port, load, seconds))
-                print(f"{mode} {levels[load].describe()}", flush=True)
+                level = levels[load] = asyncio.run(measure(cluster.port, load, seconds))
+                lowest = levels[loads[0]].latencies
+                if paced_ and lowest:
+                    level.baseline_ms = _median(lowest)
+                print(f"{mode} {level.describe()}", flush=True)
     except NOT_STARTED as error:
         for load in loads:
             levels.setdefault(load, Level(load, paced_, error=f"the round stopped: {error!r}"))
@@ -592,7 +611,9 @@ def saturation_notes(rows: list[HopRow], unit: str) -> list[str]:
             "A level is held when every request is answered (none failed, none waited over "
             f"{REQUEST_TIMEOUT_S:g} s",
             "for a connection and an answer) and, paced, the answers kept up with "
-            f"{HELD_FRACTION:.0%} of the rate asked.",
+            f"{HELD_FRACTION:.0%} of the rate asked",
+            f"with a median at most {QUEUED_FACTOR:g}x that of the round's lowest rate (more "
+            "is a queue, not a hop).",
             f"A paced request falling due while {BACKLOG_S:g} s worth of others still wait "
             "for their answers is not sent",
             "but counted late: the server's backlog if the load generator kept to its schedule, "

@@ -214,6 +214,18 @@ class Settings(BaseSettings):
         description="another worker also reads a partition whose owner stays saturated this "
         "long (about one model fit); 0 = never",
     )
+    # The margins (split/connection.py has the broker's own: STALLED_S, RECONNECT_S). A worker
+    # beats every second and is dead after 5 s of silence, so a beat may be 4 s late before
+    # anyone counts it dead; a dead worker's partitions and jobs pass to another within those
+    # 5 s and a few beats (a hand-over waits two), well inside a request's 30 s deadline.
+    # Starvation slows a beat far less than 4 s: under 18 CPU hogs on this project's 2 cores
+    # (load 12-21, each process getting about a tenth of a core, 2026-12-02) no registry
+    # record aged past 1.2 s. A process that does not run at all for longer than ~4 s
+    # (SIGSTOP, a paused VM) is as silent as a dead one and counts as dead until its next
+    # beat: that is what the window is for; a reader's own pause is not counted against it
+    # (wire.live_workers), and the broker's timeouts count running time (split/pauses.py).
+    # Raise both settings together to tolerate longer stops, at the price of finding a crashed
+    # worker that much later.
     worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
     worker_dead_after_s: float = Field(5.0, gt=0, description="silent this long = dead")
     worker_port: int | None = Field(

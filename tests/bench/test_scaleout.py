@@ -14,10 +14,18 @@ from bench.scaleout.run import HopRow, Level, hop_rows, hop_table, paced, satura
 
 
 def _level(
-    rate: int, median_ms: float, answered: int, seconds: float = 10.0, **counts: int
+    rate: int,
+    median_ms: float,
+    answered: int,
+    seconds: float = 10.0,
+    baseline_ms: float | None = None,
+    **counts: int,
 ) -> Level:
     """A paced level of ``answered`` requests all taking ``median_ms``, over ``seconds``."""
-    return Level(rate, paced=True, latencies=[median_ms] * answered, seconds=seconds, **counts)
+    latencies = [median_ms] * answered
+    return Level(
+        rate, paced=True, latencies=latencies, seconds=seconds, baseline_ms=baseline_ms, **counts
+    )
 
 
 def _table_row(rows: list[HopRow], load: int) -> str:
@@ -162,3 +170,44 @@ async def test_requests_due_while_every_connection_waits_are_late_not_queued(
     assert level.late > 0
     assert level.timed_out + level.late == 20
     assert not level.held
+
+
+def test_a_paced_level_at_the_rate_that_queues_is_not_held() -> None:
+    # The 03:35 run's split at 200 req/s: 193 answered a second, none late, a 186 ms median
+    # against 5 ms at 100 req/s in the same round. It queued: not held.
+    lowest = _level(100, 5.0, 1000)
+    queued = _level(200, 186.0, 1930, baseline_ms=5.0)
+    kept_up = _level(200, 4.6, 1930, baseline_ms=5.0)
+    assert lowest.held and kept_up.held
+    assert queued.queued and not queued.held
+    assert "over 5x the lowest rate's median" in queued.describe()
+    # A closed loop's latency grows with its clients by design: no such clause.
+    assert Level(32, paced=False, latencies=[186.0] * 10, seconds=10, baseline_ms=5.0).held
+    rounds = {"embedded": [{200: _level(200, 3.4, 2000)}], "split": [{200: queued}]}
+    [row] = hop_rows(rounds, (200,))
+    assert row.saturated and row.hop is None
+
+
+async def test_each_paced_level_is_judged_against_its_rounds_lowest_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    medians = {100: 5.0, 200: 186.0}
+
+    async def measured(port: int, rate: float, seconds: float) -> Level:
+        return _level(int(rate), medians[int(rate)], int(rate * seconds * 0.97), seconds)
+
+    class Cluster:
+        port = 0
+
+    class Server:
+        def __enter__(self) -> Cluster:
+            return Cluster()
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    monkeypatch.setattr(run, "paced", measured)
+    monkeypatch.setattr(run, "sluiceway", lambda broker, settings: Server())
+    levels = await asyncio.to_thread(run._round, "redis://x", (100, 200), 10.0, True)
+    assert levels[100].baseline_ms == 5.0 and levels[100].held
+    assert levels[200].baseline_ms == 5.0 and not levels[200].held

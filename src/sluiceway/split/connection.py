@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluiceway.split.line import RedisLine
+from sluiceway.split.pauses import loop_clock, within
 from sluiceway.split.scripts import Script, missing
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,18 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeout
 Redis is a bug, not an outage."""
 
 STALLED_S = 5.0
-"""A Redis that has not answered a command for this long counts as lost."""
+"""A Redis that has not answered a command for this long counts as lost: this long of the time
+this process ran (``pauses.py``), as a process starved of CPU or stopped cannot hear an answer."""
 
 RECONNECT_S = 0.25
 """How long loops wait before trying a lost Redis again."""
+
+# Margins. STALLED_S is as long as a worker's whole liveness window (5 s, config.py), so a
+# stalled Redis is given up on no sooner than a silent worker; both are long beside a command's
+# round trip (well under a millisecond on loopback) and short beside a request's 30 s
+# deadline. A connection attempt gets 1 s (``connect``, ``RedisLine.open``),
+# counted in running time on the line; RECONNECT_S paces the retries, so a lost worker is
+# back within a beat of Redis returning, well before its 5 s of silence run out.
 
 
 def connect(url: str, *, max_connections: int = 64, timeout_s: float = STALLED_S) -> Redis:
@@ -109,7 +118,22 @@ class Broker:
         logger.info("%s connected to the job broker", self._name)
 
     def lost(self, error: BaseException) -> None:
-        """Redis failed: be disconnected until the next :meth:`connect`; tell the owner."""
+        """Redis failed: be disconnected until the next :meth:`connect`; tell the owner.
+
+        Not for a redis-py timeout that spanned a pause of this process: its socket timeout
+        counts wall time, so a process starved or stopped for ``STALLED_S`` woke to find its
+        call timed out, the answer likely in its socket. That call failed (its caller tries
+        again at its next beat), but Redis is not lost on its account: losing it would fail
+        every request an API node waits on and drop a worker's unsent answers.
+        """
+        if self._connected and isinstance(error, RedisTimeoutError):
+            paused = loop_clock().paused_within(STALLED_S)
+            if paused > 0:
+                logger.warning(
+                    "%s: a job broker call timed out while this process was paused for %.1f s "
+                    "(starved of CPU or stopped); not counted as a loss", self._name, paused,
+                )  # fmt: skip
+                return
         if self._connected:
             logger.warning("%s lost the job broker: %s", self._name, error)
         self._connected = False
@@ -169,8 +193,8 @@ class Broker:
             line = self._line
             if line is None:
                 raise RedisConnectionError("the connection to the job broker (Redis) is closed")
-            async with asyncio.timeout(STALLED_S):
-                retried = await line.send(b"".join(commands[i] for i in again), len(again))
+            resent = line.send(b"".join(commands[i] for i in again), len(again))
+            retried = await within(resent, STALLED_S)
         except BROKER_ERRORS as error:
             self.lost(error)
             if not result.done():

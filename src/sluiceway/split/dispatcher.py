@@ -45,6 +45,7 @@ from sluiceway.split.connection import BROKER_ERRORS, RECONNECT_S, Broker, stop_
 from sluiceway.split.keys import Keys
 from sluiceway.split.line import pack
 from sluiceway.split.outbox import Outbox
+from sluiceway.split.pauses import loop_clock
 from sluiceway.split.scripts import ADMIT
 from sluiceway.split.subscription import Subscription
 from sluiceway.split.wire import (
@@ -299,7 +300,10 @@ class RedisDispatcher:
             return
         now = time.time()
         live = live_workers(
-            cast(dict[bytes, bytes], registry), now, self._settings.worker_dead_after_s
+            cast(dict[bytes, bytes], registry),
+            now,
+            self._settings.worker_dead_after_s,
+            loop_clock().paused_within,
         )
         self._live_models = {model for record in live.values() for model in record.models}
 

@@ -35,6 +35,7 @@ from sluiceway.split.control import (
     read_desired,
 )
 from sluiceway.split.keys import Keys
+from sluiceway.split.pauses import loop_clock
 from sluiceway.split.scripts import DESIRE
 from sluiceway.split.subscription import Subscription
 from sluiceway.split.wire import WorkerRecord, live_workers
@@ -190,7 +191,10 @@ class Fleet:
             self._broker.lost(error)
             return
         live = live_workers(
-            cast(dict[bytes, bytes], workers), time.time(), self._settings.worker_dead_after_s
+            cast(dict[bytes, bytes], workers),
+            time.time(),
+            self._settings.worker_dead_after_s,
+            loop_clock().paused_within,
         )
         self._desired = read_desired(desired)
         self._reports = {}

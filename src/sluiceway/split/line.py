@@ -32,6 +32,8 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from sluiceway.split.pauses import within
+
 _MAX_UNSENT_BYTES = 64 * 1024 * 1024
 """Bytes waiting in the transport beyond which Redis counts as stalled (a send fails)."""
 
@@ -96,29 +98,10 @@ class RedisLine(asyncio.Protocol):
         ``on_push``: make this a subscriber line that hands every reply to the callback, once the
         set-up commands have been answered.
         """
-        options = parse_url(url)
-        loop = asyncio.get_running_loop()
         line = cls()
         try:
-            async with asyncio.timeout(timeout_s):
-                if "path" in options:
-                    await loop.create_unix_connection(lambda: line, options["path"])
-                else:
-                    await loop.create_connection(
-                        lambda: line,
-                        options.get("host", "localhost"),
-                        int(options.get("port", 6379)),
-                        ssl=tls_context(url),
-                    )
-                setup: list[bytes] = []
-                if options.get("password") is not None:
-                    user = options.get("username")
-                    credentials = [user, options["password"]] if user else [options["password"]]
-                    setup.append(pack("AUTH", *credentials))
-                if int(options.get("db", 0)):
-                    setup.append(pack("SELECT", int(options["db"])))
-                setup.append(pack("CLIENT", "ID"))
-                replies = await line.send(b"".join(setup), len(setup))
+            # Timed in this process's running time, as a stall is (``pauses.py``).
+            replies = await within(line._set_up(url), timeout_s)
         except BaseException:
             line.close()
             raise
@@ -129,6 +112,29 @@ class RedisLine(asyncio.Protocol):
         line.client_id = int(replies[-1])
         line._on_push = on_push
         return line
+
+    async def _set_up(self, url: str) -> list[Any]:
+        """Connect, authenticate, select the database; the replies, the connection's id last."""
+        options = parse_url(url)
+        loop = asyncio.get_running_loop()
+        if "path" in options:
+            await loop.create_unix_connection(lambda: self, options["path"])
+        else:
+            await loop.create_connection(
+                lambda: self,
+                options.get("host", "localhost"),
+                int(options.get("port", 6379)),
+                ssl=tls_context(url),
+            )
+        setup: list[bytes] = []
+        if options.get("password") is not None:
+            user = options.get("username")
+            credentials = [user, options["password"]] if user else [options["password"]]
+            setup.append(pack("AUTH", *credentials))
+        if int(options.get("db", 0)):
+            setup.append(pack("SELECT", int(options["db"])))
+        setup.append(pack("CLIENT", "ID"))
+        return await self.send(b"".join(setup), len(setup))
 
     # What callers use.
 

@@ -19,6 +19,7 @@ from sluiceway.runtime.stats import ModelCalls
 from sluiceway.split.connection import Broker
 from sluiceway.split.helping import Backlog, Helping, decode_backlog, encode_backlog
 from sluiceway.split.keys import GROUP, Keys, owner
+from sluiceway.split.pauses import loop_clock
 from sluiceway.split.wire import CallsRecord, WorkerRecord, live_workers
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ class Membership:
             await self._join_groups()
             self.joined = True
         registry = cast(dict[bytes, bytes], registry)
-        live = live_workers(registry, now, self._settings.worker_dead_after_s)
+        live = live_workers(
+            registry, now, self._settings.worker_dead_after_s, loop_clock().paused_within
+        )
         await self._forget_departed(registry, live, now)
         self._take_ownership(live, now)
         await self._report_backlog(saturated)

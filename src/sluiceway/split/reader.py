@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from redis.exceptions import ResponseError
 
 from sluiceway.split.connection import BROKER_ERRORS, STALLED_S, Broker
 from sluiceway.split.line import RedisLine, pack
+from sluiceway.split.pauses import within
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 """A stream entry as redis-py returns it: id and fields (``None`` once deleted)."""
@@ -69,8 +69,9 @@ class GroupReader:
             )  # fmt: skip
             self._packed[key] = command
         try:
-            async with asyncio.timeout(block / 1000 + STALLED_S):
-                (reply,) = await self._line.send(command, 1)
+            # The stall is timed in this process's running time: a read whose jobs came while
+            # it was starved or stopped is taken, not dropped with them delivered (``pauses``).
+            (reply,) = await within(self._line.send(command, 1), block / 1000 + STALLED_S)
         except BROKER_ERRORS:
             self.reset()
             raise

@@ -8,6 +8,7 @@ so the HTTP edge answers the same status in split mode as in embedded mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -301,13 +302,28 @@ class WorkerRecord:
 
 
 def live_workers(
-    registry: dict[bytes, bytes], now: float, dead_after_s: float
+    registry: dict[bytes, bytes],
+    now: float,
+    dead_after_s: float,
+    paused: Callable[[float], float] | None = None,
 ) -> dict[str, WorkerRecord]:
-    """The workers of a registry hash that spoke within ``dead_after_s``."""
+    """The workers of a registry hash that spoke within ``dead_after_s``.
+
+    ``paused``: how long the reader itself did not run in the last given seconds
+    (``LoopClock.paused_within``). That time is not held against a worker's silence: a reader
+    that was starved or stopped most likely shared its machine's pause with the workers there,
+    which could not beat meanwhile, and after such a pause it reads the registry before they
+    have beaten again. A dead worker is then found dead as much later as the reader was paused.
+    """
     live = {}
     for worker, data in registry.items():
         record = WorkerRecord.decode(data)
-        if record is not None and now - record.seen < dead_after_s:
+        if record is None:
+            continue
+        silent = now - record.seen
+        if silent >= dead_after_s and paused is not None:
+            silent -= paused(silent)
+        if silent < dead_after_s:
             live[worker.decode()] = record
     return live
 
