@@ -36,6 +36,9 @@ this process ran (``pauses.py``), as a process starved of CPU or stopped cannot 
 RECONNECT_S = 0.25
 """How long loops wait before trying a lost Redis again."""
 
+WOKEN_S = 1.0
+"""A redis-py timeout this soon after a pause of the process ended fired on waking from it."""
+
 # Margins. STALLED_S is as long as a worker's whole liveness window (5 s, config.py), so a
 # stalled Redis is given up on no sooner than a silent worker; both are long beside a command's
 # round trip (well under a millisecond on loopback) and short beside a request's 30 s
@@ -127,7 +130,10 @@ class Broker:
         every request an API node waits on and drop a worker's unsent answers.
         """
         if self._connected and isinstance(error, RedisTimeoutError):
-            paused = loop_clock().paused_within(STALLED_S)
+            # Only a timeout that fell due while the process was paused, and fired as it woke
+            # (a pause under way or just ended): a pause earlier in the call's wait did not
+            # stop Redis answering within the rest of it, and a real stall must be a loss.
+            paused = loop_clock().paused_within(WOKEN_S)
             if paused > 0:
                 logger.warning(
                     "%s: a job broker call timed out while this process was paused for %.1f s "

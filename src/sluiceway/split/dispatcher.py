@@ -230,7 +230,16 @@ class RedisDispatcher:
         sent.add_done_callback(lambda replies: self._admitted(batch, replies))
 
     def _admitted(self, batch: list[_Admission], replies: asyncio.Future[list[Any]]) -> None:
-        if replies.exception() is not None:
+        error = replies.exception()
+        if error is not None:
+            # A lost connection fails them too (``_lost``), but a send can fail with Redis
+            # kept (a timeout across a pause of this process, ``Broker.lost``): never leave an
+            # admission to wait for its deadline on a node that says it is ready.
+            for admission in batch:
+                if not admission.answer.done():
+                    admission.answer.set_exception(
+                        ModelUnavailable(f"job broker failed: {error or type(error).__name__}")
+                    )
             return
         for admission, reply in zip(batch, replies.result(), strict=True):
             if admission.answer.done():  # the caller's deadline passed meanwhile

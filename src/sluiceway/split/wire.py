@@ -313,7 +313,8 @@ def live_workers(
     (``LoopClock.paused_within``). That time is not held against a worker's silence: a reader
     that was starved or stopped most likely shared its machine's pause with the workers there,
     which could not beat meanwhile, and after such a pause it reads the registry before they
-    have beaten again. A dead worker is then found dead as much later as the reader was paused.
+    have beaten again. A dead worker is then found dead as much later as the reader was paused,
+    one ``dead_after_s`` later at most.
     """
     live = {}
     for worker, data in registry.items():
@@ -322,7 +323,8 @@ def live_workers(
             continue
         silent = now - record.seen
         if silent >= dead_after_s and paused is not None:
-            silent -= paused(silent)
+            # At most one window excused: a dead worker is found dead one window late at worst.
+            silent -= min(paused(silent), dead_after_s)
         if silent < dead_after_s:
             live[worker.decode()] = record
     return live
