@@ -223,7 +223,8 @@ class Settings(BaseSettings):
     # record aged past 1.2 s. A process that does not run at all for longer than ~4 s
     # (SIGSTOP, a paused VM) is as silent as a dead one and counts as dead until its next
     # beat: that is what the window is for; a reader's own pause is not counted against it
-    # (wire.live_workers), and the broker's timeouts count running time (split/pauses.py).
+    # (wire.live_workers, one window at most), and the job read counts running time
+    # (split/pauses.py) while a redis-py timeout on waking is not a loss (connection.py).
     # Raise both settings together to tolerate longer stops, at the price of finding a crashed
     # worker that much later.
     worker_heartbeat_s: float = Field(1.0, gt=0, description="how often a worker says it lives")
