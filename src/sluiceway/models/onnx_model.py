@@ -150,6 +150,10 @@ class OnnxModel(ThreadedModel):
         self._reshaped_outputs = tuple(
             spec for spec in self.outputs if spec.model_shape is not None
         )
+        # Asked of every request (``_checked``, ``_run``): worked out once.
+        self._input_names = frozenset(spec.name for spec in self.inputs)
+        self._text_inputs = tuple(spec.name for spec in self.inputs if spec.datatype == "BYTES")
+        self._output_names = [spec.name for spec in self.outputs]
         self._nbytes = nbytes
         self._on_caller = bool(session.get_session_options().intra_op_num_threads == 1)
 
@@ -205,18 +209,17 @@ class OnnxModel(ThreadedModel):
     def _checked(self, request: Any) -> dict[str, np.ndarray]:
         if not isinstance(request, dict):
             raise BadInput("a request is a mapping of input names to arrays")
-        missing = [spec.name for spec in self.inputs if spec.name not in request]
-        extra = sorted(set(request) - {spec.name for spec in self.inputs})
-        if missing or extra:
+        if request.keys() != self._input_names:
+            missing = [spec.name for spec in self.inputs if spec.name not in request]
+            extra = sorted(set(request) - self._input_names)
             raise BadInput(
                 f"the model takes inputs {[spec.name for spec in self.inputs]}; "
                 + (f"missing {missing}" if missing else f"unknown {extra}")
             )
         feed = {spec.name: spec.check(np.asarray(request[spec.name])) for spec in self.inputs}
-        for spec in self.inputs:
-            if spec.datatype == "BYTES":
-                feed[spec.name] = _as_text(spec.name, feed[spec.name])
-        if self.batched and len({array.shape[0] for array in feed.values()}) > 1:
+        for name in self._text_inputs:
+            feed[name] = _as_text(name, feed[name])
+        if self.batched and len(feed) > 1 and len({array.shape[0] for array in feed.values()}) > 1:
             raise BadInput("every input of a request needs the same batch size (first dimension)")
         for spec in self._reshaped_inputs:
             assert spec.model_shape is not None
@@ -229,7 +232,7 @@ class OnnxModel(ThreadedModel):
         for spec in self._reshaped_inputs:
             assert spec.model_shape is not None
             feed[spec.name] = reshaped(feed[spec.name], spec.model_shape, self.batched)
-        names = [spec.name for spec in self.outputs]
+        names = self._output_names
         arrays = session.run(names, feed)
         outputs = {name: np.asarray(array) for name, array in zip(names, arrays, strict=True)}
         for spec in self._reshaped_outputs:
