@@ -84,23 +84,29 @@ class TensorSpec:
 
     def check(self, array: np.ndarray) -> np.ndarray:
         """``array`` as this tensor takes it; ``BadInput`` naming what does not fit."""
-        if array.ndim != len(self.shape):
+        # Every input of every request is checked here, twice (the protocol, then the model):
+        # each attribute read once, and dimensions compared by index.
+        shape = self.shape
+        got = array.shape
+        if len(got) != len(shape):
             raise BadInput(
                 f"input {self.name!r} has {array.ndim} dimensions; the model takes "
-                f"{len(self.shape)} (shape {list(self.shape)})"
+                f"{len(shape)} (shape {list(shape)})"
             )
-        for axis, (got, want) in enumerate(zip(array.shape, self.shape, strict=True)):
-            if want != -1 and got != want:
+        for axis, want in enumerate(shape):
+            if want != -1 and got[axis] != want:
                 raise BadInput(
-                    f"input {self.name!r} has {got} in dimension {axis}; the model takes "
-                    f"{want} (shape {list(self.shape)})"
+                    f"input {self.name!r} has {got[axis]} in dimension {axis}; the model takes "
+                    f"{want} (shape {list(shape)})"
                 )
-        if array.dtype == self.dtype:
+        dtype = DATATYPES[self.datatype]
+        given = array.dtype
+        if given == dtype:
             return array
-        if (array.dtype.kind in "iub" and self.dtype.kind in "iubf") or (
-            array.dtype.kind == "f" and self.dtype.kind == "f"
+        if (given.kind in "iub" and dtype.kind in "iubf") or (
+            given.kind == "f" and dtype.kind == "f"
         ):
-            return array.astype(self.dtype)
+            return array.astype(dtype)
         raise BadInput(f"input {self.name!r} is {array.dtype}; the model takes {self.datatype}")
 
 

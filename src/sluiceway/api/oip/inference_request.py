@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import orjson
@@ -88,13 +88,14 @@ class InferRequest:
         tensors = _inputs(body.get("inputs"), tail, form.inputs, regions)
         if form.batched:
             check_rows(tensors)
+        outputs = body.get("outputs")
         return cls(
-            id=request_id,
-            tensors=tensors,
-            outputs=_outputs(body.get("outputs"), regions),
-            binary_output=binary_output,
-            timeout_s=timeout_seconds(parameters.get("timeout")),
-            priority=priority,
+            request_id,
+            tensors,
+            None if outputs is None else _outputs(outputs, regions),
+            binary_output,
+            timeout_seconds(parameters.get("timeout")),
+            priority,
         )
 
 
@@ -117,16 +118,18 @@ def _inputs(
         datatype = item.get("datatype")
         if not isinstance(name, str):
             raise BadInput("each input needs a 'name'")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
+        if not _is_shape(shape):
             raise BadInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
         if not isinstance(datatype, str):
             raise BadInput(f"input {name!r} needs a 'datatype'")
         spec = input_spec(name, datatype, shape, by_name, tensors)
-        parameters = _parameters(item.get("parameters"), f"input {name!r}'s 'parameters'")
-        size = parameters.get("binary_data_size")
-        span = region_span(parameters, "input", name, regions)
+        size: Any = None
+        span: RegionSpan | None = None
+        given_parameters = item.get("parameters")
+        if given_parameters is not None:  # most inputs have none: nothing to look up or word
+            parameters = _parameters(given_parameters, f"input {name!r}'s 'parameters'")
+            size = parameters.get("binary_data_size")
+            span = region_span(parameters, "input", name, regions)
         if span is not None:
             assert regions is not None  # _span refuses a span without them
             where = f"input {name!r}"
@@ -153,6 +156,17 @@ def _inputs(
         raise BadInput(f"{len(tail) - offset} bytes after the binary inputs belong to none")
     check_complete(tensors, by_name)
     return tensors
+
+
+def _is_shape(shape: Any) -> TypeGuard[list[int]]:
+    """Whether ``shape`` is a list of non-negative integers (a loop, not ``all`` over a
+    generator: every input of every request asks)."""
+    if not isinstance(shape, list):
+        return False
+    for d in shape:  # noqa: SIM110 (all() over a generator costs more per request)
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            return False
+    return True
 
 
 def input_spec(
