@@ -20,14 +20,11 @@ from sluiceway.split.line import RedisLine, pack
 from sluiceway.split.pauses import loop_clock, within
 from sluiceway.split.wire import WorkerRecord, live_workers
 from tests.redis_server import RedisServer
+from tests.split.test_starvation import _stall
 
 
 def _key() -> str:
     return f"review-{uuid.uuid4().hex[:8]}"
-
-
-def _stall(seconds: float) -> None:
-    time.sleep(seconds)  # the loop runs nothing meanwhile
 
 
 async def test_a_line_read_given_up_on_by_within_leaves_the_next_reply_in_step(

@@ -238,7 +238,7 @@ class RedisDispatcher:
             for admission in batch:
                 if not admission.answer.done():
                     admission.answer.set_exception(
-                        ModelUnavailable(f"job broker failed: {error or type(error).__name__}")
+                        ModelUnavailable(f"job broker failed: {str(error) or type(error).__name__}")
                     )
             return
         for admission, reply in zip(batch, replies.result(), strict=True):
