@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +40,23 @@ class Answers:
     """Sends what finished jobs owe: an answer to the API node that asked, a dead letter when
     the job could not run, and the acknowledgement that takes it off its stream."""
 
-    def __init__(self, settings: Settings, keys: Keys, broker: Broker, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        keys: Keys,
+        broker: Broker,
+        metrics: Metrics,
+        settled: Callable[[list[Finished], bool], None] = lambda batch, sent: None,
+    ) -> None:
+        """``settled(batch, sent)`` is told of each batch once Redis has answered its writes
+        (``sent``), or once they failed: their jobs are then still pending, unanswered."""
         self._settings = settings
         self._keys = keys
         self._broker = broker
         self._metrics = metrics
         self._outbox: Outbox[Finished] = Outbox(self._send)
         self._sending: set[asyncio.Future[list[Any]]] = set()  # pipelines not yet answered
+        self._settled = settled
 
     def finish(self, finished: Finished) -> None:
         """Owe ``finished``'s writes; all of a loop turn's go together at its end."""
@@ -88,12 +99,14 @@ class Answers:
             commands.append(FINISH.call([stream, self._keys.queued(model)], [GROUP, *ids]))
         sent = self._broker.send(commands)
         self._sending.add(sent)
-        sent.add_done_callback(lambda replies: self._sent(replies, len(batch)))
+        sent.add_done_callback(lambda replies: self._sent(replies, batch))
 
-    def _sent(self, replies: asyncio.Future[list[Any]], answered: int) -> None:
+    def _sent(self, replies: asyncio.Future[list[Any]], batch: list[Finished]) -> None:
         self._sending.discard(replies)
-        if replies.exception() is not None:
-            logger.warning("dropped %d answers: the broker is unreachable", answered)
+        failed = replies.cancelled() or replies.exception() is not None
+        self._settled(batch, not failed)
+        if failed:
+            logger.warning("dropped %d answers: the broker is unreachable", len(batch))
             return
         for result in replies.result():
             if isinstance(result, Exception):

@@ -4,14 +4,20 @@ Delivery is at least once. A worker acknowledges a job only after writing its an
 of a worker that stopped heartbeating are claimed at once by the partition's new owner, those
 of a live worker after the visibility timeout. A job delivered ``broker_max_deliveries`` times
 without an answer goes to the dead-letter stream, and so does a job the model itself failed on.
+
+A worker's own deliveries can be lost too, with the worker alive: a read or claim whose reply
+was cut off (Redis has delivered the jobs; the worker never saw them), answers that could not be
+sent, or a restart under the same name. No other worker takes those while it owns their
+partition, so it takes them back itself (:meth:`Claims.recover`) before its next read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from typing import Any, cast
 
 from sluiceway.config import Settings
@@ -24,6 +30,11 @@ from sluiceway.split.reader import Entry, as_text, entry_field
 from sluiceway.split.wire import ErrorRecord, JobRecord, ResultRecord, WireError, WorkerRecord
 
 logger = logging.getLogger(__name__)
+
+Run = Callable[[str, bytes, Any], None]
+"""Runs a job taken from a stream: (stream, entry id, fields)."""
+
+_PAGE = 200  # a worker's own pending jobs read at a time: its read-ahead, and what it lost
 
 
 class Claims:
@@ -45,16 +56,99 @@ class Claims:
         self._answers = answers
         self._metrics = metrics
         self._model_of = model_of
+        # Claiming and recovering take turns: a job claimed from another worker is this
+        # worker's as soon as Redis runs the claim, before the reply says so, and must not
+        # look lost to a recovery meanwhile.
+        self._turn = asyncio.Lock()
+        self._lost = True  # a worker may restart under its old name, with jobs pending
+
+    @property
+    def lost_some(self) -> bool:
+        """Jobs delivered to this worker may have been lost on the way: recover before reading."""
+        return self._lost
+
+    def lose(self) -> None:
+        """Say a delivery or an answer may have been lost (a read or claim cut off, answers
+        not sent), so the next :meth:`recover` looks."""
+        self._lost = True
+
+    async def recover(
+        self,
+        streams: Sequence[str],
+        held: Container[tuple[str, bytes]],
+        run: Run,
+    ) -> int:
+        """Claim back and ``run`` the jobs pending for this worker in ``streams`` that it no
+        longer ``held`` (as (stream, entry id)); bury those delivered too often. The caller
+        must have no read under way, whose jobs would look lost. Returns how many it took.
+        """
+        async with self._turn:
+            self._lost = False
+            try:
+                return sum([await self._recover(stream, held, run) for stream in streams])
+            except BaseException:
+                self._lost = True
+                raise
+
+    async def _recover(self, stream: str, held: Container[tuple[str, bytes]], run: Run) -> int:
+        redis, start, took = self._broker.redis, "-", 0
+        while True:
+            rows = cast(
+                list[dict[str, Any]],
+                await redis.xpending_range(stream, GROUP, start, "+", _PAGE, self._worker),
+            )
+            lost = [row for row in rows if (stream, row["message_id"]) not in held]
+            if lost:
+                ids = [row["message_id"] for row in lost]
+                deliveries = {row["message_id"]: row["times_delivered"] for row in lost}
+                claimed = cast(list[Entry], await redis.xclaim(stream, GROUP, self._worker, 0, ids))
+                logger.warning(
+                    "worker %s took back %d jobs delivered to it and lost on %s",
+                    self._worker, len(claimed), stream,
+                )  # fmt: skip
+                self._take(stream, claimed, deliveries, run)
+                self._metrics.reclaimed.inc(len(claimed))
+                took += len(claimed)
+            if len(rows) < _PAGE:
+                return took
+            start = "(" + as_text(rows[-1]["message_id"])
+
+    def _take(
+        self,
+        stream: str,
+        claimed: list[Entry],
+        deliveries: dict[bytes, int],
+        run: Run,
+    ) -> None:
+        for entry_id, fields in claimed:
+            if deliveries.get(entry_id, 0) >= self._settings.broker_max_deliveries:
+                self._bury(stream, entry_id, fields, deliveries[entry_id])
+            else:
+                run(stream, entry_id, fields)
 
     async def claim(
         self,
         owned: list[str],
         live: dict[str, WorkerRecord],
         room: Callable[[], int],
-        run: Callable[[str, bytes, Any], None],
+        run: Run,
     ) -> None:
         """Take over the unanswered jobs of dead workers (at once) and stuck ones (after the
         visibility timeout) in ``owned``, up to ``room()`` of them; ``run`` each one claimed."""
+        async with self._turn:
+            try:
+                await self._claim(owned, live, room, run)
+            except BaseException:
+                self._lost = True  # a claim cut off leaves its jobs ours, unseen
+                raise
+
+    async def _claim(
+        self,
+        owned: list[str],
+        live: dict[str, WorkerRecord],
+        room: Callable[[], int],
+        run: Run,
+    ) -> None:
         redis = self._broker.redis
         visibility_ms = int(self._settings.broker_visibility_timeout_s * 1000)
         async with redis.pipeline(transaction=False) as pipe:
@@ -69,7 +163,7 @@ class Claims:
                 continue
             for consumer in summary["consumers"]:
                 name = as_text(consumer["name"])
-                if name == self._worker:
+                if name == self._worker:  # ours: see ``recover``
                     continue
                 dead = name not in live
                 rows = cast(
@@ -92,11 +186,7 @@ class Claims:
                     "worker %s claimed %d jobs of %s worker %s on %s",
                     self._worker, len(claimed), "dead" if dead else "stuck", name, stream,
                 )  # fmt: skip
-                for entry_id, fields in claimed:
-                    if deliveries.get(entry_id, 0) >= self._settings.broker_max_deliveries:
-                        self._bury(stream, entry_id, fields, deliveries[entry_id])
-                    else:
-                        run(stream, entry_id, fields)
+                self._take(stream, claimed, deliveries, run)
                 self._metrics.reclaimed.inc(len(claimed))
                 left -= len(claimed)
                 if dead and len(rows) == consumer["pending"]:

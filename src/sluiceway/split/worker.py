@@ -85,7 +85,7 @@ class Worker:
         self._convergence = Convergence(
             settings, keys, self._broker, self._local, self._membership, cut_short
         )
-        self._answers = Answers(settings, keys, self._broker, metrics)
+        self._answers = Answers(settings, keys, self._broker, metrics, self._settled)
         self._claims = Claims(
             settings, self._broker, self.id, self._answers, metrics, self._model_of
         )
@@ -112,6 +112,9 @@ class Worker:
                 self._triton_metrics if settings.triton_metrics else bytes,
             )
         self._running: set[asyncio.Future[Any]] = set()
+        # The jobs taken and not yet acknowledged, as (stream, entry id): any other job pending
+        # for this worker was lost on the way to it (``Claims.recover``).
+        self._held: set[tuple[str, bytes]] = set()
         self._room = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -220,6 +223,8 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
+                if self._claims.lost_some:  # before reading: no read under way is mistaken
+                    await self._claims.recover([*owned, *helped], self._held, self._accept)
                 took = bool(helped) and await self._read_helped(owned, helped)
                 if not owned and not took:  # a helper only: poll again shortly
                     await self._pause(_HELP_POLL_MS / 1000)
@@ -229,6 +234,7 @@ class Worker:
                 block = _HELP_POLL_MS if helped else None
                 await self._take(await self._reader.read(owned, count, block))
             except BROKER_ERRORS as error:
+                self._claims.lose()  # Redis may have delivered what the read never saw
                 self._broker.lost(error)
                 await asyncio.sleep(RECONNECT_S)
             except ResponseError as error:  # NOGROUP: the heartbeat rejoins the groups
@@ -260,6 +266,7 @@ class Worker:
             await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
+        self._held.add((stream, entry_id))
         model = self._model_of[stream]
         data = entry_field(fields, b"j")
         if data is None:  # deleted meanwhile: nothing to run, nothing to answer
@@ -335,6 +342,14 @@ class Worker:
                 started, ended = call
                 timing = CallTiming(ended - started, time.perf_counter() - started)
             self._answers.reply(finished, ResultRecord(job.id, future.result(), timing=timing))
+
+    def _settled(self, batch: list[Finished], sent: bool) -> None:
+        """Jobs answered and acknowledged, or whose answers could not be sent (still pending:
+        run again, at least once, once Redis is back)."""
+        for finished in batch:
+            self._held.discard((finished.stream, finished.entry_id))
+        if not sent:
+            self._claims.lose()
 
     def _fail(self, finished: Finished, data: bytes, job_id: str, error: BaseException) -> None:
         """Answer a job with its error; one the model itself raised is also kept for a look."""
