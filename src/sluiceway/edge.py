@@ -15,6 +15,10 @@ HTTP says, the way nginx and Apache's mod_reqtimeout do:
 - more than ``max_connections`` open connections or ``max_requests`` requests in flight in
   this process: ``503`` with ``Retry-After``.
 
+A timer that fires late because the process was paused (stopped, frozen) lets the loop read
+its sockets before it acts, and so does uvicorn's keep-alive timer: a client whose bytes
+arrived in time is not cut off for our pause.
+
 Each refusal is counted in ``sluiceway_edge_refusals_total{reason,status}``; the answers
 themselves are built in ``edge_answers.py``. Bodies over a route's size cap are refused by the
 route (``413``), since the caps differ per route. Timers are armed only while a request is
@@ -41,6 +45,12 @@ from sluiceway.edge_limits import EDGE_STATUS, STATE_KEY, Edge, EdgeLimits
 from sluiceway.edge_writes import HeadHold
 
 logger = logging.getLogger(__name__)
+
+# A timer this late found the process paused (stopped, frozen) rather than the client slow:
+# the event loop can run due timers before it reads the sockets, where the bytes the client
+# sent meanwhile wait. Such a timer waits a moment more, once, so that they are read first.
+_LATE_S = 0.1
+_GRACE_S = 0.05
 
 # Where a connection is in reading its current request.
 _FIRST = 0  # opened, no byte of its first request yet
@@ -243,10 +253,13 @@ class EdgeProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_at(self._due(), self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
+        timer, self._timer = self._timer, None
         if self.transport.is_closing() or self._phase == _IDLE:
             return
         now = self.loop.time()
+        if timer is not None and now - timer.when() > _LATE_S:
+            self._timer = self.loop.call_at(now + _GRACE_S, self._on_timer)
+            return
         if self._phase == _BODY and self.flow.read_paused:
             # We stopped reading (the app is behind, or a pipelined request waits): the client
             # cannot send, so its clock starts again when we read.
@@ -261,6 +274,17 @@ class EdgeProtocol(HttpToolsProtocol):
             self._refuse("header_timeout", 408, f"request headers not received in {timeout:g} s")
         else:
             self._body_timed_out()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """Close an idle keep-alive connection, unless the process was paused past its time:
+        then the client's next request may be waiting unread, and is read first."""
+        timer = self.timeout_keep_alive_task
+        if timer is not None and self.loop.time() - timer.when() > _LATE_S:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                _GRACE_S, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
 
     def _body_timed_out(self) -> None:
         cycle = self.cycle
