@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -176,6 +177,31 @@ async def test_headers_sent_too_slowly_get_408() -> None:
         assert b"request headers not received in 0.2 s" in answer
         metrics = await scrape(port)
     assert counted(metrics, 'sluiceway_edge_refusals_total{reason="header_timeout",status="408"}')
+
+
+async def test_a_loop_late_on_every_turn_still_times_slow_headers_out() -> None:
+    # A late timer waits a moment more for reads the loop may not have made (a paused
+    # process), but only once: here every turn of the loop is slow, so every timer is late,
+    # and the slow client must still get its 408 while that goes on.
+    loop = asyncio.get_running_loop()
+    hogging = True
+
+    def hog() -> None:
+        time.sleep(0.15)  # a turn of an overloaded loop
+        if hogging:
+            loop.call_soon(hog)
+
+    async with edge_server(header_timeout_s=0.2) as port:
+        reader, writer = await connect(port)
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: t\r\n")  # and never the blank line
+        loop.call_soon(hog)
+        try:
+            answer = await asyncio.wait_for(reader.read(65536), 5.0)
+            still_hogging = hogging
+        finally:
+            hogging = False
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert still_hogging
 
 
 async def test_a_connection_that_never_sends_is_closed_without_an_answer() -> None:

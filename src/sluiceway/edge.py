@@ -106,6 +106,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._phase = _FIRST
         self._deadline = 0.0  # of the head: _FIRST and _HEAD
         self._timer: TimerHandle | None = None
+        # The last timer given a grace (once: an overloaded loop, late on every turn, must not
+        # keep a slow client's connection open for ever).
+        self._grace: TimerHandle | None = None
         self._head_bytes = 0  # of reads that ended inside the head
         self._head_spans_reads = False
         self._new_head = False  # a request began in the current read
@@ -257,8 +260,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._phase == _IDLE:
             return
         now = self.loop.time()
-        if timer is not None and now - timer.when() > _LATE_S:
-            self._timer = self.loop.call_at(now + _GRACE_S, self._on_timer)
+        if timer is not None and timer is not self._grace and now - timer.when() > _LATE_S:
+            self._timer = self._grace = self.loop.call_at(now + _GRACE_S, self._on_timer)
             return
         if self._phase == _BODY and self.flow.read_paused:
             # We stopped reading (the app is behind, or a pipelined request waits): the client
@@ -279,8 +282,12 @@ class EdgeProtocol(HttpToolsProtocol):
         """Close an idle keep-alive connection, unless the process was paused past its time:
         then the client's next request may be waiting unread, and is read first."""
         timer = self.timeout_keep_alive_task
-        if timer is not None and self.loop.time() - timer.when() > _LATE_S:
-            self.timeout_keep_alive_task = self.loop.call_later(
+        if (
+            timer is not None
+            and timer is not self._grace
+            and self.loop.time() - timer.when() > _LATE_S
+        ):
+            self.timeout_keep_alive_task = self._grace = self.loop.call_later(
                 _GRACE_S, self.timeout_keep_alive_handler
             )
             return
