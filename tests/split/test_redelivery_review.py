@@ -236,3 +236,27 @@ async def test_a_worker_whose_redis_lost_the_groups_recovers_and_serves_again(
             await eventually(lambda: not worker._held)  # its answer's acknowledgement settled
     finally:
         await worker.close()
+
+
+async def test_every_job_taken_leaves_the_held_set(redis_server: RedisServer) -> None:
+    # Answered, dead-lettered as undecodable, failed by the model, expired in the stream: each
+    # leaves what the worker holds once its acknowledgement is sent, or the set grows forever
+    # and a recovery would never take those jobs back.
+    settings = cluster_settings(redis_server)
+    keys = Keys(settings.broker_prefix, settings.broker_partitions)
+    worker = new_worker(settings)
+    await worker.start()
+    try:
+        async with api_node(settings) as node, redis_client(redis_server) as redis:
+            await eventually(node.ready)
+            training, queries = restaurant(3), np.zeros((1, 2))
+            assert await node.submit(knn_job(training, queries, 10.0)) == expected(
+                training, queries
+            )
+            with pytest.raises(Exception):  # noqa: B017  (whatever the model says of it)
+                await node.submit(knn_job(training, np.zeros((1, 5)), 10.0))
+            await redis.xadd(keys.jobs("knn", 0), {"j": b"not a job"})
+            await eventually(lambda: redis.xlen(keys.dead_letters("knn")))
+            await eventually(lambda: not worker._held)
+    finally:
+        await worker.close()
