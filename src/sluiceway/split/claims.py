@@ -49,13 +49,17 @@ class Claims:
         answers: Answers,
         metrics: Metrics,
         model_of: dict[str, str],
+        hold: Callable[[str, bytes], None] = lambda stream, entry_id: None,
     ) -> None:
+        """``hold(stream, entry id)``: a job buried here is the worker's until its dead letter
+        and acknowledgement are sent, like one it runs, so a recovery meanwhile leaves it."""
         self._settings = settings
         self._broker = broker
         self._worker = worker
         self._answers = answers
         self._metrics = metrics
         self._model_of = model_of
+        self._hold = hold
         # Claiming and recovering take turns: a job claimed from another worker is this
         # worker's as soon as Redis runs the claim, before the reply says so, and must not
         # look lost to a recovery meanwhile.
@@ -85,7 +89,18 @@ class Claims:
         async with self._turn:
             self._lost = False
             try:
-                return sum([await self._recover(stream, held, run) for stream in streams])
+                # One round trip finds the streams with jobs pending for this worker: it looks
+                # at every stream it serves, not only those it reads now (a partition it is
+                # about to own, one it stopped helping), where no other worker would take them.
+                async with self._broker.redis.pipeline(transaction=False) as pipe:
+                    for stream in streams:
+                        pipe.xpending(stream, GROUP)
+                    summaries = await pipe.execute()
+                took = 0
+                for stream, summary in zip(streams, summaries, strict=True):
+                    if any(as_text(c["name"]) == self._worker for c in summary["consumers"]):
+                        took += await self._recover(stream, held, run)
+                return took
             except BaseException:
                 self._lost = True
                 raise
@@ -101,7 +116,12 @@ class Claims:
             if lost:
                 ids = [row["message_id"] for row in lost]
                 deliveries = {row["message_id"]: row["times_delivered"] for row in lost}
-                claimed = cast(list[Entry], await redis.xclaim(stream, GROUP, self._worker, 0, ids))
+                # Only entries still as idle as we saw them: one the partition's owner claimed
+                # meanwhile (lost so long ago that it counted it stuck) is its to run now.
+                min_idle = min(row["time_since_delivered"] for row in lost)
+                claimed = cast(
+                    list[Entry], await redis.xclaim(stream, GROUP, self._worker, min_idle, ids)
+                )
                 logger.warning(
                     "worker %s took back %d jobs delivered to it and lost on %s",
                     self._worker, len(claimed), stream,
@@ -204,6 +224,7 @@ class Claims:
         data = entry_field(fields, b"j") or b""
         reason = f"delivered {deliveries} times without an answer (workers crashed or stalled)"
         logger.error("dead-lettering job %s of %s: %s", entry_id.decode(), model, reason)
+        self._hold(stream, entry_id)
         finished = Finished(stream, model, entry_id, dead_letter=self.letter(data, reason))
         with contextlib.suppress(WireError):
             record = JobRecord.decode(data)

@@ -57,6 +57,11 @@ class Membership:
         """What this worker reported at its last beat: its partitions' jobs it could not take."""
 
     @property
+    def served(self) -> list[str]:
+        """Every partition stream of the models this worker serves, owned now or not."""
+        return [stream for model in self._models for stream in self._keys.all_jobs(model)]
+
+    @property
     def helped(self) -> list[str]:
         """Saturated partitions of other workers this worker reads too (replaced, never
         changed in place)."""

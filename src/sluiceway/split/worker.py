@@ -87,7 +87,7 @@ class Worker:
         )
         self._answers = Answers(settings, keys, self._broker, metrics, self._settled)
         self._claims = Claims(
-            settings, self._broker, self.id, self._answers, metrics, self._model_of
+            settings, self._broker, self.id, self._answers, metrics, self._model_of, self._hold
         )
         self._cancels = Cancels(self._broker, keys)
         self._heartbeat = Heartbeat(
@@ -224,7 +224,8 @@ class Worker:
                 continue
             try:
                 if self._claims.lost_some:  # before reading: no read under way is mistaken
-                    await self._claims.recover([*owned, *helped], self._held, self._accept)
+                    streams = list(dict.fromkeys([*self._membership.served, *helped]))
+                    await self._claims.recover(streams, self._held, self._accept)
                 took = bool(helped) and await self._read_helped(owned, helped)
                 if not owned and not took:  # a helper only: poll again shortly
                     await self._pause(_HELP_POLL_MS / 1000)
@@ -264,6 +265,9 @@ class Worker:
         """Wait ``seconds``, or less if the worker stops meanwhile."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), seconds)
+
+    def _hold(self, stream: str, entry_id: bytes) -> None:
+        self._held.add((stream, entry_id))
 
     def _accept(self, stream: str, entry_id: bytes, fields: Any) -> None:
         self._held.add((stream, entry_id))
