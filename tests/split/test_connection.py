@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from sluiceway.split.connection import BROKER_ERRORS, Broker
 from sluiceway.split.outbox import Outbox
-from sluiceway.split.scripts import ADMIT
+from sluiceway.split.scripts import ADMIT, Script
 from tests.redis_server import RedisServer, free_port
 
 
@@ -30,6 +31,28 @@ async def test_a_script_redis_forgot_is_loaded_and_its_call_sent_again(
         assert replies[1] == b"PONG"
         assert await broker.redis.xlen(stream) == 1  # admitted once, not twice
         assert await broker.redis.get(queued) == b"1"
+    finally:
+        await broker.close()
+
+
+async def test_writes_whose_script_cannot_be_loaded_again_fail_and_say_so(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, any error but a lost connection left the writes' future unset for ever: a
+    # worker's answers never settled, and their jobs stayed held, never taken back.
+    broker = Broker(redis_server.url, [ADMIT])
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        await broker.connect()
+        await broker.redis.script_flush()
+
+        async def refused(script: Script, redis: object) -> None:
+            raise ResponseError("NOPERM this user has no permissions to run 'script|load'")
+
+        monkeypatch.setattr(Script, "load", refused)
+        sent = broker.send([ADMIT.call([f"{prefix}:jobs", f"{prefix}:queued"], [10, b"job"])])
+        with pytest.raises(ResponseError, match="NOPERM"):
+            await asyncio.wait_for(sent, 5.0)
     finally:
         await broker.close()
 
