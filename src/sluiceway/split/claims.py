@@ -222,7 +222,10 @@ class Claims:
         """Dead-letter a job that was delivered too often without an answer."""
         model = self._model_of[stream]
         data = entry_field(fields, b"j") or b""
-        reason = f"delivered {deliveries} times without an answer (workers crashed or stalled)"
+        reason = (
+            f"delivered {deliveries} times without an answer"
+            " (workers crashed, stalled or lost Redis while it ran)"
+        )
         logger.error("dead-lettering job %s of %s: %s", entry_id.decode(), model, reason)
         self._hold(stream, entry_id)
         finished = Finished(stream, model, entry_id, dead_letter=self.letter(data, reason))
