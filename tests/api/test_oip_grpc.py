@@ -356,6 +356,91 @@ def test_the_repository_extension(client: triton.InferenceServerClient) -> None:
     assert no.value.status() == "StatusCode.NOT_FOUND"
 
 
+def kserve_repository_messages() -> dict[str, Any]:
+    """The repository messages of KServe's ``predict_v2.proto`` (``kserve.protocol.grpc``),
+    which differ from Triton's: the model's name is field 1, and the answers say so."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FieldDescriptorProto
+    layouts = {
+        "RepositoryModelLoadRequest": [("model_name", proto.TYPE_STRING)],
+        "RepositoryModelLoadResponse": [
+            ("model_name", proto.TYPE_STRING),
+            ("isLoaded", proto.TYPE_BOOL),
+        ],
+        "RepositoryModelUnloadRequest": [("model_name", proto.TYPE_STRING)],
+        "RepositoryModelUnloadResponse": [
+            ("model_name", proto.TYPE_STRING),
+            ("isUnloaded", proto.TYPE_BOOL),
+        ],
+    }
+    file = descriptor_pb2.FileDescriptorProto(
+        name="kserve_predict_v2_repository.proto", package="kserve_v2", syntax="proto3"
+    )
+    for message, fields in layouts.items():
+        described = file.message_type.add(name=message)
+        for number, (field, kind) in enumerate(fields, start=1):
+            described.field.add(name=field, number=number, type=kind, label=proto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"kserve_v2.{name}"))
+        for name in layouts
+    }
+
+
+def test_the_repository_extension_in_kserves_layout(
+    server: Served, client: triton.InferenceServerClient
+) -> None:
+    """KServe's stub calls the same methods with other messages: the model's name is field 1
+    (Triton's ``repository_name``) and the answer carries it with ``isLoaded``/``isUnloaded``.
+    A KServe call names its model and reads its answer; tritonclient's calls are unchanged."""
+    kserve = kserve_repository_messages()
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+
+        def call(method: str) -> Any:
+            return channel.unary_unary(
+                f"/inference.GRPCInferenceService/{method}",
+                request_serializer=kserve[f"{method}Request"].SerializeToString,
+                response_deserializer=kserve[f"{method}Response"].FromString,
+            )
+
+        unloaded = call("RepositoryModelUnload")(
+            kserve["RepositoryModelUnloadRequest"](model_name="single"), metadata=metadata
+        )
+        assert (unloaded.model_name, unloaded.isUnloaded) == ("single", True)
+        assert not client.is_model_ready("single")
+        loaded = call("RepositoryModelLoad")(
+            kserve["RepositoryModelLoadRequest"](model_name="single"), metadata=metadata
+        )
+        assert (loaded.model_name, loaded.isLoaded) == ("single", True)
+        assert client.is_model_ready("single")
+        # A failed load is an error, as in Triton's layout; and the token is still needed.
+        with pytest.raises(grpc.RpcError) as failed:
+            call("RepositoryModelLoad")(
+                kserve["RepositoryModelLoadRequest"](model_name="broken"), metadata=metadata
+            )
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "failed to load" in str(failed.value.details())
+        with pytest.raises(grpc.RpcError) as refused:
+            call("RepositoryModelUnload")(
+                kserve["RepositoryModelUnloadRequest"](model_name="single")
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert client.is_model_ready("single")
+    # Triton's message names the model in field 2; its answer is Triton's empty one to Triton's
+    # classes (KServe's fields are unknown to them, so skipped) and KServe's to KServe's.
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.RepositoryModelLoad(
+            service_pb2.RepositoryModelLoadRequest(model_name="single"), metadata=metadata
+        )
+    assert answer.ListFields() == []
+    kserve_answer = kserve["RepositoryModelLoadResponse"].FromString(answer.SerializeToString())
+    assert (kserve_answer.model_name, kserve_answer.isLoaded) == ("single", True)
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm")
 def test_shared_memory(client: triton.InferenceServerClient, server: Served) -> None:
     x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)

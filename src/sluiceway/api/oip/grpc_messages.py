@@ -1,5 +1,6 @@
 """The protocol's gRPC messages (Triton's ``inference.GRPCInferenceService``, a superset of
-KServe's ``predict_v2.proto``) to and from what ``serving`` runs and answers.
+KServe's ``predict_v2.proto`` but for its repository messages: ``grpc_service._repository_model``)
+to and from what ``serving`` runs and answers.
 
 A request's inputs come three ways, as Triton takes them: in shared memory (the extension's
 parameters), as typed ``contents`` (``fp32_contents``...), or as raw bytes: the request's

@@ -13,7 +13,8 @@ Served: health (``ServerLive``, ``ServerReady``, ``ModelReady``), metadata
 (``ServerMetadata``, ``ModelMetadata``, ``ModelConfig``), ``ModelInfer`` and
 ``ModelStreamInfer``, ``ModelStatistics``, the repository extension (``RepositoryIndex``,
 ``RepositoryModelLoad`` with its load parameters, and ``RepositoryModelUnload``, with the admin
-token as ``authorization`` metadata), system shared memory (where
+token as ``authorization`` metadata; each also in the layout of KServe's ``predict_v2.proto``,
+whose messages differ from Triton's: ``_repository_model``), system shared memory (where
 ``SLUICEWAY_ALLOW_CLIENT_SHM``) and the logging extension (``LogSettings``: reading needs no
 token, changing needs the admin token, as over HTTP). CUDA shared memory is answered as over
 HTTP (``regions``): registering is ``INVALID_ARGUMENT``, as in Triton without GPU support;
@@ -85,6 +86,11 @@ CODES = {
 ``INTERNAL``."""
 
 _Answer = TypeVar("_Answer")
+_Reply = TypeVar(
+    "_Reply",
+    service_pb2.RepositoryModelLoadResponse,
+    service_pb2.RepositoryModelUnloadResponse,
+)
 
 INFERENCE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 """``inference.GRPCInferenceService``: the name health checks and reflection know it by."""
@@ -94,6 +100,36 @@ STREAM_WINDOW = 64
 """Requests a stream reads ahead of the answers its client has taken (``ModelStreamInfer``):
 room for a client that pipelines dozens of requests on one stream (perf_analyzer's streaming
 mode keeps its concurrency there), a bound on what a client that stops reading holds."""
+
+
+def _repository_model(
+    request: service_pb2.RepositoryModelLoadRequest | service_pb2.RepositoryModelUnloadRequest,
+) -> str:
+    """The model a ``RepositoryModelLoad`` or ``RepositoryModelUnload`` names, in Triton's
+    message or KServe's. Triton's carries ``repository_name`` (1), ``model_name`` (2) and
+    ``parameters`` (3); KServe's ``predict_v2.proto`` has only ``model_name``, as field 1, which
+    Triton's message reads as ``repository_name``. Triton's clients never send a repository name
+    (the server has one repository), so a call with no ``model_name`` but a field 1 is KServe's,
+    and field 1 is the model."""
+    name: str = request.model_name or request.repository_name
+    return name
+
+
+def _with_kserve_answer(answer: _Reply, name: str) -> _Reply:
+    """Triton's empty load or unload answer, also carrying KServe's fields: ``model_name`` (1)
+    and ``isLoaded`` or ``isUnloaded`` (2), true (a call that fails is an error, not an answer).
+    Triton's message has no such fields: they travel as fields it does not know, which
+    tritonclient skips and KServe's stub reads."""
+    encoded = name.encode()
+    length = bytearray()
+    size = len(encoded)
+    while True:  # a varint: 7 bits a byte, the high bit set on all but the last
+        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            break
+    answer.MergeFromString(b"\x0a" + bytes(length) + encoded + b"\x10\x01")
+    return answer
 
 
 class _Failure(Exception):
@@ -381,8 +417,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             async def load(name: str) -> ModelEntry:
                 return await registry.load(name, from_grpc(request.parameters))
 
-            await self._control(context, load, request.model_name)
-            return service_pb2.RepositoryModelLoadResponse()
+            name = _repository_model(request)
+            await self._control(context, load, name)
+            return _with_kserve_answer(service_pb2.RepositoryModelLoadResponse(), name)
 
         return await self._call("RepositoryModelLoad", context, work)
 
@@ -392,8 +429,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.RepositoryModelUnloadResponse:
         async def work() -> service_pb2.RepositoryModelUnloadResponse:
-            await self._control(context, self.services.registry.unload, request.model_name)
-            return service_pb2.RepositoryModelUnloadResponse()
+            name = _repository_model(request)
+            await self._control(context, self.services.registry.unload, name)
+            return _with_kserve_answer(service_pb2.RepositoryModelUnloadResponse(), name)
 
         return await self._call("RepositoryModelUnload", context, work)
 
