@@ -233,6 +233,61 @@ async def test_outputs_selection_and_binary_output_parameter(http: httpx.AsyncCl
     assert np.frombuffer(response.content[header:], "<i8").tolist() == [1, 0]
 
 
+async def test_a_request_as_kserves_clients_send_it(
+    served: tuple[httpx.AsyncClient, np.ndarray],
+) -> None:
+    """KServe's ``InferRequest.to_rest`` (its REST client, and a KServe transformer calling its
+    predictor) sends ``id`` and ``model_name`` in the body and each binary input's
+    ``binary_data_size``; a transformer's request carries two ``Content-Type`` headers
+    (``application/json`` from the transformer, ``application/octet-stream`` from the client).
+    Its reader (``InferResponse.from_bytes``) needs ``model_name`` and each output's ``name``,
+    ``shape``, ``datatype`` and ``data`` or ``binary_data_size``."""
+    http, weights = served
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    header = orjson.dumps(
+        {
+            "id": "3f1c7a52-kserve",
+            "model_name": "linear",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "y"}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    headers = [
+        ("Content-Type", "application/json"),
+        ("inference-header-content-length", str(len(header))),
+        ("content-type", "application/octet-stream"),
+    ]
+    response = await http.post(
+        "/v2/models/linear/infer", content=header + x.tobytes(), headers=headers
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    answer = orjson.loads(response.content[:length])
+    assert (answer["id"], answer["model_name"], answer["model_version"]) == (
+        "3f1c7a52-kserve",
+        "linear",
+        "1",
+    )
+    # binary_data_output covers a named output that says nothing itself, as in Triton.
+    [output] = answer["outputs"]
+    assert output == {
+        "name": "y",
+        "datatype": "FP32",
+        "shape": [2, 3],
+        "parameters": {"binary_data_size": 24},
+    }
+    y = np.frombuffer(response.content[length:], "<f4").reshape(2, 3)
+    np.testing.assert_allclose(y, linear(weights, x), rtol=1e-5)
+
+
 async def test_concurrent_requests_share_model_calls(
     served: tuple[httpx.AsyncClient, np.ndarray],
 ) -> None:
