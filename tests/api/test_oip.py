@@ -97,6 +97,17 @@ async def test_server_metadata_and_health(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v2/health/ready")).status_code == 200
 
 
+async def test_the_model_list_names_every_model_as_kserve_lists_them(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.get("/v2/models")
+    assert response.status_code == 200
+    names = response.json()["models"]
+    index = (await http.post("/v2/repository/index")).json()
+    assert names == [entry["name"] for entry in index]  # every model, those not ready too
+    assert {"linear", "rowsum", "broken", "knn"} <= set(names)
+
+
 async def test_model_metadata_names_the_tensors(http: httpx.AsyncClient) -> None:
     for path in ("/v2/models/linear", "/v2/models/linear/versions/1"):
         body = (await http.get(path)).json()

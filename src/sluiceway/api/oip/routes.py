@@ -64,6 +64,12 @@ async def ready(request: Request) -> Response:
     return _json({"ready": True})
 
 
+@router.get("/v2/models")
+async def model_names(request: Request) -> Response:
+    """KServe's list of models: the name of every model the server knows, ready or not."""
+    return _json({"models": [entry.name for entry in services_of(request).registry.entries()]})
+
+
 @router.get("/v2/models/stats")
 async def all_stats(request: Request) -> Response:
     """Triton's statistics of every model."""

@@ -100,6 +100,7 @@ PROTOCOL: dict[tuple[str, str], dict[str, Any]] = {}
 PROTOCOL[("/v2", "get")] = _protocol("server metadata", model=False)
 PROTOCOL[("/v2/health/live", "get")] = _protocol("live", model=False)
 PROTOCOL[("/v2/health/ready", "get")] = _protocol("ready", model=False)
+PROTOCOL[("/v2/models", "get")] = _protocol("KServe's list of model names", model=False)
 PROTOCOL[("/v2/models/stats", "get")] = _protocol("every model's statistics", model=False)
 for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
     PROTOCOL[(_prefix, "get")] = _protocol("model metadata")
