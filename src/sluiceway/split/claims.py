@@ -114,37 +114,35 @@ class Claims:
             )
             lost = [row for row in rows if (stream, row["message_id"]) not in held]
             if lost:
-                ids = [row["message_id"] for row in lost]
-                deliveries = {row["message_id"]: row["times_delivered"] for row in lost}
-                # Only entries still as idle as we saw them: one the partition's owner claimed
-                # meanwhile (lost so long ago that it counted it stuck) is its to run now.
-                min_idle = min(row["time_since_delivered"] for row in lost)
-                claimed = cast(
-                    list[Entry], await redis.xclaim(stream, GROUP, self._worker, min_idle, ids)
-                )
-                logger.warning(
-                    "worker %s took back %d jobs delivered to it and lost on %s",
-                    self._worker, len(claimed), stream,
-                )  # fmt: skip
-                self._take(stream, claimed, deliveries, run)
-                self._metrics.reclaimed.inc(len(claimed))
-                took += len(claimed)
+                # One the partition's owner claimed meanwhile (lost so long ago that it counted
+                # it stuck) is its to run now: ``_take`` leaves it.
+                took += await self._take(stream, lost, run, "delivered to it and lost")
             if len(rows) < _PAGE:
                 return took
             start = "(" + as_text(rows[-1]["message_id"])
 
-    def _take(
-        self,
-        stream: str,
-        claimed: list[Entry],
-        deliveries: dict[bytes, int],
-        run: Run,
-    ) -> None:
+    async def _take(self, stream: str, rows: list[dict[str, Any]], run: Run, whose: str) -> int:
+        """Claim the entries of ``rows`` (XPENDING's) and ``run`` each, or bury it if it was
+        delivered too often; returns how many were claimed.
+
+        Only entries still as idle as we saw them are claimed: one another worker claimed
+        meanwhile has its idle time restarted, and is skipped.
+        """
+        min_idle = min(row["time_since_delivered"] for row in rows)
+        ids = [row["message_id"] for row in rows]
+        deliveries = {row["message_id"]: row["times_delivered"] for row in rows}
+        redis = self._broker.redis
+        claimed = cast(list[Entry], await redis.xclaim(stream, GROUP, self._worker, min_idle, ids))
+        logger.warning(
+            "worker %s claimed %d jobs %s on %s", self._worker, len(claimed), whose, stream
+        )
         for entry_id, fields in claimed:
             if deliveries.get(entry_id, 0) >= self._settings.broker_max_deliveries:
                 self._bury(stream, entry_id, fields, deliveries[entry_id])
             else:
                 run(stream, entry_id, fields)
+        self._metrics.reclaimed.inc(len(claimed))
+        return len(claimed)
 
     async def claim(
         self,
@@ -194,21 +192,8 @@ class Claims:
                 )
                 if not rows:
                     continue
-                # Claim only entries still as idle as we saw them: if another worker claimed
-                # one meanwhile its idle time restarted, and this claim skips it.
-                min_idle = min(row["time_since_delivered"] for row in rows)
-                ids = [row["message_id"] for row in rows]
-                deliveries = {row["message_id"]: row["times_delivered"] for row in rows}
-                claimed = cast(
-                    list[Entry], await redis.xclaim(stream, GROUP, self._worker, min_idle, ids)
-                )
-                logger.warning(
-                    "worker %s claimed %d jobs of %s worker %s on %s",
-                    self._worker, len(claimed), "dead" if dead else "stuck", name, stream,
-                )  # fmt: skip
-                self._take(stream, claimed, deliveries, run)
-                self._metrics.reclaimed.inc(len(claimed))
-                left -= len(claimed)
+                whose = f"of {'dead' if dead else 'stuck'} worker {name}"
+                left -= await self._take(stream, rows, run, whose)
                 if dead and len(rows) == consumer["pending"]:
                     await redis.xgroup_delconsumer(stream, GROUP, name)
 
