@@ -129,6 +129,9 @@ class ServerRun:
 class Ceiling:
     batch1_images_s: float
     batch8_images_s: float
+    alone_images_s: float = 0.0
+    """One call at a time, on both cores (two spinning intra-op threads, as a server's lone
+    call): the most one closed-loop client can get, whatever serves it (0: not measured)."""
 
     @property
     def best(self) -> float:
@@ -247,7 +250,20 @@ def ceiling(seconds: float) -> tuple[Ceiling, int]:
             thread.join()
         return sum(counts) / (time.perf_counter() - started)
 
-    return Ceiling(rate(1), rate(8)), expected
+    wide_options = ort.SessionOptions()  # as ``onnx_model.open_wide_session``
+    wide_options.intra_op_num_threads = 2
+    wide_options.inter_op_num_threads = 1
+    wide_options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    wide = ort.InferenceSession(str(imagenet_model_path()), wide_options)
+    feed = {"input": pixels}
+    wide.run(None, feed)
+    calls, end = 0, time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < end:
+        wide.run(None, feed)
+        calls += 1
+    alone = calls / (time.perf_counter() - started)
+    return Ceiling(rate(1), rate(8), alone), expected
 
 
 def peer_python(venvs: Path, peer: str) -> str:
@@ -1043,7 +1059,8 @@ def main() -> None:
     ceiling_rates, expected = ceiling(args.ceiling_s)
     samples = [ceiling_rates]  # before the first server, then after each
     print(f"ceiling: batch 1 {ceiling_rates.batch1_images_s:.1f}/s, "
-          f"batch 8 {ceiling_rates.batch8_images_s:.1f}/s", flush=True)  # fmt: skip
+          f"batch 8 {ceiling_rates.batch8_images_s:.1f}/s, "
+          f"one call at a time {ceiling_rates.alone_images_s:.1f}/s", flush=True)  # fmt: skip
     runs: list[ServerRun] = []
     pixels = prepared_image()
     with tempfile.TemporaryDirectory(prefix="oip-bench-") as tmp, image_region(pixels) as key:
@@ -1143,12 +1160,25 @@ def rewrite_report(args: argparse.Namespace) -> None:
     report(started, ceiling_rates, runs, saved["protocol_overhead"], args, samples)
 
 
+def _alone(ceiling: Ceiling) -> str:
+    """The bound one client puts on any server: one call at a time, on both cores."""
+    if not ceiling.alone_images_s:
+        return ""
+    return (
+        f" One call at a time on both cores (two spinning ONNX Runtime threads, as a server's "
+        f"lone call), in the same loop: **{ceiling.alone_images_s:.1f}** images/s, "
+        f"{ceiling.alone_images_s / ceiling.best:.2f}x the ceiling: the most 1 client can get "
+        "from any server, with no serving cost at all."
+    )
+
+
 def highest(samples: list[Ceiling]) -> Ceiling:
     """The highest ceiling measured, per batch size: other work on a shared machine can only
     lower one, and a lowered ceiling would flatter every server."""
     return Ceiling(
         max(sample.batch1_images_s for sample in samples),
         max(sample.batch8_images_s for sample in samples),
+        max(sample.alone_images_s for sample in samples),
     )
 
 
@@ -1210,7 +1240,8 @@ def report(
         "and after each, the highest kept, as other work can only lower it): batch 1 "
         f"**{ceiling.batch1_images_s:.1f}** images/s, batch 8 **{ceiling.batch8_images_s:.1f}** "
         f"images/s (batching gains {ceiling.batch8_images_s / ceiling.batch1_images_s:.2f}x)."
-        + _spread(samples),
+        + _spread(samples)
+        + _alone(ceiling),
         "",
         "| server | setup | encoding |",
         "| --- | --- | --- |",
