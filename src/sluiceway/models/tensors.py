@@ -230,7 +230,10 @@ def _shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         raise BadInput(
             f"input {name!r} has {flat.size} elements; its shape {list(shape)} needs {expected}"
         )
-    return flat.reshape(tuple(shape))
+    try:
+        return flat.reshape(tuple(shape))
+    except ValueError as error:  # no elements in dimensions past numpy's size, or over 64 of them
+        raise BadInput(f"input {name!r}: shape {list(shape)} cannot be held ({error})") from None
 
 
 def _all_bools(data: Any) -> bool:

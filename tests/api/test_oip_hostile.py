@@ -1,0 +1,151 @@
+"""Hostile inference requests, over HTTP (JSON, binary tensors, shared memory) and gRPC: each is
+refused quickly with a 4xx (gRPC: ``INVALID_ARGUMENT``) naming what is wrong, never a 500.
+
+Found by sending malformed requests of every kind the protocol's parsing meets; each case here
+once made the server fail with an internal error (or take a bad input as a good one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from sluiceway.app import create_app
+from tests.conftest import app_client, fast_settings
+from tests.fixtures.model_repository import repository
+from tests.fixtures.onnx_models import ECHO_TYPES
+from tests.redis_server import free_port
+
+try:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+except ImportError:  # the grpc extra: its cases skip without it
+    grpc = None
+
+
+@dataclass
+class Served:
+    http: httpx.AsyncClient
+    grpc_address: str | None
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    """The small repository's models over HTTP and (with the extra) gRPC, shared memory on."""
+    root, _ = repository(tmp_path / "models")
+    port = free_port() if grpc is not None else None
+    settings = fast_settings(model_repository=str(root), allow_client_shm=True, grpc_port=port)
+    async with app_client(create_app(settings)) as http:
+        yield Served(http, f"127.0.0.1:{port}" if port is not None else None)
+
+
+def echo_inputs(**given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every input of the echo model, [1, 2] each; those ``given`` (by datatype) as given."""
+    inputs = []
+    for datatype in ECHO_TYPES:
+        data: Any = {"BOOL": [[True, False]], "BYTES": [["a", "b"]]}.get(datatype, [[1, 0]])
+        item = {"name": f"in_{datatype}", "datatype": datatype, "shape": [1, 2], "data": data}
+        inputs.append(given.get(datatype, item))
+    return inputs
+
+
+async def refused(http: httpx.AsyncClient, model: str, says: str, **request: Any) -> None:
+    response = await http.post(f"/v2/models/{model}/infer", **request)
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"], response.text
+
+
+def binary_request(inputs: list[dict[str, Any]], tail: bytes) -> dict[str, Any]:
+    header = orjson.dumps({"inputs": inputs})
+    return {
+        "content": header + tail,
+        "headers": {"Inference-Header-Content-Length": str(len(header))},
+    }
+
+
+def bin_input(name: str, datatype: str, shape: list[int], size: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": shape,
+        "parameters": {"binary_data_size": size},
+    }
+
+
+async def grpc_refused(served: Served, request: Any, says: str) -> None:
+    if served.grpc_address is None:
+        pytest.skip("needs the grpc extra")
+    async with grpc.aio.insecure_channel(served.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ModelInfer(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert says in (raised.value.details() or "")
+
+
+# A shape whose product is 0 but whose dimensions numpy cannot hold: the element count matches
+# (none sent, none needed), and reshaping to it failed with ValueError, a 500.
+NO_ELEMENTS_HUGE_DIMS = [[0, 2**62], [0, 2**62, 2**62], [0, 2**63 + 5], [2**62, 0, 2**62]]
+
+
+@pytest.mark.parametrize("shape", NO_ELEMENTS_HUGE_DIMS)
+async def test_no_elements_in_dimensions_too_large_to_hold_is_400(
+    served: Served, shape: list[int]
+) -> None:
+    http = served.http
+    says = "cannot be held"
+    json_input = {"name": "x", "datatype": "FP32", "shape": shape, "data": []}
+    await refused(http, "rowsum", says, json={"inputs": [json_input]})
+    binary = binary_request([bin_input("x", "FP32", shape, 0)], b"")
+    await refused(http, "rowsum", says, **binary)
+    text = bin_input("in_BYTES", "BYTES", shape, 0)
+    await refused(http, "echo", says, **binary_request(echo_inputs(BYTES=text), b""))
+
+
+async def test_more_dimensions_than_an_array_holds_is_400(served: Served) -> None:
+    shape = [1] * 70
+    json_input = {"name": "x", "datatype": "FP32", "shape": shape, "data": [1.0]}
+    await refused(served.http, "rowsum", "cannot be held", json={"inputs": [json_input]})
+    binary = binary_request([bin_input("x", "FP32", shape, 4)], np.ones(1, "<f4").tobytes())
+    await refused(served.http, "rowsum", "cannot be held", **binary)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory at /dev/shm")
+async def test_a_region_read_into_dimensions_too_large_to_hold_is_400(served: Served) -> None:
+    http = served.http
+    key = f"sluiceway-hostile-{uuid.uuid4().hex[:12]}"
+    path = Path("/dev/shm") / key
+    path.write_bytes(bytes(64))
+    try:
+        registered = await http.post(
+            "/v2/systemsharedmemory/region/hostile/register",
+            json={"key": f"/{key}", "offset": 0, "byte_size": 64},
+        )
+        assert registered.status_code == 200, registered.text
+        for shape, size in (([0, 2**62], 0), ([1] * 70, 4)):
+            region = {"shared_memory_region": "hostile", "shared_memory_byte_size": size}
+            item = {"name": "x", "datatype": "FP32", "shape": shape, "parameters": region}
+            await refused(http, "rowsum", "cannot be held", json={"inputs": [item]})
+    finally:
+        await http.post("/v2/systemsharedmemory/unregister")
+        path.unlink()
+
+
+@pytest.mark.parametrize("shape", [[0, 2**62], [0, 2**63 - 1], [1] * 70])
+async def test_grpc_dimensions_too_large_to_hold_are_invalid_argument(
+    served: Served, shape: list[int]
+) -> None:
+    if grpc is None:
+        pytest.skip("needs the grpc extra")
+    request = service_pb2.ModelInferRequest(model_name="rowsum")
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"" if 0 in shape else np.ones(1, "<f4").tobytes())
+    await grpc_refused(served, request, "cannot be held")
