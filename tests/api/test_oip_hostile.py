@@ -149,3 +149,30 @@ async def test_grpc_dimensions_too_large_to_hold_are_invalid_argument(
     request.inputs.add(name="x", datatype="FP32", shape=shape)
     request.raw_input_contents.append(b"" if 0 in shape else np.ones(1, "<f4").tobytes())
     await grpc_refused(served, request, "cannot be held")
+
+
+async def test_deeply_nested_bool_data_is_400(served: Served) -> None:
+    """Nested lists as deep as JSON parsing allows: checking each value was a bool recursed
+    past Python's limit (RecursionError, a 500)."""
+    depth = 900
+    nested = "[" * depth + "true" + "]" * depth
+    inputs = echo_inputs(BOOL={"name": "in_BOOL", "datatype": "BOOL", "shape": [1, 2]})
+    header = orjson.dumps({"inputs": inputs})
+    # The BOOL input's data, spliced in as text: orjson writes no list that deep.
+    body = header.replace(b'"shape":[1,2]}', b'"shape":[1,2],"data":' + nested.encode() + b"}", 1)
+    await refused(served.http, "echo", "BOOL", content=body)
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ([[True, 1]], "true or false"),
+        ([[True, None]], "true or false"),
+        ([[1, 0]], "true or false"),
+        ([["true", "false"]], "true or false"),
+        ([[True], [False, True]], "BOOL"),
+    ],
+)
+async def test_bool_data_must_be_bools(served: Served, data: Any, says: str) -> None:
+    item = {"name": "in_BOOL", "datatype": "BOOL", "shape": [1, 2], "data": data}
+    await refused(served.http, "echo", says, json={"inputs": echo_inputs(BOOL=item)})

@@ -152,9 +152,14 @@ def tensor_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) 
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=np.object_).ravel()
             array = np.array([_as_bytes(name, item) for item in flat], dtype=np.object_)
-        else:
-            if datatype == "BOOL" and not _all_bools(data):
+        elif datatype == "BOOL":
+            # numpy's own dtype is bool only where every value is one, and it reads nested
+            # lists without recursing in Python: lists deeper than it holds are a ValueError.
+            array = np.asarray(data).ravel()
+            if array.dtype != dtype and array.size:
                 raise BadInput(f"input {name!r} is BOOL: its data must be true or false")
+            array = array.astype(dtype, copy=False)
+        else:
             array = np.asarray(data, dtype=dtype).ravel()
     except (ValueError, TypeError, OverflowError) as error:
         raise BadInput(f"input {name!r}: the data are not {datatype} values ({error})") from None
@@ -234,12 +239,6 @@ def _shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         return flat.reshape(tuple(shape))
     except ValueError as error:  # no elements in dimensions past numpy's size, or over 64 of them
         raise BadInput(f"input {name!r}: shape {list(shape)} cannot be held ({error})") from None
-
-
-def _all_bools(data: Any) -> bool:
-    if isinstance(data, list):
-        return all(_all_bools(item) for item in data)
-    return isinstance(data, bool)
 
 
 def _as_bytes(name: str, item: Any) -> bytes:
