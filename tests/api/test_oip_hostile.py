@@ -176,3 +176,22 @@ async def test_deeply_nested_bool_data_is_400(served: Served) -> None:
 async def test_bool_data_must_be_bools(served: Served, data: Any, says: str) -> None:
     item = {"name": "in_BOOL", "datatype": "BOOL", "shape": [1, 2], "data": data}
     await refused(served.http, "echo", says, json={"inputs": echo_inputs(BOOL=item)})
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        "\u00b2".encode("latin-1"),  # a digit to str.isdigit, not to int()
+        b"9" * 5000,  # past int()'s 4300-digit limit
+        b"0" * 4999 + b"1",
+    ],
+)
+async def test_a_header_length_int_cannot_read_is_400(served: Served, length: bytes) -> None:
+    header = orjson.dumps({"inputs": [bin_input("x", "FP32", [1, 4], 16)]})
+    await refused(
+        served.http,
+        "linear",
+        "Inference-Header-Content-Length",
+        content=header + np.ones(4, "<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": length},
+    )

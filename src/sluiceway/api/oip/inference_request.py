@@ -277,7 +277,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    # ASCII digits, few enough for int(): isdigit() alone also takes "²", which int() refuses,
+    # as it refuses over 4300 digits (a ValueError: a 500). 18 digits: any body's length.
+    digits = header_length.isascii() and header_length.isdigit() and len(header_length) <= 18
+    if not digits or int(header_length) > len(body):
         raise RequestError(
             400,
             f"Inference-Header-Content-Length must be a byte count within the body's "
