@@ -195,3 +195,10 @@ async def test_a_header_length_int_cannot_read_is_400(served: Served, length: by
         content=header + np.ones(4, "<f4").tobytes(),
         headers={"Inference-Header-Content-Length": length},
     )
+
+
+async def test_an_input_with_data_and_binary_data_is_400(served: Served) -> None:
+    """Sent twice, two ways: the binary bytes were used and the JSON data silently dropped."""
+    item = {**bin_input("x", "FP32", [1, 4], 16), "data": [[5.0, 6.0, 7.0, 8.0]]}
+    request = binary_request([item], np.ones(4, "<f4").tobytes())
+    await refused(served.http, "linear", "send it once", **request)

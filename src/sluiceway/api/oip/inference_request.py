@@ -140,6 +140,8 @@ def _inputs(
         elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadInput(f"input {name!r}: 'binary_data_size' must be a byte count")
+            if item.get("data") is not None:  # KServe's client sends null with an empty tensor
+                raise BadInput(f"input {name!r} is in the binary data and in 'data': send it once")
             if offset + size > len(tail):
                 raise BadInput(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
