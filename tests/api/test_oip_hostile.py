@@ -202,3 +202,12 @@ async def test_an_input_with_data_and_binary_data_is_400(served: Served) -> None
     item = {**bin_input("x", "FP32", [1, 4], 16), "data": [[5.0, 6.0, 7.0, 8.0]]}
     request = binary_request([item], np.ones(4, "<f4").tobytes())
     await refused(served.http, "linear", "send it once", **request)
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+@pytest.mark.parametrize("data", [[[None, 1.0]], [[1.0, "nan"]]])
+async def test_a_null_in_float_data_is_400(served: Served, datatype: str, data: Any) -> None:
+    """numpy reads null (and "nan") as NaN: the model ran on a value nobody sent."""
+    item = {"name": f"in_{datatype}", "datatype": datatype, "shape": [1, 2], "data": data}
+    inputs = echo_inputs(**{datatype: item})
+    await refused(served.http, "echo", "not null", json={"inputs": inputs})

@@ -161,6 +161,10 @@ def tensor_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) 
             array = array.astype(dtype, copy=False)
         else:
             array = np.asarray(data, dtype=dtype).ravel()
+            # JSON has no NaN: one here was a null (or the string "nan") that numpy read as a
+            # float.
+            if dtype.kind == "f" and np.isnan(array).any():
+                raise BadInput(f"input {name!r} is {datatype}: its data must be numbers, not null")
     except (ValueError, TypeError, OverflowError) as error:
         raise BadInput(f"input {name!r}: the data are not {datatype} values ({error})") from None
     return _shaped(name, array, shape)
