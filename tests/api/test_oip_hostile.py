@@ -7,6 +7,7 @@ once made the server fail with an internal error (or take a bad input as a good 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -211,3 +212,53 @@ async def test_a_null_in_float_data_is_400(served: Served, datatype: str, data: 
     item = {"name": f"in_{datatype}", "datatype": datatype, "shape": [1, 2], "data": data}
     inputs = echo_inputs(**{datatype: item})
     await refused(served.http, "echo", "not null", json={"inputs": inputs})
+
+
+PAST_THE_RANGE = {"INT8": 128, "INT32": -(2**31) - 1, "INT64": 2**63, "UINT8": 256, "UINT64": -1}
+"""A value just past what each integer datatype holds."""
+
+
+@pytest.mark.parametrize("datatype", list(PAST_THE_RANGE))
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ([[1.7, 2]], "whole numbers"),  # was truncated to 1
+        ([["1", "2"]], "whole numbers"),  # was parsed as a number
+        ([[None, 2]], "INT"),
+        ([[-1, 2**70]], "values"),  # JSON past 64 bits, which orjson reads as a float
+        (None, "values"),  # PAST_THE_RANGE
+    ],
+)
+async def test_integer_data_must_be_integers_the_datatype_holds(
+    served: Served, datatype: str, data: Any, says: str
+) -> None:
+    data = data if data is not None else [[0, PAST_THE_RANGE[datatype]]]
+    item = {"name": f"in_{datatype}", "datatype": datatype, "shape": [1, 2], "data": data}
+    body = json.dumps({"inputs": echo_inputs(**{datatype: item})})  # orjson stops at 64 bits
+    await refused(served.http, "echo", says, content=body)
+
+
+async def test_integers_every_integer_datatype_holds_are_taken(served: Served) -> None:
+    """The whole range of each datatype, whole floats among them (lossless), and UINT64
+    values past INT64 beside small ones (numpy holds those only as floats)."""
+    given = {
+        "INT8": [[-128, 127.0]],
+        "INT64": [[-(2**63), 2**63 - 1]],
+        "UINT8": [[0, 255]],
+        "UINT64": [[2**64 - 1, 1]],
+        "UINT32": [[True, 2**32 - 1]],
+    }
+    items = {
+        datatype: {"name": f"in_{datatype}", "datatype": datatype, "shape": [1, 2], "data": data}
+        for datatype, data in given.items()
+    }
+    body = {
+        "inputs": echo_inputs(**items),
+        "outputs": [{"name": f"out_{datatype}"} for datatype in given],
+    }
+    response = await served.http.post("/v2/models/echo/infer", json=body)
+    assert response.status_code == 200, response.text
+    answered = {output["name"]: output["data"] for output in response.json()["outputs"]}
+    assert answered == {
+        f"out_{datatype}": [int(value) for value in data[0]] for datatype, data in given.items()
+    }

@@ -159,15 +159,50 @@ def tensor_from_json(name: str, datatype: str, shape: Sequence[int], data: Any) 
             if array.dtype != dtype and array.size:
                 raise BadInput(f"input {name!r} is BOOL: its data must be true or false")
             array = array.astype(dtype, copy=False)
-        else:
+        elif dtype.kind == "f":
             array = np.asarray(data, dtype=dtype).ravel()
             # JSON has no NaN: one here was a null (or the string "nan") that numpy read as a
             # float.
-            if dtype.kind == "f" and np.isnan(array).any():
+            if np.isnan(array).any():
                 raise BadInput(f"input {name!r} is {datatype}: its data must be numbers, not null")
+        else:
+            array = _whole_numbers(name, datatype, dtype, data)
     except (ValueError, TypeError, OverflowError) as error:
         raise BadInput(f"input {name!r}: the data are not {datatype} values ({error})") from None
     return _shaped(name, array, shape)
+
+
+_BOUNDS = {
+    name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    for name, dtype in DATATYPES.items()
+    if dtype.kind in "iu"
+}
+"""The values each integer datatype holds."""
+
+
+def _whole_numbers(name: str, datatype: str, dtype: np.dtype[Any], data: Any) -> np.ndarray:
+    """JSON data of an integer datatype, flat. numpy's own dtype for the data says whether
+    they are integers: read straight as ``dtype`` it would truncate 1.7 and parse "7"."""
+    array = np.asarray(data)
+    kind = array.dtype.kind
+    if kind in "iu":
+        if array.dtype != dtype and array.size:  # INT64 data, the usual, are read as they are
+            low, high = _BOUNDS[datatype]
+            if array.min() < low or array.max() > high:
+                raise BadInput(
+                    f"input {name!r}: the data are not {datatype} values ({low} to {high})"
+                )
+        return array.astype(dtype, copy=False).ravel()
+    if kind == "b":
+        return array.astype(dtype).ravel()
+    if kind == "f":
+        # Floats, or integers numpy holds only as floats (values only UINT64 holds beside
+        # negative ones or small ones, or no value at all): numpy's exact reading as ``dtype``
+        # (which refuses values past it) equals them only where every one is a whole number.
+        exact = np.asarray(data, dtype=dtype)
+        if np.array_equal(exact, array):
+            return exact.ravel()
+    raise BadInput(f"input {name!r} is {datatype}: its data must be whole numbers")
 
 
 def tensor_from_bytes(
