@@ -251,7 +251,19 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
             raise BadInput("each requested output needs a 'name'")
         parameters = _parameters(item.get("parameters"), f"output {item['name']!r}'s 'parameters'")
         wanted.append(output_request(item["name"], parameters, regions))
+    check_once(wanted)
     return wanted
+
+
+def check_once(outputs: list[OutputRequest]) -> None:
+    """``BadInput`` naming an output asked for twice: each copy would be answered whole, so a
+    small request naming one large output thousands of times got an answer thousands of times
+    its size."""
+    names: set[str] = set()
+    for output in outputs:
+        if output.name in names:
+            raise BadInput(f"output {output.name!r} is asked for twice")
+        names.add(output.name)
 
 
 def output_request(
