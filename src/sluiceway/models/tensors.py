@@ -9,6 +9,7 @@ being the request's own batch) and answers a mapping of output name to array.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -205,6 +206,10 @@ def _whole_numbers(name: str, datatype: str, dtype: np.dtype[Any], data: Any) ->
     raise BadInput(f"input {name!r} is {datatype}: its data must be whole numbers")
 
 
+_LENGTH = struct.Struct("<I").unpack_from
+"""A BYTES element's length: 4 bytes, little-endian, before it."""
+
+
 def tensor_from_bytes(
     name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview
 ) -> np.ndarray:
@@ -219,18 +224,24 @@ def tensor_from_bytes(
             )
         array = np.frombuffer(raw, dtype=wire).astype(dtype, copy=False)
         return _shaped(name, array, shape)
+    # Bytes, not a memoryview: slicing a view and unpacking with int.from_bytes cost 3.6 times
+    # as much per element, and a body of millions of empty elements held the event loop for
+    # seconds. (An HTTP tail is a view of the body: copied once here; each element is copied
+    # out either way.)
+    data = raw if isinstance(raw, bytes) else bytes(raw)
     items: list[bytes] = []
-    offset = 0
-    view = memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
+    append = items.append
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
             raise BadInput(f"input {name!r}: a BYTES element's 4-byte length is cut short")
-        size = int.from_bytes(view[offset : offset + 4], "little")
+        (size,) = _LENGTH(data, offset)
         offset += 4
-        if offset + size > len(raw):
+        stop = offset + size
+        if stop > end:
             raise BadInput(f"input {name!r}: a BYTES element runs past the end of its data")
-        items.append(bytes(view[offset : offset + size]))
-        offset += size
+        append(data[offset:stop])
+        offset = stop
     return _shaped(name, np.array(items, dtype=np.object_), shape)
 
 
