@@ -1,8 +1,9 @@
 """Hostile inference requests, over HTTP (JSON, binary tensors, shared memory) and gRPC: each is
 refused quickly with a 4xx (gRPC: ``INVALID_ARGUMENT``) naming what is wrong, never a 500.
 
-Found by sending malformed requests of every kind the protocol's parsing meets; each case here
-once made the server fail with an internal error (or take a bad input as a good one).
+Found by sending malformed requests of every kind the protocol's parsing meets: most cases here
+once made the server fail with an internal error, answer far more than was asked, or take a bad
+input as a good one; the rest hold the edges of the checks that now refuse them.
 """
 
 from __future__ import annotations
