@@ -24,6 +24,7 @@ from sluiceway.api.oip.forms import TensorForm
 from sluiceway.api.oip.inference_request import (
     InferRequest,
     check_complete,
+    check_once,
     check_rows,
     input_spec,
     job_priority,
@@ -79,6 +80,7 @@ def infer_request(
         output_request(item.name, parameters_of(item.parameters), regions)
         for item in message.outputs
     ]
+    check_once(outputs)
     return InferRequest(
         id=message.id or None,
         tensors=tensors,

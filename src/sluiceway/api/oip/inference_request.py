@@ -140,6 +140,8 @@ def _inputs(
         elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadInput(f"input {name!r}: 'binary_data_size' must be a byte count")
+            if item.get("data") is not None:  # KServe's client sends null with an empty tensor
+                raise BadInput(f"input {name!r} is in the binary data and in 'data': send it once")
             if offset + size > len(tail):
                 raise BadInput(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
@@ -249,7 +251,19 @@ def _outputs(given: Any, regions: SharedMemoryRegions | None) -> list[OutputRequ
             raise BadInput("each requested output needs a 'name'")
         parameters = _parameters(item.get("parameters"), f"output {item['name']!r}'s 'parameters'")
         wanted.append(output_request(item["name"], parameters, regions))
+    check_once(wanted)
     return wanted
+
+
+def check_once(outputs: list[OutputRequest]) -> None:
+    """``BadInput`` naming an output asked for twice: each copy would be answered whole, so a
+    small request naming one large output thousands of times got an answer thousands of times
+    its size."""
+    names: set[str] = set()
+    for output in outputs:
+        if output.name in names:
+            raise BadInput(f"output {output.name!r} is asked for twice")
+        names.add(output.name)
 
 
 def output_request(
@@ -277,7 +291,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    # ASCII digits, few enough for int(): isdigit() alone also takes "²", which int() refuses,
+    # as it refuses over 4300 digits (a ValueError: a 500). 18 digits: any body's length.
+    digits = header_length.isascii() and header_length.isdigit() and len(header_length) <= 18
+    if not digits or int(header_length) > len(body):
         raise RequestError(
             400,
             f"Inference-Header-Content-Length must be a byte count within the body's "
