@@ -260,7 +260,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._phase == _IDLE:
             return
         now = self.loop.time()
-        if timer is not None and timer is not self._grace and now - timer.when() > _LATE_S:
+        if self._paused_past(timer):
             self._timer = self._grace = self.loop.call_at(now + _GRACE_S, self._on_timer)
             return
         if self._phase == _BODY and self.flow.read_paused:
@@ -281,17 +281,21 @@ class EdgeProtocol(HttpToolsProtocol):
     def timeout_keep_alive_handler(self) -> None:
         """Close an idle keep-alive connection, unless the process was paused past its time:
         then the client's next request may be waiting unread, and is read first."""
-        timer = self.timeout_keep_alive_task
-        if (
-            timer is not None
-            and timer is not self._grace
-            and self.loop.time() - timer.when() > _LATE_S
-        ):
+        if self._paused_past(self.timeout_keep_alive_task):
             self.timeout_keep_alive_task = self._grace = self.loop.call_later(
                 _GRACE_S, self.timeout_keep_alive_handler
             )
             return
         super().timeout_keep_alive_handler()
+
+    def _paused_past(self, timer: TimerHandle | None) -> bool:
+        """Whether ``timer``, firing now, found the process paused past its time (and has not
+        had its grace yet)."""
+        return (
+            timer is not None
+            and timer is not self._grace
+            and self.loop.time() - timer.when() > _LATE_S
+        )
 
     def _body_timed_out(self) -> None:
         cycle = self.cycle

@@ -209,12 +209,11 @@ class Broker:
         except BaseException as error:  # a refused SCRIPT LOAD, or cancelled at close
             # Whoever waits on the writes must hear of it: a worker's answers left unsettled
             # would keep their jobs held, and never taken back.
-            if result.done():
-                pass
-            elif isinstance(error, asyncio.CancelledError):
-                result.cancel()
-            else:
-                result.set_exception(error)
+            if not result.done():
+                if isinstance(error, asyncio.CancelledError):
+                    result.cancel()
+                else:
+                    result.set_exception(error)
             raise
         for index, reply in zip(again, retried, strict=True):
             replies[index] = reply

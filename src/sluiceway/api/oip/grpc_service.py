@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, wrappers_pb2
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -120,15 +120,9 @@ def _with_kserve_answer(answer: _Reply, name: str) -> _Reply:
     and ``isLoaded`` or ``isUnloaded`` (2), true (a call that fails is an error, not an answer).
     Triton's message has no such fields: they travel as fields it does not know, which
     tritonclient skips and KServe's stub reads."""
-    encoded = name.encode()
-    length = bytearray()
-    size = len(encoded)
-    while True:  # a varint: 7 bits a byte, the high bit set on all but the last
-        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
-        size >>= 7
-        if not size:
-            break
-    answer.MergeFromString(b"\x0a" + bytes(length) + encoded + b"\x10\x01")
+    # A StringValue is one string as field 1: protobuf encodes the name; field 2 is true.
+    name_field = wrappers_pb2.StringValue(value=name).SerializeToString()
+    answer.MergeFromString(name_field + b"\x10\x01")
     return answer
 
 
